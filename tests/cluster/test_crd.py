@@ -1,0 +1,269 @@
+"""The TrainingJob CRD as a user meets it: `kubectl apply` of the real files, defaults, clear rejections."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controlplane import REPO, ControlPlane
+
+pytestmark = pytest.mark.cluster
+
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+
+
+def valid_job(name: str = "job") -> dict[str, Any]:
+    return {
+        "apiVersion": "stopline.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "template": {"spec": {"containers": [{"name": "trainer", "image": "trainer:dev"}]}},
+            "objective": {"metric": "val_loss", "mode": "min"},
+            "criteria": [{"name": "plateau", "patience": {"patience": 5}}],
+            "checkpoint": {"pvc": {"claimName": "ckpts"}},
+        },
+    }
+
+
+def apply(plane: ControlPlane, namespace: str, manifest: dict[str, Any], check: bool = True) -> str:
+    result = plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=check)
+    return str(result.stderr)
+
+
+def get(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    out = plane.kubectl("get", "trainingjob", name, "-n", namespace, "-o", "json").stdout
+    return dict(json.loads(out))
+
+
+def test_crd_is_established_with_short_name_and_status_subresource(crd_installed: ControlPlane) -> None:
+    crd = json.loads(crd_installed.kubectl("get", "crd", "trainingjobs.stopline.dev", "-o", "json").stdout)
+    assert crd["spec"]["names"]["shortNames"] == ["tj"]
+    assert crd["spec"]["versions"][0]["subresources"] == {"status": {}}
+    names = crd_installed.kubectl("api-resources", "--api-group=stopline.dev", "-o", "name").stdout.split()
+    assert names == ["trainingjobs.stopline.dev"]
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[path.name for path in EXAMPLES])
+def test_example_applies_and_reads_back_with_defaults(
+    crd_installed: ControlPlane, namespace: str, example: Path
+) -> None:
+    manifest = yaml.safe_load(example.read_text())
+    crd_installed.kubectl("apply", "-n", namespace, "-f", str(example))
+    spec = get(crd_installed, namespace, manifest["metadata"]["name"])["spec"]
+    assert spec["metrics"]["port"] == 8000
+    assert spec["metrics"]["path"] == "/metrics"
+    assert spec["metrics"]["staleAfter"] == "15m"
+    assert spec["stopPolicy"]["dryRun"] is False
+    assert spec["stopPolicy"]["ackTimeout"] == "30s"
+    assert spec["checkpoint"]["resume"] is True
+    assert spec["replicas"] == manifest["spec"].get("replicas", 1)
+    assert spec["objective"] == manifest["spec"]["objective"]
+
+
+def test_defaults_fill_every_criterion_kind(crd_installed: ControlPlane, namespace: str) -> None:
+    job = valid_job()
+    job["spec"]["metrics"] = {"prometheus": {"url": "http://127.0.0.1:9090"}}
+    job["spec"]["criteria"] = [
+        {"name": "p", "patience": {}},
+        {"name": "d", "divergence": {"value": 10}},
+        {"name": "pl", "plateau": {"maxRelativeChange": 0.01}},
+        {"name": "c", "cohort": {}},
+        {"name": "g", "gpuIdle": {}},
+        {"name": "q", "promql": {"query": "up == 0"}},
+    ]
+    apply(crd_installed, namespace, job)
+    criteria = {c["name"]: c for c in get(crd_installed, namespace, "job")["spec"]["criteria"]}
+    assert criteria["p"]["patience"] == {
+        "patience": 3,
+        "minDelta": 0,
+        "minDeltaMode": "absolute",
+        "warmupEpochs": 0,
+    }
+    assert criteria["d"]["divergence"] == {"value": 10, "nonFinite": True, "warmupEpochs": 0}
+    assert criteria["pl"]["plateau"]["window"] == 5
+    assert criteria["c"]["cohort"] == {
+        "percentile": 50,
+        "minJobs": 5,
+        "warmupEpochs": 0,
+        "compare": "best",
+        "reference": "runningAverage",
+        "includeStopped": True,
+    }
+    assert criteria["g"]["gpuIdle"] == {"utilizationBelow": 5, "for": "15m"}
+    assert criteria["q"]["promql"]["for"] == "0s"
+
+
+def _set(path: str, value: Any) -> Any:
+    """A mutation that sets a dotted path (list indexes as numbers) in a valid job."""
+
+    def mutate(job: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = job
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node.setdefault(key, {})
+        node[int(last) if last.isdigit() else last] = value
+
+    return mutate
+
+
+# Each bad manifest, and the words a user must see: the field path and what is wrong with it.
+INVALID = {
+    "two-checkpoint-targets": (
+        _set("spec.checkpoint.objectStore", {"uri": "s3://bucket/runs/x"}),
+        ["spec.checkpoint", "set exactly one checkpoint target: pvc or objectStore"],
+    ),
+    "no-checkpoint-target": (
+        _set("spec.checkpoint", {"keepBest": True}),
+        ["spec.checkpoint", "set exactly one checkpoint target"],
+    ),
+    "criterion-with-two-kinds": (
+        _set("spec.criteria.0.threshold", {"value": 0.1}),
+        ["spec.criteria[0]", "each criterion sets exactly one kind"],
+    ),
+    "criterion-with-no-kind": (
+        _set("spec.criteria", [{"name": "empty"}]),
+        ["spec.criteria[0]", "each criterion sets exactly one kind"],
+    ),
+    "duplicate-criterion-names": (
+        _set("spec.criteria", [{"name": "a", "patience": {}}, {"name": "a", "threshold": {"value": 1}}]),
+        ["spec.criteria[1]", 'Duplicate value: {"name":"a"}'],
+    ),
+    "mode-minimize": (
+        _set("spec.objective.mode", "minimize"),
+        ["spec.objective.mode", 'Unsupported value: "minimize"', '"min", "max"'],
+    ),
+    "negative-patience": (
+        _set("spec.criteria.0.patience.patience", -2),
+        ["spec.criteria[0].patience.patience", "should be greater than or equal to 1"],
+    ),
+    "percentile-150": (
+        _set("spec.criteria", [{"name": "median", "cohort": {"percentile": 150}}]),
+        ["spec.criteria[0].cohort.percentile", "should be less than or equal to 100"],
+    ),
+    "duration-in-words": (
+        _set("spec.metrics", {"interval": "5 minutes"}),
+        ["spec.metrics.interval", "should match"],
+    ),
+    "zero-duration": (
+        _set("spec.criteria", [{"name": "b", "budget": {"maxDuration": "0s"}}]),
+        ["spec.criteria[0].budget.maxDuration", "must be a positive duration such as 15s, 10m or 6h"],
+    ),
+    "replicas-0": (
+        _set("spec.replicas", 0),
+        ["spec.replicas", "should be greater than or equal to 1"],
+    ),
+    "missing-objective-metric": (
+        _set("spec.objective", {"mode": "max"}),
+        ["spec.objective.metric", "Required value"],
+    ),
+    "gpu-idle-without-prometheus": (
+        _set("spec.criteria", [{"name": "idle", "gpuIdle": {}}]),
+        ["spec.metrics", "set spec.metrics.prometheus.url"],
+    ),
+    "divergence-that-cannot-fire": (
+        _set("spec.criteria", [{"name": "d", "divergence": {"nonFinite": False}}]),
+        ["spec.criteria[0].divergence", "set value, or keep nonFinite true"],
+    ),
+    "budget-without-limit": (
+        _set("spec.criteria", [{"name": "b", "budget": {}}]),
+        ["spec.criteria[0].budget", "set at least one of maxDuration, maxGPUHours, maxEpochs"],
+    ),
+    "criterion-name-not-a-dns-label": (
+        _set("spec.criteria.0.name", "My Plateau"),
+        ["spec.criteria[0].name", "should match"],
+    ),
+    "template-without-containers": (
+        _set("spec.template", {"spec": {"containers": []}}),
+        ["spec.template.spec.containers", "should have at least 1 items"],
+    ),
+    "metrics-port-out-of-range": (
+        _set("spec.metrics", {"port": 70000}),
+        ["spec.metrics.port", "should be less than or equal to 65535"],
+    ),
+    "object-store-uri-not-s3": (
+        _set("spec.checkpoint", {"objectStore": {"uri": "gs://bucket/x"}}),
+        ["spec.checkpoint.objectStore.uri", "should match"],
+    ),
+    "pvc-path-escapes-the-volume": (
+        _set("spec.checkpoint.pvc.path", "../other-team"),
+        ["spec.checkpoint.pvc.path", "must be a relative path without '..'"],
+    ),
+    "threshold-without-value": (
+        _set("spec.criteria", [{"name": "t", "threshold": {"metric": "val_acc", "mode": "max"}}]),
+        ["spec.criteria[0].threshold.value", "Required value"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_invalid_manifest_is_rejected_naming_the_field(
+    crd_installed: ControlPlane, namespace: str, case: str
+) -> None:
+    mutate, expected = INVALID[case]
+    job = copy.deepcopy(valid_job(case))
+    mutate(job)
+    error = apply(crd_installed, namespace, job, check=False)
+    assert "is invalid" in error, error
+    for words in expected:
+        assert words in error, f"{words!r} not in:\n{error}"
+    missing = crd_installed.kubectl("get", "tj", case, "-n", namespace, check=False)
+    assert missing.returncode != 0, "a rejected TrainingJob must not exist"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("spec.replicas", 4),
+        ("spec.checkpoint.pvc.claimName", "other"),
+        ("spec.template.spec.containers.0.image", "trainer:v2"),
+    ],
+)
+def test_what_defines_the_run_cannot_change_after_creation(
+    crd_installed: ControlPlane, namespace: str, field: str, value: Any
+) -> None:
+    job = valid_job()
+    apply(crd_installed, namespace, job)
+    _set(field, value)(job)
+    error = apply(crd_installed, namespace, job, check=False)
+    assert "cannot change after creation; create a new TrainingJob" in error, error
+
+
+def test_criteria_can_change_while_running(crd_installed: ControlPlane, namespace: str) -> None:
+    job = valid_job()
+    apply(crd_installed, namespace, job)
+    job["spec"]["criteria"][0]["patience"]["patience"] = 10
+    apply(crd_installed, namespace, job)
+    assert get(crd_installed, namespace, "job")["spec"]["criteria"][0]["patience"]["patience"] == 10
+
+
+def test_kubectl_get_tj_prints_the_columns_from_status(crd_installed: ControlPlane, namespace: str) -> None:
+    apply(crd_installed, namespace, valid_job("resnet"))
+    status = {
+        "phase": "Stopped",
+        "progress": {"epoch": 31, "step": 48000, "metrics": {"val_loss": 0.231}},
+        "best": {"metric": "val_loss", "value": 0.228, "epoch": 26},
+        "stopReason": {"type": "Patience", "criterion": "plateau", "message": "no improvement", "epoch": 31},
+    }
+    crd_installed.kubectl(
+        "patch", "tj", "resnet", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": status}),
+    )  # fmt: skip
+    lines = crd_installed.kubectl("get", "tj", "-n", namespace).stdout.splitlines()
+    assert lines[0].split() == ["NAME", "PHASE", "EPOCH", "OBJECTIVE", "BEST", "REASON", "AGE"]
+    assert lines[1].split()[:6] == ["resnet", "Stopped", "31", "val_loss", "0.228", "Patience"]
+
+
+def test_status_rejects_an_unknown_phase(crd_installed: ControlPlane, namespace: str) -> None:
+    apply(crd_installed, namespace, valid_job())
+    result = crd_installed.kubectl(
+        "patch", "tj", "job", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", '{"status": {"phase": "Done"}}', check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert 'status.phase: Unsupported value: "Done"' in result.stderr

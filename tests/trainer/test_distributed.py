@@ -1,0 +1,48 @@
+"""Two real ranks (torch.distributed, gloo): a stop sent to one rank stops both at the same step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from s3server import free_port
+
+from .conftest import StartTrainer
+from .support import assert_reproduces_outputs, read_local_checkpoint
+
+pytestmark = pytest.mark.trainer
+
+
+def test_stop_sent_to_rank_1_only_stops_both_ranks_at_the_same_step(
+    start_trainer: StartTrainer, tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    common = {
+        "STOPLINE_CHECKPOINT_URI": str(ckpt),
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "GLOO_SOCKET_IFNAME": "lo",
+    }
+    flags = ["--epochs", "1000", "--steps-per-epoch", "20", "--sleep-per-step", "0.02"]
+    rank0 = start_trainer(*flags, env={**common, "RANK": "0"}, name="rank0")
+    rank1 = start_trainer(*flags, env={**common, "RANK": "1"}, name="rank1")
+
+    rank0.wait_metric("stopline_step", 3)
+    step = rank1.wait_metric("stopline_step", 3)
+    assert rank1.post_stop({"reason": "only rank 1 was told"})[0] == 202
+
+    # a rank left behind would block in the next all-reduce: the deadline of wait_exit catches that hang
+    assert rank1.wait_exit() == 0, rank1.log()
+    assert rank0.wait_exit() == 0, rank0.log()
+    raw, manifest, state = read_local_checkpoint(ckpt)
+    rank1_stop = json.loads(rank1.termination_log.read_bytes())
+    assert rank1_stop["rank"] == 1 and rank1_stop["stopReason"] == "only rank 1 was told"
+    assert manifest["step"] == rank1_stop["step"] >= step
+    assert manifest["epoch"] == rank1_stop["epoch"]
+    assert manifest["worldSize"] == 2
+    assert manifest["stopReason"] == "stop requested by another rank"
+    assert rank0.termination_log.read_bytes() == raw
+    assert_reproduces_outputs(state)

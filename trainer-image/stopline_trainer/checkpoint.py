@@ -1,0 +1,223 @@
+"""Atomic checkpoints: weights under a unique name first, then the manifest that points at them.
+
+Layout under the checkpoint URI: `ckpt-e<epoch>-s<step>-<id>.pt` (torch.save bytes), `last.json` (the
+manifest of the newest save) and, with keep-best, `best.json`. A manifest is the commit point: it is
+written only after its weights are durable, so a reader that starts from a manifest never meets half a
+checkpoint, and a save killed midway leaves the previous manifest and its weights untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, BinaryIO, Literal
+
+import torch
+
+from . import faults
+from .storage import Store
+from .storage.local import TMP_PREFIX
+
+log = logging.getLogger(__name__)
+
+FORMAT = "torch.save"
+LAST = "last.json"
+BEST = "best.json"
+BLOB_PREFIX = "ckpt-"
+
+
+class CorruptCheckpoint(RuntimeError):
+    """The weights do not match their manifest's size or sha256."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the operator copies into status.checkpoint; JSON keys are camelCase like the CRD's."""
+
+    uri: str
+    epoch: int
+    step: int
+    size: int
+    sha256: str
+    saved_at: str
+    world_size: int
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    format: str = FORMAT
+    job: str = ""
+    namespace: str = ""
+    stop_reason: str | None = None
+
+    def to_json(self) -> bytes:
+        doc = {
+            "format": self.format,
+            "uri": self.uri,
+            "epoch": self.epoch,
+            "step": self.step,
+            "metrics": self.metrics,
+            "bytes": self.size,
+            "sha256": self.sha256,
+            "savedAt": self.saved_at,
+            "worldSize": self.world_size,
+            "job": self.job,
+            "namespace": self.namespace,
+            "stopReason": self.stop_reason,
+        }
+        return json.dumps(doc, sort_keys=True, allow_nan=False).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Manifest:
+        d = json.loads(raw)
+        return cls(
+            uri=d["uri"],
+            epoch=int(d["epoch"]),
+            step=int(d["step"]),
+            size=int(d["bytes"]),
+            sha256=d["sha256"],
+            saved_at=d["savedAt"],
+            world_size=int(d["worldSize"]),
+            metrics=dict(d.get("metrics") or {}),
+            format=d.get("format", FORMAT),
+            job=d.get("job", ""),
+            namespace=d.get("namespace", ""),
+            stop_reason=d.get("stopReason"),
+        )
+
+    @property
+    def name(self) -> str:
+        return self.uri.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    manifest: Manifest
+    state: dict[str, Any]
+
+
+class _Hashing:
+    """A write-only stream that hashes and counts what torch.save writes through it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def _finite(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN: a non-finite metric is recorded as null."""
+    return {k: (float(v) if math.isfinite(v) else None) for k, v in metrics.items()}
+
+
+class Checkpointer:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        job: str,
+        namespace: str,
+        world_size: int,
+        objective: str,
+        objective_mode: Literal["min", "max"],
+        keep_best: bool,
+    ) -> None:
+        self.store = store
+        self.job = job
+        self.namespace = namespace
+        self.world_size = world_size
+        self.objective = objective
+        self.objective_mode = objective_mode
+        self.keep_best = keep_best
+        self.saves = 0
+
+    def save(
+        self,
+        state: Mapping[str, Any],
+        *,
+        epoch: int,
+        step: int,
+        metrics: Mapping[str, float],
+        stop_reason: str | None,
+    ) -> Manifest:
+        self.saves += 1
+        name = f"{BLOB_PREFIX}e{epoch:06d}-s{step:09d}-{uuid.uuid4().hex[:8]}.pt"
+        hashing: list[_Hashing] = []
+
+        def fill(f: BinaryIO) -> None:
+            h = _Hashing(f)
+            hashing.append(h)
+            torch.save(dict(state), h)  # type: ignore[arg-type]
+
+        self.store.write_blob(name, fill, faults.save_pause(self.saves))
+        manifest = Manifest(
+            uri=self.store.uri(name),
+            epoch=epoch,
+            step=step,
+            size=hashing[-1].bytes,
+            sha256=hashing[-1].sha256.hexdigest(),
+            saved_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            world_size=self.world_size,
+            metrics=_finite(metrics),
+            job=self.job,
+            namespace=self.namespace,
+            stop_reason=stop_reason,
+        )
+        if self.keep_best and self._improves(manifest):
+            self.store.write_small(BEST, manifest.to_json())
+        self.store.write_small(LAST, manifest.to_json())
+        self._collect_garbage()
+        return manifest
+
+    def manifest(self, which: str = LAST) -> Manifest | None:
+        raw = self.store.read_small(which)
+        return Manifest.from_json(raw) if raw is not None else None
+
+    def load(self, which: str = LAST) -> Checkpoint | None:
+        """The checkpoint a manifest names, verified against its sha256; None when there is none yet."""
+        manifest = self.manifest(which)
+        if manifest is None:
+            return None
+        with self.store.read_blob(manifest.name) as f:
+            h = hashlib.sha256()
+            size = 0
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+            if size != manifest.size or h.hexdigest() != manifest.sha256:
+                raise CorruptCheckpoint(
+                    f"{manifest.uri}: {size} bytes sha256 {h.hexdigest()}, manifest says "
+                    f"{manifest.size} bytes sha256 {manifest.sha256}"
+                )
+            f.seek(0)
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        return Checkpoint(manifest, state)
+
+    def _improves(self, candidate: Manifest) -> bool:
+        value = candidate.metrics.get(self.objective)
+        if value is None:
+            return False
+        best = self.manifest(BEST)
+        best_value = best.metrics.get(self.objective) if best else None
+        if best_value is None:
+            return True
+        return value < best_value if self.objective_mode == "min" else value > best_value
+
+    def _collect_garbage(self) -> None:
+        """Delete weights no manifest points at, and temp files of saves that were killed midway."""
+        keep = {m.name for m in (self.manifest(LAST), self.manifest(BEST)) if m is not None}
+        for name in list(self.store.names()):
+            if name.startswith((BLOB_PREFIX, TMP_PREFIX)) and name not in keep:
+                log.debug("deleting unreferenced %s", self.store.uri(name))
+                self.store.delete(name)

@@ -1,0 +1,84 @@
+"""The trainer's settings, read once from the env the operator injects (DESIGN.md, "Trainer contract")."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+MIN_S3_PART_SIZE = 5 * 1024 * 1024  # S3 refuses smaller non-final parts
+
+
+class ConfigError(ValueError):
+    """A variable of the environment contract has a value the trainer cannot use; the message names it."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value}: must be >= {minimum}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected true or false")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the in-pod half needs; tests build one directly instead of patching os.environ."""
+
+    job: str = ""
+    namespace: str = ""
+    metrics_port: int = 8000
+    bind_address: str = "0.0.0.0"
+    checkpoint_uri: str = ""
+    control_token: str = ""
+    rank: int = 0
+    world_size: int = 1
+    termination_log: Path = Path("/dev/termination-log")
+    objective: str = "val_loss"
+    objective_mode: Literal["min", "max"] = "min"
+    keep_best: bool = False
+    s3_part_size: int = 64 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        mode = env.get("STOPLINE_OBJECTIVE_MODE", "min").strip() or "min"
+        if mode not in ("min", "max"):
+            raise ConfigError(f"STOPLINE_OBJECTIVE_MODE={mode!r}: expected min or max")
+        rank = _int(env, "RANK", 0)
+        world_size = _int(env, "WORLD_SIZE", 1, minimum=1)
+        if rank >= world_size:
+            raise ConfigError(f"RANK={rank} is not below WORLD_SIZE={world_size}")
+        return cls(
+            job=env.get("STOPLINE_JOB", ""),
+            namespace=env.get("STOPLINE_NAMESPACE", ""),
+            metrics_port=_int(env, "STOPLINE_METRICS_PORT", 8000),
+            bind_address=env.get("STOPLINE_BIND_ADDRESS", "").strip() or "0.0.0.0",
+            checkpoint_uri=env.get("STOPLINE_CHECKPOINT_URI", "").strip(),
+            control_token=env.get("STOPLINE_CONTROL_TOKEN", ""),
+            rank=rank,
+            world_size=world_size,
+            termination_log=Path(env.get("STOPLINE_TERMINATION_LOG", "") or "/dev/termination-log"),
+            objective=env.get("STOPLINE_OBJECTIVE", "").strip() or "val_loss",
+            objective_mode="max" if mode == "max" else "min",
+            keep_best=_bool(env, "STOPLINE_KEEP_BEST", False),
+            s3_part_size=_int(env, "STOPLINE_S3_PART_SIZE", 64 * 1024 * 1024, minimum=MIN_S3_PART_SIZE),
+        )

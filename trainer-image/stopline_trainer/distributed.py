@@ -1,0 +1,50 @@
+"""Agreement between ranks: a stop seen by any rank is seen by all of them at the same step."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank(default: int = 0) -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else default
+
+
+def world_size(default: int = 1) -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else default
+
+
+def any_rank(flag: bool) -> bool:
+    """All-reduce the flag with MAX; a collective, so every rank must call it at the same point.
+
+    NCCL only reduces CUDA tensors, so the tensor sits on the current device there; gloo uses the CPU.
+    """
+    if not active():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def init_from_env() -> bool:
+    """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT when WORLD_SIZE > 1.
+
+    Picks nccl when CUDA is there (binding this rank to a device first), gloo otherwise.
+    Returns whether a group is active.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return active()
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        dist.init_process_group("nccl", init_method="env://")
+    else:
+        dist.init_process_group("gloo", init_method="env://")
+    return active()

@@ -1,0 +1,53 @@
+"""A Lightning callback on the same Run: reports logged metrics, stops all ranks together, saves weights.
+
+Import it only where lightning is installed: `from stopline_trainer.lightning import StoplineCallback`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from .run import Run
+
+
+class StoplineCallback(pl.Callback):
+    """Resumes the weights at fit start, sets trainer.should_stop at the agreed step, saves at fit end.
+
+    Lightning's own SIGTERM handler aborts fit with an exception, which would skip the save, so the
+    callback re-installs stopline's handlers once training starts (Lightning restores them after fit).
+    """
+
+    def __init__(self, run: Run, *, resume: bool = True) -> None:
+        self.run = run
+        self.resume = resume
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.resume:
+            ckpt = self.run.resume()
+            if ckpt is not None:
+                pl_module.load_state_dict(ckpt.state["state_dict"])
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.run.install_signal_handlers()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.run.report(trainer.current_epoch + 1, trainer.global_step, **_scalars(trainer.callback_metrics))
+        if self.run.should_stop():
+            trainer.should_stop = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            metrics = _scalars(trainer.callback_metrics)
+            self.run.report(trainer.current_epoch + 1, trainer.global_step, **metrics)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.run.save({"state_dict": pl_module.state_dict()})
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}

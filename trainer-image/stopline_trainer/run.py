@@ -1,0 +1,211 @@
+"""The plain-loop API: report(), should_stop(), save(), resume() over the flag, server and checkpointer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+from . import distributed
+from .checkpoint import Checkpoint, Checkpointer, Manifest
+from .config import Config
+from .control import StopFlag, install_signal_handlers
+from .metrics import TrainerMetrics
+from .server import ControlServer
+from .storage import open_store
+
+log = logging.getLogger("stopline_trainer")
+
+
+class Run:
+    """One training process's link to the operator.
+
+    Every rank serves its own /metrics and /stop; should_stop() is a collective when torch.distributed is
+    initialised, so call it at the same point on every rank. Only rank 0 writes checkpoints.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        accept_http_stop: bool = True,
+        handle_signals: bool = True,
+    ) -> None:
+        self.config = config if config is not None else Config.from_env()
+        self.flag = StopFlag()
+        self.metrics = TrainerMetrics(self.flag)
+        self.server = ControlServer(
+            self.metrics,
+            self.flag,
+            token=self.config.control_token,
+            bind_address=self.config.bind_address,
+            port=self.config.metrics_port,
+            rank=self.config.rank,
+            accept_stop=accept_http_stop,
+        )
+        self._handle_signals = handle_signals
+        self._restore_signals: Callable[[], None] | None = None
+        self._checkpointer: Checkpointer | None = None
+        self.epoch = 0
+        self.step = 0
+        self.last_metrics: dict[str, float] = {}
+        self.last_manifest: Manifest | None = None
+        self._epoch_started = time.monotonic()
+        self._stopped = False
+
+    @property
+    def rank(self) -> int:
+        return distributed.rank(self.config.rank)
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.flag.reason if self.flag.is_set() else None
+
+    def start(self) -> Run:
+        self.server.start()
+        if self._handle_signals:
+            self.install_signal_handlers()
+        log.info(
+            "stopline: rank %d serving /metrics and /stop on %s:%d",
+            self.rank,
+            self.config.bind_address,
+            self.server.port,
+        )
+        return self
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT become stop requests (main thread only); the Lightning callback calls it late."""
+        if self._restore_signals is not None:
+            self._restore_signals()
+        self._restore_signals = install_signal_handlers(self.flag)
+
+    def report(self, epoch: int, step: int, **metrics: float) -> None:
+        """Publish progress; call it every step, or at least at each epoch end, with metrics as floats."""
+        now = time.monotonic()
+        if epoch != self.epoch:
+            if self.epoch:
+                self.metrics.epoch_duration.set(now - self._epoch_started)
+            self._epoch_started = now
+        self.epoch, self.step = epoch, step
+        values = {k: float(v) for k, v in metrics.items()}
+        self.last_metrics.update(values)
+        self.metrics.observe(epoch, step, values)
+
+    def should_stop(self) -> bool:
+        """True on every rank at the same call once any rank got a stop request (HTTP, signal or peer)."""
+        agreed = distributed.any_rank(self.flag.is_set())
+        if agreed and self.flag.request("stop requested by another rank"):
+            log.info("stopline: rank %d stops because another rank was asked to", self.rank)
+        if agreed and not self._stopped:
+            self._stopped = True
+            log.info(
+                "stopline: rank %d stopping at epoch %d step %d: %s",
+                self.rank,
+                self.epoch,
+                self.step,
+                self.flag.reason,
+            )
+        return agreed
+
+    def save(
+        self,
+        state: Mapping[str, Any],
+        *,
+        epoch: int | None = None,
+        step: int | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> Manifest | None:
+        """Write state atomically (rank 0 only; others return None). Defaults come from the last report()."""
+        if self.rank != 0:
+            return None
+        started = time.monotonic()
+        manifest = self._ckpt().save(
+            state,
+            epoch=self.epoch if epoch is None else epoch,
+            step=self.step if step is None else step,
+            metrics=self.last_metrics if metrics is None else metrics,
+            stop_reason=self.stop_reason,
+        )
+        self.last_manifest = manifest
+        self.metrics.checkpoint.info(
+            {
+                "uri": manifest.uri,
+                "sha256": manifest.sha256,
+                "bytes": str(manifest.size),
+                "saved_at": manifest.saved_at,
+                "format": manifest.format,
+            }
+        )
+        self._write_termination_message(manifest.to_json())
+        log.info(
+            "stopline: saved %s (%d bytes, epoch %d step %d) in %.3fs",
+            manifest.uri,
+            manifest.size,
+            manifest.epoch,
+            manifest.step,
+            time.monotonic() - started,
+        )
+        return manifest
+
+    def resume(self) -> Checkpoint | None:
+        """The latest checkpoint (verified), or None on a fresh start; every rank may call it."""
+        if not self.config.checkpoint_uri:
+            return None
+        ckpt = self._ckpt().load()
+        if ckpt is not None:
+            m = ckpt.manifest
+            self.report(m.epoch, m.step, **{k: v for k, v in m.metrics.items() if v is not None})
+            log.info("stopline: resuming from %s (epoch %d step %d)", m.uri, m.epoch, m.step)
+        return ckpt
+
+    def close(self) -> None:
+        """Leave the termination message, stop serving, give the signals back."""
+        if self.rank == 0 and self.last_manifest is not None:
+            self._write_termination_message(self.last_manifest.to_json())
+        elif self.rank != 0:
+            doc = {"rank": self.rank, "epoch": self.epoch, "step": self.step, "stopReason": self.stop_reason}
+            self._write_termination_message(json.dumps(doc, sort_keys=True).encode() + b"\n")
+        self.server.close()
+        if self._restore_signals is not None:
+            self._restore_signals()
+            self._restore_signals = None
+
+    def __enter__(self) -> Run:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _ckpt(self) -> Checkpointer:
+        if self._checkpointer is None:
+            c = self.config
+            if not c.checkpoint_uri:
+                raise RuntimeError("STOPLINE_CHECKPOINT_URI is not set: nowhere to save the checkpoint")
+            self._checkpointer = Checkpointer(
+                open_store(c.checkpoint_uri, s3_part_size=c.s3_part_size),
+                job=c.job,
+                namespace=c.namespace,
+                world_size=distributed.world_size(c.world_size),
+                objective=c.objective,
+                objective_mode=c.objective_mode,
+                keep_best=c.keep_best,
+            )
+        return self._checkpointer
+
+    def _write_termination_message(self, data: bytes) -> None:
+        """Kubernetes shows this file's content (first 4 KiB) in the pod status after the container exits."""
+        path = self.config.termination_log
+        try:
+            path.write_bytes(data)
+        except OSError as e:  # outside a pod /dev/termination-log may not be writable
+            log.debug("no termination message at %s: %s", path, e)
+
+
+def start(config: Config | None = None, **options: Any) -> Run:
+    """Read the environment, serve /metrics and /stop, turn SIGTERM/SIGINT into stop requests."""
+    return Run(config, **options).start()

@@ -1,0 +1,41 @@
+"""Where checkpoints go: a folder (a mounted PVC) or an s3:// prefix, behind one small interface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import BinaryIO, Protocol
+
+Fill = Callable[[BinaryIO], None]
+"""Writes a blob's whole content into the stream it is given."""
+
+
+class Store(Protocol):
+    """Flat names under one prefix. write_blob and write_small are atomic: a reader sees all or nothing."""
+
+    def uri(self, name: str) -> str: ...
+
+    def write_blob(self, name: str, fill: Fill, midway: Callable[[], None]) -> None:
+        """Write a large object; midway() runs once the object is partly written (fault injection)."""
+        ...
+
+    def write_small(self, name: str, data: bytes) -> None: ...
+
+    def read_small(self, name: str) -> bytes | None: ...
+
+    def read_blob(self, name: str) -> AbstractContextManager[BinaryIO]: ...
+
+    def names(self) -> Iterator[str]: ...
+
+    def delete(self, name: str) -> None: ...
+
+
+def open_store(uri: str, *, s3_part_size: int) -> Store:
+    """s3://bucket/prefix for an object store; a path or file:// URI for a mounted volume."""
+    if uri.startswith("s3://"):
+        from .s3 import S3Store  # boto3 is an optional extra: imported only when used
+
+        return S3Store.from_uri(uri, part_size=s3_part_size)
+    from .local import LocalStore
+
+    return LocalStore(uri.removeprefix("file://"))

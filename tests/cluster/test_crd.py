@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from controlplane import REPO, ControlPlane
+from stopline.api import SpecError, parse_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -64,6 +65,8 @@ def test_example_applies_and_reads_back_with_defaults(
     assert spec["checkpoint"]["resume"] is True
     assert spec["replicas"] == manifest["spec"].get("replicas", 1)
     assert spec["objective"] == manifest["spec"]["objective"]
+    # stopline.api defaults exactly as the CRD does: the apiserver's filled-in spec parses to the same view
+    assert parse_spec(spec) == parse_spec(manifest["spec"])
 
 
 def test_defaults_fill_every_criterion_kind(crd_installed: ControlPlane, namespace: str) -> None:
@@ -78,7 +81,9 @@ def test_defaults_fill_every_criterion_kind(crd_installed: ControlPlane, namespa
         {"name": "q", "promql": {"query": "up == 0"}},
     ]
     apply(crd_installed, namespace, job)
-    criteria = {c["name"]: c for c in get(crd_installed, namespace, "job")["spec"]["criteria"]}
+    filled = get(crd_installed, namespace, "job")["spec"]
+    assert parse_spec(filled) == parse_spec(job["spec"])
+    criteria = {c["name"]: c for c in filled["criteria"]}
     assert criteria["p"]["patience"] == {
         "patience": 3,
         "minDelta": 0,
@@ -214,6 +219,10 @@ def test_invalid_manifest_is_rejected_naming_the_field(
         assert words in error, f"{words!r} not in:\n{error}"
     missing = crd_installed.kubectl("get", "tj", case, "-n", namespace, check=False)
     assert missing.returncode != 0, "a rejected TrainingJob must not exist"
+    # `stopline replay` validates with stopline.api: it must reject the same spec, at the same field
+    with pytest.raises(SpecError) as rejected:
+        parse_spec(job["spec"])
+    assert rejected.value.path.startswith(expected[0]), rejected.value
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,609 @@
+"""Typed, defaulted views of a TrainingJob spec, validated like the CRD (crds/trainingjob.yaml) validates it.
+
+The operator and `stopline replay` read specs only through `parse_spec`; every error names the field path
+and says what to write instead. Pure: no kopf, no Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+Mode = Literal["min", "max"]
+MODES: tuple[Mode, ...] = ("min", "max")
+CRITERION_KINDS = ("patience", "threshold", "divergence", "plateau", "budget", "cohort", "gpuIdle", "promql")
+_METRIC = re.compile(r"^[A-Za-z_][A-Za-z0-9_:./-]*$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_URL = re.compile(r"^https?://")
+_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+GPU_RESOURCE = "nvidia.com/gpu"
+_Choice = TypeVar("_Choice", bound=str)
+
+
+class SpecError(ValueError):
+    """An invalid spec; the message starts with the field path, e.g. `spec.criteria[1].patience.patience`."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Duration:
+    """A CRD duration such as 1h30m: the text the user wrote (for messages) and its length in seconds."""
+
+    text: str
+    seconds: float
+
+
+def parse_duration(text: str) -> Duration:
+    """Parse `^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$`; ValueError when the text does not match."""
+    if not _DURATION.fullmatch(text):
+        raise ValueError(text)
+    seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(text))
+    return Duration(text, seconds)
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    mode: Mode = "min"
+
+
+@dataclass(frozen=True)
+class PatienceCriterion:
+    """Keras/Lightning EarlyStopping: stop after `patience` evaluations without an improvement > min_delta."""
+
+    name: str
+    metric: str
+    mode: Mode
+    patience: int = 3
+    min_delta: float = 0.0
+    min_delta_mode: Literal["absolute", "relative"] = "absolute"
+    warmup_epochs: int = 0
+    smoothing: float | None = None
+
+
+@dataclass(frozen=True)
+class ThresholdCriterion:
+    """Lightning stopping_threshold: stop once the metric is strictly better than `value`."""
+
+    name: str
+    metric: str
+    mode: Mode
+    value: float
+    warmup_epochs: int = 0
+    smoothing: float | None = None
+
+
+@dataclass(frozen=True)
+class DivergenceCriterion:
+    """Lightning divergence_threshold and check_finite: strictly worse than `value`, or NaN/Inf."""
+
+    name: str
+    metric: str
+    mode: Mode
+    value: float | None = None
+    non_finite: bool = True
+    warmup_epochs: int = 0
+
+
+@dataclass(frozen=True)
+class PlateauCriterion:
+    """Converged: the relative change over the last `window` evaluations is below max_relative_change."""
+
+    name: str
+    metric: str
+    mode: Mode
+    max_relative_change: float
+    window: int = 5
+    warmup_epochs: int = 0
+    smoothing: float | None = None
+
+
+@dataclass(frozen=True)
+class BudgetCriterion:
+    """Stop when any limit is reached: wall-clock since the trainer started, GPU-hours, epochs."""
+
+    name: str
+    max_duration: Duration | None = None
+    max_gpu_hours: float | None = None
+    max_epochs: int | None = None
+
+
+@dataclass(frozen=True)
+class CohortCriterion:
+    """Median stopping rule (Vizier/SageMaker) over the other jobs of the study."""
+
+    name: str
+    metric: str
+    mode: Mode
+    study: str | None = None
+    percentile: float = 50.0
+    min_jobs: int = 5
+    warmup_epochs: int = 0
+    compare: Literal["best", "current"] = "best"
+    reference: Literal["runningAverage", "value"] = "runningAverage"
+    include_stopped: bool = True
+
+
+@dataclass(frozen=True)
+class GPUIdleCriterion:
+    """GPU utilisation below the bound for `for_`, while the step did not advance."""
+
+    name: str
+    utilization_below: float = 5.0
+    for_: Duration = Duration("15m", 900.0)
+
+
+@dataclass(frozen=True)
+class PromQLCriterion:
+    """A PromQL query that kept returning a non-empty result for `for_`."""
+
+    name: str
+    query: str
+    for_: Duration = Duration("0s", 0.0)
+
+
+Criterion = (
+    PatienceCriterion
+    | ThresholdCriterion
+    | DivergenceCriterion
+    | PlateauCriterion
+    | BudgetCriterion
+    | CohortCriterion
+    | GPUIdleCriterion
+    | PromQLCriterion
+)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    port: int = 8000
+    path: str = "/metrics"
+    interval: Duration = Duration("15s", 15.0)
+    stale_after: Duration = Duration("15m", 900.0)
+    prometheus_url: str | None = None
+
+
+@dataclass(frozen=True)
+class PVCTarget:
+    claim_name: str
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class ObjectStoreTarget:
+    uri: str
+    endpoint: str | None = None
+    region: str | None = None
+    credentials_secret: str | None = None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    target: PVCTarget | ObjectStoreTarget
+    keep_best: bool = False
+    resume: bool = True
+
+
+@dataclass(frozen=True)
+class StopPolicy:
+    grace_period: Duration = Duration("10m", 600.0)
+    ack_timeout: Duration = Duration("30s", 30.0)
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class TrainingJobSpec:
+    template: Mapping[str, object]
+    objective: Objective
+    checkpoint: Checkpoint
+    replicas: int = 1
+    max_epochs: int | None = None
+    metrics: Metrics = Metrics()
+    criteria: tuple[Criterion, ...] = ()
+    stop_policy: StopPolicy = StopPolicy()
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the job holds: replicas x the nvidia.com/gpu limits of the pod's containers (at least 1)."""
+        containers = _mapping(self.template.get("spec")).get("containers")
+        per_pod = 0
+        for container in containers if isinstance(containers, list) else []:
+            limits = _mapping(_mapping(_mapping(container).get("resources")).get("limits"))
+            count = limits.get(GPU_RESOURCE, 0)
+            per_pod += int(count) if isinstance(count, int | str) and str(count).isdigit() else 0
+        return self.replicas * max(per_pod, 1)
+
+
+def _mapping(value: object) -> Mapping[str, object]:
+    return value if isinstance(value, Mapping) else {}
+
+
+class _Fields:
+    """Reads one object of the spec: typed getters that check the CRD's rules and name the field path."""
+
+    def __init__(self, raw: object, path: str, allowed: Sequence[str]) -> None:
+        if not isinstance(raw, Mapping):
+            raise SpecError(path, f"must be an object (a YAML mapping), got {_show(raw)}")
+        unknown = sorted(str(key) for key in raw if key not in allowed)
+        if unknown:
+            raise SpecError(
+                f"{path}.{unknown[0]}", f"unknown field; the fields allowed here are {', '.join(allowed)}"
+            )
+        self.raw: Mapping[str, object] = raw
+        self.path = path
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}"
+
+    def has(self, key: str) -> bool:
+        return self.raw.get(key) is not None
+
+    def _required(self, key: str) -> object:
+        if key not in self.raw or self.raw[key] is None:
+            raise SpecError(self.at(key), "is required")
+        return self.raw[key]
+
+    def integer(self, key: str, minimum: int, maximum: int | None = None) -> int:
+        value = self._required(key)
+        bounds = f">= {minimum}" if maximum is None else f"within {minimum}..{maximum}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(self.at(key), f"must be an integer {bounds}, got {_show(value)}")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise SpecError(self.at(key), f"must be an integer {bounds}, got {value}")
+        return value
+
+    def optional_integer(self, key: str, minimum: int, maximum: int | None = None) -> int | None:
+        return self.integer(key, minimum, maximum) if self.has(key) else None
+
+    def number(
+        self, key: str, minimum: float | None = None, maximum: float | None = None, *, exclusive: bool = False
+    ) -> float:
+        value = self._required(key)
+        bound = [f"> {minimum}" if exclusive else f">= {minimum}"] if minimum is not None else []
+        bound += [f"<= {maximum}"] if maximum is not None else []
+        wanted = "must be a number" + (" " + " and ".join(bound) if bound else "")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise SpecError(self.at(key), f"{wanted}, got {_show(value)}")
+        too_low = minimum is not None and (value <= minimum if exclusive else value < minimum)
+        if too_low or (maximum is not None and value > maximum):
+            raise SpecError(self.at(key), f"{wanted}, got {value}")
+        return float(value)
+
+    def optional_number(
+        self, key: str, minimum: float | None = None, maximum: float | None = None, *, exclusive: bool = False
+    ) -> float | None:
+        return self.number(key, minimum, maximum, exclusive=exclusive) if self.has(key) else None
+
+    def string(self, key: str, pattern: re.Pattern[str] | None = None, max_length: int = 1 << 20) -> str:
+        value = self._required(key)
+        if not isinstance(value, str) or not value:
+            raise SpecError(self.at(key), f"must be a non-empty string, got {_show(value)}")
+        if len(value) > max_length:
+            raise SpecError(self.at(key), f"must be at most {max_length} characters, got {len(value)}")
+        if pattern is not None and not pattern.search(value):
+            raise SpecError(self.at(key), f"must match {pattern.pattern}, got {value!r}")
+        return value
+
+    def optional_string(
+        self, key: str, pattern: re.Pattern[str] | None = None, max_length: int = 1 << 20
+    ) -> str | None:
+        return self.string(key, pattern, max_length) if self.has(key) else None
+
+    def choice(self, key: str, choices: Sequence[_Choice], default: _Choice) -> _Choice:
+        if not self.has(key):
+            return default
+        value = self.raw[key]
+        for choice in choices:
+            if value == choice:
+                return choice
+        raise SpecError(self.at(key), f"must be one of {', '.join(choices)}, got {_show(value)}")
+
+    def boolean(self, key: str, default: bool) -> bool:
+        if not self.has(key):
+            return default
+        value = self.raw[key]
+        if not isinstance(value, bool):
+            raise SpecError(self.at(key), f"must be true or false, got {_show(value)}")
+        return value
+
+    def duration(self, key: str, default: str, *, positive: bool = True) -> Duration:
+        text = self.raw.get(key, default)
+        example = "a positive duration such as 15s, 10m or 6h" if positive else "a duration such as 0s or 5m"
+        if not isinstance(text, str):
+            raise SpecError(self.at(key), f"must be {example} (a string), got {_show(text)}")
+        try:
+            duration = parse_duration(text)
+        except ValueError:
+            raise SpecError(self.at(key), f"must be {example}, got {text!r}") from None
+        if positive and duration.seconds <= 0:
+            raise SpecError(self.at(key), f"must be {example}, got {text!r}")
+        return duration
+
+    def optional_duration(self, key: str) -> Duration | None:
+        return self.duration(key, "") if self.has(key) else None
+
+    def child(self, key: str, allowed: Sequence[str], *, required: bool = False) -> _Fields | None:
+        if not self.has(key):
+            if required:
+                raise SpecError(self.at(key), "is required")
+            return None
+        return _Fields(self.raw[key], self.at(key), allowed)
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
+    """Validate and default a TrainingJob's spec (the dict under `spec:`); raises SpecError."""
+    fields = _Fields(
+        raw,
+        path,
+        (
+            "replicas",
+            "maxEpochs",
+            "template",
+            "objective",
+            "metrics",
+            "criteria",
+            "checkpoint",
+            "stopPolicy",
+        ),
+    )
+    replicas = fields.integer("replicas", 1, 1024) if fields.has("replicas") else 1
+    objective = _objective(fields)
+    metrics = _metrics(fields.child("metrics", ("port", "path", "interval", "staleAfter", "prometheus")))
+    criteria = _criteria(fields, objective)
+    needs_prometheus = [c.name for c in criteria if isinstance(c, GPUIdleCriterion | PromQLCriterion)]
+    if needs_prometheus and metrics.prometheus_url is None:
+        raise SpecError(
+            f"{path}.metrics.prometheus.url",
+            f"is required: criteria {', '.join(needs_prometheus)} (gpuIdle/promql) read Prometheus; "
+            "set spec.metrics.prometheus.url",
+        )
+    return TrainingJobSpec(
+        template=_template(fields),
+        objective=objective,
+        checkpoint=_checkpoint(fields),
+        replicas=replicas,
+        max_epochs=fields.optional_integer("maxEpochs", 1),
+        metrics=metrics,
+        criteria=criteria,
+        stop_policy=_stop_policy(fields.child("stopPolicy", ("gracePeriod", "ackTimeout", "dryRun"))),
+    )
+
+
+def _template(spec: _Fields) -> Mapping[str, object]:
+    template = spec.child("template", ("metadata", "spec"), required=True)
+    assert template is not None
+    pod_spec = template.raw.get("spec")
+    if not isinstance(pod_spec, Mapping):
+        raise SpecError(template.at("spec"), "is required: the trainer pod spec (a core/v1 PodSpec)")
+    containers = pod_spec.get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise SpecError(template.at("spec.containers"), "must list at least one container")
+    for index, container in enumerate(containers):
+        if (
+            not isinstance(container, Mapping)
+            or not isinstance(container.get("name"), str)
+            or not container["name"]
+        ):
+            raise SpecError(template.at(f"spec.containers[{index}].name"), "is required (a non-empty string)")
+    return template.raw
+
+
+def _objective(spec: _Fields) -> Objective:
+    objective = spec.child("objective", ("metric", "mode"), required=True)
+    assert objective is not None
+    return Objective(objective.string("metric", _METRIC, 128), objective.choice("mode", MODES, "min"))
+
+
+def _metrics(fields: _Fields | None) -> Metrics:
+    if fields is None:
+        return Metrics()
+    prometheus = fields.child("prometheus", ("url",))
+    return Metrics(
+        port=fields.integer("port", 1, 65535) if fields.has("port") else 8000,
+        path=fields.string("path", re.compile("^/")) if fields.has("path") else "/metrics",
+        interval=fields.duration("interval", "15s"),
+        stale_after=fields.duration("staleAfter", "15m"),
+        prometheus_url=prometheus.string("url", _URL, 2048) if prometheus is not None else None,
+    )
+
+
+def _criteria(spec: _Fields, objective: Objective) -> tuple[Criterion, ...]:
+    raw = spec.raw.get("criteria")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise SpecError(spec.at("criteria"), f"must be a list of criteria, got {_show(raw)}")
+    if len(raw) > 32:
+        raise SpecError(spec.at("criteria"), f"must have at most 32 criteria, got {len(raw)}")
+    criteria: list[Criterion] = []
+    for index, item in enumerate(raw):
+        criterion = _criterion(
+            _Fields(item, f"{spec.at('criteria')}[{index}]", ("name", *CRITERION_KINDS)), objective
+        )
+        for earlier_index, earlier in enumerate(criteria):
+            if earlier.name == criterion.name:
+                raise SpecError(
+                    f"{spec.at('criteria')}[{index}].name",
+                    f"{criterion.name!r} is already the name of criteria[{earlier_index}]; "
+                    "names must be unique",
+                )
+        criteria.append(criterion)
+    return tuple(criteria)
+
+
+def _criterion(item: _Fields, objective: Objective) -> Criterion:
+    name = item.string("name", _NAME, 63)
+    kinds = [kind for kind in CRITERION_KINDS if kind in item.raw]
+    if len(kinds) != 1:
+        found = " and ".join(kinds) if kinds else "none"
+        kinds_text = ", ".join(CRITERION_KINDS[:-1]) + f" or {CRITERION_KINDS[-1]}"
+        raise SpecError(item.path, f"must set exactly one kind of {kinds_text}; found {found}")
+    kind = kinds[0]
+    body = item.raw[kind] if item.raw[kind] is not None else {}
+    path = item.at(kind)
+    if kind == "patience":
+        fields = _Fields(
+            body,
+            path,
+            ("metric", "mode", "patience", "minDelta", "minDeltaMode", "warmupEpochs", "smoothing"),
+        )
+        metric, mode = _metric_mode(fields, objective)
+        return PatienceCriterion(
+            name,
+            metric,
+            mode,
+            patience=fields.integer("patience", 1, 100000) if fields.has("patience") else 3,
+            min_delta=fields.number("minDelta", 0) if fields.has("minDelta") else 0.0,
+            min_delta_mode=fields.choice("minDeltaMode", ("absolute", "relative"), "absolute"),
+            warmup_epochs=_warmup(fields),
+            smoothing=_smoothing(fields),
+        )
+    if kind == "threshold":
+        fields = _Fields(body, path, ("metric", "mode", "value", "warmupEpochs", "smoothing"))
+        metric, mode = _metric_mode(fields, objective)
+        return ThresholdCriterion(
+            name,
+            metric,
+            mode,
+            fields.number("value"),
+            warmup_epochs=_warmup(fields),
+            smoothing=_smoothing(fields),
+        )
+    if kind == "divergence":
+        fields = _Fields(body, path, ("metric", "mode", "value", "nonFinite", "warmupEpochs"))
+        metric, mode = _metric_mode(fields, objective)
+        value = fields.optional_number("value")
+        non_finite = fields.boolean("nonFinite", True)
+        if value is None and not non_finite:
+            raise SpecError(
+                path, "set value, or keep nonFinite true; otherwise this criterion can never fire"
+            )
+        return DivergenceCriterion(name, metric, mode, value, non_finite, _warmup(fields))
+    if kind == "plateau":
+        fields = _Fields(
+            body, path, ("metric", "mode", "window", "maxRelativeChange", "warmupEpochs", "smoothing")
+        )
+        metric, mode = _metric_mode(fields, objective)
+        return PlateauCriterion(
+            name,
+            metric,
+            mode,
+            max_relative_change=fields.number("maxRelativeChange", 0, exclusive=True),
+            window=fields.integer("window", 2, 10000) if fields.has("window") else 5,
+            warmup_epochs=_warmup(fields),
+            smoothing=_smoothing(fields),
+        )
+    if kind == "budget":
+        fields = _Fields(body, path, ("maxDuration", "maxGPUHours", "maxEpochs"))
+        if not any(fields.has(key) for key in ("maxDuration", "maxGPUHours", "maxEpochs")):
+            raise SpecError(path, "set at least one of maxDuration, maxGPUHours, maxEpochs")
+        return BudgetCriterion(
+            name,
+            max_duration=fields.optional_duration("maxDuration"),
+            max_gpu_hours=fields.optional_number("maxGPUHours", 0, exclusive=True),
+            max_epochs=fields.optional_integer("maxEpochs", 1),
+        )
+    if kind == "cohort":
+        allowed = (
+            "metric",
+            "mode",
+            "study",
+            "percentile",
+            "minJobs",
+            "warmupEpochs",
+            "compare",
+            "reference",
+            "includeStopped",
+        )
+        fields = _Fields(body, path, allowed)
+        metric, mode = _metric_mode(fields, objective)
+        return CohortCriterion(
+            name,
+            metric,
+            mode,
+            study=fields.optional_string("study", max_length=63),
+            percentile=fields.number("percentile", 0, 100) if fields.has("percentile") else 50.0,
+            min_jobs=fields.integer("minJobs", 1) if fields.has("minJobs") else 5,
+            warmup_epochs=_warmup(fields),
+            compare=fields.choice("compare", ("best", "current"), "best"),
+            reference=fields.choice("reference", ("runningAverage", "value"), "runningAverage"),
+            include_stopped=fields.boolean("includeStopped", True),
+        )
+    if kind == "gpuIdle":
+        fields = _Fields(body, path, ("utilizationBelow", "for"))
+        below = fields.number("utilizationBelow", 0, 100) if fields.has("utilizationBelow") else 5.0
+        return GPUIdleCriterion(name, below, fields.duration("for", "15m"))
+    fields = _Fields(body, path, ("query", "for"))
+    return PromQLCriterion(
+        name, fields.string("query", max_length=4096), fields.duration("for", "0s", positive=False)
+    )
+
+
+def _metric_mode(fields: _Fields, objective: Objective) -> tuple[str, Mode]:
+    """Every criterion's metric and mode default to spec.objective."""
+    metric = fields.string("metric", _METRIC, 128) if fields.has("metric") else objective.metric
+    return metric, fields.choice("mode", MODES, objective.mode)
+
+
+def _warmup(fields: _Fields) -> int:
+    return fields.integer("warmupEpochs", 0) if fields.has("warmupEpochs") else 0
+
+
+def _smoothing(fields: _Fields) -> float | None:
+    """EMA weight of the newest value in (0, 1]; 1 is the same as no smoothing."""
+    weight = fields.optional_number("smoothing", 0, 1, exclusive=True)
+    return None if weight == 1.0 else weight
+
+
+def _checkpoint(spec: _Fields) -> Checkpoint:
+    fields = spec.child("checkpoint", ("pvc", "objectStore", "keepBest", "resume"), required=True)
+    assert fields is not None
+    if fields.has("pvc") == fields.has("objectStore"):
+        raise SpecError(fields.path, "set exactly one checkpoint target: pvc or objectStore")
+    target: PVCTarget | ObjectStoreTarget
+    pvc = fields.child("pvc", ("claimName", "path"))
+    if pvc is not None:
+        path = pvc.raw.get("path", "")
+        if not isinstance(path, str) or len(path) > 1024 or path.startswith("/") or ".." in path.split("/"):
+            raise SpecError(pvc.at("path"), f"must be a relative path without '..', got {_show(path)}")
+        target = PVCTarget(pvc.string("claimName", max_length=253), path)
+    else:
+        store = fields.child("objectStore", ("uri", "endpoint", "region", "credentialsSecret"))
+        assert store is not None
+        target = ObjectStoreTarget(
+            uri=store.string("uri", _S3_URI, 1024),
+            endpoint=store.optional_string("endpoint", _URL, 2048),
+            region=store.optional_string("region", max_length=64),
+            credentials_secret=store.optional_string("credentialsSecret", max_length=253),
+        )
+    return Checkpoint(target, fields.boolean("keepBest", False), fields.boolean("resume", True))
+
+
+def _stop_policy(fields: _Fields | None) -> StopPolicy:
+    if fields is None:
+        return StopPolicy()
+    return StopPolicy(
+        grace_period=fields.duration("gracePeriod", "10m"),
+        ack_timeout=fields.duration("ackTimeout", "30s"),
+        dry_run=fields.boolean("dryRun", False),
+    )

@@ -1,0 +1,89 @@
+"""Cohort: the median stopping rule of Vizier/SageMaker, generalised to any percentile.
+
+At epoch e (after warm-up) the job stops when its best-so-far (compare=best) or its value at e
+(compare=current) is strictly worse than the percentile of the other jobs' references at e: their running
+averages over epochs 1..e (reference=runningAverage) or their values at e (reference=value). Only jobs
+that reached e count, and at least minJobs of them are needed. The percentile counts from the best end,
+as in Optuna's PercentilePruner: with 25 a job must be in the best quarter to go on (for a max metric
+the cut is the 75th numeric percentile). With compare=best, reference=value and includeStopped=false this
+takes exactly the decisions of optuna.pruners.PercentilePruner (see tests/unit/test_equivalence_optuna.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from stopline.api import CohortCriterion
+from stopline.criteria.decision import Decision, Outcome
+from stopline.criteria.observation import CohortCurve, Observation
+from stopline.criteria.percentile import percentile
+from stopline.criteria.state import EpochState, fmt, is_better, status_line
+
+
+@dataclass
+class CohortState(EpochState):
+    KIND: ClassVar[str] = "cohort"
+    best: float | None = None
+    best_epoch: int | None = None
+    cut: float | None = None
+    jobs: int = 0
+
+
+def references(criterion: CohortCriterion, cohort: tuple[CohortCurve, ...], epoch: int) -> list[float]:
+    """The other jobs' references at `epoch`, from the jobs that reached it."""
+    table = "running_average" if criterion.reference == "runningAverage" else "values"
+    return [
+        getattr(curve, table)[epoch]
+        for curve in cohort
+        if curve.metric == criterion.metric
+        and epoch in curve.values
+        and (criterion.include_stopped or not curve.stopped)
+    ]
+
+
+def evaluate(
+    criterion: CohortCriterion, observation: Observation, raw: Mapping[str, object] | None
+) -> Outcome:
+    state = CohortState.load(raw)
+    numeric_percentile = criterion.percentile if criterion.mode == "min" else 100 - criterion.percentile
+    for epoch, value in state.finite_values(observation.samples, criterion.metric):
+        if state.best is None or is_better(value, state.best, criterion.mode):
+            state.best, state.best_epoch = value, epoch
+        if epoch <= criterion.warmup_epochs:
+            continue
+        cohort = references(criterion, observation.cohort, epoch)
+        state.jobs = len(cohort)
+        if len(cohort) < criterion.min_jobs:
+            state.cut = None
+            continue
+        state.cut = cut = percentile(cohort, numeric_percentile)
+        mine = state.best if criterion.compare == "best" else value
+        if is_better(cut, mine, criterion.mode):
+            what = "best" if criterion.compare == "best" else "value"
+            of = "running averages" if criterion.reference == "runningAverage" else "values"
+            message = (
+                f"{criterion.metric} {what} {fmt(mine)} at epoch {epoch} is worse than "
+                f"{fmt(cut)}, the {fmt(criterion.percentile)}th percentile of the {of} "
+                f"of {len(cohort)} other jobs"
+            )
+            state.stop = Decision(
+                "Cohort", criterion.name, message, criterion.metric, mine, epoch
+            ).as_status()
+            break
+    if state.cut is not None:
+        summary = (
+            f"best {fmt(state.best if state.best is not None else math.nan)}; "
+            f"the cut at epoch {state.epoch} is {fmt(state.cut)} from {state.jobs} jobs"
+        )
+    elif state.epoch > criterion.warmup_epochs:
+        summary = (
+            f"{state.jobs} other jobs reached epoch {state.epoch}; {criterion.min_jobs} needed to compare"
+        )
+    else:
+        summary = f"warm-up: comparing from epoch {criterion.warmup_epochs + 1} on"
+    return Outcome(
+        state.dump(), state.decision, status_line(observation.samples, state, criterion.metric, summary)
+    )

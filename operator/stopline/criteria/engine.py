@@ -1,0 +1,87 @@
+"""The one entry point: run every criterion of a job, then pick the decision. Nothing else decides a stop."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from stopline import api
+from stopline.criteria import budget, cohort, divergence, live, patience, plateau, threshold
+from stopline.criteria.decision import Decision, JSONState, Outcome
+from stopline.criteria.observation import Observation
+
+STOP_ANNOTATION = "stopline.dev/stop"
+CANCEL_ANNOTATION = "stopline.dev/cancel"
+
+
+@dataclass(frozen=True)
+class CriterionStatus:
+    """One entry of status.criteria[]."""
+
+    name: str
+    state: JSONState
+    message: str
+
+    def as_status(self) -> dict[str, object]:
+        return {"name": self.name, "state": dict(self.state), "message": self.message}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    criteria: tuple[CriterionStatus, ...]
+    decision: Decision | None
+
+    @property
+    def states(self) -> dict[str, JSONState]:
+        return {criterion.name: criterion.state for criterion in self.criteria}
+
+
+_EVALUATORS: Mapping[type, Callable[..., Outcome]] = {
+    api.PatienceCriterion: patience.evaluate,
+    api.ThresholdCriterion: threshold.evaluate,
+    api.DivergenceCriterion: divergence.evaluate,
+    api.PlateauCriterion: plateau.evaluate,
+    api.BudgetCriterion: budget.evaluate,
+    api.CohortCriterion: cohort.evaluate,
+    api.GPUIdleCriterion: live.evaluate_gpu_idle,
+    api.PromQLCriterion: live.evaluate_promql,
+}
+
+
+def _run(criterion: api.Criterion, observation: Observation, raw: JSONState | None) -> Outcome:
+    return _EVALUATORS[type(criterion)](criterion, observation, raw)
+
+
+def evaluate(
+    spec: api.TrainingJobSpec, states: Mapping[str, JSONState], observation: Observation
+) -> Evaluation:
+    """Run the criteria of spec (in order, then the implicit staleAfter) on what was observed.
+
+    states: status.criteria[].state by name, as the previous call returned them (empty at first).
+    The decision: cancel, then a manual stop, then the criterion that fired at the earliest epoch (several
+    epochs can arrive in one call), ties going to the first in spec order. A criterion that fired keeps
+    returning its decision, so a restarted operator decides the same.
+    """
+    outcomes: list[tuple[str, Outcome]] = [
+        (criterion.name, _run(criterion, observation, states.get(criterion.name)))
+        for criterion in spec.criteria
+    ]
+    stale = live.evaluate_stale(spec.metrics.stale_after, observation, states.get(live.STALE))
+    outcomes.append((live.STALE, stale))
+    statuses = tuple(CriterionStatus(name, outcome.state, outcome.message) for name, outcome in outcomes)
+    return Evaluation(statuses, _choose(observation, [outcome.decision for _, outcome in outcomes]))
+
+
+def _choose(observation: Observation, decisions: list[Decision | None]) -> Decision | None:
+    epoch = observation.latest_epoch
+    if observation.cancel is not None:
+        return Decision("Cancelled", CANCEL_ANNOTATION, observation.cancel or "cancelled", None, None, epoch)
+    if observation.stop is not None:
+        return Decision("Manual", STOP_ANNOTATION, observation.stop or "stopped by hand", None, None, epoch)
+    fired = [
+        (decision.epoch if decision.epoch is not None else math.inf, index, decision)
+        for index, decision in enumerate(decisions)
+        if decision is not None
+    ]
+    return min(fired)[2] if fired else None

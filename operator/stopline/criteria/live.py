@@ -1,0 +1,112 @@
+"""The criteria that watch time rather than epochs: Stale (hung trainer), GPUIdle and PromQL."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from stopline.api import Duration, GPUIdleCriterion, PromQLCriterion
+from stopline.criteria.decision import Decision, Outcome
+from stopline.criteria.observation import Observation
+from stopline.criteria.state import State, fmt
+
+STALE = "staleAfter"  # the criterion name of spec.metrics.staleAfter; no user name can have a capital letter
+
+
+def _progress(observation: Observation) -> int | None:
+    """What "the trainer advanced" means: its step, or its latest epoch when the step is unknown."""
+    return observation.step if observation.step is not None else observation.latest_epoch
+
+
+def _minutes(seconds: float) -> str:
+    return f"{fmt(seconds / 60)} min"
+
+
+@dataclass
+class StaleState(State):
+    KIND: ClassVar[str] = "stale"
+    progress: int | None = None
+    since: float | None = None
+
+
+def evaluate_stale(
+    stale_after: Duration, observation: Observation, raw: Mapping[str, object] | None
+) -> Outcome:
+    """No new step for staleAfter; the clock starts at started_at (or the first call) and at every advance."""
+    state = StaleState.load(raw)
+    progress = _progress(observation)
+    if state.since is None:
+        state.since = observation.started_at if observation.started_at is not None else observation.now
+    if progress is not None and progress != state.progress:
+        state.progress, state.since = progress, observation.now
+    quiet = observation.now - state.since
+    if state.stop is None and quiet >= stale_after.seconds:
+        at = f"step {observation.step}" if observation.step is not None else f"progress {state.progress}"
+        message = f"no new step for {_minutes(quiet)} (staleAfter {stale_after.text}), stuck at {at}"
+        state.stop = Decision("Stale", STALE, message, None, quiet, observation.latest_epoch).as_status()
+    return Outcome(state.dump(), state.decision, f"last progress {_minutes(quiet)} ago")
+
+
+@dataclass
+class GPUIdleState(State):
+    KIND: ClassVar[str] = "gpuIdle"
+    progress: int | None = None
+    idle_since: float | None = None
+
+
+def evaluate_gpu_idle(
+    criterion: GPUIdleCriterion, observation: Observation, raw: Mapping[str, object] | None
+) -> Outcome:
+    """Idle = utilisation below the bound AND no progress; an evaluation or a checkpoint phase advances."""
+    state = GPUIdleState.load(raw)
+    utilization, progress = observation.gpu_utilization, _progress(observation)
+    if utilization is None:
+        message = (
+            "no GPU utilisation from DCGM (DCGM_FI_DEV_GPU_UTIL, DCGM_FI_PROF_GR_ENGINE_ACTIVE); no decision"
+        )
+        return Outcome(state.dump(), state.decision, message)
+    if utilization >= criterion.utilization_below:
+        state.idle_since = None
+    elif state.idle_since is None or progress != state.progress:
+        state.idle_since = observation.now
+    state.progress = progress
+    idle = observation.now - state.idle_since if state.idle_since is not None else 0.0
+    if state.stop is None and state.idle_since is not None and idle >= criterion.for_.seconds:
+        message = (
+            f"GPU utilisation {fmt(utilization)}% below {fmt(criterion.utilization_below)}% with no new step "
+            f"for {_minutes(idle)} (for {criterion.for_.text})"
+        )
+        state.stop = Decision(
+            "GPUIdle", criterion.name, message, None, utilization, observation.latest_epoch
+        ).as_status()
+    return Outcome(
+        state.dump(), state.decision, f"GPU utilisation {fmt(utilization)}%, idle for {_minutes(idle)}"
+    )
+
+
+@dataclass
+class PromQLState(State):
+    KIND: ClassVar[str] = "promql"
+    since: float | None = None
+
+
+def evaluate_promql(
+    criterion: PromQLCriterion, observation: Observation, raw: Mapping[str, object] | None
+) -> Outcome:
+    """The query's result is an input (observation.promql[name]); a failed query keeps the clock as it was."""
+    state = PromQLState.load(raw)
+    result = observation.promql.get(criterion.name)
+    if result is None:
+        return Outcome(state.dump(), state.decision, "no query result this time (query failed or not run)")
+    state.since = (state.since if state.since is not None else observation.now) if result else None
+    held = observation.now - state.since if state.since is not None else 0.0
+    if state.stop is None and state.since is not None and held >= criterion.for_.seconds:
+        message = (
+            f"query {criterion.query!r} returned a result for {_minutes(held)} (for {criterion.for_.text})"
+        )
+        state.stop = Decision(
+            "PromQL", criterion.name, message, None, None, observation.latest_epoch
+        ).as_status()
+    summary = f"query returned a result for {_minutes(held)}" if result else "query returned no result"
+    return Outcome(state.dump(), state.decision, summary)

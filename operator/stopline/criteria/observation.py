@@ -1,0 +1,65 @@
+"""What the operator saw of a job at one instant: the input of the engine. Time is always an argument."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from itertools import accumulate
+
+# Metric values by epoch (epochs count from 1): {epoch: {metric name: value}}. A mapping, so a sample that
+# arrives twice is one sample; evaluators also remember the last epoch they consumed, so calling them
+# again with the same (or older) epochs changes nothing.
+Samples = Mapping[int, Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class CohortCurve:
+    """Another job of the same study: its curve of `metric`, epoch -> value; non-finite values are dropped.
+
+    Running averages are precomputed once, because the cohort rule reads them for every epoch of every job.
+    """
+
+    job: str
+    metric: str
+    values: Mapping[int, float]
+    stopped: bool = False
+    running_average: Mapping[int, float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", {e: v for e, v in self.values.items() if math.isfinite(v)})
+        epochs = sorted(self.values)
+        sums = accumulate(self.values[epoch] for epoch in epochs)
+        averages = {
+            epoch: total / count
+            for count, (epoch, total) in enumerate(zip(epochs, sums, strict=True), start=1)
+        }
+        object.__setattr__(self, "running_average", averages)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the criteria may look at, as of `now` (seconds since the Unix epoch).
+
+    started_at: when the trainer started (for budgets and staleness); None means "at the first call".
+    gpus: GPUs the job holds (TrainingJobSpec.gpus), for maxGPUHours.
+    step: the trainer's latest step, the progress marker for Stale and GPUIdle (None: unknown, the latest
+    epoch is used). gpu_utilization: the busiest GPU's utilisation in percent from DCGM (None: unknown).
+    promql: criterion name -> whether its query returned a non-empty result (absent: query failed).
+    stop / cancel: the values of the stopline.dev/stop and stopline.dev/cancel annotations, when set.
+    """
+
+    now: float
+    samples: Samples = field(default_factory=dict)
+    started_at: float | None = None
+    step: int | None = None
+    gpus: int = 1
+    gpu_utilization: float | None = None
+    promql: Mapping[str, bool] = field(default_factory=dict)
+    cohort: tuple[CohortCurve, ...] = ()
+    stop: str | None = None
+    cancel: str | None = None
+
+    @property
+    def latest_epoch(self) -> int | None:
+        return max(self.samples, default=None)

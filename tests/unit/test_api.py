@@ -1,0 +1,134 @@
+"""Spec parsing: defaults from the CRD, and errors that name the field and the fix."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stopline import api
+
+REPO = Path(__file__).resolve().parents[2]
+BASE: dict[str, Any] = {
+    "template": {"spec": {"containers": [{"name": "trainer"}]}},
+    "objective": {"metric": "val_loss"},
+    "checkpoint": {"pvc": {"claimName": "ckpt"}},
+}
+
+
+def with_(**changes: Any) -> dict[str, Any]:
+    return copy.deepcopy(BASE) | changes
+
+
+def test_defaults_follow_the_crd() -> None:
+    spec = api.parse_spec(with_(criteria=[{"name": "p", "patience": {}}, {"name": "c", "cohort": None}]))
+    assert spec.objective == api.Objective("val_loss", "min")
+    assert spec.metrics.stale_after.seconds == 900 and spec.metrics.interval.seconds == 15
+    assert spec.stop_policy == api.StopPolicy()
+    assert spec.criteria[0] == api.PatienceCriterion("p", "val_loss", "min", 3, 0.0, "absolute", 0, None)
+    cohort = spec.criteria[1]
+    assert isinstance(cohort, api.CohortCriterion)
+    assert (cohort.percentile, cohort.min_jobs, cohort.compare, cohort.reference, cohort.include_stopped) == (
+        50.0, 5, "best", "runningAverage", True,
+    )  # fmt: skip
+
+
+def test_criteria_inherit_the_objective_unless_they_override_it() -> None:
+    spec = api.parse_spec(
+        with_(objective={"metric": "acc", "mode": "max"}, criteria=[
+            {"name": "a", "threshold": {"value": 0.9}},
+            {"name": "b", "divergence": {"metric": "train_loss", "mode": "min", "value": 10}},
+        ])
+    )  # fmt: skip
+    assert [(c.metric, c.mode) for c in spec.criteria] == [("acc", "max"), ("train_loss", "min")]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_parse(path: Path) -> None:
+    spec = api.parse_spec(yaml.safe_load(path.read_text())["spec"])
+    assert spec.criteria
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        (
+            {
+                "criteria": [
+                    {"name": "a", "threshold": {"value": 1}},
+                    {"name": "b", "patience": {"patience": -2}},
+                ]
+            },
+            "spec.criteria[1].patience.patience: must be an integer within 1..100000, got -2",
+        ),
+        (
+            {"objective": {"metric": "val_loss", "mode": "lowest"}},
+            "spec.objective.mode: must be one of min, max",
+        ),
+        ({"objective": {"mode": "min"}}, "spec.objective.metric: is required"),
+        ({"criteria": [{"name": "x"}]}, "spec.criteria[0]: must set exactly one kind of patience, threshold"),
+        (
+            {"criteria": [{"name": "x", "patience": {}, "threshold": {"value": 1}}]},
+            "spec.criteria[0]: must set exactly one kind of patience, threshold, divergence, plateau, "
+            "budget, cohort, gpuIdle or promql; found patience and threshold",
+        ),
+        ({"criteria": [{"name": "x", "median": {}}]}, "spec.criteria[0].median: unknown field"),
+        (
+            {"criteria": [{"name": "x", "patience": {}}, {"name": "x", "patience": {}}]},
+            "spec.criteria[1].name: 'x' is already the name of criteria[0]; names must be unique",
+        ),
+        ({"criteria": [{"name": "Bad_Name", "patience": {}}]}, "spec.criteria[0].name: must match"),
+        (
+            {"criteria": [{"name": "b", "budget": {}}]},
+            "spec.criteria[0].budget: set at least one of maxDuration",
+        ),
+        (
+            {"criteria": [{"name": "b", "budget": {"maxDuration": "6 hours"}}]},
+            "spec.criteria[0].budget.maxDuration: must be a positive duration such as 15s, 10m or 6h, "
+            "got '6 hours'",
+        ),
+        ({"metrics": {"interval": "0s"}}, "spec.metrics.interval: must be a positive duration"),
+        (
+            {"criteria": [{"name": "d", "divergence": {"nonFinite": False}}]},
+            "spec.criteria[0].divergence: set value, or keep nonFinite true",
+        ),
+        (
+            {"criteria": [{"name": "i", "gpuIdle": {}}]},
+            "spec.metrics.prometheus.url: is required: criteria i (gpuIdle/promql) read Prometheus",
+        ),
+        (
+            {"criteria": [{"name": "s", "plateau": {"maxRelativeChange": 0}}]},
+            "spec.criteria[0].plateau.maxRelativeChange: must be a number > 0, got 0",
+        ),
+        (
+            {"criteria": [{"name": "s", "patience": {"smoothing": 1.5}}]},
+            "spec.criteria[0].patience.smoothing: must be a number > 0 and <= 1, got 1.5",
+        ),
+        (
+            {"criteria": [{"name": "c", "cohort": {"percentile": 101}}]},
+            "spec.criteria[0].cohort.percentile: must be a number >= 0 and <= 100, got 101",
+        ),
+        ({"checkpoint": {}}, "spec.checkpoint: set exactly one checkpoint target: pvc or objectStore"),
+        (
+            {"checkpoint": {"pvc": {"claimName": "c", "path": "../up"}}},
+            "spec.checkpoint.pvc.path: must be a relative",
+        ),
+        ({"checkpoint": {"objectStore": {"uri": "gs://b/x"}}}, "spec.checkpoint.objectStore.uri: must match"),
+        ({"replicas": True}, "spec.replicas: must be an integer within 1..1024, got True"),
+        ({"template": {"spec": {"containers": []}}}, "spec.template.spec.containers: must list at least one"),
+    ],
+)
+def test_errors_name_the_field_and_the_fix(changes: dict[str, Any], error: str) -> None:
+    with pytest.raises(api.SpecError) as raised:
+        api.parse_spec(with_(**changes))
+    assert str(raised.value).startswith(error)
+
+
+def test_durations_add_up_their_parts() -> None:
+    assert api.parse_duration("1h30m").seconds == 5400
+    assert api.parse_duration("1.5s250ms").seconds == 1.75
+    with pytest.raises(ValueError):
+        api.parse_duration("1d")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from controlplane import ControlPlane
+from controlplane import REPO, ControlPlane
+
+CRD = REPO / "crds" / "trainingjob.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +20,22 @@ def control_plane() -> Iterator[ControlPlane]:
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def crd_installed(control_plane: ControlPlane) -> ControlPlane:
+    """The CRD from crds/, installed once, as a user installs it."""
+    control_plane.kubectl("apply", "--server-side", "-f", str(CRD))
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.stopline.dev"
+    )
+    return control_plane
+
+
+@pytest.fixture
+def namespace(crd_installed: ControlPlane) -> Iterator[str]:
+    """A fresh namespace per test, so tests never see each other's objects."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    crd_installed.kubectl("create", "namespace", name)
+    yield name
+    crd_installed.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -1,8 +1,9 @@
-"""The `stopline` command; subcommands live in their own modules (today: replay)."""
+"""The `stopline` command; subcommands live in their own modules (replay, and the operator's handlers)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -15,6 +16,21 @@ from stopline import replay
 def _replay(args: argparse.Namespace) -> int:
     result = replay.replay(args.job, args.curves)
     print(json.dumps(result.as_json(), indent=2) if args.json else replay.render_table(result))
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    """Run the operator in this process until SIGINT/SIGTERM; kopf is imported only for this command."""
+    import kopf
+
+    importlib.import_module("stopline.handlers")  # registers the handlers with kopf's default registry
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=True,
+        liveness_endpoint=args.liveness,
+    )
     return 0
 
 
@@ -42,6 +58,27 @@ def parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object instead of a table"
     )
     replay_command.set_defaults(run=_replay)
+    operator_command = commands.add_parser(
+        "operator",
+        help="run the operator: watch TrainingJobs, run their trainers, record their phase",
+        description="Run the stopline operator in this process (kopf); all namespaces unless --namespace.",
+    )
+    operator_command.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch this namespace (repeatable; a glob such as team-* works); default: all namespaces",
+    )
+    operator_command.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        metavar="URL",
+        help="serve the liveness probe here (default: %(default)s)",
+    )
+    operator_command.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    operator_command.set_defaults(run=_operator)
     return root
 
 

@@ -1,0 +1,97 @@
+"""What the handlers do: create or adopt a TrainingJob's children, and keep its status in step with them.
+
+Both steps are idempotent, so a restarted operator runs them again for every TrainingJob and ends where
+it was: children that exist are adopted (never a second Job), and the status is patched only when the
+decision differs from what is stored. One lock per TrainingJob serialises the status writers (the
+TrainingJob's own handlers and the Job watch), so a slow writer never overwrites a newer phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from stopline import lifecycle
+from stopline.api import SpecError, TrainingJobSpec, parse_spec
+from stopline.kube import Kube, Manifest
+from stopline.workload import STUDY_LABEL, Owner, build_job, build_service, build_token_secret
+
+_status_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+class ForeignChild(RuntimeError):
+    """A child's name is taken by an object another owner controls (often: a deleted job's leftovers)."""
+
+
+def owner_of(training_job: Mapping[str, Any]) -> Owner:
+    metadata = training_job["metadata"]
+    return Owner(
+        name=metadata["name"],
+        namespace=metadata["namespace"],
+        uid=metadata["uid"],
+        study=(metadata.get("labels") or {}).get(STUDY_LABEL),
+    )
+
+
+def parse(training_job: Mapping[str, Any]) -> TrainingJobSpec | SpecError:
+    """The parsed spec, or the error that names the field; errors are data here, the caller reports them."""
+    try:
+        return parse_spec(training_job.get("spec"))
+    except SpecError as error:
+        return error
+
+
+async def ensure_children(kube: Kube, owner: Owner, spec: TrainingJobSpec) -> None:
+    """Create the token Secret, the headless Service (replicas > 1) and the Job, or adopt those that exist.
+
+    The Job goes last: it references the Secret, and its existence means the other children exist too.
+    """
+    children = [build_token_secret(owner, secrets.token_urlsafe(32))]
+    if spec.replicas > 1:
+        children.append(build_service(owner))
+    children.append(build_job(owner, spec))
+    for manifest in children:
+        child, _ = await kube.create_or_read(manifest)
+        controllers = [ref.get("uid") for ref in child["metadata"].get("ownerReferences") or []]
+        if owner.uid not in controllers:
+            kind, name = manifest["kind"], manifest["metadata"]["name"]
+            raise ForeignChild(f"{kind} {name} exists and does not belong to this TrainingJob")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A status write: the TrainingJob as read before it, the phase it had, and what was patched."""
+
+    training_job: Manifest
+    phase_before: str | None
+    patched: lifecycle.Status
+
+    @property
+    def phase(self) -> str:
+        return str(self.patched["phase"])
+
+    def condition(self, type_: str) -> Mapping[str, Any]:
+        return next((c for c in self.patched["conditions"] if c["type"] == type_), {})
+
+
+async def sync_status(kube: Kube, namespace: str, name: str) -> Transition | None:
+    """Read the TrainingJob and its Job, decide, patch the status only if it changed (None: no write)."""
+    lock = _status_locks.setdefault((namespace, name), asyncio.Lock())  # lives while someone holds it
+    async with lock:
+        training_job = await kube.read_training_job(namespace, name)
+        if training_job is None:
+            return None
+        parsed = parse(training_job)
+        invalid = str(parsed) if isinstance(parsed, SpecError) else None
+        job = None if invalid else await kube.read_job(namespace, name)
+        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        desired = lifecycle.desired_status(training_job, job, now, invalid_spec=invalid)
+        if not lifecycle.changed(training_job.get("status") or {}, desired):
+            return None
+        await kube.patch_training_job_status(namespace, name, desired)
+        return Transition(training_job, (training_job.get("status") or {}).get("phase"), desired)

@@ -1,0 +1,103 @@
+"""All of the operator's own Kubernetes API calls, through one kubernetes_asyncio client.
+
+kopf watches and posts Events with its own connection; this module reads and creates the children and
+patches the TrainingJob's status subresource (never its spec or metadata). Objects go in and come out
+as plain dicts in the API's camelCase, the shape the pure builders and the decision code use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, cast
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from stopline import GROUP, PLURAL, VERSION
+
+Manifest = dict[str, Any]
+CONFLICT, NOT_FOUND = 409, 404
+MERGE_PATCH = "application/merge-patch+json"
+
+
+_COLLECTIONS = {
+    "Secret": "/api/v1/namespaces/{namespace}/secrets",
+    "Service": "/api/v1/namespaces/{namespace}/services",
+    "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",
+    "TrainingJob": f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}",
+}
+
+
+class Kube:
+    """An open API client; `connect()` makes one, `close()` releases its connection pool."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._api = api
+
+    @classmethod
+    async def connect(cls) -> Kube:
+        """In a pod, the service account; elsewhere $KUBECONFIG or ~/.kube/config, like kubectl."""
+        configuration = client.Configuration()
+        if "KUBERNETES_SERVICE_HOST" in os.environ:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        else:
+            # read $KUBECONFIG now: the library's default was fixed when it was imported
+            await config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+            )
+        return cls(client.ApiClient(configuration))
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def _request(
+        self, method: str, path: str, body: object = None, content_type: str = "application/json"
+    ) -> Manifest:
+        """One call, JSON in and out; the typed models are skipped so every object stays a plain dict."""
+        result = await self._api.call_api(
+            path,
+            method,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            response_types_map={200: "object", 201: "object"},
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+        )
+        return cast(Manifest, result)
+
+    async def _read(self, kind: str, namespace: str, name: str) -> Manifest | None:
+        try:
+            return await self._request("GET", f"{_COLLECTIONS[kind].format(namespace=namespace)}/{name}")
+        except ApiException as error:
+            if error.status == NOT_FOUND:
+                return None
+            raise
+
+    async def create_or_read(self, manifest: Mapping[str, Any]) -> tuple[Manifest, bool]:
+        """Create a Secret, Service or Job; when one of that name exists, return it instead.
+
+        The bool says whether this call created it. Creating first and reading on 409 Conflict makes the
+        call idempotent without a read-then-create race.
+        """
+        kind, namespace = manifest["kind"], manifest["metadata"]["namespace"]
+        try:
+            return await self._request("POST", _COLLECTIONS[kind].format(namespace=namespace), manifest), True
+        except ApiException as error:
+            if error.status != CONFLICT:
+                raise
+        existing = await self._read(kind, namespace, manifest["metadata"]["name"])
+        if existing is None:  # deleted between our POST and GET: the next event retries
+            raise RuntimeError(f"{kind} {manifest['metadata']['name']} vanished while being adopted")
+        return existing, False
+
+    async def read_job(self, namespace: str, name: str) -> Manifest | None:
+        return await self._read("Job", namespace, name)
+
+    async def read_training_job(self, namespace: str, name: str) -> Manifest | None:
+        return await self._read("TrainingJob", namespace, name)
+
+    async def patch_training_job_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """A JSON merge patch of the status subresource: the keys given, nothing else."""
+        path = f"{_COLLECTIONS['TrainingJob'].format(namespace=namespace)}/{name}/status"
+        await self._request("PATCH", path, {"status": dict(status)}, MERGE_PATCH)

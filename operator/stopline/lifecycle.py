@@ -1,0 +1,119 @@
+"""The TrainingJob's phase and conditions, decided from the resource and its batch Job. Pure: no I/O.
+
+`desired_status` returns the part of the status this module owns (phase, observedGeneration,
+conditions); the caller patches it only when it differs from what is stored, so an unchanged Job costs
+no write. Phases move forward only: a Running job whose pods go away (a Kueue preemption, a kubelet
+restart) stays Running, and a finished job never changes again.
+
+Condition types (metav1.Condition style, one per type):
+
+- ``Created``: True once the control-token Secret, the headless Service (replicas > 1) and the Job
+  exist (reason ChildrenCreated); False with reason InvalidSpec and the offending field in the message
+  when the spec cannot run.
+- ``Running``: True once every rank is ready (reason AllRanksReady); False again when the Job finishes.
+- ``Finished``: True when the Job completed (reason JobComplete) or failed (the Job's own reason, e.g.
+  BackoffLimitExceeded, and its message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED, "Stopped", "Cancelled"})
+CREATED, RUNNING_CONDITION, FINISHED = "Created", "Running", "Finished"
+INVALID_SPEC = "InvalidSpec"
+
+Status = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+def job_finished(job: Mapping[str, Any]) -> Condition | None:
+    """The Job's terminal condition (Complete or Failed, status True), as a Finished condition."""
+    for condition in job.get("status", {}).get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == "Complete":
+            return Condition(FINISHED, True, "JobComplete", "every rank exited 0")
+        if condition.get("type") == "Failed":
+            reason = condition.get("reason") or "JobFailed"
+            return Condition(FINISHED, True, reason, condition.get("message") or reason)
+    return None
+
+
+def all_ranks_started(job: Mapping[str, Any], replicas: int) -> bool:
+    """Every rank is ready or already done: `active` alone would count pods still waiting for a node."""
+    status = job.get("status", {})
+    return int(status.get("ready") or 0) + int(status.get("succeeded") or 0) >= replicas
+
+
+def desired_status(
+    training_job: Mapping[str, Any],
+    job: Mapping[str, Any] | None,
+    now: str,
+    *,
+    invalid_spec: str | None = None,
+) -> Status:
+    """Phase, observedGeneration and conditions for `training_job` given its Job (None: not created yet).
+
+    `invalid_spec` is the parse error's message; `now` is the RFC 3339 time used for conditions that
+    change. A terminal phase is kept as it is: only a new generation updates observedGeneration.
+    """
+    current: Mapping[str, Any] = training_job.get("status") or {}
+    phase = current.get("phase") or PENDING
+    replicas = int(training_job.get("spec", {}).get("replicas") or 1)
+    wanted: list[Condition] = []
+    if invalid_spec is not None and phase not in TERMINAL_PHASES:
+        phase = FAILED
+        wanted.append(Condition(CREATED, False, INVALID_SPEC, invalid_spec))
+    elif job is not None and phase not in TERMINAL_PHASES:
+        wanted.append(Condition(CREATED, True, "ChildrenCreated", f"Job {job['metadata']['name']} created"))
+        finished = job_finished(job)
+        if finished is not None:
+            phase = SUCCEEDED if finished.reason == "JobComplete" else FAILED
+            wanted.append(Condition(RUNNING_CONDITION, False, finished.reason, "the Job finished"))
+            wanted.append(finished)
+        elif phase == RUNNING or all_ranks_started(job, replicas):
+            phase = RUNNING
+            wanted.append(Condition(RUNNING_CONDITION, True, "AllRanksReady", f"{replicas} rank(s) started"))
+    return {
+        "phase": phase,
+        "observedGeneration": training_job["metadata"].get("generation"),
+        "conditions": merge_conditions(current.get("conditions") or [], wanted, now),
+    }
+
+
+def merge_conditions(
+    existing: Sequence[Mapping[str, Any]], wanted: Sequence[Condition], now: str
+) -> list[dict[str, Any]]:
+    """Existing conditions with `wanted` applied; lastTransitionTime moves only when the status flips."""
+    merged = {condition["type"]: dict(condition) for condition in existing}
+    for condition in wanted:
+        status = "True" if condition.status else "False"
+        previous = merged.get(condition.type, {})
+        merged[condition.type] = {
+            "type": condition.type,
+            "status": status,
+            "reason": condition.reason,
+            "message": condition.message,
+            "lastTransitionTime": (
+                previous["lastTransitionTime"]
+                if previous.get("status") == status and "lastTransitionTime" in previous
+                else now
+            ),
+        }
+    return list(merged.values())
+
+
+def changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether patching `desired` into the stored status would change anything."""
+    return any(current.get(key) != value for key, value in desired.items())

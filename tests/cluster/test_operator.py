@@ -1,0 +1,255 @@
+"""The operator (in-process, kopf.testing.KopfRunner) against the real apiserver and Job controller.
+
+There is no kubelet and no scheduler in this tier: the Job controller's pods stay Pending with no node.
+The tests stand in for the kubelet by patching the pods' status subresource (Running and Ready, then
+Succeeded or Failed), and the real Job controller turns that into the Job's status and conditions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import yaml
+from kopf.testing import KopfRunner
+
+from controlplane import REPO, ControlPlane, free_port, wait_until
+
+pytestmark = pytest.mark.cluster
+
+SINGLE = REPO / "examples" / "gpu-patience-pvc.yaml"
+SINGLE_NAME = "resnet-lr3e-4"
+SWEEP = REPO / "examples" / "sweep-member-s3.yaml"
+SWEEP_NAME = "resnet-sweep-lr1e-3"
+WAIT_S = 30
+RUNNING_AND_READY = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+
+
+@pytest.fixture
+def plane(crd_installed: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> ControlPlane:
+    """The control plane, with KUBECONFIG pointing at it for kopf's login and the operator's client."""
+    monkeypatch.setenv("KUBECONFIG", str(crd_installed.kubeconfig))
+    return crd_installed
+
+
+@contextmanager
+def operator(namespace: str) -> Iterator[KopfRunner]:
+    """The operator watching one namespace; on exit it is stopped and must have ended cleanly."""
+    args = ["run", "--standalone", "--namespace", namespace, "-m", "stopline.handlers"]
+    with KopfRunner(args, timeout=60) as runner:
+        yield runner
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output
+
+
+def get(plane: ControlPlane, namespace: str, *what: str) -> Any:
+    return json.loads(plane.kubectl("get", *what, "-n", namespace, "-o", "json").stdout)
+
+
+def exists(plane: ControlPlane, namespace: str, *what: str) -> bool:
+    return plane.kubectl("get", *what, "-n", namespace, check=False).returncode == 0
+
+
+def phase_is(plane: ControlPlane, namespace: str, name: str, phase: str) -> Callable[[], bool]:
+    return lambda: get(plane, namespace, "tj", name).get("status", {}).get("phase") == phase
+
+
+def event_posted(plane: ControlPlane, namespace: str, name: str, reason: str) -> Callable[[], bool]:
+    """Whether a Warning Event with this reason is recorded for the TrainingJob (kopf posts them async)."""
+
+    def posted() -> bool:
+        selector = f"involvedObject.name={name},involvedObject.kind=TrainingJob,type=Warning"
+        events = get(plane, namespace, "events", "--field-selector", selector)["items"]
+        return reason in {event["reason"] for event in events}
+
+    return posted
+
+
+def condition(training_job: Any, type_: str) -> Any:
+    return next(c for c in training_job["status"]["conditions"] if c["type"] == type_)
+
+
+def pods(plane: ControlPlane, namespace: str, name: str) -> list[Any]:
+    return list(get(plane, namespace, "pods", "-l", f"stopline.dev/job={name}")["items"])
+
+
+def set_pod_status(plane: ControlPlane, namespace: str, pod: str, status: dict[str, Any]) -> None:
+    """What a kubelet would report; the Job controller reads it like any pod status."""
+    patch = json.dumps({"status": status})
+    plane.kubectl("patch", "pod", pod, "-n", namespace, "--subresource=status", "--type=merge", "-p", patch)
+
+
+def start_single_rank_job(plane: ControlPlane, namespace: str) -> str:
+    """Apply the single-GPU example and wait for its (Pending) pod; the pod's name."""
+    plane.kubectl("apply", "-n", namespace, "-f", str(SINGLE))
+    wait_until(lambda: len(pods(plane, namespace, SINGLE_NAME)) == 1, WAIT_S, "the Job controller's pod")
+    return str(pods(plane, namespace, SINGLE_NAME)[0]["metadata"]["name"])
+
+
+def test_a_single_rank_job_gets_its_secret_and_job_and_is_pending(
+    plane: ControlPlane, namespace: str
+) -> None:
+    with operator(namespace):
+        plane.kubectl("apply", "-n", namespace, "-f", str(SINGLE))
+        wait_until(phase_is(plane, namespace, SINGLE_NAME, "Pending"), WAIT_S, "phase Pending")
+        training_job = get(plane, namespace, "tj", SINGLE_NAME)
+        uid = training_job["metadata"]["uid"]
+        job = get(plane, namespace, "job", SINGLE_NAME)
+        secret = get(plane, namespace, "secret", f"{SINGLE_NAME}-stopline-control")
+        for child in (job, secret):
+            [reference] = child["metadata"]["ownerReferences"]
+            assert (reference["kind"], reference["uid"], reference["controller"]) == (
+                "TrainingJob",
+                uid,
+                True,
+            )
+        env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["STOPLINE_JOB"]["value"] == SINGLE_NAME
+        assert env["STOPLINE_CHECKPOINT_URI"]["value"] == "/stopline/checkpoints/runs/resnet-lr3e-4"
+        assert (
+            env["STOPLINE_CONTROL_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+        )
+        assert "completionMode" not in job["spec"] or job["spec"]["completionMode"] == "NonIndexed"
+        assert not exists(plane, namespace, "service", SINGLE_NAME)
+        assert condition(training_job, "Created")["status"] == "True"
+        assert training_job["status"]["observedGeneration"] == training_job["metadata"]["generation"] == 1
+        table = plane.kubectl("get", "tj", SINGLE_NAME, "-n", namespace).stdout
+        assert "PHASE" in table and "Pending" in table
+
+    # the operator wrote only status: no annotation of its own, no new generation
+    after = get(plane, namespace, "tj", SINGLE_NAME)
+    assert set(after["metadata"].get("annotations", {})) <= {
+        "kubectl.kubernetes.io/last-applied-configuration"
+    }
+    assert "finalizers" not in after["metadata"]
+    assert after["metadata"]["generation"] == 1
+
+
+def test_a_two_rank_job_gets_a_headless_service_and_an_indexed_job(
+    plane: ControlPlane, namespace: str
+) -> None:
+    with operator(namespace):
+        plane.kubectl("apply", "-n", namespace, "-f", str(SWEEP))
+        wait_until(phase_is(plane, namespace, SWEEP_NAME, "Pending"), WAIT_S, "phase Pending")
+        service = get(plane, namespace, "service", SWEEP_NAME)
+        job = get(plane, namespace, "job", SWEEP_NAME)
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["metadata"]["labels"]["stopline.dev/study"] == "resnet-sweep"
+    assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == (
+        "Indexed",
+        2,
+        2,
+    )
+
+
+def test_a_restarted_operator_adopts_the_children_it_made_and_writes_nothing(
+    plane: ControlPlane, namespace: str
+) -> None:
+    with operator(namespace):
+        start_single_rank_job(plane, namespace)
+        wait_until(phase_is(plane, namespace, SINGLE_NAME, "Pending"), WAIT_S, "phase Pending")
+    before = get(plane, namespace, "tj", SINGLE_NAME)
+    job_uid = get(plane, namespace, "job", SINGLE_NAME)["metadata"]["uid"]
+    token = get(plane, namespace, "secret", f"{SINGLE_NAME}-stopline-control")["data"]
+
+    with operator(namespace) as runner:
+        # a second job, created after the restart, shows the new operator has worked through its queue
+        plane.kubectl("apply", "-n", namespace, "-f", str(SWEEP))
+        wait_until(phase_is(plane, namespace, SWEEP_NAME, "Pending"), WAIT_S, "the new job's phase Pending")
+    # the resume of the first job and the creation of the second both ran
+    assert runner.output.count("Handler 'run_training_job' succeeded") == 2, runner.output
+    jobs = get(plane, namespace, "jobs", "-l", f"stopline.dev/job={SINGLE_NAME}")["items"]
+    assert [j["metadata"]["uid"] for j in jobs] == [job_uid]
+    assert get(plane, namespace, "secret", f"{SINGLE_NAME}-stopline-control")["data"] == token
+    after = get(plane, namespace, "tj", SINGLE_NAME)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+def test_a_restarted_operator_finishes_what_a_crash_left_undone(plane: ControlPlane, namespace: str) -> None:
+    """A crash between creating the Secret and the Job: the Job is made on restart, the token kept."""
+    with operator(namespace):
+        start_single_rank_job(plane, namespace)
+    token = get(plane, namespace, "secret", f"{SINGLE_NAME}-stopline-control")["data"]
+    plane.kubectl("delete", "job", SINGLE_NAME, "-n", namespace, "--wait=true")
+    with operator(namespace):
+        wait_until(lambda: exists(plane, namespace, "job", SINGLE_NAME), WAIT_S, "the Job made again")
+    assert get(plane, namespace, "secret", f"{SINGLE_NAME}-stopline-control")["data"] == token
+
+
+def test_the_phase_follows_the_pods_to_succeeded(plane: ControlPlane, namespace: str) -> None:
+    with operator(namespace):
+        pod = start_single_rank_job(plane, namespace)
+        set_pod_status(plane, namespace, pod, RUNNING_AND_READY)
+        wait_until(phase_is(plane, namespace, SINGLE_NAME, "Running"), WAIT_S, "phase Running")
+        set_pod_status(plane, namespace, pod, {"phase": "Succeeded"})
+        wait_until(phase_is(plane, namespace, SINGLE_NAME, "Succeeded"), WAIT_S, "phase Succeeded")
+    training_job = get(plane, namespace, "tj", SINGLE_NAME)
+    assert condition(training_job, "Finished")["reason"] == "JobComplete"
+    assert condition(training_job, "Running")["status"] == "False"
+
+
+def test_a_failed_pod_fails_the_training_job_with_the_jobs_reason(
+    plane: ControlPlane, namespace: str
+) -> None:
+    with operator(namespace):
+        pod = start_single_rank_job(plane, namespace)
+        set_pod_status(plane, namespace, pod, {"phase": "Failed"})
+        wait_until(phase_is(plane, namespace, SINGLE_NAME, "Failed"), WAIT_S, "phase Failed")
+        wait_until(
+            event_posted(plane, namespace, SINGLE_NAME, "BackoffLimitExceeded"), WAIT_S, "a Warning Event"
+        )
+    finished = condition(get(plane, namespace, "tj", SINGLE_NAME), "Finished")
+    assert (finished["status"], finished["reason"]) == ("True", "BackoffLimitExceeded")
+    assert finished["message"]
+
+
+def test_a_spec_the_crd_lets_through_but_stopline_cannot_run_fails_naming_the_field(
+    plane: ControlPlane, namespace: str
+) -> None:
+    """The template keeps unknown fields for the apiserver; parse_spec does not, and says which one."""
+    manifest = yaml.safe_load(SINGLE.read_text())
+    manifest["spec"]["template"]["replicas"] = 2  # a Deployment habit: not a PodTemplateSpec field
+    with operator(namespace):
+        plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+        wait_until(phase_is(plane, namespace, SINGLE_NAME, "Failed"), WAIT_S, "phase Failed")
+        wait_until(event_posted(plane, namespace, SINGLE_NAME, "InvalidSpec"), WAIT_S, "a Warning Event")
+    created = condition(get(plane, namespace, "tj", SINGLE_NAME), "Created")
+    assert (created["status"], created["reason"]) == ("False", "InvalidSpec")
+    assert created["message"].startswith("spec.template.replicas: unknown field")
+    assert not exists(plane, namespace, "job", SINGLE_NAME)
+    assert not exists(plane, namespace, "secret", f"{SINGLE_NAME}-stopline-control")
+
+
+def test_the_stopline_operator_command_serves_healthz_runs_jobs_and_stops_on_sigterm(
+    plane: ControlPlane, namespace: str
+) -> None:
+    healthz = f"http://127.0.0.1:{free_port()}/healthz"
+    command = [sys.executable, "-m", "stopline.cli", "operator", "-n", namespace, "--liveness", healthz]
+    process = subprocess.Popen(
+        command, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(healthz, timeout=2) as response:
+                return bool(response.status == 200)
+
+        wait_until(healthy, WAIT_S, "the operator's /healthz")
+        plane.kubectl("apply", "-n", namespace, "-f", str(SINGLE))
+        wait_until(phase_is(plane, namespace, SINGLE_NAME, "Pending"), WAIT_S, "phase Pending")
+        assert exists(plane, namespace, "job", SINGLE_NAME)
+    finally:
+        process.terminate()
+        try:
+            output, _ = process.communicate(timeout=WAIT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode == 0, output

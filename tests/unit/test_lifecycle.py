@@ -1,0 +1,86 @@
+"""The phase and conditions a TrainingJob gets from its Job: forward only, written only when they change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stopline.lifecycle import changed, desired_status
+
+T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z"
+
+
+def training_job(replicas: int = 1, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "tj", "generation": 3},
+        "spec": {"replicas": replicas},
+        "status": status or {},
+    }
+
+
+def job(**status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "tj"}, "status": status}
+
+
+def finished(kind: str, reason: str = "", message: str = "") -> dict[str, Any]:
+    return {"type": kind, "status": "True", "reason": reason, "message": message}
+
+
+def types(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def test_a_job_whose_pods_wait_for_a_node_is_pending_even_though_they_count_as_active() -> None:
+    status = desired_status(training_job(), job(active=1), T0)
+    assert status["phase"] == "Pending"
+    assert status["observedGeneration"] == 3
+    assert types(status) == {"Created": ("True", "ChildrenCreated")}
+
+
+def test_running_needs_every_rank_ready_and_then_stays_running() -> None:
+    assert desired_status(training_job(replicas=2), job(ready=1), T0)["phase"] == "Pending"
+    running = desired_status(training_job(replicas=2), job(ready=2), T0)
+    assert running["phase"] == "Running"
+    # a preempted Job loses its pods; the phase does not go back
+    assert desired_status(training_job(replicas=2, status=running), job(ready=0), T1)["phase"] == "Running"
+
+
+def test_a_complete_job_succeeds_and_a_failed_one_fails_with_its_reason() -> None:
+    done = desired_status(training_job(), job(conditions=[finished("Complete")]), T0)
+    assert done["phase"] == "Succeeded"
+    assert types(done)["Finished"] == ("True", "JobComplete")
+    assert types(done)["Running"] == ("False", "JobComplete")
+    failed_job = job(conditions=[finished("Failed", "BackoffLimitExceeded", "Job has reached the limit")])
+    failed = desired_status(training_job(), failed_job, T0)
+    assert failed["phase"] == "Failed"
+    [condition] = [c for c in failed["conditions"] if c["type"] == "Finished"]
+    assert condition["reason"] == "BackoffLimitExceeded"
+    assert condition["message"] == "Job has reached the limit"
+
+
+def test_a_finished_job_never_changes_phase_again() -> None:
+    done = desired_status(training_job(), job(conditions=[finished("Complete")]), T0)
+    again = desired_status(training_job(status=done), None, T1)
+    assert not changed(done, again)
+
+
+def test_an_invalid_spec_fails_with_the_field_and_no_job() -> None:
+    status = desired_status(training_job(), None, T0, invalid_spec="spec.template.replicas: unknown field")
+    assert status["phase"] == "Failed"
+    [condition] = status["conditions"]
+    assert (condition["type"], condition["status"]) == ("Created", "False")
+    assert condition["reason"] == "InvalidSpec"
+    assert condition["message"] == "spec.template.replicas: unknown field"
+
+
+def test_an_unchanged_job_needs_no_write_and_keeps_the_transition_times() -> None:
+    first = desired_status(training_job(), job(ready=1), T0)
+    second = desired_status(training_job(status=first), job(ready=1, active=1), T1)
+    assert not changed(first, second)
+    assert {c["lastTransitionTime"] for c in second["conditions"]} == {T0}
+
+
+def test_a_new_generation_is_a_change_to_write() -> None:
+    first = desired_status(training_job(), job(), T0)
+    newer = training_job(status=first)
+    newer["metadata"]["generation"] = 4
+    assert changed(first, desired_status(newer, job(), T1))

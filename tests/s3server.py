@@ -6,8 +6,6 @@ with running_s3_server(tmp_path) as s3:  # s3.endpoint, s3.env(), s3.client()
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,24 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_TESTENV = Path.home() / ".cache/stopline/testenv/1.34.4-etcd3.6.16"
+from controlplane import built_binary, free_port
+
 ACCESS_KEY = "stopline-test"
 SECRET_KEY = "stopline-test-secret"
 REGION = "us-east-1"
-
-
-def versitygw_binary() -> Path:
-    """The binary `make testenv` builds; a clear error (never a skip) when it is missing."""
-    path = Path(os.environ.get("STOPLINE_TESTENV") or DEFAULT_TESTENV) / "bin" / "versitygw"
-    if not os.access(path, os.X_OK):
-        raise RuntimeError(f"S3 test server {path} is missing: run make testenv")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -79,7 +64,7 @@ def _ready(endpoint: str) -> bool:
 @contextmanager
 def running_s3_server(workdir: Path, deadline_s: float = 30.0) -> Iterator[S3Server]:
     """Start versitygw on a free loopback port over workdir; stop it even when the body raises."""
-    binary = versitygw_binary()
+    binary = built_binary("versitygw")
     root, sidecar = workdir / "s3-root", workdir / "s3-meta"
     root.mkdir(parents=True)
     sidecar.mkdir(parents=True)

@@ -22,7 +22,7 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from s3server import free_port
+from controlplane import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "trainer-image" / "examples" / "train.py"

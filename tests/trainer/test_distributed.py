@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from s3server import free_port
+from controlplane import free_port
 
 from .conftest import StartTrainer
 from .support import assert_reproduces_outputs, read_local_checkpoint

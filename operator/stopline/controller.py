@@ -79,15 +79,20 @@ class Transition:
         return next((c for c in self.patched["conditions"] if c["type"] == type_), {})
 
 
-async def sync_status(kube: Kube, namespace: str, name: str) -> Transition | None:
-    """Read the TrainingJob and its Job, decide, patch the status only if it changed (None: no write)."""
+async def sync_status(
+    kube: Kube, namespace: str, name: str, rejected: str | None = None
+) -> Transition | None:
+    """Read the TrainingJob and its Job, decide, patch the status only if it changed (None: no write).
+
+    `rejected` is why the apiserver refused a child; like an invalid spec, it fails the TrainingJob.
+    """
     lock = _status_locks.setdefault((namespace, name), asyncio.Lock())  # lives while someone holds it
     async with lock:
         training_job = await kube.read_training_job(namespace, name)
         if training_job is None:
             return None
         parsed = parse(training_job)
-        invalid = str(parsed) if isinstance(parsed, SpecError) else None
+        invalid = str(parsed) if isinstance(parsed, SpecError) else rejected
         job = None if invalid else await kube.read_job(namespace, name)
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         desired = lifecycle.desired_status(training_job, job, now, invalid_spec=invalid)

@@ -19,7 +19,7 @@ import kopf
 
 from stopline import GROUP, KIND, PLURAL, VERSION, controller, lifecycle
 from stopline.api import SpecError
-from stopline.kube import Kube
+from stopline.kube import Kube, Rejected
 from stopline.workload import JOB_LABEL
 
 WATCH_SERVER_TIMEOUT_S = 300  # the apiserver ends each watch after this; kopf then resumes it
@@ -61,6 +61,7 @@ async def run_training_job(
     body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
 ) -> None:
     kube: Kube = memo.kube
+    rejected = None
     if body.get("status", {}).get("phase") not in lifecycle.TERMINAL_PHASES:
         parsed = controller.parse(body)
         if not isinstance(parsed, SpecError):
@@ -68,7 +69,9 @@ async def run_training_job(
                 await controller.ensure_children(kube, controller.owner_of(body), parsed)
             except controller.ForeignChild as error:
                 raise kopf.TemporaryError(str(error), delay=30) from error
-    _announce(await controller.sync_status(kube, namespace or "", name))
+            except Rejected as error:
+                rejected = f"spec.template: the apiserver refused the trainer's Job: {error}"
+    _announce(await controller.sync_status(kube, namespace or "", name, rejected))
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL)

@@ -7,6 +7,7 @@ as plain dicts in the API's camelCase, the shape the pure builders and the decis
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any, cast
@@ -18,6 +19,7 @@ from stopline import GROUP, PLURAL, VERSION
 
 Manifest = dict[str, Any]
 CONFLICT, NOT_FOUND = 409, 404
+BAD_REQUEST, UNPROCESSABLE = 400, 422
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -27,6 +29,17 @@ _COLLECTIONS = {
     "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",
     "TrainingJob": f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}",
 }
+
+
+class Rejected(ValueError):
+    """The apiserver refused a child as malformed or invalid: the template is wrong, retrying won't help."""
+
+
+def _api_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "")["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(error.reason)
 
 
 class Kube:
@@ -84,6 +97,8 @@ class Kube:
         try:
             return await self._request("POST", _COLLECTIONS[kind].format(namespace=namespace), manifest), True
         except ApiException as error:
+            if error.status in (BAD_REQUEST, UNPROCESSABLE):
+                raise Rejected(_api_message(error)) from error
             if error.status != CONFLICT:
                 raise
         existing = await self._read(kind, namespace, manifest["metadata"]["name"])

@@ -227,6 +227,23 @@ def test_a_spec_the_crd_lets_through_but_stopline_cannot_run_fails_naming_the_fi
     assert not exists(plane, namespace, "secret", f"{SINGLE_NAME}-stopline-control")
 
 
+def test_a_template_the_apiserver_refuses_as_a_pod_fails_with_the_apiservers_words(
+    plane: ControlPlane, namespace: str
+) -> None:
+    """spec.template keeps unknown fields, so only the Job's create finds a malformed container."""
+    manifest = yaml.safe_load(SINGLE.read_text())
+    manifest["spec"]["template"]["spec"]["containers"][0]["args"] = ["--lr", 0.001]  # YAML's unquoted 1e-3
+    with operator(namespace):
+        plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+        wait_until(phase_is(plane, namespace, SINGLE_NAME, "Failed"), WAIT_S, "phase Failed")
+        wait_until(event_posted(plane, namespace, SINGLE_NAME, "InvalidSpec"), WAIT_S, "a Warning Event")
+    created = condition(get(plane, namespace, "tj", SINGLE_NAME), "Created")
+    assert (created["status"], created["reason"]) == ("False", "InvalidSpec")
+    assert created["message"].startswith("spec.template: the apiserver refused the trainer's Job:")
+    assert "args" in created["message"], created["message"]
+    assert not exists(plane, namespace, "job", SINGLE_NAME)
+
+
 def test_the_stopline_operator_command_serves_healthz_runs_jobs_and_stops_on_sigterm(
     plane: ControlPlane, namespace: str
 ) -> None:

@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 K8S_VERSION = os.environ.get("K8S_VERSION", "1.34.4")
@@ -31,6 +32,7 @@ TESTENV = Path(
     )
 )
 ADMIN_TOKEN = "stopline-admin-token"
+T = TypeVar("T")
 
 
 class MissingTestenv(RuntimeError):
@@ -56,18 +58,33 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
-    """Poll `check` until it returns True; fail with `what` after `timeout` seconds."""
+def wait_until(
+    check: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    retry_on: tuple[type[Exception], ...] = (Exception,),
+    details: Callable[[], str] | None = None,
+) -> T:
+    """Poll `check` until it returns something truthy and return that; fail naming `what` after `timeout` s.
+
+    Exceptions in `retry_on` count as "not yet" (a server still starting refuses or resets connections);
+    any other exception fails at once. `details` is called on timeout, so a log it reads is the latest.
+    """
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
-    while time.monotonic() < deadline:
+    while True:
         try:
-            if check():
-                return
-        except Exception as error:  # a server that is not up yet refuses or resets the connection
+            value = check()
+            if value:
+                return value
+        except retry_on as error:
             last_error = error
+        if time.monotonic() >= deadline:
+            break
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})")
+    message = f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})"
+    raise TimeoutError(f"{message}\n{details()}" if details else message)
 
 
 @dataclass

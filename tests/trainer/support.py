@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -22,24 +21,17 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane import free_port
+from controlplane import REPO, T, free_port
+from controlplane import wait_until as poll
 
-REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "trainer-image" / "examples" / "train.py"
 TOKEN = "test-token-0123456789"
 DEADLINE_S = 90.0  # generous: the CI box is shared; every wait polls and returns as soon as it can
 
 
-def wait_until(check: Callable[[], Any], what: str, deadline_s: float = DEADLINE_S, on_fail: str = "") -> Any:
-    """Poll check() until it returns something truthy; fail with `what` (and on_fail) past the deadline."""
-    until = time.monotonic() + deadline_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > until:
-            pytest.fail(f"timed out after {deadline_s}s waiting for {what}\n{on_fail}")
-        time.sleep(0.05)
+def wait_until(check: Callable[[], T], what: str, on_fail: Callable[[], str] | None = None) -> T:
+    """controlplane.wait_until with this tier's deadline and a fast poll; an exception fails at once."""
+    return poll(check, DEADLINE_S, what, interval=0.05, retry_on=(), details=on_fail)
 
 
 def load_example() -> ModuleType:
@@ -127,7 +119,9 @@ class TrainerProcess(Endpoint):
             m = self.metrics()
             return m[name] if m and m.get(name, -1) >= at_least else None
 
-        return float(wait_until(check, f"{name} >= {at_least}", on_fail=self.log()))
+        value = wait_until(check, f"{name} >= {at_least}", on_fail=self.log)
+        assert value is not None  # wait_until returns only a truthy value
+        return value
 
     def signal(self, signum: signal.Signals) -> None:
         self.proc.send_signal(signum)

@@ -35,7 +35,7 @@ def test_multipart_upload_then_manifest_and_the_bytes_read_back_equal(
     )  # fmt: skip
 
     # paused after the first part: the upload is in flight, and neither the weights nor a manifest exist
-    wait_until(lambda: (pause / "paused").exists(), "the first part to be uploaded", on_fail=t.log())
+    wait_until(lambda: (pause / "paused").exists(), "the first part to be uploaded", on_fail=t.log)
     listed = s3.list_objects_v2(Bucket="ckpts", Prefix="runs/job-a/").get("Contents", [])
     assert listed == []
     uploads = s3.list_multipart_uploads(Bucket="ckpts", Prefix="runs/job-a/").get("Uploads", [])

@@ -68,7 +68,7 @@ def test_wrong_token_is_refused_and_sigterm_stops_even_when_signalled_again_duri
     assert metrics is not None and metrics["stopline_stop_requested"] == 0
 
     t.signal(signal.SIGTERM)
-    wait_until(lambda: (pause / "paused").exists(), "the final save to start", on_fail=t.log())
+    wait_until(lambda: (pause / "paused").exists(), "the final save to start", on_fail=t.log)
     t.signal(signal.SIGTERM)
     t.signal(signal.SIGINT)
     (pause / "resume").touch()
@@ -103,7 +103,7 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint_and_a_rerun_resumes
     t = start_trainer(
         *flags, env={"STOPLINE_CHECKPOINT_URI": str(ckpt), "STOPLINE_FAULT_PAUSE_SAVE": f"2:{pause}"}
     )
-    wait_until(lambda: (pause / "paused").exists(), "the second save to be half written", on_fail=t.log())
+    wait_until(lambda: (pause / "paused").exists(), "the second save to be half written", on_fail=t.log)
     partial = [p for p in ckpt.iterdir() if p.name.startswith(".tmp-")]
     assert len(partial) == 1 and partial[0].stat().st_size > 0
     t.signal(signal.SIGKILL)

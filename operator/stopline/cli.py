@@ -29,7 +29,7 @@ def _operator(args: argparse.Namespace) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         standalone=True,
-        liveness_endpoint=args.liveness,
+        memo=kopf.Memo(listen=args.listen),
     )
     return 0
 
@@ -69,13 +69,13 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NS",
-        help="watch this namespace (repeatable; a glob such as team-* works); default: all namespaces",
+        help="watch this namespace (repeatable, exact names); default: all namespaces",
     )
     operator_command.add_argument(
-        "--liveness",
-        default="http://0.0.0.0:8080/healthz",
-        metavar="URL",
-        help="serve the liveness probe here (default: %(default)s)",
+        "--listen",
+        default="0.0.0.0:8080",
+        metavar="HOST:PORT",
+        help="serve /healthz and the operator's /metrics here (default: %(default)s)",
     )
     operator_command.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     operator_command.set_defaults(run=_operator)

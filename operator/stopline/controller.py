@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from stopline import lifecycle
-from stopline.api import SpecError, TrainingJobSpec, parse_spec
+from stopline.api import PVCTarget, SpecError, TrainingJobSpec, parse_spec
 from stopline.kube import Kube, Manifest
 from stopline.workload import STUDY_LABEL, Owner, build_job, build_service, build_token_secret
 
@@ -79,6 +79,66 @@ class Transition:
         return next((c for c in self.patched["conditions"] if c["type"] == type_), {})
 
 
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _lock(namespace: str, name: str) -> asyncio.Lock:
+    return _status_locks.setdefault((namespace, name), asyncio.Lock())  # lives while someone holds it
+
+
+async def transition(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    *,
+    allowed: Collection[str],
+    phase: str,
+    conditions: Sequence[lifecycle.Condition],
+    extra: Mapping[str, Any],
+) -> Transition | None:
+    """Move the phase to `phase` only from one of `allowed`, as read under the job's lock; None: it was not.
+
+    This compare-and-set is what makes a stop happen once, however many scrapes, events or restarted
+    operators decide it.
+    """
+    async with _lock(namespace, name):
+        training_job = await kube.read_training_job(namespace, name)
+        current = (training_job or {}).get("status") or {}
+        before = current.get("phase") or lifecycle.PENDING
+        if training_job is None or before not in allowed:
+            return None
+        status = {
+            **extra,
+            "phase": phase,
+            "conditions": lifecycle.merge_conditions(
+                current.get("conditions") or [], conditions, now_rfc3339()
+            ),
+        }
+        await kube.patch_training_job_status(namespace, name, status)
+        return Transition(training_job, before, status)
+
+
+async def _checkpoint_target(
+    kube: Kube, training_job: Manifest, spec: TrainingJobSpec
+) -> lifecycle.Condition | None:
+    """While Pending: does the PVC exist? Without it the pods wait forever with no word to the user."""
+    target = spec.checkpoint.target
+    phase = (training_job.get("status") or {}).get("phase") or lifecycle.PENDING
+    if not isinstance(target, PVCTarget) or phase != lifecycle.PENDING:
+        return None
+    namespace = training_job["metadata"]["namespace"]
+    if await kube.read_claim(namespace, target.claim_name) is not None:
+        return lifecycle.Condition(
+            lifecycle.CHECKPOINT_TARGET, True, "ClaimFound", f"PVC {target.claim_name} exists"
+        )
+    message = (
+        f"spec.checkpoint.pvc.claimName: PersistentVolumeClaim {target.claim_name!r} not found in namespace "
+        f"{namespace}; the pods wait for it: create it or fix the name"
+    )
+    return lifecycle.Condition(lifecycle.CHECKPOINT_TARGET, False, "ClaimNotFound", message)
+
+
 async def sync_status(
     kube: Kube, namespace: str, name: str, rejected: str | None = None
 ) -> Transition | None:
@@ -86,17 +146,33 @@ async def sync_status(
 
     `rejected` is why the apiserver refused a child; like an invalid spec, it fails the TrainingJob.
     """
-    lock = _status_locks.setdefault((namespace, name), asyncio.Lock())  # lives while someone holds it
-    async with lock:
+    async with _lock(namespace, name):
         training_job = await kube.read_training_job(namespace, name)
         if training_job is None:
             return None
         parsed = parse(training_job)
         invalid = str(parsed) if isinstance(parsed, SpecError) else rejected
         job = None if invalid else await kube.read_job(namespace, name)
-        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        desired = lifecycle.desired_status(training_job, job, now, invalid_spec=invalid)
+        target = None
+        if not isinstance(parsed, SpecError) and job is not None:
+            target = await _checkpoint_target(kube, training_job, parsed)
+        desired = lifecycle.desired_status(
+            training_job, job, now_rfc3339(), invalid_spec=invalid, checkpoint_target=target
+        )
         if not lifecycle.changed(training_job.get("status") or {}, desired):
             return None
         await kube.patch_training_job_status(namespace, name, desired)
         return Transition(training_job, (training_job.get("status") or {}).get("phase"), desired)
+
+
+async def announce(kube: Kube, transition: Transition | None) -> None:
+    """One Event per phase change: Normal for progress, Warning with the cause for a failure."""
+    if transition is None or transition.phase == transition.phase_before:
+        return
+    if transition.phase == lifecycle.FAILED:
+        cause = transition.condition(lifecycle.FINISHED) or transition.condition(lifecycle.CREATED)
+        reason, message = cause.get("reason", "Failed"), cause.get("message", "")
+        await kube.post_event(transition.training_job, reason, message, warning=True)
+    elif transition.phase != lifecycle.PENDING:
+        message = f"TrainingJob is {transition.phase}"
+        await kube.post_event(transition.training_job, transition.phase, message)

@@ -4,6 +4,9 @@
   every TrainingJob when the operator starts, so a restart finishes whatever a crash left half done.
 - update of a TrainingJob: sync the status (observedGeneration follows the spec).
 - any event of a Job labelled stopline.dev/job: sync its owner's status (phase from the Job).
+- every event of a TrainingJob or of a trainer pod: update the in-memory registry that the supervisor
+  (one loop for all jobs: scrape, decide, stop) and the cohort rule read, and wake the supervisor when a
+  stop/cancel annotation appears or a stopping job's pod changes.
 
 kopf keeps its progress and diff base in the TrainingJob's status and adds no finalizer (the children
 carry owner references, so there is nothing to clean up), so the operator never writes the spec or the
@@ -12,14 +15,18 @@ annotations and GitOps tools see no drift.
 
 from __future__ import annotations
 
-import logging
-from typing import Any, cast
+import asyncio
+from typing import Any
 
+import aiohttp
 import kopf
 
-from stopline import GROUP, KIND, PLURAL, VERSION, controller, lifecycle
+from stopline import GROUP, KIND, PLURAL, VERSION, controller, lifecycle, monitoring
 from stopline.api import SpecError
+from stopline.criteria.engine import CANCEL_ANNOTATION, STOP_ANNOTATION
 from stopline.kube import Kube, Rejected
+from stopline.registry import Registry
+from stopline.supervisor import Supervisor
 from stopline.workload import JOB_LABEL
 
 WATCH_SERVER_TIMEOUT_S = 300  # the apiserver ends each watch after this; kopf then resumes it
@@ -36,12 +43,20 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.stopline.diffBase")
     settings.persistence.finalizer = f"{GROUP}/finalizer"  # unused today: there are no deletion handlers
     settings.peering.standalone = True
+    # No list/watch of Namespaces and CRDs: the operator serves one CRD that exists before it starts, in
+    # the namespaces it is given by name, so its RBAC needs no cluster-scoped reads (namespaced installs)
+    settings.scanning.disabled = True
     settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_S
     settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT_S
     settings.watching.connect_timeout = CONNECT_TIMEOUT_S
-    settings.posting.loggers = False  # Events only where we call kopf.info/warn, not one per log line
-    settings.posting.level = logging.INFO
+    settings.posting.enabled = False  # Events come from Kube.post_event, one per transition, not per log line
     memo.kube = await Kube.connect()
+    memo.registry = Registry()
+    memo.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+    memo.supervisor = Supervisor(memo.kube, memo.registry, memo.session)
+    memo.supervisor_task = asyncio.create_task(memo.supervisor.run(), name="stopline-supervisor")
+    listen = memo.get("listen")
+    memo.http = await monitoring.serve(listen, memo.supervisor.healthy) if listen else None
 
 
 @kopf.on.login()
@@ -52,6 +67,11 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def disconnect(memo: kopf.Memo, **_: Any) -> None:
+    memo.supervisor_task.cancel()
+    await asyncio.gather(memo.supervisor_task, return_exceptions=True)
+    if memo.http is not None:
+        await memo.http.cleanup()
+    await memo.session.close()
     await memo.kube.close()
 
 
@@ -71,28 +91,38 @@ async def run_training_job(
                 raise kopf.TemporaryError(str(error), delay=30) from error
             except Rejected as error:
                 rejected = f"spec.template: the apiserver refused the trainer's Job: {error}"
-    _announce(await controller.sync_status(kube, namespace or "", name, rejected))
+    await controller.announce(kube, await controller.sync_status(kube, namespace or "", name, rejected))
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL)
 async def follow_generation(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    _announce(await controller.sync_status(memo.kube, namespace or "", name))
+    await controller.announce(memo.kube, await controller.sync_status(memo.kube, namespace or "", name))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT})
 async def follow_job(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     for reference in body.metadata.get("ownerReferences") or []:
         if reference.get("kind") == KIND and reference.get("controller"):
-            _announce(await controller.sync_status(memo.kube, namespace or "", reference["name"]))
+            transition = await controller.sync_status(memo.kube, namespace or "", reference["name"])
+            await controller.announce(memo.kube, transition)
 
 
-def _announce(transition: controller.Transition | None) -> None:
-    """One Event per phase change: Normal for progress, Warning with the cause for a failure."""
-    if transition is None or transition.phase == transition.phase_before:
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def track_training_job(
+    body: kopf.Body, type: str | None, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    if type == "DELETED":
+        memo.registry.forget_training_job(namespace or "", name)
         return
-    training_job = kopf.Body(cast(kopf.RawBody, transition.training_job))
-    if transition.phase == lifecycle.FAILED:
-        cause = transition.condition(lifecycle.FINISHED) or transition.condition(lifecycle.CREATED)
-        kopf.warn(training_job, reason=cause.get("reason", "Failed"), message=cause.get("message", ""))
-    elif transition.phase != lifecycle.PENDING:
-        kopf.info(training_job, reason=transition.phase, message=f"TrainingJob is {transition.phase}")
+    tracked = memo.registry.observe_training_job(dict(body))
+    annotated = STOP_ANNOTATION in tracked.annotations or CANCEL_ANNOTATION in tracked.annotations
+    if tracked.phase == lifecycle.STOPPING or (annotated and tracked.phase not in lifecycle.TERMINAL_PHASES):
+        memo.supervisor.poke(tracked.key)
+
+
+@kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT})
+def track_pod(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    key = memo.registry.observe_pod(dict(body), deleted=type == "DELETED")
+    tracked = memo.registry.get(key) if key else None
+    if tracked is not None and tracked.phase == lifecycle.STOPPING:
+        memo.supervisor.poke(tracked.key)

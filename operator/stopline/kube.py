@@ -1,22 +1,26 @@
 """All of the operator's own Kubernetes API calls, through one kubernetes_asyncio client.
 
-kopf watches and posts Events with its own connection; this module reads and creates the children and
-patches the TrainingJob's status subresource (never its spec or metadata). Objects go in and come out
+kopf watches with its own connection; this module reads and creates the children, patches the
+TrainingJob's status subresource (never its spec or metadata) and posts its Events. Objects go in and come out
 as plain dicts in the API's camelCase, the shape the pure builders and the decision code use.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from stopline import GROUP, PLURAL, VERSION
+from stopline import GROUP, KIND, PLURAL, VERSION
 
+log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
 CONFLICT, NOT_FOUND = 409, 404
 BAD_REQUEST, UNPROCESSABLE = 400, 422
@@ -27,12 +31,19 @@ _COLLECTIONS = {
     "Secret": "/api/v1/namespaces/{namespace}/secrets",
     "Service": "/api/v1/namespaces/{namespace}/services",
     "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",
+    "Pod": "/api/v1/namespaces/{namespace}/pods",
+    "PersistentVolumeClaim": "/api/v1/namespaces/{namespace}/persistentvolumeclaims",
+    "Event": "/api/v1/namespaces/{namespace}/events",
     "TrainingJob": f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}",
 }
 
 
 class Rejected(ValueError):
     """The apiserver refused a child as malformed or invalid: the template is wrong, retrying won't help."""
+
+
+def _key(metadata: Mapping[str, Any]) -> tuple[str, str]:
+    return metadata["namespace"], metadata["name"]
 
 
 def _api_message(error: ApiException) -> str:
@@ -109,10 +120,69 @@ class Kube:
     async def read_job(self, namespace: str, name: str) -> Manifest | None:
         return await self._read("Job", namespace, name)
 
+    async def read_claim(self, namespace: str, name: str) -> Manifest | None:
+        return await self._read("PersistentVolumeClaim", namespace, name)
+
     async def read_training_job(self, namespace: str, name: str) -> Manifest | None:
         return await self._read("TrainingJob", namespace, name)
+
+    async def read_token(self, namespace: str, secret: str, key: str) -> str | None:
+        """A key of a Secret, decoded; None when the Secret or the key is missing."""
+        found = await self._read("Secret", namespace, secret)
+        encoded = ((found or {}).get("data") or {}).get(key)
+        return base64.b64decode(encoded).decode() if encoded else None
+
+    async def suspend_job(self, namespace: str, name: str) -> None:
+        """spec.suspend=true: the Job controller deletes the pods gracefully, so each trainer gets SIGTERM."""
+        path = f"{_COLLECTIONS['Job'].format(namespace=namespace)}/{name}"
+        try:
+            await self._request("PATCH", path, {"spec": {"suspend": True}}, MERGE_PATCH)
+        except ApiException as error:
+            if error.status not in (NOT_FOUND, UNPROCESSABLE):  # gone, or finished: nothing left to stop
+                raise
+
+    async def delete_pod(self, namespace: str, name: str, grace_period_s: int = 0) -> None:
+        """Delete a pod now (grace 0 = SIGKILL); one already gone is not an error."""
+        path = f"{_COLLECTIONS['Pod'].format(namespace=namespace)}/{name}"
+        try:
+            await self._request("DELETE", path, {"gracePeriodSeconds": grace_period_s})
+        except ApiException as error:
+            if error.status != NOT_FOUND:
+                raise
 
     async def patch_training_job_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """A JSON merge patch of the status subresource: the keys given, nothing else."""
         path = f"{_COLLECTIONS['TrainingJob'].format(namespace=namespace)}/{name}/status"
         await self._request("PATCH", path, {"status": dict(status)}, MERGE_PATCH)
+
+    async def post_event(
+        self, training_job: Mapping[str, Any], reason: str, message: str, warning: bool = False
+    ) -> None:
+        """An Event on the TrainingJob (what `kubectl describe tj` shows). Best effort: an Event that
+        cannot be posted is logged, never a reason to leave a stop half done."""
+        metadata = training_job["metadata"]
+        now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        event = {
+            "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": metadata["name"],
+                "namespace": metadata["namespace"],
+                "uid": metadata.get("uid"),
+            },
+            "type": "Warning" if warning else "Normal",
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "stopline"},
+            "reportingComponent": "stopline.dev/operator",
+            "reportingInstance": "stopline",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            path = _COLLECTIONS["Event"].format(namespace=metadata["namespace"])
+            await self._request("POST", path, event)
+        except ApiException as error:
+            log.warning("Event %s on %s/%s not posted: %s", reason, *_key(metadata), error)

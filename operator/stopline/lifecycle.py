@@ -12,7 +12,13 @@ Condition types (metav1.Condition style, one per type):
   when the spec cannot run.
 - ``Running``: True once every rank is ready (reason AllRanksReady); False again when the Job finishes.
 - ``Finished``: True when the Job completed (reason JobComplete) or failed (the Job's own reason, e.g.
-  BackoffLimitExceeded, and its message).
+  BackoffLimitExceeded, and its message), or when a stop ended (reasons of stopline.stopping).
+- ``StopRequested``: True from the moment a stop was decided (reason: the stop reason's type).
+- ``CheckpointTarget``: while Pending, whether spec.checkpoint.pvc's claim exists (pods wait for it).
+- ``MetricsAvailable``: whether the last scrapes of rank 0's /metrics worked (message: the error).
+
+While a job is Stopping, the stop protocol (stopline.stopping) owns the phase: the Job finishing is how
+that stop ends, not a success, so this module leaves the phase alone.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
-TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED, "Stopped", "Cancelled"})
+STOPPING, STOPPED, CANCELLED = "Stopping", "Stopped", "Cancelled"
+TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED, STOPPED, CANCELLED})
 CREATED, RUNNING_CONDITION, FINISHED = "Created", "Running", "Finished"
+CHECKPOINT_TARGET = "CheckpointTarget"
+STOP_REQUESTED = "StopRequested"
 INVALID_SPEC = "InvalidSpec"
 
 Status = dict[str, Any]
@@ -62,11 +71,13 @@ def desired_status(
     now: str,
     *,
     invalid_spec: str | None = None,
+    checkpoint_target: Condition | None = None,
 ) -> Status:
     """Phase, observedGeneration and conditions for `training_job` given its Job (None: not created yet).
 
-    `invalid_spec` is the parse error's message; `now` is the RFC 3339 time used for conditions that
-    change. A terminal phase is kept as it is: only a new generation updates observedGeneration.
+    `invalid_spec` is the parse error's message; `checkpoint_target` says whether the PVC exists (shown
+    while Pending); `now` is the RFC 3339 time used for conditions that change. A terminal phase is kept
+    as it is: only a new generation updates observedGeneration.
     """
     current: Mapping[str, Any] = training_job.get("status") or {}
     phase = current.get("phase") or PENDING
@@ -75,7 +86,7 @@ def desired_status(
     if invalid_spec is not None and phase not in TERMINAL_PHASES:
         phase = FAILED
         wanted.append(Condition(CREATED, False, INVALID_SPEC, invalid_spec))
-    elif job is not None and phase not in TERMINAL_PHASES:
+    elif job is not None and phase not in TERMINAL_PHASES and phase != STOPPING:
         wanted.append(Condition(CREATED, True, "ChildrenCreated", f"Job {job['metadata']['name']} created"))
         finished = job_finished(job)
         if finished is not None:
@@ -85,6 +96,8 @@ def desired_status(
         elif phase == RUNNING or all_ranks_started(job, replicas):
             phase = RUNNING
             wanted.append(Condition(RUNNING_CONDITION, True, "AllRanksReady", f"{replicas} rank(s) started"))
+        if checkpoint_target is not None and phase == PENDING:
+            wanted.append(checkpoint_target)
     return {
         "phase": phase,
         "observedGeneration": training_job["metadata"].get("generation"),

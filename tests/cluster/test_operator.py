@@ -12,24 +12,31 @@ import os
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import yaml
-from kopf.testing import KopfRunner
 
 from controlplane import REPO, ControlPlane, free_port, wait_until
+from operatorharness import (
+    RUNNING_AND_READY,
+    SINGLE,
+    SINGLE_NAME,
+    WAIT_S,
+    condition,
+    event_posted,
+    exists,
+    get,
+    operator,
+    phase_is,
+    pods,
+    set_pod_status,
+)
 
 pytestmark = pytest.mark.cluster
 
-SINGLE = REPO / "examples" / "gpu-patience-pvc.yaml"
-SINGLE_NAME = "resnet-lr3e-4"
 SWEEP = REPO / "examples" / "sweep-member-s3.yaml"
 SWEEP_NAME = "resnet-sweep-lr1e-3"
-WAIT_S = 30
-RUNNING_AND_READY = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
 
 
 @pytest.fixture
@@ -37,53 +44,6 @@ def plane(crd_installed: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> Contr
     """The control plane, with KUBECONFIG pointing at it for kopf's login and the operator's client."""
     monkeypatch.setenv("KUBECONFIG", str(crd_installed.kubeconfig))
     return crd_installed
-
-
-@contextmanager
-def operator(namespace: str) -> Iterator[KopfRunner]:
-    """The operator watching one namespace; on exit it is stopped and must have ended cleanly."""
-    args = ["run", "--standalone", "--namespace", namespace, "-m", "stopline.handlers"]
-    with KopfRunner(args, timeout=60) as runner:
-        yield runner
-    assert runner.exception is None, runner.output
-    assert runner.exit_code == 0, runner.output
-
-
-def get(plane: ControlPlane, namespace: str, *what: str) -> Any:
-    return json.loads(plane.kubectl("get", *what, "-n", namespace, "-o", "json").stdout)
-
-
-def exists(plane: ControlPlane, namespace: str, *what: str) -> bool:
-    return plane.kubectl("get", *what, "-n", namespace, check=False).returncode == 0
-
-
-def phase_is(plane: ControlPlane, namespace: str, name: str, phase: str) -> Callable[[], bool]:
-    return lambda: get(plane, namespace, "tj", name).get("status", {}).get("phase") == phase
-
-
-def event_posted(plane: ControlPlane, namespace: str, name: str, reason: str) -> Callable[[], bool]:
-    """Whether a Warning Event with this reason is recorded for the TrainingJob (kopf posts them async)."""
-
-    def posted() -> bool:
-        selector = f"involvedObject.name={name},involvedObject.kind=TrainingJob,type=Warning"
-        events = get(plane, namespace, "events", "--field-selector", selector)["items"]
-        return reason in {event["reason"] for event in events}
-
-    return posted
-
-
-def condition(training_job: Any, type_: str) -> Any:
-    return next(c for c in training_job["status"]["conditions"] if c["type"] == type_)
-
-
-def pods(plane: ControlPlane, namespace: str, name: str) -> list[Any]:
-    return list(get(plane, namespace, "pods", "-l", f"stopline.dev/job={name}")["items"])
-
-
-def set_pod_status(plane: ControlPlane, namespace: str, pod: str, status: dict[str, Any]) -> None:
-    """What a kubelet would report; the Job controller reads it like any pod status."""
-    patch = json.dumps({"status": status})
-    plane.kubectl("patch", "pod", pod, "-n", namespace, "--subresource=status", "--type=merge", "-p", patch)
 
 
 def start_single_rank_job(plane: ControlPlane, namespace: str) -> str:
@@ -244,11 +204,12 @@ def test_a_template_the_apiserver_refuses_as_a_pod_fails_with_the_apiservers_wor
     assert not exists(plane, namespace, "job", SINGLE_NAME)
 
 
-def test_the_stopline_operator_command_serves_healthz_runs_jobs_and_stops_on_sigterm(
+def test_the_stopline_operator_command_serves_healthz_and_metrics_runs_jobs_and_stops_on_sigterm(
     plane: ControlPlane, namespace: str
 ) -> None:
-    healthz = f"http://127.0.0.1:{free_port()}/healthz"
-    command = [sys.executable, "-m", "stopline.cli", "operator", "-n", namespace, "--liveness", healthz]
+    listen = f"127.0.0.1:{free_port()}"
+    healthz, metrics = f"http://{listen}/healthz", f"http://{listen}/metrics"
+    command = [sys.executable, "-m", "stopline.cli", "operator", "-n", namespace, "--listen", listen]
     process = subprocess.Popen(
         command, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -262,6 +223,12 @@ def test_the_stopline_operator_command_serves_healthz_runs_jobs_and_stops_on_sig
         plane.kubectl("apply", "-n", namespace, "-f", str(SINGLE))
         wait_until(phase_is(plane, namespace, SINGLE_NAME, "Pending"), WAIT_S, "phase Pending")
         assert exists(plane, namespace, "job", SINGLE_NAME)
+
+        def pending_counted() -> bool:
+            with urllib.request.urlopen(metrics, timeout=2) as response:
+                return 'stopline_training_jobs{phase="Pending"} 1.0' in response.read().decode()
+
+        wait_until(pending_counted, WAIT_S, "the operator's /metrics counting one Pending job")
     finally:
         process.terminate()
         try:
@@ -270,3 +237,20 @@ def test_the_stopline_operator_command_serves_healthz_runs_jobs_and_stops_on_sig
             process.kill()
             raise
     assert process.returncode == 0, output
+
+
+def test_a_missing_checkpoint_claim_shows_as_a_condition_naming_the_field(
+    plane: ControlPlane, namespace: str
+) -> None:
+    """The example's PVC does not exist in a fresh namespace: the pods would wait with no word to the user."""
+
+    def claim_condition() -> Any:
+        conditions = get(plane, namespace, "tj", SINGLE_NAME).get("status", {}).get("conditions", [])
+        return next((c for c in conditions if c["type"] == "CheckpointTarget"), None)
+
+    with operator(namespace):
+        plane.kubectl("apply", "-n", namespace, "-f", str(SINGLE))
+        missing = wait_until(claim_condition, WAIT_S, "condition CheckpointTarget")
+    assert (missing["status"], missing["reason"]) == ("False", "ClaimNotFound")
+    assert missing["message"].startswith("spec.checkpoint.pvc.claimName: PersistentVolumeClaim 'checkpoints'")
+    assert get(plane, namespace, "tj", SINGLE_NAME)["status"]["phase"] == "Pending"

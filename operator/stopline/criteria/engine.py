@@ -78,7 +78,9 @@ def _choose(observation: Observation, decisions: list[Decision | None]) -> Decis
     if observation.cancel is not None:
         return Decision("Cancelled", CANCEL_ANNOTATION, observation.cancel or "cancelled", None, None, epoch)
     if observation.stop is not None:
-        return Decision("Manual", STOP_ANNOTATION, observation.stop or "stopped by hand", None, None, epoch)
+        return Decision(
+            "Manual", STOP_ANNOTATION, observation.stop or "stopped with kubectl annotate", None, None, epoch
+        )
     fired = [
         (decision.epoch if decision.epoch is not None else math.inf, index, decision)
         for index, decision in enumerate(decisions)

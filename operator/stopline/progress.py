@@ -1,0 +1,106 @@
+"""What the operator remembers of a running job between status writes, and the status it writes. Pure.
+
+A scrape every metrics interval, a status write only when a new epoch arrived (or a stop begins):
+`JobMemory` holds the latest criteria state, curve and best in memory, seeded from the stored status,
+so a restarted operator goes on from the last epoch written and loses no patience count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stopline.api import Mode, TrainingJobSpec
+from stopline.criteria.decision import JSONState
+from stopline.criteria.engine import Evaluation
+from stopline.metrics.exposition import TrainerReport
+
+MAX_CURVE = 10_000  # status.curve's maxItems in the CRD
+
+
+def _better(value: float, best: float, mode: Mode) -> bool:
+    return value < best if mode == "min" else value > best
+
+
+@dataclass
+class JobMemory:
+    """status.criteria states, curve and best as of the last scrape; `written_epoch` as of the last write."""
+
+    states: dict[str, JSONState] = field(default_factory=dict)
+    curve: list[float | None] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    written_epoch: int = 0
+    epoch_seconds: float | None = None
+    failures: int = 0  # scrapes failed in a row
+
+    @classmethod
+    def seed(cls, status: Mapping[str, Any]) -> JobMemory:
+        criteria = status.get("criteria") or []
+        return cls(
+            states={entry["name"]: dict(entry.get("state") or {}) for entry in criteria if "name" in entry},
+            curve=list(status.get("curve") or []),
+            best=dict(status["best"]) if status.get("best") else None,
+            written_epoch=int((status.get("progress") or {}).get("epoch") or 0),
+        )
+
+    def record(self, spec: TrainingJobSpec, report: TrainerReport) -> bool:
+        """Take a scrape's objective into the curve and best; True when it is an epoch not written yet."""
+        if report.epoch_seconds is not None:
+            self.epoch_seconds = report.epoch_seconds
+        epoch, objective = report.epoch, spec.objective
+        value = report.metrics.get(objective.metric)
+        if 1 <= epoch <= MAX_CURVE and value is not None:
+            if len(self.curve) < epoch:
+                self.curve.extend([None] * (epoch - len(self.curve)))
+            self.curve[epoch - 1] = value if math.isfinite(value) else None
+            if math.isfinite(value) and (
+                self.best is None or _better(value, self.best["value"], objective.mode)
+            ):
+                self.best = {"metric": objective.metric, "value": value, "epoch": epoch}
+        return epoch > self.written_epoch
+
+
+def progress_status(
+    memory: JobMemory, report: TrainerReport, evaluation: Evaluation, now: str
+) -> dict[str, Any]:
+    """progress, best, curve and criteria: the keys a new epoch changes (merge-patched, nothing else)."""
+    status: dict[str, Any] = {
+        "progress": {
+            "epoch": report.epoch,
+            "step": report.step,
+            "metrics": {name: _json_number(value) for name, value in report.metrics.items()},
+            "updatedAt": now,
+        },
+        "criteria": [criterion.as_status() for criterion in evaluation.criteria],
+        "curve": memory.curve,
+    }
+    if memory.best is not None:
+        status["best"] = memory.best
+    return status
+
+
+def _json_number(value: float) -> float | None:
+    """JSON has no NaN: a non-finite metric shows as null in status.progress.metrics."""
+    return value if math.isfinite(value) else None
+
+
+def checkpoint_status(termination_message: str) -> dict[str, Any] | None:
+    """status.checkpoint from rank 0's termination message (the trainer's manifest); None if it is not one."""
+    try:
+        manifest = json.loads(termination_message)
+    except ValueError:
+        return None
+    if not isinstance(manifest, dict) or not {"uri", "epoch", "step"} <= manifest.keys():
+        return None
+    keys = ("uri", "epoch", "step", "bytes", "sha256", "savedAt")
+    return {key: manifest[key] for key in keys if manifest.get(key) is not None}
+
+
+def gpu_seconds_saved(spec: TrainingJobSpec, epoch: int, epoch_seconds: float | None) -> float | None:
+    """GPU-seconds the epochs left to maxEpochs would have cost at the measured epoch time (None: unknown)."""
+    if spec.max_epochs is None or epoch_seconds is None:
+        return None
+    return round(max(spec.max_epochs - epoch, 0) * epoch_seconds * spec.gpus, 1)

@@ -1,0 +1,328 @@
+"""The stop protocol against the real apiserver and Job controller, with the trainer's real endpoint.
+
+Each test plays a trainer: it reports epochs on the stand-in's /metrics (the real stopline_trainer
+endpoint on 127.0.0.x), waits for the operator to read each one, and plays the kubelet's part of the
+stop (the pod ends with rank 0's manifest as its termination message).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+
+from controlplane import ControlPlane, wait_until
+from operatorharness import (
+    SINGLE_NAME,
+    WAIT_S,
+    StandInTrainer,
+    apply,
+    checkpoint_message,
+    condition,
+    event_posted,
+    events,
+    exists,
+    get,
+    manifest,
+    operator,
+    phase_is,
+    running_trainer,
+    status,
+    terminate,
+)
+
+pytestmark = pytest.mark.cluster
+
+FAST = {"interval": "1s"}
+URI = "/stopline/checkpoints/runs/resnet-lr3e-4/step-000300.pt"
+
+
+@pytest.fixture
+def plane(crd_installed: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> ControlPlane:
+    monkeypatch.setenv("KUBECONFIG", str(crd_installed.kubeconfig))
+    return crd_installed
+
+
+def play_epochs(
+    plane: ControlPlane, namespace: str, trainer: StandInTrainer, epochs: list[dict[str, float]]
+) -> int:
+    """Report epochs one by one, each once the operator has read the previous; stop at phase Stopping.
+
+    Returns the last epoch reported. A stop must come: running out of epochs fails the test.
+    """
+    for epoch, values in enumerate(epochs, start=1):
+        trainer.report(epoch, epoch * 100, **values)
+
+        wait_until(epoch_read(plane, namespace, epoch), WAIT_S, f"the operator reading epoch {epoch}")
+        if status(plane, namespace, SINGLE_NAME).get("phase") == "Stopping":
+            return epoch
+    raise AssertionError(f"no stop after {len(epochs)} epochs: {status(plane, namespace, SINGLE_NAME)}")
+
+
+def epoch_read(plane: ControlPlane, namespace: str, epoch: int) -> Callable[[], bool]:
+    """The operator wrote this epoch's progress, or is already stopping."""
+
+    def check() -> bool:
+        current = status(plane, namespace, SINGLE_NAME)
+        return bool(current.get("phase") == "Stopping" or current.get("progress", {}).get("epoch") == epoch)
+
+    return check
+
+
+def finish_with_checkpoint(plane: ControlPlane, namespace: str, pod: str, epoch: int) -> dict[str, Any]:
+    """The trainer saved and exited 0 with its manifest; the operator must conclude Stopped."""
+    terminate(plane, namespace, pod, checkpoint_message(epoch, epoch * 100, URI))
+    wait_until(phase_is(plane, namespace, SINGLE_NAME, "Stopped"), WAIT_S, "phase Stopped")
+    return dict(get(plane, namespace, "tj", SINGLE_NAME))
+
+
+CRITERIA = [
+    pytest.param(
+        {"name": "plateau", "patience": {"patience": 2}},
+        [{"val_loss": 1.0}, {"val_loss": 1.0}, {"val_loss": 1.0}, {"val_loss": 1.0}],
+        "Patience",
+        id="patience",
+    ),
+    pytest.param(
+        {"name": "good", "threshold": {"metric": "val_accuracy", "mode": "max", "value": 0.9}},
+        [{"val_loss": 1.0, "val_accuracy": 0.5}, {"val_loss": 0.5, "val_accuracy": 0.95}],
+        "Threshold",
+        id="threshold",
+    ),
+    pytest.param(
+        {"name": "diverged", "divergence": {"metric": "train_loss", "value": 10.0}},
+        [{"val_loss": 1.0, "train_loss": 2.0}, {"val_loss": 1.0, "train_loss": 20.0}],
+        "Divergence",
+        id="divergence",
+    ),
+    pytest.param(
+        {"name": "diverged", "divergence": {"metric": "train_loss", "nonFinite": True}},
+        [{"val_loss": 1.0, "train_loss": 2.0}, {"val_loss": 1.0, "train_loss": math.nan}],
+        "NonFinite",
+        id="nan",
+    ),
+    pytest.param(
+        {"name": "converged", "plateau": {"window": 3, "maxRelativeChange": 0.01}},
+        [{"val_loss": 1.0}] * 6,
+        "Plateau",
+        id="plateau",
+    ),
+]
+
+
+@pytest.mark.parametrize(("criterion", "epochs", "reason"), CRITERIA)
+def test_a_criterion_met_stops_the_trainer_and_the_checkpoint_lands_in_status(
+    plane: ControlPlane,
+    namespace: str,
+    criterion: dict[str, Any],
+    epochs: list[dict[str, float]],
+    reason: str,
+) -> None:
+    training_job = manifest(criteria=[criterion], metrics=dict(FAST))
+    with operator(namespace), running_trainer(plane, namespace, training_job) as (trainer, pod):
+        last = play_epochs(plane, namespace, trainer, epochs)
+        wait_until(lambda: trainer.stop_reason, WAIT_S, "the trainer's POST /stop")
+        stopping = status(plane, namespace, SINGLE_NAME)
+        assert stopping["stopReason"]["type"] == reason
+        assert stopping["stopReason"]["criterion"] == criterion["name"]
+        assert stopping["stopReason"]["message"] == trainer.stop_reason
+        assert condition({"status": stopping}, "StopRequested")["reason"] == reason
+        stopped = finish_with_checkpoint(plane, namespace, pod, last)
+        wait_until(event_posted(plane, namespace, SINGLE_NAME, "CheckpointSaved", "Normal"), WAIT_S, "Event")
+    assert stopped["status"]["checkpoint"]["uri"] == URI
+    assert stopped["status"]["checkpoint"]["epoch"] == last
+    assert condition(stopped, "Finished")["reason"] == "CheckpointSaved"
+    assert stopped["status"]["progress"]["epoch"] == last
+    assert len(stopped["status"]["curve"]) == last
+    assert "Stopping" in {event["reason"] for event in events(plane, namespace, SINGLE_NAME, "Normal")}
+
+
+def test_budget_and_staleness_stop_on_time_not_on_epochs(plane: ControlPlane, namespace: str) -> None:
+    """maxDuration counts from when every rank was up; a trainer that never advances is Stale."""
+    training_job = manifest(
+        criteria=[{"name": "budget", "budget": {"maxDuration": "2s"}}], metrics=dict(FAST)
+    )
+    with operator(namespace), running_trainer(plane, namespace, training_job) as (trainer, pod):
+        trainer.report(1, 100, val_loss=1.0)
+        wait_until(phase_is(plane, namespace, SINGLE_NAME, "Stopping"), WAIT_S, "phase Stopping")
+        assert status(plane, namespace, SINGLE_NAME)["stopReason"]["type"] == "Budget"
+        finish_with_checkpoint(plane, namespace, pod, 1)
+
+    training_job = manifest(name="stuck", criteria=[], metrics=FAST | {"staleAfter": "3s"})
+    with operator(namespace), running_trainer(plane, namespace, training_job) as (trainer, _):
+        trainer.report(1, 100, val_loss=1.0)
+        wait_until(phase_is(plane, namespace, "stuck", "Stopping"), WAIT_S, "phase Stopping")
+        reason = status(plane, namespace, "stuck")["stopReason"]
+        assert (reason["type"], reason["criterion"]) == ("Stale", "staleAfter")
+        assert "no new step" in reason["message"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"), [("", "stopped with kubectl annotate"), ("looks good", "looks good")]
+)
+def test_kubectl_annotate_stop_stops_with_the_annotations_words(
+    plane: ControlPlane, namespace: str, value: str, message: str
+) -> None:
+    training_job = manifest(criteria=[], metrics=dict(FAST))
+    with operator(namespace), running_trainer(plane, namespace, training_job) as (trainer, pod):
+        trainer.report(1, 100, val_loss=1.0)
+        plane.kubectl("annotate", "tj", SINGLE_NAME, "-n", namespace, f"stopline.dev/stop={value}")
+        wait_until(lambda: trainer.stop_reason, WAIT_S, "the trainer's POST /stop")
+        assert trainer.stop_reason == message
+        reason = status(plane, namespace, SINGLE_NAME)["stopReason"]
+        assert (reason["type"], reason["criterion"], reason["message"]) == (
+            "Manual",
+            "stopline.dev/stop",
+            message,
+        )
+        stopped = finish_with_checkpoint(plane, namespace, pod, 1)
+    assert stopped["status"]["checkpoint"]["uri"] == URI
+
+
+def test_cancel_deletes_the_pods_at_once_and_saves_nothing(plane: ControlPlane, namespace: str) -> None:
+    training_job = manifest(criteria=[], metrics=dict(FAST))
+    with operator(namespace), running_trainer(plane, namespace, training_job) as (trainer, pod):
+        trainer.report(1, 100, val_loss=1.0)
+        plane.kubectl("annotate", "tj", SINGLE_NAME, "-n", namespace, "stopline.dev/cancel=wrong data")
+        wait_until(phase_is(plane, namespace, SINGLE_NAME, "Cancelled"), WAIT_S, "phase Cancelled")
+        wait_until(lambda: not exists(plane, namespace, "pod", pod), WAIT_S, "the pod deleted")
+        assert trainer.stop_reason is None  # no graceful stop: nothing is saved
+    cancelled = get(plane, namespace, "tj", SINGLE_NAME)
+    assert cancelled["status"]["stopReason"]["type"] == "Cancelled"
+    assert "checkpoint" not in cancelled["status"]
+    assert condition(cancelled, "Finished")["message"] == "cancelled: wrong data; nothing was saved"
+    assert get(plane, namespace, "job", SINGLE_NAME)["spec"]["suspend"] is True
+
+
+def test_dry_run_records_where_it_would_stop_and_never_stops(plane: ControlPlane, namespace: str) -> None:
+    training_job = manifest(
+        criteria=[{"name": "plateau", "patience": {"patience": 1}}],
+        metrics=dict(FAST),
+        stopPolicy={"dryRun": True},
+    )
+    with operator(namespace), running_trainer(plane, namespace, training_job) as (trainer, _):
+        for epoch in range(1, 5):
+            trainer.report(epoch, epoch * 100, val_loss=1.0)
+            wait_until(epoch_read(plane, namespace, epoch), WAIT_S, f"epoch {epoch} read")
+        wait_until(
+            event_posted(plane, namespace, SINGLE_NAME, "WouldStop", "Normal"), WAIT_S, "Event WouldStop"
+        )
+        current = status(plane, namespace, SINGLE_NAME)
+        assert trainer.stop_reason is None
+    assert current["phase"] == "Running"
+    would = current["dryRun"]["wouldStopAt"]
+    assert (would["type"], would["criterion"], would["epoch"]) == ("Patience", "plateau", 2)
+    assert "stopReason" not in current
+
+
+def test_a_trainer_that_does_not_acknowledge_gets_its_job_suspended(
+    plane: ControlPlane, namespace: str
+) -> None:
+    """POST /stop answered 404 (no stopline endpoint): the Job is suspended, so the kubelet sends SIGTERM."""
+    training_job = manifest(criteria=[], metrics=dict(FAST))
+    with (
+        operator(namespace),
+        running_trainer(plane, namespace, training_job, accept_stop=False) as (trainer, _),
+    ):
+        trainer.report(1, 100, val_loss=1.0)
+        plane.kubectl("annotate", "tj", SINGLE_NAME, "-n", namespace, "stopline.dev/stop=enough")
+        wait_until(
+            lambda: get(plane, namespace, "job", SINGLE_NAME)["spec"].get("suspend") is True,
+            WAIT_S,
+            "the Job suspended",
+        )
+        wait_until(
+            event_posted(plane, namespace, SINGLE_NAME, "StopNotAcknowledged"), WAIT_S, "a Warning Event"
+        )
+
+
+def test_a_trainer_that_outlives_the_grace_period_is_killed_and_fails_saying_nothing_was_saved(
+    plane: ControlPlane, namespace: str
+) -> None:
+    training_job = manifest(criteria=[], metrics=dict(FAST), stopPolicy={"gracePeriod": "3s"})
+    with operator(namespace), running_trainer(plane, namespace, training_job) as (trainer, pod):
+        trainer.report(1, 100, val_loss=1.0)
+        plane.kubectl("annotate", "tj", SINGLE_NAME, "-n", namespace, "stopline.dev/stop=enough")
+        wait_until(lambda: trainer.stop_reason, WAIT_S, "the trainer's POST /stop")
+        wait_until(phase_is(plane, namespace, SINGLE_NAME, "Failed"), WAIT_S, "phase Failed")
+        wait_until(lambda: not exists(plane, namespace, "pod", pod), WAIT_S, "the pod deleted")
+        wait_until(
+            event_posted(plane, namespace, SINGLE_NAME, "GracePeriodExpired"), WAIT_S, "a Warning Event"
+        )
+    finished = condition(get(plane, namespace, "tj", SINGLE_NAME), "Finished")
+    assert finished["reason"] == "GracePeriodExpired"
+    assert "the weights were not saved" in finished["message"]
+
+
+def test_an_operator_restarted_while_stopping_completes_the_stop_once(
+    plane: ControlPlane, namespace: str
+) -> None:
+    training_job = manifest(criteria=[], metrics=dict(FAST))
+    with ExitStack() as first_operator:
+        first_operator.enter_context(operator(namespace))
+        with running_trainer(plane, namespace, training_job) as (trainer, pod):
+            trainer.report(1, 100, val_loss=1.0)
+            plane.kubectl("annotate", "tj", SINGLE_NAME, "-n", namespace, "stopline.dev/stop=enough")
+            wait_until(phase_is(plane, namespace, SINGLE_NAME, "Stopping"), WAIT_S, "phase Stopping")
+            first_operator.close()  # the operator is gone while the trainer saves and exits
+            terminate(plane, namespace, pod, checkpoint_message(1, 100, URI))
+            with operator(namespace):
+                wait_until(phase_is(plane, namespace, SINGLE_NAME, "Stopped"), WAIT_S, "phase Stopped")
+                wait_until(
+                    event_posted(plane, namespace, SINGLE_NAME, "CheckpointSaved", "Normal"), WAIT_S, "Event"
+                )
+    saved = [e for e in events(plane, namespace, SINGLE_NAME) if e["reason"] == "CheckpointSaved"]
+    assert sum(int(e.get("count") or 1) for e in saved) == 1
+    assert status(plane, namespace, SINGLE_NAME)["checkpoint"]["uri"] == URI
+
+
+def test_metrics_that_never_appear_show_as_a_condition_naming_the_url(
+    plane: ControlPlane, namespace: str
+) -> None:
+    training_job = manifest(criteria=[], metrics=dict(FAST))
+    with operator(namespace), running_trainer(plane, namespace, training_job) as (trainer, _):
+        trainer.close()  # the port answers nothing: a wrong spec.metrics.port looks the same
+
+        def metrics_unavailable() -> Any:
+            conditions = status(plane, namespace, SINGLE_NAME).get("conditions", [])
+            return next(
+                (c for c in conditions if c["type"] == "MetricsAvailable" and c["status"] == "False"), None
+            )
+
+        unavailable = wait_until(metrics_unavailable, WAIT_S, "condition MetricsAvailable=False")
+        assert f"http://{trainer.ip}:{trainer.port}/metrics" in unavailable["message"]
+        assert "spec.metrics.port" in unavailable["message"]
+        assert status(plane, namespace, SINGLE_NAME)["phase"] == "Running"
+
+
+def test_the_cohort_rule_stops_a_job_worse_than_the_median_of_its_study(
+    plane: ControlPlane, namespace: str
+) -> None:
+    """The peers' curves come from their status.curve, as the operator writes it for running jobs."""
+    study = {"stopline.dev/study": "sweep"}
+    with operator(namespace):
+        for peer, level in (("peer-a", 0.3), ("peer-b", 0.4), ("peer-c", 0.5)):
+            peer_job = manifest(name=peer)
+            peer_job["metadata"]["labels"] = study
+            apply(plane, namespace, peer_job)
+            wait_until(phase_is(plane, namespace, peer, "Pending"), WAIT_S, f"{peer} Pending")
+            curve = json.dumps({"status": {"curve": [level + 0.1, level]}})
+            plane.kubectl(
+                "patch", "tj", peer, "-n", namespace, "--subresource=status", "--type=merge", "-p", curve
+            )
+        cohort = {"name": "median", "cohort": {"minJobs": 3, "percentile": 50}}
+        training_job = manifest(criteria=[cohort], metrics=dict(FAST))
+        training_job["metadata"]["labels"] = study
+        with running_trainer(plane, namespace, training_job) as (trainer, pod):
+            last = play_epochs(
+                plane, namespace, trainer, [{"val_loss": 0.9}, {"val_loss": 0.8}, {"val_loss": 0.7}]
+            )
+            wait_until(lambda: trainer.stop_reason, WAIT_S, "the trainer's POST /stop")
+            reason = status(plane, namespace, SINGLE_NAME)["stopReason"]
+            assert (reason["type"], reason["criterion"], reason["epoch"]) == ("Cohort", "median", last)
+            assert last == 1  # worse than every peer's running average from the first epoch on
+            finish_with_checkpoint(plane, namespace, pod, last)

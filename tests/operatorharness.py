@@ -1,0 +1,198 @@
+"""Driving the operator in tests: kopf's KopfRunner, kubectl reads, and stand-ins for what a kubelet does.
+
+The cluster tier has no kubelet: tests patch pod status as a kubelet would (Running with a pod IP on
+127.0.0.x, then terminated with a termination message), and the trainer's endpoint is the real one
+(stopline_trainer's ControlServer and TrainerMetrics) serving on that IP without any training behind it.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import yaml
+from kopf.testing import KopfRunner
+
+from controlplane import REPO, ControlPlane, wait_until
+from stopline_trainer.control import StopFlag
+from stopline_trainer.metrics import TrainerMetrics
+from stopline_trainer.server import ControlServer
+
+SINGLE = REPO / "examples" / "gpu-patience-pvc.yaml"
+SINGLE_NAME = "resnet-lr3e-4"
+WAIT_S = 30
+RUNNING_AND_READY = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+_addresses = (f"127.0.0.{host}" for host in itertools.count(100))  # the test kubelet uses 127.0.0.2 up
+
+
+@contextmanager
+def operator(namespace: str) -> Iterator[KopfRunner]:
+    """The operator watching one namespace; on exit it is stopped and must have ended cleanly."""
+    args = ["run", "--standalone", "--namespace", namespace, "-m", "stopline.handlers"]
+    with KopfRunner(args, timeout=60) as runner:
+        yield runner
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output
+
+
+def get(plane: ControlPlane, namespace: str, *what: str) -> Any:
+    return json.loads(plane.kubectl("get", *what, "-n", namespace, "-o", "json").stdout)
+
+
+def exists(plane: ControlPlane, namespace: str, *what: str) -> bool:
+    return plane.kubectl("get", *what, "-n", namespace, check=False).returncode == 0
+
+
+def status(plane: ControlPlane, namespace: str, name: str) -> Any:
+    return get(plane, namespace, "tj", name).get("status", {})
+
+
+def phase_is(plane: ControlPlane, namespace: str, name: str, phase: str) -> Callable[[], bool]:
+    return lambda: status(plane, namespace, name).get("phase") == phase
+
+
+def events(plane: ControlPlane, namespace: str, name: str, type_: str | None = None) -> list[Any]:
+    selector = f"involvedObject.name={name},involvedObject.kind=TrainingJob"
+    if type_:
+        selector += f",type={type_}"
+    return list(get(plane, namespace, "events", "--field-selector", selector)["items"])
+
+
+def event_posted(
+    plane: ControlPlane, namespace: str, name: str, reason: str, type_: str = "Warning"
+) -> Callable[[], bool]:
+    """Whether an Event with this reason is recorded for the TrainingJob (kopf posts them async)."""
+    return lambda: reason in {event["reason"] for event in events(plane, namespace, name, type_)}
+
+
+def condition(training_job: Any, type_: str) -> Any:
+    return next(c for c in training_job["status"]["conditions"] if c["type"] == type_)
+
+
+def pods(plane: ControlPlane, namespace: str, name: str) -> list[Any]:
+    return list(get(plane, namespace, "pods", "-l", f"stopline.dev/job={name}")["items"])
+
+
+def set_pod_status(plane: ControlPlane, namespace: str, pod: str, pod_status: dict[str, Any]) -> None:
+    """What a kubelet would report; the Job controller reads it like any pod status."""
+    patch = json.dumps({"status": pod_status})
+    plane.kubectl("patch", "pod", pod, "-n", namespace, "--subresource=status", "--type=merge", "-p", patch)
+
+
+def terminate(plane: ControlPlane, namespace: str, pod: str, message: str = "", exit_code: int = 0) -> None:
+    """The trainer container exited with this code and left `message` in its termination-log."""
+    terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error"}
+    if message:
+        terminated["message"] = message
+    container = {
+        "name": "trainer",
+        "image": "trainer",
+        "imageID": "",
+        "ready": False,
+        "restartCount": 0,
+        "state": {"terminated": terminated},
+    }
+    phase = "Succeeded" if exit_code == 0 else "Failed"
+    set_pod_status(plane, namespace, pod, {"phase": phase, "containerStatuses": [container]})
+
+
+def manifest(name: str = SINGLE_NAME, **spec: Any) -> dict[str, Any]:
+    """The single-GPU example with `spec` keys replaced (criteria, metrics, stopPolicy ...)."""
+    training_job = yaml.safe_load(SINGLE.read_text())
+    training_job["metadata"]["name"] = name
+    training_job["spec"].update(spec)
+    return dict(training_job)
+
+
+def apply(plane: ControlPlane, namespace: str, training_job: dict[str, Any]) -> None:
+    plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(training_job))
+
+
+def control_token(plane: ControlPlane, namespace: str, name: str) -> str:
+    secret = get(plane, namespace, "secret", f"{name}-stopline-control")
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+def reserve_address() -> tuple[str, int]:
+    """A fresh 127.0.0.x and a port free on it, chosen before the job (and so its token) exists."""
+    ip = next(_addresses)
+    with socket.socket() as probe:
+        probe.bind((ip, 0))
+        return ip, int(probe.getsockname()[1])
+
+
+class StandInTrainer:
+    """The trainer's real HTTP endpoint on `address`, with no training behind it: the test plays the loop.
+
+    `report` sets what /metrics shows, as the training loop would; `stop_reason` is what POST /stop set.
+    """
+
+    def __init__(self, address: tuple[str, int], token: str, accept_stop: bool = True) -> None:
+        self.ip, self.port = address
+        self.flag = StopFlag()
+        self.metrics = TrainerMetrics(self.flag)
+        self.server = ControlServer(
+            self.metrics,
+            self.flag,
+            token=token,
+            bind_address=self.ip,
+            port=self.port,
+            rank=0,
+            accept_stop=accept_stop,
+        )
+        self.server.start()
+
+    def report(self, epoch: int, step: int, **values: float) -> None:
+        self.metrics.observe(epoch, step, values)
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.flag.reason if self.flag.is_set() else None
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def checkpoint_message(epoch: int, step: int, uri: str) -> str:
+    """Rank 0's termination message after a save: the checkpoint manifest, as stopline_trainer writes it."""
+    return json.dumps(
+        {
+            "format": "stopline/v1",
+            "uri": uri,
+            "epoch": epoch,
+            "step": step,
+            "bytes": 1024,
+            "sha256": "0" * 64,
+            "savedAt": "2026-11-22T12:00:00Z",
+            "worldSize": 1,
+            "metrics": {},
+            "stopReason": "stopped",
+        }
+    )
+
+
+@contextmanager
+def running_trainer(
+    plane: ControlPlane, namespace: str, training_job: dict[str, Any], accept_stop: bool = True
+) -> Iterator[tuple[StandInTrainer, str]]:
+    """Apply `training_job` with spec.metrics.port set to a stand-in trainer's, and mark its pod Running
+    at the stand-in's IP, as a kubelet would; yields the stand-in and the pod's name. Needs the operator."""
+    name = training_job["metadata"]["name"]
+    address = reserve_address()
+    training_job["spec"].setdefault("metrics", {})["port"] = address[1]
+    apply(plane, namespace, training_job)
+    wait_until(lambda: len(pods(plane, namespace, name)) == 1, WAIT_S, "the Job controller's pod")
+    trainer = StandInTrainer(address, control_token(plane, namespace, name), accept_stop)
+    try:
+        pod = pods(plane, namespace, name)[0]["metadata"]["name"]
+        ip = {"podIP": trainer.ip, "podIPs": [{"ip": trainer.ip}]}
+        set_pod_status(plane, namespace, pod, RUNNING_AND_READY | ip)
+        wait_until(phase_is(plane, namespace, name, "Running"), WAIT_S, "phase Running")
+        yield trainer, pod
+    finally:
+        trainer.close()

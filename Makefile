@@ -10,13 +10,21 @@ ETCD_VERSION ?= 3.6.16
 STOPLINE_TESTENV ?= $(HOME)/.cache/stopline/testenv/$(K8S_VERSION)-etcd$(ETCD_VERSION)
 export K8S_VERSION ETCD_VERSION STOPLINE_TESTENV
 PYTEST := $(PY) -m pytest
+OPERATOR_IMAGE ?= ghcr.io/stopline-dev/operator:0.1.0
+TRAINER_IMAGE ?= ghcr.io/stopline-dev/trainer:0.1.0
+KIND_CLUSTER ?= stopline
+HELM ?= helm
+KUBECTL ?= kubectl
+RELEASE ?= stopline
+DEPLOY_NAMESPACE ?= stopline-system
+export OPERATOR_IMAGE TRAINER_IMAGE KIND_CLUSTER HELM KUBECTL RELEASE DEPLOY_NAMESPACE
 # run one marked tier of tests/; a tier that has no test files yet says so instead of failing
 tier = if compgen -G 'tests/$(1)/test_*.py' >/dev/null; then $(PYTEST) -m $(1) tests/$(1); else echo "$(1): no tests yet"; fi
 
 .PHONY: help venv testenv test test-unit test-trainer test-cluster e2e lint helm-lint demo images kind-up kind-down kind-e2e deploy undeploy
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(PY): pyproject.toml
 	python3 -m venv $(VENV)
@@ -57,5 +65,27 @@ demo: ## the main command: for now it prints what it will do (the end-to-end iss
 	@echo "127.0.0.1, apply examples/sweep, show live progress and print each job's stop reason, best metric"
 	@echo "and checkpoint. It is not built yet (see the end-to-end issue); today run 'make test'."
 
-images kind-up kind-down kind-e2e deploy undeploy: ## (later issues) images, kind and helm deploy targets
-	@echo "make $@: not built yet, see the helm/images issue"; exit 1
+images: ## docker build the operator and trainer images as $(OPERATOR_IMAGE) and $(TRAINER_IMAGE)
+	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
+	docker build -f trainer-image/Dockerfile -t $(TRAINER_IMAGE) .
+
+kind-up: ## create the kind cluster $(KIND_CLUSTER) (kept if it exists)
+	kind get clusters | grep -qx '$(KIND_CLUSTER)' || kind create cluster --name $(KIND_CLUSTER) --wait 120s
+
+kind-down: ## delete the kind cluster $(KIND_CLUSTER)
+	kind delete cluster --name $(KIND_CLUSTER)
+
+# helm installs crds/ on the first install only and never upgrades them: apply the CRD ourselves first.
+deploy: ## apply the CRD, then helm upgrade --install the chart into $(DEPLOY_NAMESPACE) with $(OPERATOR_IMAGE)
+	$(KUBECTL) apply --server-side -f crds/
+	$(KUBECTL) wait --for=condition=Established --timeout=60s crd/trainingjobs.stopline.dev
+	$(HELM) upgrade --install $(RELEASE) helm/stopline -n $(DEPLOY_NAMESPACE) --create-namespace --wait \
+	  --set image.repository=$${OPERATOR_IMAGE%:*},image.tag=$${OPERATOR_IMAGE##*:}
+
+# The CRD stays on purpose: deleting it deletes every TrainingJob in the cluster. To remove it too:
+#   kubectl delete crd trainingjobs.stopline.dev
+undeploy: ## helm uninstall the operator (the CRD and every TrainingJob stay)
+	$(HELM) uninstall $(RELEASE) -n $(DEPLOY_NAMESPACE)
+
+kind-e2e: ## on kind (needs Docker and kind): build, load, deploy, run a TrainingJob until stopline stops it
+	bash tests/kind/e2e.sh

@@ -39,13 +39,6 @@ SWEEP = REPO / "examples" / "sweep-member-s3.yaml"
 SWEEP_NAME = "resnet-sweep-lr1e-3"
 
 
-@pytest.fixture
-def plane(crd_installed: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> ControlPlane:
-    """The control plane, with KUBECONFIG pointing at it for kopf's login and the operator's client."""
-    monkeypatch.setenv("KUBECONFIG", str(crd_installed.kubeconfig))
-    return crd_installed
-
-
 def start_single_rank_job(plane: ControlPlane, namespace: str) -> str:
     """Apply the single-GPU example and wait for its (Pending) pod; the pod's name."""
     plane.kubectl("apply", "-n", namespace, "-f", str(SINGLE))

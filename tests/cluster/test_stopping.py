@@ -41,12 +41,6 @@ FAST = {"interval": "1s"}
 URI = "/stopline/checkpoints/runs/resnet-lr3e-4/step-000300.pt"
 
 
-@pytest.fixture
-def plane(crd_installed: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> ControlPlane:
-    monkeypatch.setenv("KUBECONFIG", str(crd_installed.kubeconfig))
-    return crd_installed
-
-
 def play_epochs(
     plane: ControlPlane, namespace: str, trainer: StandInTrainer, epochs: list[dict[str, float]]
 ) -> int:
@@ -326,3 +320,24 @@ def test_the_cohort_rule_stops_a_job_worse_than_the_median_of_its_study(
             assert (reason["type"], reason["criterion"], reason["epoch"]) == ("Cohort", "median", last)
             assert last == 1  # worse than every peer's running average from the first epoch on
             finish_with_checkpoint(plane, namespace, pod, last)
+
+
+def test_an_operator_restarted_while_running_keeps_the_patience_count(
+    plane: ControlPlane, namespace: str
+) -> None:
+    """patience 3: two epochs without improvement before the restart and one after stop the job at epoch 4,
+    as if the operator had never gone (its count comes back from status.criteria)."""
+    training_job = manifest(criteria=[{"name": "plateau", "patience": {"patience": 3}}], metrics=dict(FAST))
+    with ExitStack() as first_operator:
+        first_operator.enter_context(operator(namespace))
+        with running_trainer(plane, namespace, training_job) as (trainer, pod):
+            for epoch in (1, 2, 3):
+                trainer.report(epoch, epoch * 100, val_loss=1.0)
+                wait_until(epoch_read(plane, namespace, epoch), WAIT_S, f"the operator reading epoch {epoch}")
+            first_operator.close()
+            trainer.report(4, 400, val_loss=1.0)
+            with operator(namespace):
+                wait_until(phase_is(plane, namespace, SINGLE_NAME, "Stopping"), WAIT_S, "phase Stopping")
+                reason = status(plane, namespace, SINGLE_NAME)["stopReason"]
+                assert (reason["type"], reason["epoch"]) == ("Patience", 4)
+                finish_with_checkpoint(plane, namespace, pod, 4)

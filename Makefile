@@ -54,7 +54,7 @@ e2e: $(PY) testenv ## real trainer processes, the test kubelet and Prometheus
 lint: $(PY) helm-lint ## ruff, mypy (strict on operator/ and trainer-image/), import-linter
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator/stopline trainer-image/stopline_trainer tests
+	$(VENV)/bin/mypy operator/stopline trainer-image/stopline_trainer tests docs
 	$(VENV)/bin/lint-imports
 
 helm-lint: testenv ## helm lint --strict on the chart

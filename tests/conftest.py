@@ -39,3 +39,10 @@ def namespace(crd_installed: ControlPlane) -> Iterator[str]:
     crd_installed.kubectl("create", "namespace", name)
     yield name
     crd_installed.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def plane(crd_installed: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> ControlPlane:
+    """The control plane, with KUBECONFIG pointing at it for kopf's login and the operator's client."""
+    monkeypatch.setenv("KUBECONFIG", str(crd_installed.kubeconfig))
+    return crd_installed

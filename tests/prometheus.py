@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -30,15 +31,18 @@ class Prometheus:
     targets_file: Path
     log: Path
     targets: dict[str, dict[str, str]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # the test kubelet's threads
 
     def add_target(self, address: str, labels: Mapping[str, str], metrics_path: str = "/metrics") -> None:
         """Scrape host:port from now on with these labels (file_sd notices the rewrite by inotify)."""
-        self.targets[address] = {**labels, "__metrics_path__": metrics_path}
-        self._write()
+        with self.lock:
+            self.targets[address] = {**labels, "__metrics_path__": metrics_path}
+            self._write()
 
     def remove_target(self, address: str) -> None:
-        self.targets.pop(address, None)
-        self._write()
+        with self.lock:
+            self.targets.pop(address, None)
+            self._write()
 
     def _write(self) -> None:
         groups = [{"targets": [address], "labels": labels} for address, labels in self.targets.items()]

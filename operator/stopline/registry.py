@@ -30,18 +30,20 @@ class PodView:
     rank: int
     ip: str | None
     phase: str
-    deleted: bool = False
+    deleted: bool = False  # gone from the API
+    terminating: bool = False  # marked for deletion: SIGTERM sent, the trainer may still be saving
     exit_code: int | None = None
     message: str = ""
 
     @property
     def active(self) -> bool:
-        """Still running or about to: a pod that exited or was deleted no longer trains."""
+        """Still running or about to: a pod that exited or is gone no longer trains. A terminating pod is
+        active until it reports its exit: on SIGTERM the trainer saves, and its manifest comes last."""
         return not self.deleted and self.exit_code is None and self.phase in ("Pending", "Running")
 
     @property
     def reachable(self) -> bool:
-        return self.active and self.phase == "Running" and bool(self.ip)
+        return self.active and not self.terminating and self.phase == "Running" and bool(self.ip)
 
 
 def pod_view(pod: Mapping[str, Any], deleted: bool = False) -> PodView:
@@ -59,7 +61,8 @@ def pod_view(pod: Mapping[str, Any], deleted: bool = False) -> PodView:
         rank=int(index) if index and str(index).isdigit() else 0,
         ip=status.get("podIP"),
         phase=status.get("phase") or "Pending",
-        deleted=deleted or bool(metadata.get("deletionTimestamp")),
+        deleted=deleted,
+        terminating=bool(metadata.get("deletionTimestamp")),
         exit_code=exit_code,
         message=message,
     )

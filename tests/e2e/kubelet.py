@@ -15,6 +15,9 @@ the Job controller completes or fails the Job. What a container runtime would gi
   is rewritten to that pod's IP; IPs are keyed by hostname, so rank 0's IP is known before rank 0 starts.
 - a persistentVolumeClaim mount is a local folder, `<root>/volumes/<namespace>/<claim>`: env values that
   start with the mountPath are rewritten to start with that folder instead.
+- with `prometheus` set (a tests/prometheus.py server), each running pod's container port named
+  "stopline" becomes a file_sd target labelled as the chart's PodMonitor labels it (namespace,
+  stopline_job, pod, rank), removed when the process ends.
 - on deletion it sends SIGTERM, SIGKILL once terminationGracePeriodSeconds ends, reports the terminated
   state and finalizes the deletion (DELETE with gracePeriodSeconds=0), as a kubelet does.
 
@@ -43,6 +46,7 @@ from typing import Any
 import requests
 
 from controlplane import REPO, die_with_parent
+from prometheus import Prometheus
 
 log = logging.getLogger("test-kubelet")
 
@@ -78,6 +82,7 @@ class PodProcess:
     deleting: bool = False
     reported: bool = False  # the terminated state is in the apiserver
     killer: threading.Timer | None = field(default=None, repr=False)
+    target: str | None = None  # host:port that Prometheus scrapes
 
 
 class TestKubelet:
@@ -105,6 +110,7 @@ class TestKubelet:
         self.pods: dict[str, PodProcess] = {}  # by pod uid
         self.addresses: dict[tuple[str, str], str] = {}  # (namespace, hostname) -> pod IP
         self.exit_codes: dict[tuple[str, str], int] = {}  # (namespace, pod) -> code, kept after deletion
+        self.prometheus: Prometheus | None = None  # set by a test that scrapes the pods through Prometheus
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.watch_response: requests.Response | None = None
@@ -358,6 +364,7 @@ class TestKubelet:
         with self.lock:
             self.pods[metadata["uid"]] = running
         self._patch(self._pod_path(namespace, name) + "/status", self._running_status(running))
+        running.target = self._scrape_target(pod, container, ip)
         threading.Thread(target=self._report_exit, args=(running,), name=f"pod-{name}", daemon=True).start()
 
     def _report_start_error(self, namespace: str, name: str, container: str, message: str) -> None:
@@ -471,11 +478,33 @@ class TestKubelet:
             }
         }
 
+    def _scrape_target(self, pod: Pod, container: dict[str, Any], ip: str) -> str | None:
+        """Register the pod's "stopline" port with Prometheus, labelled like the chart's PodMonitor does."""
+        port = next(
+            (p["containerPort"] for p in container.get("ports", []) if p.get("name") == "stopline"), None
+        )
+        if self.prometheus is None or port is None:
+            return None
+        labels = pod["metadata"].get("labels") or {}
+        target = f"{ip}:{port}"
+        self.prometheus.add_target(
+            target,
+            {
+                "namespace": pod["metadata"]["namespace"],
+                "pod": pod["metadata"]["name"],
+                "stopline_job": labels.get("stopline.dev/job", ""),
+                "rank": labels.get("batch.kubernetes.io/job-completion-index", "0"),
+            },
+        )
+        return target
+
     def _report_exit(self, pod: PodProcess) -> None:
         """Wait for the process, report its terminated state; finish a deletion that was waiting on it."""
         code = pod.process.wait()
         if pod.killer is not None:
             pod.killer.cancel()
+        if pod.target and self.prometheus is not None:
+            self.prometheus.remove_target(pod.target)
         with self.lock:
             self.exit_codes[pod.namespace, pod.name] = code
         if self.stopping.is_set():

@@ -12,7 +12,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,45 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane import ControlPlane, wait_until
 from e2e.kubelet import TestKubelet
+from e2e.support import CLAIM, DEADLINE_S, EXAMPLE, METRICS_PORT, load_weights, pods, training_job
 from stopline.api import parse_spec
-from stopline.workload import JOB_LABEL, Owner, build_job, build_service, build_token_secret
-from trainer.support import assert_reproduces_outputs, verify_blob
+from stopline.workload import Owner, build_job, build_service, build_token_secret
 
 pytestmark = pytest.mark.e2e
-
-CLAIM = "checkpoints"
-METRICS_PORT = 8000
-DEADLINE_S = 90  # generous for a shared 2-core box; every wait returns as soon as its check passes
-
-
-EXAMPLE = ("python", "trainer-image/examples/train.py")
-
-
-def training_job(name: str, replicas: int = 1, command: tuple[str, ...] = EXAMPLE) -> dict[str, Any]:
-    """A TrainingJob whose trainer is the example: long enough (50 epochs) that only a stop ends it."""
-    trainer = {
-        "name": "trainer",
-        "image": "ghcr.io/stopline-dev/trainer:test",  # ignored by the test kubelet
-        "command": list(command),
-        "args": ["--epochs", "50", "--steps-per-epoch", "10", "--sleep-per-step", "0.05"],
-        "env": [
-            {"name": "OMP_NUM_THREADS", "value": "1"},  # two shared cores: one thread per trainer
-            {"name": "GLOO_SOCKET_IFNAME", "value": "lo"},  # the pod IPs live on loopback
-        ],
-    }
-    return {
-        "apiVersion": "stopline.dev/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "template": {"spec": {"containers": [trainer]}},
-            "objective": {"metric": "val_loss", "mode": "min"},
-            "metrics": {"port": METRICS_PORT},
-            "checkpoint": {"pvc": {"claimName": CLAIM, "path": f"runs/{name}"}},
-            "stopPolicy": {"gracePeriod": "60s"},
-        },
-    }
 
 
 def apply_children(
@@ -87,12 +52,6 @@ def apply_children(
         plane.kubectl("get", "secret", f"{name}-stopline-control", "-n", namespace, "-o", "json").stdout
     )
     return base64.b64decode(secret["data"]["token"]).decode()
-
-
-def pods(plane: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
-    """The Job's pods, sorted by name (rank order for an Indexed Job)."""
-    out = plane.kubectl("get", "pods", "-n", namespace, "-l", f"{JOB_LABEL}={name}", "-o", "json")
-    return sorted(json.loads(out.stdout)["items"], key=lambda pod: pod["metadata"]["name"])
 
 
 def running_pods(plane: ControlPlane, namespace: str, name: str, count: int) -> list[dict[str, Any]]:
@@ -163,13 +122,6 @@ def terminated_pods(plane: ControlPlane, namespace: str, name: str, count: int) 
 def job_condition(plane: ControlPlane, namespace: str, name: str, kind: str) -> bool:
     job = json.loads(plane.kubectl("get", "job", name, "-n", namespace, "-o", "json").stdout)
     return any(c["type"] == kind and c["status"] == "True" for c in job["status"].get("conditions", []))
-
-
-def load_weights(manifest: dict[str, Any], folder: Path) -> None:
-    """The manifest names a file on the claim; its bytes match it and load into the example's model."""
-    weights = Path(manifest["uri"])
-    assert weights.parent == folder
-    assert_reproduces_outputs(verify_blob(weights.read_bytes(), manifest))
 
 
 def test_post_stop_ends_the_pod_succeeded_with_the_manifest_and_loadable_weights(

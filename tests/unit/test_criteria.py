@@ -153,6 +153,19 @@ def test_cohort_stops_a_job_worse_than_the_median_of_running_averages() -> None:
     assert run_curve(job, [1.1, 0.8, 0.5], cohort=others)[0].decision is None
 
 
+def test_cohort_judges_an_epoch_again_when_peers_running_behind_reach_it() -> None:
+    """A sweep runs side by side: at this job's epoch 2 one peer is still at epoch 1. When it gets there,
+    the same sample (no new epoch) is judged again and the stop comes without waiting for epoch 3."""
+    job = spec({"name": "median", "cohort": {"minJobs": 2, "warmupEpochs": 1}})
+    behind = cohort_of([1.0, 0.5], [1.0])
+    first = evaluate(job, {}, Observation(now=1, samples={1: {"val_loss": 2.0}}, cohort=behind))
+    second = evaluate(job, first.states, Observation(now=2, samples={2: {"val_loss": 2.0}}, cohort=behind))
+    assert second.decision is None
+    caught_up = cohort_of([1.0, 0.5], [1.0, 0.6])
+    third = evaluate(job, second.states, Observation(now=3, samples={2: {"val_loss": 2.0}}, cohort=caught_up))
+    assert third.decision is not None and (third.decision.type, third.decision.epoch) == ("Cohort", 2)
+
+
 def test_cohort_needs_min_jobs_that_reached_the_epoch_and_can_leave_out_stopped_jobs() -> None:
     job = spec({"name": "median", "cohort": {"minJobs": 2, "includeStopped": False}})
     result, _ = run_curve(

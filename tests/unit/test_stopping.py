@@ -137,3 +137,15 @@ def test_the_cohort_is_the_other_jobs_of_the_study_in_the_namespace_with_their_c
     assert set(cohort) == {"peer", "pruned"}
     assert dict(cohort["peer"].values) == {1: 0.5, 3: 0.3}
     assert cohort["pruned"].stopped and not cohort["peer"].stopped
+
+
+def test_a_pod_terminating_after_sigterm_is_waited_for_its_manifest_not_signalled_again() -> None:
+    """Suspending the Job marks the pods for deletion; the trainer is saving: no conclusion until it exits."""
+    terminating = pod_view(
+        {
+            "metadata": {"name": "a-0", "namespace": "ns", "deletionTimestamp": "2026-11-23T12:00:00Z"},
+            "status": {"phase": "Running", "podIP": "127.0.0.2"},
+        }
+    )
+    assert terminating.active and not terminating.reachable
+    assert conclude([terminating], stop_began=0, grace_period_s=GRACE_S, now=1) is None

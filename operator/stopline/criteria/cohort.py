@@ -7,13 +7,18 @@ that reached e count, and at least minJobs of them are needed. The percentile co
 as in Optuna's PercentilePruner: with 25 a job must be in the best quarter to go on (for a max metric
 the cut is the 75th numeric percentile). With compare=best, reference=value and includeStopped=false this
 takes exactly the decisions of optuna.pruners.PercentilePruner (see tests/unit/test_equivalence_optuna.py).
+
+Jobs of a sweep run side by side, so when this job reaches epoch e its peers are often still at e-1 (their
+status is written a moment later). An epoch judged without minJobs peers waits (the last WAITING of them,
+kept in the state) and is judged again on every later call, as the peers catch up; otherwise a job in
+lock-step with its peers would never be compared. In a replay the peers are complete: nothing waits.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from stopline.api import CohortCriterion
@@ -21,6 +26,8 @@ from stopline.criteria.decision import Decision, Outcome
 from stopline.criteria.observation import CohortCurve, Observation
 from stopline.criteria.percentile import percentile
 from stopline.criteria.state import EpochState, fmt, is_better, status_line
+
+WAITING = 8
 
 
 @dataclass
@@ -30,6 +37,7 @@ class CohortState(EpochState):
     best_epoch: int | None = None
     cut: float | None = None
     jobs: int = 0
+    waiting: list[list[float]] = field(default_factory=list)  # [epoch, value, best] short of peers
 
 
 def references(criterion: CohortCriterion, cohort: tuple[CohortCurve, ...], epoch: int) -> list[float]:
@@ -44,35 +52,57 @@ def references(criterion: CohortCriterion, cohort: tuple[CohortCurve, ...], epoc
     ]
 
 
+def _judge(
+    criterion: CohortCriterion,
+    state: CohortState,
+    cohort: tuple[CohortCurve, ...],
+    epoch: int,
+    value: float,
+    best: float,
+) -> bool:
+    """Compare this job at `epoch` with the peers that reached it, setting state.stop when it is worse;
+    False when fewer than minJobs peers reached `epoch` (nothing was compared)."""
+    references_at = references(criterion, cohort, epoch)
+    state.jobs = len(references_at)
+    if len(references_at) < criterion.min_jobs:
+        state.cut = None
+        return False
+    numeric_percentile = criterion.percentile if criterion.mode == "min" else 100 - criterion.percentile
+    state.cut = cut = percentile(references_at, numeric_percentile)
+    mine = best if criterion.compare == "best" else value
+    if is_better(cut, mine, criterion.mode):
+        what = "best" if criterion.compare == "best" else "value"
+        of = "running averages" if criterion.reference == "runningAverage" else "values"
+        message = (
+            f"{criterion.metric} {what} {fmt(mine)} at epoch {epoch} is worse than "
+            f"{fmt(cut)}, the {fmt(criterion.percentile)}th percentile of the {of} "
+            f"of {len(references_at)} other jobs"
+        )
+        state.stop = Decision("Cohort", criterion.name, message, criterion.metric, mine, epoch).as_status()
+    return True
+
+
 def evaluate(
     criterion: CohortCriterion, observation: Observation, raw: Mapping[str, object] | None
 ) -> Outcome:
     state = CohortState.load(raw)
-    numeric_percentile = criterion.percentile if criterion.mode == "min" else 100 - criterion.percentile
+    judged_now = set()
     for epoch, value in state.finite_values(observation.samples, criterion.metric):
         if state.best is None or is_better(value, state.best, criterion.mode):
             state.best, state.best_epoch = value, epoch
         if epoch <= criterion.warmup_epochs:
             continue
-        cohort = references(criterion, observation.cohort, epoch)
-        state.jobs = len(cohort)
-        if len(cohort) < criterion.min_jobs:
-            state.cut = None
-            continue
-        state.cut = cut = percentile(cohort, numeric_percentile)
-        mine = state.best if criterion.compare == "best" else value
-        if is_better(cut, mine, criterion.mode):
-            what = "best" if criterion.compare == "best" else "value"
-            of = "running averages" if criterion.reference == "runningAverage" else "values"
-            message = (
-                f"{criterion.metric} {what} {fmt(mine)} at epoch {epoch} is worse than "
-                f"{fmt(cut)}, the {fmt(criterion.percentile)}th percentile of the {of} "
-                f"of {len(cohort)} other jobs"
-            )
-            state.stop = Decision(
-                "Cohort", criterion.name, message, criterion.metric, mine, epoch
-            ).as_status()
+        judged_now.add(epoch)
+        if not _judge(criterion, state, observation.cohort, epoch, value, state.best):
+            state.waiting = [*state.waiting, [epoch, value, state.best]][-WAITING:]
+        if state.stop is not None:
             break
+    for entry in list(state.waiting):
+        if state.stop is not None:
+            break
+        epoch, value, best = int(entry[0]), entry[1], entry[2]
+        if epoch not in judged_now and _judge(criterion, state, observation.cohort, epoch, value, best):
+            state.waiting.remove(entry)
     if state.cut is not None:
         summary = (
             f"best {fmt(state.best if state.best is not None else math.nan)}; "

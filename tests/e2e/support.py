@@ -1,0 +1,63 @@
+"""What the e2e tests share: the example trainer as a TrainingJob, its pods, and its weights loaded back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from controlplane import ControlPlane
+from stopline.workload import JOB_LABEL
+from trainer.support import assert_reproduces_outputs, verify_blob
+
+CLAIM = "checkpoints"
+METRICS_PORT = 8000
+DEADLINE_S = 90  # generous for a shared 2-core box; every wait returns as soon as its check passes
+
+
+EXAMPLE = ("python", "trainer-image/examples/train.py")
+LONG_RUN = ("--epochs", "50", "--steps-per-epoch", "10", "--sleep-per-step", "0.05")
+
+
+def training_job(
+    name: str, replicas: int = 1, command: tuple[str, ...] = EXAMPLE, args: Sequence[str] = LONG_RUN
+) -> dict[str, Any]:
+    """A TrainingJob whose trainer is the example: by default long enough (50 epochs) that only a stop
+    ends it."""
+    trainer = {
+        "name": "trainer",
+        "image": "ghcr.io/stopline-dev/trainer:test",  # ignored by the test kubelet
+        "command": list(command),
+        "args": list(args),
+        "env": [
+            {"name": "OMP_NUM_THREADS", "value": "1"},  # two shared cores: one thread per trainer
+            {"name": "GLOO_SOCKET_IFNAME", "value": "lo"},  # the pod IPs live on loopback
+        ],
+    }
+    return {
+        "apiVersion": "stopline.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "template": {"spec": {"containers": [trainer]}},
+            "objective": {"metric": "val_loss", "mode": "min"},
+            "metrics": {"port": METRICS_PORT},
+            "checkpoint": {"pvc": {"claimName": CLAIM, "path": f"runs/{name}"}},
+            "stopPolicy": {"gracePeriod": "60s"},
+        },
+    }
+
+
+def pods(plane: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The Job's pods, sorted by name (rank order for an Indexed Job)."""
+    out = plane.kubectl("get", "pods", "-n", namespace, "-l", f"{JOB_LABEL}={name}", "-o", "json")
+    return sorted(json.loads(out.stdout)["items"], key=lambda pod: pod["metadata"]["name"])
+
+
+def load_weights(manifest: dict[str, Any], folder: Path) -> None:
+    """The manifest names a file on the claim; its bytes match it and load into the example's model."""
+    weights = Path(manifest["uri"])
+    assert weights.parent == folder
+    assert_reproduces_outputs(verify_blob(weights.read_bytes(), manifest))

@@ -60,10 +60,8 @@ lint: $(PY) helm-lint ## ruff, mypy (strict on operator/ and trainer-image/), im
 helm-lint: testenv ## helm lint --strict on the chart
 	$(STOPLINE_TESTENV)/bin/helm lint --strict helm/stopline
 
-demo: ## the main command: for now it prints what it will do (the end-to-end issue lands it)
-	@echo "make demo will start a real kube-apiserver, etcd, Prometheus, the operator and a test kubelet on"
-	@echo "127.0.0.1, apply examples/sweep, show live progress and print each job's stop reason, best metric"
-	@echo "and checkpoint. It is not built yet (see the end-to-end issue); today run 'make test'."
+demo: $(PY) testenv ## the whole story here: control plane, operator, test kubelet, a sweep of real trainers stopped early
+	$(PY) tests/demo.py
 
 images: ## docker build the operator and trainer images as $(OPERATOR_IMAGE) and $(TRAINER_IMAGE)
 	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .

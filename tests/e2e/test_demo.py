@@ -1,0 +1,33 @@
+"""`make demo` runs to its summary and leaves no process behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from controlplane import REPO
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_demo_prints_each_jobs_stop_and_leaves_no_process_behind() -> None:
+    demo = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "demo.py"), "--epochs", "15", "--timeout", "240"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        stdin=subprocess.DEVNULL,
+    )
+    assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
+    out = demo.stdout
+    summary = out[out.index("summary:") :]
+    assert "lr-1e-7: Stopped" in summary and "Cohort (median)" in summary, summary
+    assert "epochs saved" in summary or "saved (" in summary
+    assert out.rstrip().endswith("demo: every process stopped")
+    root = next(line for line in out.splitlines() if line.startswith("demo: starting")).split(" in ")[-1]
+    left = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert root not in left, "a control plane process outlived the demo"
+    assert "--sleep-per-step 0.15" not in left, "a demo trainer outlived the demo"
+    assert "operator -n demo" not in left, "the demo's operator outlived it"

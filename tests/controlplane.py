@@ -58,6 +58,16 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def stop_process(process: subprocess.Popen[bytes], grace_s: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `grace_s`; returns once it is gone."""
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def wait_until(
     check: Callable[[], T],
     timeout: float,
@@ -228,21 +238,26 @@ class ControlPlane:
         )
 
     def _write_kubeconfig(self) -> None:
-        self.kubeconfig.write_text(
+        self.write_kubeconfig(self.kubeconfig, ADMIN_TOKEN)
+
+    def write_kubeconfig(self, path: Path, token: str) -> Path:
+        """A kubeconfig for this apiserver that authenticates with `token` (admin, or a ServiceAccount)."""
+        path.write_text(
             f"""apiVersion: v1
 kind: Config
 clusters:
 - name: stopline-test
   cluster: {{server: "{self.server}", insecure-skip-tls-verify: true}}
 users:
-- name: admin
-  user: {{token: {ADMIN_TOKEN}}}
+- name: user
+  user: {{token: {token}}}
 contexts:
 - name: stopline-test
-  context: {{cluster: stopline-test, user: admin, namespace: default}}
+  context: {{cluster: stopline-test, user: user, namespace: default}}
 current-context: stopline-test
 """
         )
+        return path
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
@@ -263,14 +278,8 @@ current-context: stopline-test
         """Stop every process (apiserver first), then delete the data folder."""
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
             process = self.processes.pop(name, None)
-            if process is None:
-                continue
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=15)
+            if process is not None:
+                stop_process(process)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

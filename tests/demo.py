@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from controlplane import ADMIN_TOKEN, REPO, ControlPlane, free_port
+from controlplane import ADMIN_TOKEN, REPO, ControlPlane, free_port, stop_process
 from e2e.kubelet import TestKubelet
 from e2e.support import CLAIM, training_job
 
@@ -179,12 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if operator is not None:
-            operator.terminate()
-            try:
-                operator.wait(30)
-            except subprocess.TimeoutExpired:
-                operator.kill()
-                operator.wait()
+            stop_process(operator, 30)
         if kubelet is not None:
             kubelet.stop()
         plane.stop()

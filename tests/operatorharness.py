@@ -75,7 +75,9 @@ def condition(training_job: Any, type_: str) -> Any:
 
 
 def pods(plane: ControlPlane, namespace: str, name: str) -> list[Any]:
-    return list(get(plane, namespace, "pods", "-l", f"stopline.dev/job={name}")["items"])
+    """The TrainingJob's pods, sorted by name (rank order for an Indexed Job)."""
+    items = get(plane, namespace, "pods", "-l", f"stopline.dev/job={name}")["items"]
+    return sorted(items, key=lambda pod: pod["metadata"]["name"])
 
 
 def set_pod_status(plane: ControlPlane, namespace: str, pod: str, pod_status: dict[str, Any]) -> None:

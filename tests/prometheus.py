@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controlplane import built_binary, die_with_parent, free_port, wait_until
+from controlplane import built_binary, die_with_parent, free_port, stop_process, wait_until
 
 SCRAPE_INTERVAL = "1s"
 
@@ -38,6 +38,10 @@ class Prometheus:
         with self.lock:
             self.targets[address] = {**labels, "__metrics_path__": metrics_path}
             self._write()
+
+    def add_trainer(self, address: str, namespace: str, job: str, pod: str, rank: str = "0") -> None:
+        """A trainer pod as the chart's PodMonitor makes it a target: its labels say which job and rank."""
+        self.add_target(address, {"namespace": namespace, "stopline_job": job, "pod": pod, "rank": rank})
 
     def remove_target(self, address: str) -> None:
         with self.lock:
@@ -113,9 +117,4 @@ def running_prometheus(workdir: Path, deadline_s: float = 60.0) -> Iterator[Prom
         wait_until(ready, deadline_s, "prometheus /-/ready", retry_on=(OSError,), details=prometheus.details)
         yield prometheus
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)

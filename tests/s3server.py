@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controlplane import built_binary, free_port
+from controlplane import built_binary, free_port, stop_process
 
 ACCESS_KEY = "stopline-test"
 SECRET_KEY = "stopline-test-secret"
@@ -87,9 +87,4 @@ def running_s3_server(workdir: Path, deadline_s: float = 30.0) -> Iterator[S3Ser
             time.sleep(0.05)
         yield S3Server(endpoint, root)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10)

@@ -23,7 +23,6 @@ import kopf
 
 from stopline import GROUP, KIND, PLURAL, VERSION, controller, lifecycle, monitoring
 from stopline.api import SpecError
-from stopline.criteria.engine import CANCEL_ANNOTATION, STOP_ANNOTATION
 from stopline.kube import Kube, Rejected
 from stopline.registry import Registry
 from stopline.supervisor import Supervisor
@@ -115,8 +114,8 @@ def track_training_job(
         memo.registry.forget_training_job(namespace or "", name)
         return
     tracked = memo.registry.observe_training_job(dict(body))
-    annotated = STOP_ANNOTATION in tracked.annotations or CANCEL_ANNOTATION in tracked.annotations
-    if tracked.phase == lifecycle.STOPPING or (annotated and tracked.phase not in lifecycle.TERMINAL_PHASES):
+    asked = tracked.asked_to_stop and tracked.phase not in lifecycle.TERMINAL_PHASES
+    if tracked.phase == lifecycle.STOPPING or asked:
         memo.supervisor.poke(tracked.key)
 
 

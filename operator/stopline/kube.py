@@ -42,10 +42,6 @@ class Rejected(ValueError):
     """The apiserver refused a child as malformed or invalid: the template is wrong, retrying won't help."""
 
 
-def _key(metadata: Mapping[str, Any]) -> tuple[str, str]:
-    return metadata["namespace"], metadata["name"]
-
-
 def _api_message(error: ApiException) -> str:
     try:
         return str(json.loads(error.body or "")["message"])
@@ -185,4 +181,6 @@ class Kube:
             path = _COLLECTIONS["Event"].format(namespace=metadata["namespace"])
             await self._request("POST", path, event)
         except ApiException as error:
-            log.warning("Event %s on %s/%s not posted: %s", reason, *_key(metadata), error)
+            log.warning(
+                "Event %s on %s/%s not posted: %s", reason, metadata["namespace"], metadata["name"], error
+            )

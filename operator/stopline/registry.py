@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stopline.api import SpecError, TrainingJobSpec, parse_spec
+from stopline.criteria.engine import CANCEL_ANNOTATION, STOP_ANNOTATION
 from stopline.criteria.observation import CohortCurve
 from stopline.lifecycle import TERMINAL_PHASES
 from stopline.progress import JobMemory
@@ -96,6 +97,11 @@ class Tracked:
     @property
     def annotations(self) -> Mapping[str, str]:
         return self.training_job["metadata"].get("annotations") or {}
+
+    @property
+    def asked_to_stop(self) -> bool:
+        """A person set stopline.dev/stop or stopline.dev/cancel."""
+        return STOP_ANNOTATION in self.annotations or CANCEL_ANNOTATION in self.annotations
 
     @property
     def study(self) -> str | None:

@@ -370,8 +370,7 @@ def _wants_visit(tracked: Tracked) -> bool:
         return False
     if tracked.phase in (RUNNING, STOPPING):
         return True
-    annotated = STOP_ANNOTATION in tracked.annotations or CANCEL_ANNOTATION in tracked.annotations
-    return tracked.phase == PENDING and annotated
+    return tracked.phase == PENDING and tracked.asked_to_stop
 
 
 def _started_at(tracked: Tracked) -> float | None:

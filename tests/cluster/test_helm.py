@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -84,22 +83,7 @@ def as_service_account(
     rendered = helm("template", release, str(CHART), "--namespace", namespace, *only, *values).stdout
     plane.kubectl("apply", "-f", "-", input=rendered)
     token = plane.kubectl("create", "token", f"{release}-stopline", "-n", namespace).stdout.strip()
-    kubeconfig = folder / "operator-kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {"name": "test", "cluster": {"server": plane.server, "insecure-skip-tls-verify": True}}
-                ],
-                "users": [{"name": "operator", "user": {"token": token}}],
-                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "operator"}}],
-                "current-context": "test",
-            }
-        )
-    )
-    return kubeconfig
+    return plane.write_kubeconfig(folder / "operator-kubeconfig", token)
 
 
 @pytest.mark.parametrize("scope", ["cluster", "namespaced"])

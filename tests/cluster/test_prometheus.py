@@ -33,12 +33,6 @@ def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
         yield server
 
 
-def scrape_trainer(prometheus: Prometheus, namespace: str, ip: str, port: int, pod: str) -> None:
-    """The target the chart's PodMonitor makes of a trainer pod: its labels say which job and rank."""
-    labels = {"namespace": namespace, "stopline_job": SINGLE_NAME, "pod": pod, "rank": "0"}
-    prometheus.add_target(f"{ip}:{port}", labels)
-
-
 def test_a_promql_criterion_stops_the_job_reading_everything_through_prometheus(
     plane: ControlPlane, namespace: str, prometheus: Prometheus
 ) -> None:
@@ -48,7 +42,7 @@ def test_a_promql_criterion_stops_the_job_reading_everything_through_prometheus(
         metrics={"interval": "1s", "prometheus": {"url": prometheus.url}},
     )
     with operator(namespace), running_trainer(plane, namespace, training_job) as (trainer, pod):
-        scrape_trainer(prometheus, namespace, trainer.ip, trainer.port, pod)
+        prometheus.add_trainer(f"{trainer.ip}:{trainer.port}", namespace, SINGLE_NAME, pod)
         trainer.report(1, 100, val_loss=0.3)
         wait_until(
             lambda: status(plane, namespace, SINGLE_NAME).get("progress", {}).get("epoch") == 1,
@@ -85,7 +79,7 @@ def test_a_gpu_that_idles_without_progress_stops_the_job(
         with operator(namespace), running_trainer(plane, namespace, training_job) as (trainer, pod):
             utilization.labels(namespace=namespace, pod=pod, gpu="0").set(2)
             prometheus.add_target(f"{dcgm_ip}:{dcgm_port}", {"job": "dcgm-exporter"})
-            scrape_trainer(prometheus, namespace, trainer.ip, trainer.port, pod)
+            prometheus.add_trainer(f"{trainer.ip}:{trainer.port}", namespace, SINGLE_NAME, pod)
             trainer.report(1, 100, val_loss=1.0)  # and never another step
             wait_until(phase_is(plane, namespace, SINGLE_NAME, "Stopping"), WAIT_S, "phase Stopping")
             reason = status(plane, namespace, SINGLE_NAME)["stopReason"]

@@ -487,14 +487,12 @@ class TestKubelet:
             return None
         labels = pod["metadata"].get("labels") or {}
         target = f"{ip}:{port}"
-        self.prometheus.add_target(
+        self.prometheus.add_trainer(
             target,
-            {
-                "namespace": pod["metadata"]["namespace"],
-                "pod": pod["metadata"]["name"],
-                "stopline_job": labels.get("stopline.dev/job", ""),
-                "rank": labels.get("batch.kubernetes.io/job-completion-index", "0"),
-            },
+            pod["metadata"]["namespace"],
+            labels.get("stopline.dev/job", ""),
+            pod["metadata"]["name"],
+            labels.get("batch.kubernetes.io/job-completion-index", "0"),
         )
         return target
 

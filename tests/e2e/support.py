@@ -1,14 +1,11 @@
-"""What the e2e tests share: the example trainer as a TrainingJob, its pods, and its weights loaded back."""
+"""What the e2e tests share: the example trainer as a TrainingJob, and its weights loaded back."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from controlplane import ControlPlane
-from stopline.workload import JOB_LABEL
 from trainer.support import assert_reproduces_outputs, verify_blob
 
 CLAIM = "checkpoints"
@@ -48,12 +45,6 @@ def training_job(
             "stopPolicy": {"gracePeriod": "60s"},
         },
     }
-
-
-def pods(plane: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
-    """The Job's pods, sorted by name (rank order for an Indexed Job)."""
-    out = plane.kubectl("get", "pods", "-n", namespace, "-l", f"{JOB_LABEL}={name}", "-o", "json")
-    return sorted(json.loads(out.stdout)["items"], key=lambda pod: pod["metadata"]["name"])
 
 
 def load_weights(manifest: dict[str, Any], folder: Path) -> None:

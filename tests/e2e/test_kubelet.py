@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane import ControlPlane, wait_until
 from e2e.kubelet import TestKubelet
-from e2e.support import CLAIM, DEADLINE_S, EXAMPLE, METRICS_PORT, load_weights, pods, training_job
+from e2e.support import CLAIM, DEADLINE_S, EXAMPLE, METRICS_PORT, load_weights, training_job
+from operatorharness import pods
 from stopline.api import parse_spec
 from stopline.workload import Owner, build_job, build_service, build_token_secret
 

@@ -18,8 +18,8 @@ import pytest
 
 from controlplane import ControlPlane, wait_until
 from e2e.kubelet import TestKubelet
-from e2e.support import CLAIM, DEADLINE_S, load_weights, pods, training_job
-from operatorharness import condition, events, operator
+from e2e.support import CLAIM, DEADLINE_S, load_weights, training_job
+from operatorharness import apply, condition, events, get, operator, pods, status
 from prometheus import Prometheus, running_prometheus
 from s3server import running_s3_server
 from trainer.support import assert_reproduces_outputs, verify_blob
@@ -45,33 +45,20 @@ def example(
     return job
 
 
-def tj(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
-    return dict(json.loads(plane.kubectl("get", "tj", name, "-n", namespace, "-o", "json").stdout))
-
-
-def phase(plane: ControlPlane, namespace: str, name: str) -> str | None:
-    found: str | None = tj(plane, namespace, name).get("status", {}).get("phase")
-    return found
-
-
-def apply(plane: ControlPlane, namespace: str, job: dict[str, Any]) -> None:
-    plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
-
-
 def finish(plane: ControlPlane, kubelet: TestKubelet, namespace: str, name: str) -> dict[str, Any]:
     """Wait for a terminal phase; the TrainingJob as it ended (the trainer logs are shown on a timeout)."""
     wait_until(
-        lambda: phase(plane, namespace, name) in TERMINAL,
+        lambda: status(plane, namespace, name).get("phase") in TERMINAL,
         DEADLINE_S,
         f"{name} to end",
-        details=lambda: f"{tj(plane, namespace, name).get('status')}\n{kubelet.logs()[-4000:]}",
+        details=lambda: f"{status(plane, namespace, name)}\n{kubelet.logs()[-4000:]}",
     )
-    return tj(plane, namespace, name)
+    return dict(get(plane, namespace, "tj", name))
 
 
 def epoch_reached(plane: ControlPlane, namespace: str, name: str, epoch: int) -> None:
     wait_until(
-        lambda: tj(plane, namespace, name).get("status", {}).get("progress", {}).get("epoch", 0) >= epoch,
+        lambda: status(plane, namespace, name).get("progress", {}).get("epoch", 0) >= epoch,
         DEADLINE_S,
         f"{name}: epoch {epoch} in status.progress",
     )

@@ -39,7 +39,10 @@ TERMINAL = ("Stopped", "Succeeded", "Failed", "Cancelled")
 
 
 def sweep_member(name: str, lr: str, epochs: int) -> dict[str, Any]:
-    """One member of the sweep: the example trainer, stopped by the cohort rule or by patience."""
+    """One member of the sweep: the example trainer, stopped by the cohort rule or by patience.
+
+    Patience waits 8 epochs, so on the hopeless job the cohort rule (from epoch 3) decides first even when
+    the four trainers start seconds apart on a busy machine; with 3, patience won the race now and then."""
     job = training_job(
         name,
         args=("--epochs", str(epochs), "--steps-per-epoch", "10", "--sleep-per-step", "0.15", "--lr", lr),
@@ -49,7 +52,7 @@ def sweep_member(name: str, lr: str, epochs: int) -> dict[str, Any]:
         maxEpochs=epochs,
         criteria=[
             {"name": "median", "cohort": {"minJobs": 3, "percentile": 50, "warmupEpochs": 2}},
-            {"name": "plateau", "patience": {"patience": 3, "minDelta": 0.00005}},
+            {"name": "plateau", "patience": {"patience": 8, "minDelta": 0.00005}},
         ],
     )
     job["spec"]["metrics"]["interval"] = "1s"

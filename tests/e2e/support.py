@@ -1,4 +1,5 @@
-"""What the e2e tests share: the example trainer as a TrainingJob, and its weights loaded back."""
+"""What the e2e tests share: the example trainer as a TrainingJob, its pods once ended, and its weights
+loaded back."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from controlplane import ControlPlane, wait_until
+from operatorharness import pods
 from trainer.support import assert_reproduces_outputs, verify_blob
 
 CLAIM = "checkpoints"
@@ -52,3 +55,20 @@ def load_weights(manifest: dict[str, Any], folder: Path) -> None:
     weights = Path(manifest["uri"])
     assert weights.parent == folder
     assert_reproduces_outputs(verify_blob(weights.read_bytes(), manifest))
+
+
+def terminated_pods(plane: ControlPlane, namespace: str, name: str, count: int) -> list[dict[str, Any]]:
+    """The Job's pods once all of them ended; returns their terminated container states."""
+    found: list[dict[str, Any]] = []
+
+    def all_ended() -> bool:
+        listed = pods(plane, namespace, name)
+        found[:] = [
+            pod["status"]["containerStatuses"][0]["state"]["terminated"]
+            for pod in listed
+            if pod["status"].get("phase") in ("Succeeded", "Failed")
+        ]
+        return len(found) == count
+
+    wait_until(all_ended, DEADLINE_S, f"{count} pod(s) of {name} to end")
+    return found

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane import ControlPlane, wait_until
 from e2e.kubelet import TestKubelet
-from e2e.support import CLAIM, DEADLINE_S, EXAMPLE, METRICS_PORT, load_weights, training_job
+from e2e.support import CLAIM, DEADLINE_S, EXAMPLE, METRICS_PORT, load_weights, terminated_pods, training_job
 from operatorharness import pods
 from stopline.api import parse_spec
 from stopline.workload import Owner, build_job, build_service, build_token_secret
@@ -101,23 +101,6 @@ def post_stop(pod_ip: str, token: str, reason: str) -> int:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
-
-
-def terminated_pods(plane: ControlPlane, namespace: str, name: str, count: int) -> list[dict[str, Any]]:
-    """The Job's pods once all of them ended; returns their terminated container states."""
-    found: list[dict[str, Any]] = []
-
-    def all_ended() -> bool:
-        listed = pods(plane, namespace, name)
-        found[:] = [
-            pod["status"]["containerStatuses"][0]["state"]["terminated"]
-            for pod in listed
-            if pod["status"].get("phase") in ("Succeeded", "Failed")
-        ]
-        return len(found) == count
-
-    wait_until(all_ended, DEADLINE_S, f"{count} pod(s) of {name} to end")
-    return found
 
 
 def job_condition(plane: ControlPlane, namespace: str, name: str, kind: str) -> bool:

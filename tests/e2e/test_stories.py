@@ -18,7 +18,7 @@ import pytest
 
 from controlplane import ControlPlane, wait_until
 from e2e.kubelet import TestKubelet
-from e2e.support import CLAIM, DEADLINE_S, load_weights, training_job
+from e2e.support import CLAIM, DEADLINE_S, load_weights, terminated_pods, training_job
 from operatorharness import apply, condition, events, get, operator, pods, status
 from prometheus import Prometheus, running_prometheus
 from s3server import running_s3_server
@@ -191,9 +191,7 @@ def test_two_ranks_stop_at_the_same_step_with_one_checkpoint(
     stopped = finish(story, kubelet, namespace, "ddp")
     assert stopped["status"]["phase"] == "Stopped", stopped["status"]
     weights_load_back(kubelet, namespace, stopped)
-    ranks = [
-        pod["status"]["containerStatuses"][0]["state"]["terminated"] for pod in pods(story, namespace, "ddp")
-    ]
+    ranks = terminated_pods(story, namespace, "ddp", 2)  # rank 1 may report its exit after rank 0's manifest
     reports = [json.loads(state["message"]) for state in ranks]
     assert [state["exitCode"] for state in ranks] == [0, 0]
     assert reports[0]["worldSize"] == 2 and reports[0]["step"] == reports[1]["step"]

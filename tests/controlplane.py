@@ -103,6 +103,8 @@ class ControlPlane:
 
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="stopline-cp-")))
     with_controller_manager: bool = True
+    apiserver_args: list[str] = field(default_factory=list)  # appended: a benchmark's audit log, say
+    controller_manager_args: list[str] = field(default_factory=list)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     apiserver_port: int = 0
 
@@ -195,6 +197,7 @@ class ControlPlane:
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--v=1",
+                *self.apiserver_args,
             ],
         )
         self._write_kubeconfig()
@@ -221,6 +224,7 @@ class ControlPlane:
                 f"--service-account-private-key-file={self.sa_key}",
                 "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route",
                 "--v=1",
+                *self.controller_manager_args,
             ],
         )
 

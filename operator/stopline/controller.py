@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kubernetes_asyncio.client.exceptions import ApiException
+
 from stopline import lifecycle
 from stopline.api import PVCTarget, SpecError, TrainingJobSpec, parse_spec
-from stopline.kube import Kube, Manifest
+from stopline.kube import CONFLICT, Kube, Manifest
 from stopline.workload import STUDY_LABEL, Owner, build_job, build_service, build_token_secret
 
 _status_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
@@ -96,27 +98,39 @@ async def transition(
     phase: str,
     conditions: Sequence[lifecycle.Condition],
     extra: Mapping[str, Any],
+    seen: Mapping[str, Any] | None = None,
 ) -> Transition | None:
-    """Move the phase to `phase` only from one of `allowed`, as read under the job's lock; None: it was not.
+    """Move the phase to `phase` only from one of `allowed`; None: it was not in one.
 
-    This compare-and-set is what makes a stop happen once, however many scrapes, events or restarted
-    operators decide it.
+    A compare-and-set on the resourceVersion: the phase is judged on `seen` (the body the watch last
+    delivered; one request when it is current) or on a fresh read, and the patch applies only to that
+    version, so a stop happens once, however many scrapes, events or operators decide it.
     """
     async with _lock(namespace, name):
-        training_job = await kube.read_training_job(namespace, name)
-        current = (training_job or {}).get("status") or {}
-        before = current.get("phase") or lifecycle.PENDING
-        if training_job is None or before not in allowed:
-            return None
-        status = {
-            **extra,
-            "phase": phase,
-            "conditions": lifecycle.merge_conditions(
-                current.get("conditions") or [], conditions, now_rfc3339()
-            ),
-        }
-        await kube.patch_training_job_status(namespace, name, status)
-        return Transition(training_job, before, status)
+        training_job = dict(seen) if seen is not None else None
+        while True:
+            if training_job is None:
+                training_job = await kube.read_training_job(namespace, name)
+            current = (training_job or {}).get("status") or {}
+            before = current.get("phase") or lifecycle.PENDING
+            if training_job is None or before not in allowed:
+                return None
+            status = {
+                **extra,
+                "phase": phase,
+                "conditions": lifecycle.merge_conditions(
+                    current.get("conditions") or [], conditions, now_rfc3339()
+                ),
+            }
+            version = training_job["metadata"].get("resourceVersion")
+            try:
+                await kube.patch_training_job_status(namespace, name, status, version)
+            except ApiException as error:
+                if error.status != CONFLICT:
+                    raise
+                training_job = None  # changed since: read it and judge again
+                continue
+            return Transition(training_job, before, status)
 
 
 async def _checkpoint_target(
@@ -140,11 +154,12 @@ async def _checkpoint_target(
 
 
 async def sync_status(
-    kube: Kube, namespace: str, name: str, rejected: str | None = None
+    kube: Kube, namespace: str, name: str, rejected: str | None = None, job: Manifest | None = None
 ) -> Transition | None:
     """Read the TrainingJob and its Job, decide, patch the status only if it changed (None: no write).
 
     `rejected` is why the apiserver refused a child; like an invalid spec, it fails the TrainingJob.
+    `job`: the Job as its watch event just delivered it, so it need not be read again.
     """
     async with _lock(namespace, name):
         training_job = await kube.read_training_job(namespace, name)
@@ -152,7 +167,10 @@ async def sync_status(
             return None
         parsed = parse(training_job)
         invalid = str(parsed) if isinstance(parsed, SpecError) else rejected
-        job = None if invalid else await kube.read_job(namespace, name)
+        if invalid:
+            job = None
+        elif job is None:
+            job = await kube.read_job(namespace, name)
         target = None
         if not isinstance(parsed, SpecError) and job is not None:
             target = await _checkpoint_target(kube, training_job, parsed)

@@ -1,4 +1,4 @@
-"""All of the operator's own Kubernetes API calls, through one kubernetes_asyncio client.
+"""All of the operator's own Kubernetes API calls, through one aiohttp session.
 
 kopf watches with its own connection; this module reads and creates the children, patches the
 TrainingJob's status subresource (never its spec or metadata) and posts its Events. Objects go in and come out
@@ -11,10 +11,12 @@ import base64
 import json
 import logging
 import os
+import ssl
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -25,6 +27,7 @@ Manifest = dict[str, Any]
 CONFLICT, NOT_FOUND = 409, 404
 BAD_REQUEST, UNPROCESSABLE = 400, 422
 MERGE_PATCH = "application/merge-patch+json"
+CONNECTIONS = 64  # concurrent requests to the apiserver; the supervisor runs at most 64 visits at once
 
 
 _COLLECTIONS = {
@@ -50,10 +53,17 @@ def _api_message(error: ApiException) -> str:
 
 
 class Kube:
-    """An open API client; `connect()` makes one, `close()` releases its connection pool."""
+    """An open API client; `connect()` makes one, `close()` releases its connection pool.
 
-    def __init__(self, api: client.ApiClient) -> None:
-        self._api = api
+    kubernetes_asyncio only loads the configuration (kubeconfig or in-cluster, with its token refresh);
+    requests go through a plain aiohttp session. The library's own session trusts the environment, which
+    costs two thread-pool hops per request (proxy variables and ~/.netrc): a fifth of the operator's CPU
+    at 1,000 jobs (bench/operator).
+    """
+
+    def __init__(self, configuration: client.Configuration, session: aiohttp.ClientSession) -> None:
+        self._configuration, self._session = configuration, session
+        self._host = str(configuration.host).rstrip("/")  # it may carry a path (an API proxy)
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -66,25 +76,33 @@ class Kube:
             await config.load_kube_config(
                 config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
             )
-        return cls(client.ApiClient(configuration))
+        tls = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+        if configuration.cert_file:
+            tls.load_cert_chain(configuration.cert_file, keyfile=configuration.key_file)
+        if not configuration.verify_ssl:
+            tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+        connector = aiohttp.TCPConnector(ssl=tls, limit=CONNECTIONS)
+        return cls(configuration, aiohttp.ClientSession(connector=connector))
 
     async def close(self) -> None:
-        await self._api.close()
+        await self._session.close()
 
     async def _request(
         self, method: str, path: str, body: object = None, content_type: str = "application/json"
     ) -> Manifest:
-        """One call, JSON in and out; the typed models are skipped so every object stays a plain dict."""
-        result = await self._api.call_api(
-            path,
-            method,
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            response_types_map={200: "object", 201: "object"},
-            auth_settings=["BearerToken"],
-            _return_http_data_only=True,
-        )
-        return cast(Manifest, result)
+        """One call, JSON in and out, every object a plain dict; a non-2xx answer raises ApiException."""
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        token = await self._configuration.get_api_key_with_prefix("BearerToken")
+        if token:
+            headers["Authorization"] = token  # refreshed by the library: in-cluster tokens rotate
+        data = None if body is None else json.dumps(body)
+        async with self._session.request(method, self._host + path, data=data, headers=headers) as response:
+            text = await response.read()
+            if not 200 <= response.status < 300:
+                error = ApiException(status=response.status, reason=response.reason)
+                error.body = text
+                raise error
+        return cast(Manifest, json.loads(text))
 
     async def _read(self, kind: str, namespace: str, name: str) -> Manifest | None:
         try:
@@ -146,10 +164,16 @@ class Kube:
             if error.status != NOT_FOUND:
                 raise
 
-    async def patch_training_job_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """A JSON merge patch of the status subresource: the keys given, nothing else."""
+    async def patch_training_job_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
+    ) -> None:
+        """A JSON merge patch of the status subresource: the keys given, nothing else. With
+        `resource_version`, only if the object is still at that version (else ApiException 409)."""
         path = f"{_COLLECTIONS['TrainingJob'].format(namespace=namespace)}/{name}/status"
-        await self._request("PATCH", path, {"status": dict(status)}, MERGE_PATCH)
+        patch: dict[str, Any] = {"status": dict(status)}
+        if resource_version is not None:
+            patch["metadata"] = {"resourceVersion": resource_version}
+        await self._request("PATCH", path, patch, MERGE_PATCH)
 
     async def post_event(
         self, training_job: Mapping[str, Any], reason: str, message: str, warning: bool = False

@@ -80,6 +80,11 @@ class Tracked:
     token: str | None = None
     signalled: bool = False  # POST /stop sent by this operator process (a restarted one sends it again)
     next_due: float = 0.0
+    _peer: CohortCurve | None = field(default=None, repr=False)  # as its study's peers see it; per body
+
+    def observe(self, training_job: Mapping[str, Any]) -> None:
+        """Take a newer body of the same object."""
+        self.training_job, self._peer = training_job, None
 
     @property
     def key(self) -> Key:
@@ -107,6 +112,18 @@ class Tracked:
     def study(self) -> str | None:
         return (self.training_job["metadata"].get("labels") or {}).get(STUDY_LABEL)
 
+    def as_peer(self) -> CohortCurve | None:
+        """This job as a curve of its objective (status.curve), for the cohort rule of its study's other
+        jobs. Built once per body, not once per peer's visit: a study of 50 reads it 49 times an interval."""
+        if self.spec is None:
+            return None
+        if self._peer is None:
+            curve = self.status.get("curve") or []
+            values = {epoch: float(v) for epoch, v in enumerate(curve, start=1) if isinstance(v, int | float)}
+            stopped = self.phase in TERMINAL_PHASES and self.phase != "Succeeded"
+            self._peer = CohortCurve(self.key[1], self.spec.objective.metric, values, stopped=stopped)
+        return self._peer
+
     def rank_zero(self) -> PodView | None:
         """The live pod of rank 0, whose /metrics the operator reads (every rank reports the same step)."""
         candidates = [pod for pod in self.pods.values() if pod.rank == 0 and pod.reachable]
@@ -117,6 +134,7 @@ class Registry:
     def __init__(self) -> None:
         self._jobs: dict[Key, Tracked] = {}
         self._pods: dict[Key, dict[str, PodView]] = {}
+        self._studies: dict[Key, dict[Key, Tracked]] = {}  # (namespace, study) -> its jobs
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -133,16 +151,33 @@ class Registry:
         key = (metadata["namespace"], metadata["name"])
         tracked = self._jobs.get(key)
         if tracked is None or tracked.training_job["metadata"].get("uid") != metadata.get("uid"):
+            if tracked is not None:  # deleted and made again under the same name
+                self._leave_study(tracked)
             tracked = Tracked(training_job, _spec(training_job), self._pods.setdefault(key, {}))
             self._jobs[key] = tracked
         elif tracked.training_job["metadata"].get("generation") != metadata.get("generation"):
             tracked.spec = _spec(training_job)
-        tracked.training_job = training_job
+        if tracked.study != (metadata.get("labels") or {}).get(STUDY_LABEL):
+            self._leave_study(tracked)
+        tracked.observe(training_job)
+        if tracked.study is not None:
+            self._studies.setdefault((key[0], tracked.study), {})[key] = tracked
         return tracked
 
     def forget_training_job(self, namespace: str, name: str) -> None:
-        self._jobs.pop((namespace, name), None)
+        tracked = self._jobs.pop((namespace, name), None)
+        if tracked is not None:
+            self._leave_study(tracked)
         self._pods.pop((namespace, name), None)
+
+    def _leave_study(self, tracked: Tracked) -> None:
+        if tracked.study is None:
+            return
+        study = (tracked.key[0], tracked.study)
+        members = self._studies.get(study, {})
+        members.pop(tracked.key, None)
+        if not members:
+            self._studies.pop(study, None)
 
     def observe_pod(self, pod: Mapping[str, Any], deleted: bool = False) -> Key | None:
         """Record a trainer pod under its TrainingJob's key (the stopline.dev/job label); None: not ours."""
@@ -155,19 +190,11 @@ class Registry:
 
     def cohort(self, tracked: Tracked) -> tuple[CohortCurve, ...]:
         """The other jobs of the same study and namespace, as curves of their objective (status.curve)."""
-        study, (namespace, name) = tracked.study, tracked.key
-        if study is None:
+        if tracked.study is None:
             return ()
-        curves = []
-        for other in self._jobs.values():
-            other_namespace, other_name = other.key
-            if other_name == name or other_namespace != namespace or other.study != study or not other.spec:
-                continue
-            curve = other.status.get("curve") or []
-            values = {epoch: float(v) for epoch, v in enumerate(curve, start=1) if isinstance(v, int | float)}
-            stopped = other.phase in TERMINAL_PHASES and other.phase != "Succeeded"
-            curves.append(CohortCurve(other_name, other.spec.objective.metric, values, stopped=stopped))
-        return tuple(curves)
+        members = self._studies.get((tracked.key[0], tracked.study), {})
+        peers = (other.as_peer() for key, other in members.items() if key != tracked.key)
+        return tuple(peer for peer in peers if peer is not None)
 
 
 def _spec(training_job: Mapping[str, Any]) -> TrainingJobSpec | None:

@@ -37,9 +37,10 @@ from stopline.workload import TOKEN_KEY, Owner, token_secret_name
 
 log = logging.getLogger(__name__)
 
-TICK_S = 1.0
+TICK_S = 0.25  # how late past its due time a visit may start; a tick costs one pass over the registry
+HEALTHY_WITHIN_S = 30.0
 STOP_POLL_S = 1.0
-MAX_CONCURRENT = 64
+MAX_CONCURRENT = 256  # visits at once: each mostly waits on a pod or the apiserver
 SCRAPE_TIMEOUT_S = 5.0
 FAILURES_BEFORE_CONDITION = 3  # one lost scrape is noise; three in a row is a condition worth showing
 METRICS_AVAILABLE = "MetricsAvailable"
@@ -68,7 +69,7 @@ class Supervisor:
 
     def healthy(self) -> bool:
         """The loop ticked recently: a stuck loop fails /healthz, so the kubelet restarts the operator."""
-        return self.clock() - self.last_tick < 30 * TICK_S
+        return self.clock() - self.last_tick < HEALTHY_WITHIN_S
 
     def poke(self, key: Key) -> None:
         """Visit this job at the next tick, which starts now."""
@@ -125,6 +126,7 @@ class Supervisor:
         await asyncio.gather(*(self._visit(tracked, (found.get(tracked.key), error)) for tracked in batch))
 
     async def _visit(self, tracked: Tracked, fetched: Fetched | None = None) -> None:
+        started = self.clock()  # the next visit is due an interval after this one began, however long it took
         async with self._slots:
             try:
                 if tracked.phase == STOPPING:
@@ -140,7 +142,7 @@ class Supervisor:
                     if tracked.phase == STOPPING or spec is None
                     else spec.metrics.interval.seconds
                 )
-                tracked.next_due = self.clock() + interval
+                tracked.next_due = max(started + interval, self.clock() + TICK_S)
                 self._visiting.pop(tracked.key, None)
 
     async def _observe(self, tracked: Tracked, fetched: Fetched | None) -> None:
@@ -150,6 +152,8 @@ class Supervisor:
         assert spec is not None
         namespace, name = tracked.key
         memory = tracked.memory = tracked.memory or JobMemory.seed(tracked.status)
+        if tracked.phase == RUNNING:
+            await self._token(tracked)
         report, error = fetched if fetched is not None else await self._scrape(tracked, spec)
         promql, gpu_utilization = await self._live_inputs(tracked, spec)
         scraped_at = self.clock()
@@ -292,6 +296,7 @@ class Supervisor:
             phase=phase,
             conditions=conditions,
             extra=status | {"stopReason": reason},
+            seen=tracked.training_job,
         )
         if done is None:
             return
@@ -299,29 +304,34 @@ class Supervisor:
         monitoring.STOPS.labels(reason=decision.type).inc()
         if saved:
             monitoring.GPU_SECONDS_SAVED.inc(saved)
+        if phase == STOPPING:  # the signal first: the Event is for people, the trainers are waiting
+            await self._signal(tracked, spec, decision.message)
+            monitoring.DECISION_LATENCY.observe(self.clock() - decided_at)
         await self.kube.post_event(
             done.training_job, phase, f"{decision.type} ({decision.criterion}): {decision.message}", False
         )
-        if phase == STOPPING:
-            await self._signal(tracked, spec, decision.message)
-            monitoring.DECISION_LATENCY.observe(self.clock() - decided_at)
 
     async def _signal(self, tracked: Tracked, spec: TrainingJobSpec, reason: str) -> None:
         """POST /stop to every rank; none acknowledged -> suspend the Job, so each pod gets SIGTERM."""
         namespace, name = tracked.key
-        if tracked.token is None:
-            secret = token_secret_name(Owner(name, namespace, ""))
-            tracked.token = await self.kube.read_token(namespace, secret, TOKEN_KEY)
         pods = list(tracked.pods.values())
         timeout = min(spec.stop_policy.ack_timeout.seconds, SCRAPE_TIMEOUT_S)
         acknowledged = await stopping.signal(
-            self.session, pods, spec.metrics.port, tracked.token, reason, timeout
+            self.session, pods, spec.metrics.port, await self._token(tracked), reason, timeout
         )
         tracked.signalled = True
         if acknowledged == 0:
             await self.kube.suspend_job(namespace, name)
             message = "no trainer pod acknowledged POST /stop; suspended the Job, so each pod gets SIGTERM"
             await self.kube.post_event(tracked.training_job, "StopNotAcknowledged", message, True)
+
+    async def _token(self, tracked: Tracked) -> str | None:
+        """The job's stop token (its Secret), read once: while it runs, so a stop costs no extra read."""
+        if tracked.token is None:
+            namespace, name = tracked.key
+            secret = token_secret_name(Owner(name, namespace, ""))
+            tracked.token = await self.kube.read_token(namespace, secret, TOKEN_KEY)
+        return tracked.token
 
     async def _drive_stop(self, tracked: Tracked) -> None:
         spec = tracked.spec
@@ -348,6 +358,7 @@ class Supervisor:
                 Condition(FINISHED, True, conclusion.reason, conclusion.message),
             ],
             extra=extra,
+            seen=tracked.training_job,
         )
         if done is not None:
             monitoring.STATUS_WRITES.inc()

@@ -138,6 +138,14 @@ def test_the_cohort_is_the_other_jobs_of_the_study_in_the_namespace_with_their_c
     assert dict(cohort["peer"].values) == {1: 0.5, 3: 0.3}
     assert cohort["pruned"].stopped and not cohort["peer"].stopped
 
+    job("peer", "t", [0.5, None, 0.3])  # relabelled into another study
+    registry.forget_training_job("ns", "pruned")
+    job("newcomer", "s", [0.9, 0.8])
+    assert {curve.job for curve in registry.cohort(me)} == {"newcomer"}
+    assert dict(registry.cohort(me)[0].values) == {1: 0.9, 2: 0.8}
+    job("newcomer", "s", [0.9, 0.8, 0.7])  # a newer status: its curve is read again
+    assert dict(registry.cohort(me)[0].values) == {1: 0.9, 2: 0.8, 3: 0.7}
+
 
 def test_a_pod_terminating_after_sigterm_is_waited_for_its_manifest_not_signalled_again() -> None:
     """Suspending the Job marks the pods for deletion; the trainer is saving: no conclusion until it exits."""

@@ -1,8 +1,9 @@
 """The stop protocol of DESIGN.md, operator side: signal every rank, then conclude from how the pods ended.
 
 1. Signal: POST /stop with the job's bearer token to every running trainer pod. When no pod acknowledges
-   (no endpoint, wrong port, a trainer without stopline), the caller suspends the Job, so the kubelet
-   sends SIGTERM, which the trainer treats as a stop request too.
+   (a trainer without stopline answers 404; one still starting does not answer, and is asked again until
+   stopPolicy.ackTimeout), the caller suspends the Job, so the kubelet sends SIGTERM, which the trainer
+   treats as a stop request too.
 2. Conclude (`conclude`, pure): rank 0's termination message is the checkpoint manifest -> Stopped with
    status.checkpoint. Pods gone without one -> Stopped without a checkpoint (exit 0) or Failed (a rank
    exited non-zero). Still running when gracePeriod (counted from stopReason.at) ends -> escalate: delete
@@ -41,10 +42,20 @@ class Conclusion:
     warning: bool = False
 
 
+@dataclass(frozen=True)
+class Signalled:
+    """What one round of POST /stop got: acknowledgements, and pods not reached at all (no endpoint yet:
+    the trainer may still be starting); the others answered with a refusal (no stopline endpoint)."""
+
+    acknowledged: int
+    unreachable: int
+
+
 async def post_stop(
     session: aiohttp.ClientSession, url: str, token: str, reason: str, timeout_s: float
-) -> bool:
-    """One POST /stop; True when the trainer acknowledged it (HTTP 202)."""
+) -> bool | None:
+    """One POST /stop: True when the trainer acknowledged it (HTTP 202), False when it answered anything
+    else, None when nothing answered (connection refused, timeout)."""
     try:
         async with session.post(
             url,
@@ -54,7 +65,7 @@ async def post_stop(
         ) as response:
             return response.status == ACCEPTED
     except (aiohttp.ClientError, TimeoutError):
-        return False
+        return None
 
 
 async def signal(
@@ -64,13 +75,16 @@ async def signal(
     token: str | None,
     reason: str,
     timeout_s: float,
-) -> int:
-    """POST /stop to every reachable pod at once; how many acknowledged (0 without a token)."""
+) -> Signalled:
+    """POST /stop to every reachable pod at once. Without a token nobody can be asked (all refused); with
+    no reachable pod yet, the round counts as unreachable."""
     if not token:
-        return 0
+        return Signalled(0, 0)
     urls = [f"http://{pod.ip}:{port}/stop" for pod in pods if pod.reachable]
-    acks = await asyncio.gather(*(post_stop(session, url, token, reason, timeout_s) for url in urls))
-    return sum(acks)
+    if not urls:
+        return Signalled(0, 1)
+    answers = await asyncio.gather(*(post_stop(session, url, token, reason, timeout_s) for url in urls))
+    return Signalled(sum(1 for a in answers if a), sum(1 for a in answers if a is None))
 
 
 def conclude(

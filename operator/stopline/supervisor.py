@@ -312,15 +312,25 @@ class Supervisor:
         )
 
     async def _signal(self, tracked: Tracked, spec: TrainingJobSpec, reason: str) -> None:
-        """POST /stop to every rank; none acknowledged -> suspend the Job, so each pod gets SIGTERM."""
+        """POST /stop to every rank. None acknowledged: suspend the Job, so each pod gets SIGTERM; but while
+        no pod answers at all (a trainer still importing torch), ask again at the next poll until
+        stopPolicy.ackTimeout: a SIGTERM before the trainer handles it would kill it unsaved."""
         namespace, name = tracked.key
         pods = list(tracked.pods.values())
         timeout = min(spec.stop_policy.ack_timeout.seconds, SCRAPE_TIMEOUT_S)
-        acknowledged = await stopping.signal(
+        answered = await stopping.signal(
             self.session, pods, spec.metrics.port, await self._token(tracked), reason, timeout
         )
+        began = _seconds((tracked.status.get("stopReason") or {}).get("at"))
+        waited = self.clock() - began if began is not None else 0.0
+        if (
+            answered.acknowledged == 0
+            and answered.unreachable
+            and waited < spec.stop_policy.ack_timeout.seconds
+        ):
+            return  # not signalled yet: _drive_stop asks again
         tracked.signalled = True
-        if acknowledged == 0:
+        if answered.acknowledged == 0:
             await self.kube.suspend_job(namespace, name)
             message = "no trainer pod acknowledged POST /stop; suspended the Job, so each pod gets SIGTERM"
             await self.kube.post_event(tracked.training_job, "StopNotAcknowledged", message, True)

@@ -7,8 +7,11 @@ stop (the pod ends with rank 0's manifest as its termination message).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import socket
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
@@ -17,12 +20,14 @@ import pytest
 
 from controlplane import ControlPlane, wait_until
 from operatorharness import (
+    RUNNING_AND_READY,
     SINGLE_NAME,
     WAIT_S,
     StandInTrainer,
     apply,
     checkpoint_message,
     condition,
+    control_token,
     event_posted,
     events,
     exists,
@@ -30,7 +35,10 @@ from operatorharness import (
     manifest,
     operator,
     phase_is,
+    pods,
+    reserve_address,
     running_trainer,
+    set_pod_status,
     status,
     terminate,
 )
@@ -232,6 +240,63 @@ def test_a_trainer_that_does_not_acknowledge_gets_its_job_suspended(
         wait_until(
             event_posted(plane, namespace, SINGLE_NAME, "StopNotAcknowledged"), WAIT_S, "a Warning Event"
         )
+
+
+class HangUp:
+    """A socket on the trainer's address that accepts and closes at once: an endpoint not serving yet
+    (a trainer still importing torch). Counts the POSTs, so the test knows the stop was asked for."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.server = socket.create_server(address)
+        self.attempts = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # closed by close()
+            while True:
+                connection, _ = self.server.accept()
+                with connection:
+                    connection.settimeout(5)
+                    if connection.recv(5) == b"POST ":  # not the scrapes' GET /metrics
+                        self.attempts += 1
+
+    def close(self) -> None:
+        self.server.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+        self.thread.join(5)
+
+
+def test_a_stop_asks_a_trainer_that_is_not_serving_yet_again_instead_of_killing_it(
+    plane: ControlPlane, namespace: str
+) -> None:
+    """Within ackTimeout, no answer is not a refusal: the operator keeps asking, the trainer comes up,
+    acknowledges and saves; the Job is never suspended (SIGTERM during torch's import would kill it)."""
+    address = reserve_address()
+    metrics = FAST | {"port": address[1]}
+    training_job = manifest(criteria=[], metrics=metrics, stopPolicy={"ackTimeout": "60s"})
+    with operator(namespace):
+        apply(plane, namespace, training_job)
+        wait_until(lambda: len(pods(plane, namespace, SINGLE_NAME)) == 1, WAIT_S, "the Job controller's pod")
+        pod = pods(plane, namespace, SINGLE_NAME)[0]["metadata"]["name"]
+        starting = HangUp(address)
+        try:
+            ip = {"podIP": address[0], "podIPs": [{"ip": address[0]}]}
+            set_pod_status(plane, namespace, pod, RUNNING_AND_READY | ip)
+            wait_until(phase_is(plane, namespace, SINGLE_NAME, "Running"), WAIT_S, "phase Running")
+            plane.kubectl("annotate", "tj", SINGLE_NAME, "-n", namespace, "stopline.dev/stop=enough")
+            wait_until(lambda: starting.attempts >= 3, WAIT_S, "POST /stop tried again while not served")
+        finally:
+            starting.close()
+        trainer = StandInTrainer(address, control_token(plane, namespace, SINGLE_NAME))
+        try:
+            wait_until(lambda: trainer.stop_reason == "enough", WAIT_S, "the late trainer to get the stop")
+            terminate(plane, namespace, pod, checkpoint_message(1, 100, "file:///ckpt/epoch-1.pt"))
+            wait_until(phase_is(plane, namespace, SINGLE_NAME, "Stopped"), WAIT_S, "phase Stopped")
+        finally:
+            trainer.close()
+    assert get(plane, namespace, "job", SINGLE_NAME)["spec"].get("suspend") is not True
+    assert "StopNotAcknowledged" not in {event["reason"] for event in events(plane, namespace, SINGLE_NAME)}
 
 
 def test_a_trainer_that_outlives_the_grace_period_is_killed_and_fails_saying_nothing_was_saved(

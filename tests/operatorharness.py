@@ -88,6 +88,11 @@ def set_pod_status(plane: ControlPlane, namespace: str, pod: str, pod_status: di
 
 def terminate(plane: ControlPlane, namespace: str, pod: str, message: str = "", exit_code: int = 0) -> None:
     """The trainer container exited with this code and left `message` in its termination-log."""
+    set_pod_status(plane, namespace, pod, terminated_status(message, exit_code))
+
+
+def terminated_status(message: str = "", exit_code: int = 0) -> dict[str, Any]:
+    """The pod status a kubelet reports once the trainer container exited with this code and message."""
     terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error"}
     if message:
         terminated["message"] = message
@@ -100,7 +105,7 @@ def terminate(plane: ControlPlane, namespace: str, pod: str, message: str = "", 
         "state": {"terminated": terminated},
     }
     phase = "Succeeded" if exit_code == 0 else "Failed"
-    set_pod_status(plane, namespace, pod, {"phase": phase, "containerStatuses": [container]})
+    return {"phase": phase, "containerStatuses": [container]}
 
 
 def manifest(name: str = SINGLE_NAME, **spec: Any) -> dict[str, Any]:

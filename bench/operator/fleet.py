@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from operatorharness import checkpoint_message, terminated_status
 from stopline.workload import JOB_LABEL
 from stopline_trainer.control import StopFlag
 from stopline_trainer.metrics import TrainerMetrics
@@ -195,29 +196,10 @@ class Fleet:
         """The trainer saved and exited 0: rank 0's termination message is the checkpoint manifest."""
         await asyncio.sleep(SAVE_S)
         epoch = job.stopped_epoch or 0
-        manifest = {
-            "format": "stopline/v1",
-            "uri": f"file:///checkpoints/{job.name}/epoch-{epoch}.pt",
-            "epoch": epoch,
-            "step": epoch * STEPS_PER_EPOCH,
-            "bytes": 1024,
-            "sha256": "0" * 64,
-            "savedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "worldSize": 1,
-            "metrics": {OBJECTIVE: job.objective(epoch)},
-            "stopReason": "stopped",
-        }
-        terminated = {"exitCode": 0, "reason": "Completed", "message": json.dumps(manifest)}
-        container = {
-            "name": "trainer",
-            "image": "trainer",
-            "imageID": "",
-            "ready": False,
-            "restartCount": 0,
-            "state": {"terminated": terminated},
-        }
+        uri = f"file:///checkpoints/{job.name}/epoch-{epoch}.pt"
         assert job.pod is not None
-        await self._patch_pod(job.pod, {"phase": "Succeeded", "containerStatuses": [container]})
+        manifest = checkpoint_message(epoch, epoch * STEPS_PER_EPOCH, uri)
+        await self._patch_pod(job.pod, terminated_status(manifest))
 
     # -- the pods' HTTP ----------------------------------------------------------------------------------
 

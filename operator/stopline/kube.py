@@ -27,7 +27,7 @@ Manifest = dict[str, Any]
 CONFLICT, NOT_FOUND = 409, 404
 BAD_REQUEST, UNPROCESSABLE = 400, 422
 MERGE_PATCH = "application/merge-patch+json"
-CONNECTIONS = 64  # concurrent requests to the apiserver; the supervisor runs at most 64 visits at once
+CONNECTIONS = 64  # concurrent requests to the apiserver; more visits than that wait for a connection
 
 
 _COLLECTIONS = {

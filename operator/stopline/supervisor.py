@@ -321,8 +321,7 @@ class Supervisor:
         answered = await stopping.signal(
             self.session, pods, spec.metrics.port, await self._token(tracked), reason, timeout
         )
-        began = _seconds((tracked.status.get("stopReason") or {}).get("at"))
-        waited = self.clock() - began if began is not None else 0.0
+        waited = self.clock() - self._stop_began(tracked)
         if (
             answered.acknowledged == 0
             and answered.unreachable
@@ -343,15 +342,21 @@ class Supervisor:
             tracked.token = await self.kube.read_token(namespace, secret, TOKEN_KEY)
         return tracked.token
 
+    def _stop_began(self, tracked: Tracked) -> float:
+        """stopReason.at; now while the status that records it has not reached the registry yet."""
+        return _seconds((tracked.status.get("stopReason") or {}).get("at")) or self.clock()
+
     async def _drive_stop(self, tracked: Tracked) -> None:
         spec = tracked.spec
         assert spec is not None
         reason = tracked.status.get("stopReason") or {}
         if not tracked.signalled:  # a restarted operator signals again: a second POST /stop changes nothing
             await self._signal(tracked, spec, str(reason.get("message") or "stop"))
-        began = _seconds(reason.get("at")) or self.clock()
         conclusion = stopping.conclude(
-            list(tracked.pods.values()), began, spec.stop_policy.grace_period.seconds, self.clock()
+            list(tracked.pods.values()),
+            self._stop_began(tracked),
+            spec.stop_policy.grace_period.seconds,
+            self.clock(),
         )
         if conclusion is None:
             return

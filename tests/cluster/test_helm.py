@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -13,6 +17,7 @@ from operatorharness import (
     SINGLE_NAME,
     WAIT_S,
     checkpoint_message,
+    exists,
     manifest,
     operator,
     phase_is,
@@ -20,6 +25,8 @@ from operatorharness import (
     status,
     terminate,
 )
+from stopline.api import parse_spec
+from stopline.workload import Owner, build_job
 
 pytestmark = pytest.mark.cluster
 
@@ -126,3 +133,317 @@ def test_the_operator_with_only_the_charts_rbac_stops_a_job_and_can_do_nothing_e
         if scope == "cluster":
             for kind in ("clusterrolebinding", "clusterrole"):
                 plane.kubectl("delete", kind, f"{release}-stopline", "--ignore-not-found", check=False)
+
+
+def rendered(release: str, namespace: str, *values: str, only: tuple[str, ...] = ()) -> str:
+    """The chart as `helm install -n namespace` would apply it (CRDs aside), with only those templates."""
+    show = [arg for template in only for arg in ("--show-only", f"templates/{template}")]
+    return helm("template", release, str(CHART), "--namespace", namespace, *show, *values).stdout
+
+
+def delete_cluster_scoped(plane: ControlPlane, manifests: str) -> None:
+    """What a test applied outside its namespace: ClusterRoles, admission policies and their bindings."""
+    for doc in yaml.safe_load_all(manifests):
+        if doc and "namespace" not in doc["metadata"]:
+            kind, name = doc["kind"].lower(), doc["metadata"]["name"]
+            plane.kubectl("delete", kind, name, "--ignore-not-found", check=False)
+
+
+def sets(*assignments: str) -> list[str]:
+    return [arg for assignment in assignments for arg in ("--set", assignment)]
+
+
+@pytest.mark.parametrize(
+    ("values", "kinds"),
+    [
+        pytest.param([], {"ClusterRole/stopline-edit", "ClusterRole/stopline-view"}, id="user-roles"),
+        pytest.param(
+            sets("networkPolicy.enabled=true", "watchNamespaces={team-a,team-b}"),
+            {"NetworkPolicy/team-a/stopline-trainers", "NetworkPolicy/team-b/stopline-trainers"},
+            id="network-policy-namespaced",
+        ),
+        pytest.param(
+            [
+                *sets(
+                    "networkPolicy.enabled=true",
+                    "networkPolicy.namespaces={team-a}",
+                    "networkPolicy.prometheus.enabled=false",
+                ),
+                *("--set-json", 'networkPolicy.additionalIngress=[{"ports":[{"port":6006}]}]'),
+            ],
+            {"NetworkPolicy/team-a/stopline-trainers", "NetworkPolicy/default/stopline-operator"},
+            id="network-policy-cluster-wide",
+        ),
+        pytest.param(
+            sets("admissionPolicy.enabled=true"),
+            {
+                "ValidatingAdmissionPolicy/stopline-trainingjob-template",
+                "ValidatingAdmissionPolicyBinding/stopline-trainingjob-template",
+            },
+            id="admission-policy",
+        ),
+        pytest.param(
+            sets(
+                "admissionPolicy.enabled=true",
+                "admissionPolicy.validationActions={Warn,Audit}",
+                "admissionPolicy.allowServiceAccountToken=true",
+                "admissionPolicy.allowedServiceAccounts={default,trainer}",
+            ),
+            {"ValidatingAdmissionPolicy/stopline-trainingjob-template"},
+            id="admission-policy-warn",
+        ),
+    ],
+)
+def test_each_security_option_renders_and_the_apiserver_accepts_it(
+    control_plane: ControlPlane, values: list[str], kinds: set[str]
+) -> None:
+    for team in ("team-a", "team-b"):
+        control_plane.kubectl("create", "namespace", team, check=False)
+    manifests = rendered("stopline", "default", *values)
+    found = {
+        "/".join([doc["kind"], *([doc["metadata"]["namespace"]] if "namespace" in doc["metadata"] else [])])
+        + "/"
+        + doc["metadata"]["name"]
+        for doc in yaml.safe_load_all(manifests)
+        if doc
+    }
+    assert kinds <= found
+    result = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=manifests)
+    assert "deployment.apps/stopline" in result.stdout
+
+
+def test_a_network_policy_without_namespaces_refuses_to_render_saying_what_to_set() -> None:
+    result = helm("template", "stopline", str(CHART), "--set", "networkPolicy.enabled=true", check=False)
+    assert result.returncode != 0
+    assert "set watchNamespaces or networkPolicy.namespaces" in result.stderr
+
+
+def selector_text(selector: dict[str, Any]) -> str:
+    """A NetworkPolicy LabelSelector as kubectl's -l, so the apiserver itself says what it selects."""
+    terms = [f"{key}={value}" for key, value in selector.get("matchLabels", {}).items()]
+    for expression in selector.get("matchExpressions", []):
+        key, operator_ = expression["key"], expression["operator"]
+        values = ",".join(expression.get("values", []))
+        terms.append(
+            {
+                "Exists": key,
+                "DoesNotExist": f"!{key}",
+                "In": f"{key} in ({values})",
+                "NotIn": f"{key} notin ({values})",
+            }[operator_]
+        )
+    return ",".join(terms)
+
+
+def test_the_trainer_network_policy_admits_the_charts_operator_pod_and_rank_peers_to_the_built_pods(
+    crd_installed: ControlPlane, namespace: str
+) -> None:
+    """The policy names pods and ports by label and port name: the real operator pod (from the chart's
+    Deployment) and the real trainer pods (the operator's Job, run by the Job controller) must carry them."""
+    plane, release = crd_installed, namespace
+    values = ["--set", "networkPolicy.enabled=true", "--set", f"watchNamespaces={{{namespace}}}"]
+    manifests = rendered(release, namespace, *values)
+    try:
+        plane.kubectl("apply", "-n", namespace, "-f", "-", input=manifests)
+        two_ranks = manifest(name="ranks", replicas=2, metrics={"port": 8123})
+        plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(two_ranks))
+        created = json.loads(plane.kubectl("get", "tj", "ranks", "-n", namespace, "-o", "json").stdout)
+        owner = Owner(name="ranks", namespace=namespace, uid=created["metadata"]["uid"])
+        job = build_job(owner, parse_spec(created["spec"]))
+        plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
+
+        def pod_names(selector: dict[str, Any]) -> set[str]:
+            out = plane.kubectl("get", "pods", "-n", namespace, "-l", selector_text(selector), "-o", "json")
+            return {pod["metadata"]["name"] for pod in json.loads(out.stdout)["items"]}
+
+        def trainer_pods() -> set[str]:
+            return pod_names({"matchLabels": {"job-name": "ranks"}})
+
+        operator_pods = wait_until(
+            lambda: pod_names({"matchLabels": {"app.kubernetes.io/instance": release}}),
+            60,
+            "the Deployment's operator pod",
+        )
+        trainers = wait_until(lambda: len(trainer_pods()) == 2 and trainer_pods(), 60, "two trainer pods")
+        policy = json.loads(
+            plane.kubectl(
+                "get", "networkpolicy", f"{release}-stopline-trainers", "-n", namespace, "-o", "json"
+            ).stdout
+        )["spec"]
+        assert pod_names(policy["podSelector"]) == trainers
+        from_operator, from_peers = policy["ingress"][0], policy["ingress"][1]
+        (operator_peer,) = from_operator["from"]
+        assert pod_names(operator_peer["podSelector"]) == operator_pods
+        namespaces = plane.kubectl(
+            "get", "ns", "-l", selector_text(operator_peer["namespaceSelector"]), "-o", "name"
+        )
+        assert namespaces.stdout.split() == [f"namespace/{namespace}"]
+        for pod in trainers:  # the port the operator scrapes and stops, found by the name the policy uses
+            spec = json.loads(plane.kubectl("get", "pod", pod, "-n", namespace, "-o", "json").stdout)["spec"]
+            ports = {p["name"]: p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])}
+            assert {(port["port"], port["protocol"]) for port in from_operator["ports"]} == {
+                ("stopline", "TCP")
+            }
+            assert ports["stopline"] == 8123
+        (peer,) = from_peers["from"]
+        assert pod_names(peer["podSelector"]) == trainers
+        assert "ports" not in from_peers  # rendezvous, NCCL and gloo: any port
+    finally:
+        delete_cluster_scoped(plane, manifests)
+
+
+def test_namespace_editors_may_create_training_jobs_and_viewers_may_only_read_them(
+    crd_installed: ControlPlane, namespace: str
+) -> None:
+    plane, release = crd_installed, namespace  # a release per test: its ClusterRole names are unique
+    roles = rendered(release, namespace, only=("user-roles.yaml",))
+    editor, viewer = f"editor-{namespace}", f"viewer-{namespace}"
+    try:
+        plane.kubectl("apply", "-f", "-", input=roles)
+        plane.kubectl(
+            "create", "rolebinding", "editors", "--clusterrole=edit", f"--user={editor}", "-n", namespace
+        )
+        plane.kubectl(
+            "create", "rolebinding", "viewers", "--clusterrole=view", f"--user={viewer}", "-n", namespace
+        )
+
+        def may(user: str, verb: str) -> bool:
+            asked = plane.kubectl(
+                "auth",
+                "can-i",
+                verb,
+                "trainingjobs.stopline.dev",
+                f"--as={user}",
+                "-n",
+                namespace,
+                check=False,
+            )
+            return asked.stdout.strip() == "yes"
+
+        # the controller manager's clusterrole-aggregation controller copies the rules into edit and view
+        wait_until(lambda: may(editor, "create") and may(viewer, "get"), 30, "edit and view to aggregate")
+        training_job = json.dumps(manifest())
+        plane.kubectl("create", f"--as={editor}", "-n", namespace, "-f", "-", input=training_job)
+        plane.kubectl(
+            "annotate", "tj", SINGLE_NAME, f"--as={editor}", "-n", namespace, "stopline.dev/stop=enough"
+        )
+
+        def as_viewer(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+            return plane.kubectl(*args, f"--as={viewer}", "-n", namespace, input=input, check=False)
+
+        assert as_viewer("get", "tj", SINGLE_NAME).returncode == 0
+        for refused in (
+            as_viewer("create", "-f", "-", input=training_job.replace(SINGLE_NAME, "another")),
+            as_viewer("annotate", "tj", SINGLE_NAME, "stopline.dev/cancel=yes"),
+            as_viewer("delete", "tj", SINGLE_NAME),
+        ):
+            assert refused.returncode != 0
+            assert "forbidden" in refused.stderr.lower(), refused.stderr
+    finally:
+        delete_cluster_scoped(plane, roles)
+
+
+@pytest.fixture(scope="module")
+def guarded(crd_installed: ControlPlane) -> Iterator[str]:
+    """A namespace under the chart's admission policy, bound to it alone: other tests' TrainingJobs are not
+    judged. Yields once the apiserver enforces it (policies take effect through an informer)."""
+    plane = crd_installed
+    name = f"guarded-{uuid.uuid4().hex[:8]}"
+    plane.kubectl("create", "namespace", name)
+    selector = json.dumps({"matchLabels": {"kubernetes.io/metadata.name": name}})
+    values = [
+        "--set",
+        "admissionPolicy.enabled=true",
+        "--set-json",
+        f"admissionPolicy.namespaceSelector={selector}",
+    ]
+    policy = rendered(name, name, *values, only=("admissionpolicy.yaml",))
+    probe = with_pod_spec("probe", serviceAccountName="not-allowed")
+    try:
+        plane.kubectl("apply", "-f", "-", input=policy)
+        wait_until(
+            lambda: "denied request" in create(plane, name, probe, "--dry-run=server").stderr,
+            30,
+            "the admission policy to be enforced",
+        )
+        yield name
+    finally:
+        delete_cluster_scoped(plane, policy)
+        plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def create(
+    plane: ControlPlane, namespace: str, training_job: dict[str, Any], *flags: str
+) -> subprocess.CompletedProcess[str]:
+    return plane.kubectl(
+        "create", "-n", namespace, *flags, "-f", "-", input=json.dumps(training_job), check=False
+    )
+
+
+def with_pod_spec(name: str, **pod: Any) -> dict[str, Any]:
+    """The example TrainingJob with its template's pod spec changed; `automountServiceAccountToken: false`
+    unless given, as the admission policy asks by default."""
+    training_job = manifest(name=name)
+    training_job["spec"]["template"]["spec"].update({"automountServiceAccountToken": False, **pod})
+    return training_job
+
+
+def test_the_admission_policy_refuses_host_network_naming_the_field_and_admits_a_plain_job(
+    crd_installed: ControlPlane, guarded: str
+) -> None:
+    plane = crd_installed
+    refused = create(plane, guarded, with_pod_spec("host", hostNetwork=True))
+    assert refused.returncode != 0
+    assert "spec.template.spec.hostNetwork: a trainer may not use the node's network" in refused.stderr
+    assert "remove hostNetwork" in refused.stderr
+    assert not exists(plane, guarded, "tj", "host")
+
+    plain = create(plane, guarded, with_pod_spec("plain", serviceAccountName="default"))
+    assert plain.returncode == 0, plain.stderr
+    # only creation is judged: a stop annotation is an update, and always goes through
+    plane.kubectl("annotate", "tj", "plain", "-n", guarded, "stopline.dev/stop=enough")
+
+
+@pytest.mark.parametrize(
+    ("pod", "complaint"),
+    [
+        pytest.param({"hostNetwork": "yes"}, "spec.template.spec.hostNetwork", id="hostNetwork-not-a-bool"),
+        pytest.param({"hostPID": True}, "spec.template.spec.hostPID", id="hostPID"),
+        pytest.param({"hostIPC": True}, "spec.template.spec.hostIPC", id="hostIPC"),
+        pytest.param(
+            {
+                "initContainers": [
+                    {"name": "setup", "image": "busybox", "securityContext": {"privileged": True}}
+                ]
+            },
+            "securityContext.privileged: a trainer container may not be privileged",
+            id="privileged-init-container",
+        ),
+        pytest.param(
+            {"volumes": [{"name": "node", "hostPath": {"path": "/"}}]},
+            "spec.template.spec.volumes[].hostPath",
+            id="hostPath",
+        ),
+        pytest.param(
+            {"serviceAccountName": "deployer"},
+            "spec.template.spec.serviceAccountName: deployer is not allowed",
+            id="serviceAccountName",
+        ),
+        pytest.param(
+            {"serviceAccount": "deployer"},  # the deprecated spelling, which the apiserver still honours
+            "spec.template.spec.serviceAccountName: deployer is not allowed",
+            id="deprecated-serviceAccount",
+        ),
+        pytest.param(
+            {"automountServiceAccountToken": True},
+            "spec.template.spec.automountServiceAccountToken: set it to false",
+            id="token",
+        ),
+    ],
+)
+def test_the_admission_policy_refuses_each_unsafe_template_naming_the_field(
+    crd_installed: ControlPlane, guarded: str, pod: dict[str, Any], complaint: str
+) -> None:
+    refused = create(crd_installed, guarded, with_pod_spec("unsafe", **pod), "--dry-run=server")
+    assert refused.returncode != 0
+    assert complaint in refused.stderr

@@ -37,3 +37,15 @@ def test_samples_become_one_report_per_job_from_rank_zero() -> None:
         {"val_loss": 0.25},
         None,
     )
+
+
+def test_a_job_whose_epoch_or_step_is_no_position_has_no_report_and_the_others_do() -> None:
+    """One trainer exporting NaN (or Inf, 1e300, -1, 1.5) must not blind the other jobs on that server."""
+    bad = {"nan": math.nan, "inf": math.inf, "huge": 1e300, "negative": -1.0, "half": 1.5}
+    samples = [sample("stopline_epoch", 4, job="good"), sample("stopline_step", 40, job="good")]
+    for job, value in bad.items():
+        samples += [sample("stopline_epoch", value, job=job), sample("stopline_step", 10, job=job)]
+    samples += [sample("stopline_epoch", 2, job="badstep"), sample("stopline_step", math.nan, job="badstep")]
+    found = reports(samples)
+    assert set(found) == {("ns", "good")}
+    assert (found[("ns", "good")].epoch, found[("ns", "good")].step) == (4, 40)

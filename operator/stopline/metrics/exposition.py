@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from stopline.metrics.http import excerpt
+
 EPOCH = "stopline_epoch"
 STEP = "stopline_step"
 METRIC = "stopline_metric"
 EPOCH_SECONDS = "stopline_epoch_duration_seconds"
 STOP_REQUESTED = "stopline_stop_requested"
 CHECKPOINT_INFO = "stopline_checkpoint_info"
+MAX_COUNT = 1 << 53  # epoch and step: integers a float holds exactly, and JSON and int64 in status hold
 
 
 class ExpositionError(ValueError):
@@ -48,17 +51,32 @@ def parse_exposition(text: str) -> TrainerReport:
                     checkpoint = dict(sample.labels) or None  # an Info never set exports no labels
                 else:
                     values[sample.name] = float(sample.value)
-    except ValueError as error:
-        raise ExpositionError(f"not Prometheus text format: {error}") from None
+    except Exception as error:  # hostile text: prometheus_client documents no exception types
+        raise ExpositionError(f"not Prometheus text format: {excerpt(str(error))}") from None
     missing = [name for name in (EPOCH, STEP) if name not in values]
     if missing:
         raise ExpositionError(f"no {' or '.join(missing)} series: is this a stopline trainer?")
     seconds = values.get(EPOCH_SECONDS)
     return TrainerReport(
-        epoch=int(values[EPOCH]),
-        step=int(values[STEP]),
+        epoch=_count(EPOCH, values[EPOCH]),
+        step=_count(STEP, values[STEP]),
         metrics=metrics,
         epoch_seconds=seconds if seconds is not None and math.isfinite(seconds) else None,
         stop_requested=values.get(STOP_REQUESTED, 0.0) >= 1.0,
         checkpoint=checkpoint,
     )
+
+
+def count(value: float) -> int | None:
+    """`value` as an epoch or step: a whole number within 0 <= x < 2**53, else None (NaN, Inf, 1e300,
+    -1 and 1.5 are no position a trainer can be at)."""
+    if not math.isfinite(value) or not 0 <= value < MAX_COUNT or value != int(value):
+        return None
+    return int(value)
+
+
+def _count(name: str, value: float) -> int:
+    counted = count(value)
+    if counted is None:
+        raise ExpositionError(f"{name} is {value!r}: it must be a whole number >= 0 and < 2**53")
+    return counted

@@ -7,16 +7,22 @@ set it. `rank` tells rank 0 apart when several ranks are scraped.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
+from yarl import URL
 
-from stopline.metrics.exposition import EPOCH, EPOCH_SECONDS, METRIC, STEP, TrainerReport
+from stopline.metrics.exposition import EPOCH, EPOCH_SECONDS, METRIC, STEP, TrainerReport, count
+from stopline.metrics.http import QUERY_MAX_BYTES, FetchError, excerpt, fetch, message
 
 JOB_LABEL = "stopline_job"
+# json.loads spends up to ~120 bytes a value (an empty dict per 3 bytes made 8 MiB cost 227 MiB); real
+# series take ~15 values in ~300 bytes, so QUERY_MAX_BYTES of them stays under this.
+MAX_JSON_VALUES = 500_000
 Key = tuple[str, str]  # (namespace, TrainingJob name)
 
 
@@ -30,24 +36,93 @@ class Sample:
     value: float
 
 
+def query_url(base_url: str) -> URL:
+    """The instant-query endpoint under `base_url`'s path (`http://h/prom` -> `http://h/prom/api/v1/query`);
+    a query or fragment of `base_url` is dropped, never joined into the path. Raises ValueError for text
+    yarl cannot parse."""
+    base = URL(base_url)
+    return base.with_path(base.raw_path.rstrip("/") + "/api/v1/query", encoded=True)
+
+
 async def instant_query(
     session: aiohttp.ClientSession, base_url: str, promql: str, timeout_s: float
 ) -> list[Sample]:
-    url = f"{base_url.rstrip('/')}/api/v1/query"
+    """The samples of one instant query. A series that is not a Prometheus sample (no value, a label or
+    value of the wrong type) is left out; an answer that is not a Prometheus success is a PrometheusError."""
     try:
-        async with session.get(
-            url, params={"query": promql}, timeout=aiohttp.ClientTimeout(total=timeout_s)
-        ) as response:
-            body = await response.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-        raise PrometheusError(f"{url}: {type(error).__name__} {error}".rstrip()) from None
+        url = query_url(base_url)
+        answer = await fetch(
+            session, url, limit=QUERY_MAX_BYTES, timeout_s=timeout_s, params={"query": promql}
+        )
+    except ValueError:
+        raise PrometheusError(message(base_url, "not a URL")) from None
+    except FetchError as error:
+        raise PrometheusError(str(error)) from None
+    where = f"GET {url}"
+    if _json_values(answer.body) > MAX_JSON_VALUES:
+        raise PrometheusError(message(where, f"answer of over {MAX_JSON_VALUES} JSON values refused"))
+    try:
+        body = json.loads(answer.body)
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
+        raise PrometheusError(message(where, f"HTTP {answer.status}, not a Prometheus API answer")) from None
     if not isinstance(body, dict) or body.get("status") != "success":
-        error_text = body.get("error") if isinstance(body, dict) else body
-        raise PrometheusError(f"{url}: query {promql!r} failed: {error_text}")
-    result = body["data"]["result"]
-    if body["data"].get("resultType") != "vector":
-        return [Sample({}, float(result[1]))] if body["data"].get("resultType") == "scalar" else []
-    return [Sample(item["metric"], float(item["value"][1])) for item in result]
+        raise PrometheusError(message(where, _failure(answer.status, body, promql)))
+    samples = _samples(body.get("data"))
+    if samples is None:
+        raise PrometheusError(message(where, f"HTTP {answer.status}, no data.result in the answer"))
+    return samples
+
+
+def _json_values(body: bytes) -> int:
+    """At least the number of values and members in the JSON text `body`: each follows a `[`, `{` or `,`."""
+    return body.count(b"[") + body.count(b"{") + body.count(b",") + 1
+
+
+def _failure(status: int, body: object, promql: str) -> str:
+    """What a failed answer says, as an excerpt: Prometheus' `error` text, if the answer has one."""
+    fields = body if isinstance(body, dict) else {}
+    error, kind = fields.get("error"), fields.get("errorType")
+    if not isinstance(error, str):
+        return f"HTTP {status}, not a Prometheus API answer"
+    what = f"HTTP {status} {excerpt(kind, 20)}" if isinstance(kind, str) else f"HTTP {status}"
+    return f"query {excerpt(promql, 60)!r} failed ({what}): {excerpt(error)}"
+
+
+def _value(pair: object) -> float | None:
+    """The number of a `[time, "value"]` pair, as the API writes it; None for anything else."""
+    if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[1], str):
+        return None
+    try:
+        return float(pair[1])
+    except ValueError:
+        return None
+
+
+def _sample(item: object) -> Sample | None:
+    if not isinstance(item, dict):
+        return None
+    labels, value = item.get("metric"), _value(item.get("value"))
+    if value is None or not isinstance(labels, dict):
+        return None
+    if not all(isinstance(key, str) and isinstance(text, str) for key, text in labels.items()):
+        return None
+    return Sample(labels, value)
+
+
+def _samples(data: object) -> list[Sample] | None:
+    """A vector's good samples, a scalar as one sample without labels, [] for other result types; None
+    when `data` is not a query result at all."""
+    if not isinstance(data, dict):
+        return None
+    kind, result = data.get("resultType"), data.get("result")
+    if kind == "scalar":
+        value = _value(result)
+        return None if value is None else [Sample({}, value)]
+    if kind != "vector":
+        return []
+    if not isinstance(result, list):
+        return None
+    return [sample for item in result if (sample := _sample(item)) is not None]
 
 
 def _literal(text: str) -> str:
@@ -79,11 +154,12 @@ def reports(samples: Sequence[Sample]) -> dict[Key, TrainerReport]:
     found = {}
     for key, values in by_job.items():
         series = values["series"]
-        if EPOCH in series and STEP in series:
+        epoch, step = count(series.get(EPOCH, math.nan)), count(series.get(STEP, math.nan))
+        if epoch is not None and step is not None:  # missing, or no position (NaN, -1, 1.5): no report
             seconds = series.get(EPOCH_SECONDS)
             found[key] = TrainerReport(
-                epoch=int(series[EPOCH]),
-                step=int(series[STEP]),
+                epoch=epoch,
+                step=step,
                 metrics=values["metrics"],
                 epoch_seconds=seconds if seconds is not None and math.isfinite(seconds) else None,
             )

@@ -5,8 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from stopline.metrics.exposition import ExpositionError, TrainerReport, parse_exposition
-
-MAX_BYTES = 1 << 20  # a trainer's exposition is a few KiB; more is not a stopline trainer
+from stopline.metrics.http import SCRAPE_MAX_BYTES, FetchError, fetch, message
 
 
 class ScrapeError(RuntimeError):
@@ -15,13 +14,12 @@ class ScrapeError(RuntimeError):
 
 async def scrape(session: aiohttp.ClientSession, url: str, timeout_s: float) -> TrainerReport:
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-            if response.status != 200:
-                raise ScrapeError(f"GET {url}: HTTP {response.status}")
-            text = await response.content.read(MAX_BYTES)
-    except (aiohttp.ClientError, TimeoutError) as error:
-        raise ScrapeError(f"GET {url}: {type(error).__name__} {error}".rstrip()) from None
+        answer = await fetch(session, url, limit=SCRAPE_MAX_BYTES, timeout_s=timeout_s)
+    except FetchError as error:
+        raise ScrapeError(str(error)) from None
+    if answer.status != 200:
+        raise ScrapeError(message(f"GET {url}", f"HTTP {answer.status}"))
     try:
-        return parse_exposition(text.decode("utf-8", errors="replace"))
+        return parse_exposition(answer.body.decode("utf-8", errors="replace"))
     except ExpositionError as error:
-        raise ScrapeError(f"GET {url}: {error}") from None
+        raise ScrapeError(message(f"GET {url}", str(error))) from None

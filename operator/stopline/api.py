@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 Mode = Literal["min", "max"]
 MODES: tuple[Mode, ...] = ("min", "max")
@@ -423,8 +424,38 @@ def _metrics(fields: _Fields | None) -> Metrics:
         path=fields.string("path", re.compile("^/")) if fields.has("path") else "/metrics",
         interval=fields.duration("interval", "15s"),
         stale_after=fields.duration("staleAfter", "15m"),
-        prometheus_url=prometheus.string("url", _URL, 2048) if prometheus is not None else None,
+        prometheus_url=_prometheus_url(prometheus) if prometheus is not None else None,
     )
+
+
+def _prometheus_url(prometheus: _Fields) -> str:
+    """The operator GETs <url>/api/v1/query from inside the cluster, for whoever wrote the spec: only a
+    plain server address is taken, so the spec cannot choose the request's path, query or credentials."""
+    text = prometheus.string("url", _URL, 2048)
+    problem = _server_address_problem(text)
+    if problem is not None:
+        raise SpecError(prometheus.at("url"), f"{problem}, got {text!r}")
+    return text
+
+
+def _server_address_problem(text: str) -> str | None:
+    example = "such as http://prometheus.monitoring:9090 or https://example.org/prometheus"
+    if any(c.isspace() or not c.isprintable() or c == "\\" for c in text):
+        return "must not contain spaces, control characters or backslashes"
+    try:
+        parts = urlsplit(text)
+        addressed = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # the port is not a number within 0..65535, or the brackets of an IPv6 host are open
+        addressed = False
+    if not addressed:
+        return f"must be an http:// or https:// address with a host and a valid port, {example}"
+    if "@" in parts.netloc:
+        return "must not carry a user or password: the operator sends no credentials to Prometheus"
+    if "?" in text:
+        return "must have no query ('?'): the operator appends /api/v1/query to the path and sets the query"
+    if "#" in text:
+        return "must have no fragment ('#')"
+    return None
 
 
 def _criteria(spec: _Fields, objective: Objective) -> tuple[Criterion, ...]:

@@ -132,3 +132,30 @@ def test_durations_add_up_their_parts() -> None:
     assert api.parse_duration("1.5s250ms").seconds == 1.75
     with pytest.raises(ValueError):
         api.parse_duration("1d")
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://prometheus/api/v1/status?x=", "must have no query ('?')"),
+        ("http://metadata.internal/latest#/", "must have no fragment ('#')"),
+        ("http://user:secret@prometheus:9090", "must not carry a user or password"),
+        ("http://:9090", "must be an http:// or https:// address with a host"),
+        ("http://prometheus:99999", "must be an http:// or https:// address with a host and a valid port"),
+        ("http://[fd00::1", "must be an http:// or https:// address with a host"),
+        ("http://prometheus\\@evil:9090", "must not contain spaces, control characters or backslashes"),
+        ("http://prometheus:9090/\r\nX-Injected: 1", "must not contain spaces, control characters"),
+    ],
+)
+def test_a_prometheus_url_must_be_a_plain_server_address(url: str, problem: str) -> None:
+    """The operator queries it from inside the cluster: the spec must not choose its path, query or user."""
+    with pytest.raises(api.SpecError) as raised:
+        api.parse_spec(with_(metrics={"prometheus": {"url": url}}))
+    assert str(raised.value).startswith(f"spec.metrics.prometheus.url: {problem}")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://prometheus.monitoring:9090", "https://example.org/prometheus/", "http://[fd00::1]:9090"]
+)
+def test_a_prometheus_server_address_is_taken_as_written(url: str) -> None:
+    assert api.parse_spec(with_(metrics={"prometheus": {"url": url}})).metrics.prometheus_url == url

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import json
@@ -48,14 +49,12 @@ c,3,0.5,2400
 
 
 def write(
-    tmp_path: Path, job: str = JOB, curves: str = CURVES, name: str = "curves.csv"
+    tmp_path: Path, job: str = JOB, curves: str | bytes = CURVES, name: str = "curves.csv"
 ) -> tuple[Path, Path]:
     job_file, curves_file = tmp_path / "job.yaml", tmp_path / name
-    job_file.write_text(job)
-    if name.endswith(".gz"):
-        curves_file.write_bytes(gzip.compress(curves.encode()))
-    else:
-        curves_file.write_text(curves)
+    job_file.write_text(job, encoding="utf-8")
+    data = curves.encode() if isinstance(curves, str) else curves
+    curves_file.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
     return job_file, curves_file
 
 
@@ -171,6 +170,9 @@ def test_replay_on_real_curves_saves_epochs(tmp_path: Path, capsys: pytest.Captu
 
 BAD_JOB_KIND = JOB.replace("patience: {patience: 2}", "median: {percentile: 50}")
 BAD_JOB_SPEC = JOB.replace("patience: {patience: 2}", "patience: {patience: -2}")
+HEADER = "job,epoch,val_loss,seconds\n"
+EPOCH_RULE = "epochs are integers from 1 to 1000000, written with the digits 0-9"
+SECONDS_RULE = "write the seconds the epoch took, from 0 to 1000000000"
 
 
 @pytest.mark.parametrize(
@@ -201,6 +203,47 @@ BAD_JOB_SPEC = JOB.replace("patience: {patience: 2}", "patience: {patience: -2}"
         ),
         ("kind: Pod\n", CURVES, r"job.yaml: expected one TrainingJob manifest"),
         ("spec: [\n", CURVES, r"job.yaml: line 2: not valid YAML"),
+        # PyYAML raises ValueError, RecursionError and AttributeError besides YAMLError on these.
+        ("kind: TrainingJob\nat: 2001-13-14\n", CURVES, r"job.yaml: not valid YAML \(ValueError: month"),
+        ("spec: " + "[" * 2000 + "]" * 2000, CURVES, r"job.yaml: not valid YAML \(RecursionError"),
+        ("at: !!timestamp soon\n", CURVES, r"job.yaml: not valid YAML \(AttributeError"),
+        ("#" * (3 << 20), CURVES, r"job.yaml: larger than 2 MiB, and a TrainingJob manifest is far smaller"),
+        # Epochs: ASCII digits only (str.isdigit() takes '²' and int() then fails), 1..1000000.
+        (JOB, HEADER + "a,²,0.5,60\n", rf"line 2: column 'epoch' is '²'; {EPOCH_RULE}"),
+        (JOB, HEADER + "a,\u0663,0.5,60\n", rf"line 2: column 'epoch' is '\u0663'; {EPOCH_RULE}"),
+        (JOB, HEADER + "a,1_000,0.5,60\n", rf"line 2: column 'epoch' is '1_000'; {EPOCH_RULE}"),
+        (JOB, HEADER + f"a,{10**29},0.5,60\n", rf"line 2: column 'epoch' is '{10**29}'; {EPOCH_RULE}"),
+        (JOB, HEADER + "a,1000001,0.5,60\n", rf"line 2: column 'epoch' is '1000001'; {EPOCH_RULE}"),
+        (JOB, HEADER + "a,0,0.5,60\n", rf"line 2: column 'epoch' is '0'; {EPOCH_RULE}"),
+        # Metric cells: decimal notation that fits a float, or nan/inf spelled out.
+        (JOB, HEADER + "a,1,1e999,60\n", r"line 2: column 'val_loss' is '1e999', beyond the largest float"),
+        (JOB, HEADER + "a,1,1_000,60\n", r"line 2: column 'val_loss' is '1_000', not a number; write a"),
+        (JOB, HEADER + "a,1,\u0661.5,60\n", r"line 2: column 'val_loss' is '\u0661.5', not a number"),
+        # seconds: finite, 0..1e9, else the budget's clock is NaN or runs backwards.
+        (JOB, HEADER + "a,1,0.5,nan\n", rf"line 2: column 'seconds' is 'nan', not a number; {SECONDS_RULE}"),
+        (JOB, HEADER + "a,1,0.5,inf\n", rf"line 2: column 'seconds' is 'inf', not a number; {SECONDS_RULE}"),
+        (JOB, HEADER + "a,1,0.5,-60\n", rf"line 2: column 'seconds' is '-60', out of range; {SECONDS_RULE}"),
+        (JOB, HEADER + "a,1,0.5,1e10\n", r"line 2: column 'seconds' is '1e10', out of range"),
+        (JOB, HEADER + "a,1,0.5,1e999\n", r"line 2: column 'seconds' is '1e999', beyond the largest float"),
+        # A repeated column name would silently keep the last value.
+        (
+            JOB,
+            "job,epoch,val_loss,seconds,val_loss\na,1,0.5,60,0.4\n",
+            r"line 1: column 5 is named 'val_loss' like column 3; give each column its own name",
+        ),
+        # Job names are printed: NUL, an ANSI escape or a bidi override is refused, and shown escaped.
+        (JOB, HEADER + "a\x00b,1,0.5,60\n", r"line 2: column 'job' is 'a\\x00b', with a control"),
+        (JOB, HEADER + "\x1b[2J\x1b[31mred,1,0.5,60\n", r"column 'job' is '\\x1b\[2J\\x1b\[31mred'"),
+        (JOB, HEADER + "\u202eevil,1,0.5,60\n", r"column 'job' is '\\u202eevil', with a control"),
+        (JOB, "job,epoch,\x1b[31m\n", r"line 1: missing column 'val_loss'.*\(found: job,epoch,\\x1b\[31m\)"),
+        # A cell past csv's 128 KiB limit: one long line, or a quoted cell over many lines.
+        (JOB, HEADER + "a,1," + "9" * 200_000 + ",60\n", r"line 2: longer than 65536 bytes \(column 3 by"),
+        (
+            JOB,
+            HEADER + 'a,1,"' + ("9" * 1000 + "\n") * 200 + '",60\n',
+            r"line 132: not valid CSV \(field larger than field limit \(131072\)\); check the quotes",
+        ),
+        (JOB, HEADER.encode() + b"a,1,0.5,60\nb\xff,1,0.5,60\n", r"line 3: not UTF-8 text \(invalid start"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -211,6 +254,7 @@ def test_bad_input_exits_2_with_one_line(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert len(captured.err.splitlines()) == 1
+    assert captured.err.rstrip("\n").isprintable(), "control characters reach the terminal"
     assert captured.err.startswith("stopline replay: error: ")
     assert str(tmp_path) in captured.err
     assert re.search(error, captured.err), captured.err
@@ -227,3 +271,115 @@ def test_missing_file_from_the_console_script_is_one_line_not_a_traceback(tmp_pa
     )
     assert run.returncode == 2
     assert run.stderr == f"stopline replay: error: {missing}: no such file; check the path\n"
+
+
+def test_nan_and_inf_are_metric_values_but_never_the_best(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A trainer reports nan and inf (the divergence criterion fires on them), so they are data, not errors.
+    curves = HEADER + "a,1,nan,60\na,2,0.5,0\na,3,inf,60\na,0000004,-Inf,60\nb,1000000,+0.4,\n"
+    result = replay_json(
+        capsys, *write(tmp_path, job=JOB.replace("maxEpochs: 6", "maxEpochs: 1000000"), curves=curves)
+    )
+    a, b = result["jobs"]
+    assert (a["epochsRun"], a["best"]) == (4, {"metric": "val_loss", "value": 0.5, "epoch": 2})
+    assert b["best"] == {"metric": "val_loss", "value": 0.4, "epoch": 1000000}
+
+
+def test_truncated_gzip_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job_file, curves_file = write(tmp_path, name="curves.csv.gz")
+    curves_file.write_bytes(curves_file.read_bytes()[:-12])
+    assert main(["replay", "--job", str(job_file), "--curves", str(curves_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"stopline replay: error: {curves_file}: line 11: not a whole gzip file (")
+    assert len(err.splitlines()) == 1
+
+
+def gzip_members(*parts: tuple[bytes, int]) -> bytes:
+    """A gzip file as concatenated members (one per distinct part, repeated): a bomb built in milliseconds."""
+    compress = functools.cache(gzip.compress)
+    return b"".join(compress(data) * times for data, times in parts)
+
+
+def padded_rows(count: int) -> list[tuple[bytes, int]]:
+    """Valid rows padded with 60,000 spaces each: ~4,500 of them pass 256 MiB; padding is all they hold."""
+    parts = [(b"job,epoch,val_loss\n", 1)]
+    for epoch in range(1, count + 1):
+        parts += [(b"a,%d," % epoch, 1), (b" " * 60_000, 1), (b"0.5\n", 1)]
+    return parts
+
+
+# The replay runs in a fresh child of a fresh Python: its peak RSS is that child's alone.
+MEASURE_RSS = (
+    "import json, resource, subprocess, sys\n"
+    "run = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)\n"
+    "peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024\n"
+    "print(json.dumps([run.returncode, peak_mb, run.stderr]))\n"
+)
+RSS_BOUND_MB = 100  # a normal replay peaks near 20 MB; reading a 48 MiB bomb whole took 257 MB
+
+
+@pytest.mark.parametrize(
+    ("bomb", "error"),
+    [
+        ((), None),  # the normal CURVES: the baseline the bound is measured against
+        (((b"job,epoch,val_loss\na,1,", 1), (b"9" * (1 << 20), 48)), "line 2: longer than 65536 bytes"),
+        (
+            ((b"job,epoch,val_loss\na,1,0.5\n", 1), (b"\n" * (1 << 20), 300)),
+            "line 2000001: more than 2000000",
+        ),
+        (tuple(padded_rows(5000)), "more than 256 MiB once decompressed; replay fewer jobs at a time"),
+    ],
+    ids=["normal", "one-48MiB-line", "300MiB-of-blank-lines", "260MiB-of-padded-rows"],
+)
+def test_gzip_bomb_is_refused_in_bounded_memory(
+    tmp_path: Path, bomb: tuple[tuple[bytes, int], ...], error: str | None
+) -> None:
+    job_file, curves_file = write(tmp_path, name="curves.csv.gz")
+    if bomb:
+        curves_file.write_bytes(gzip_members(*bomb))
+    command = [
+        sys.executable,
+        "-m",
+        "stopline.cli",
+        "replay",
+        "--job",
+        str(job_file),
+        "--curves",
+        str(curves_file),
+    ]
+    measured = subprocess.run(
+        [sys.executable, "-c", MEASURE_RSS, *command], capture_output=True, text=True, check=True
+    ).stdout
+    code, peak_mb, stderr = json.loads(measured)
+    assert peak_mb < RSS_BOUND_MB, f"peak RSS {peak_mb} MB"
+    if error is None:
+        assert (code, stderr) == (0, "")
+        return
+    assert code == 2
+    assert stderr.startswith(f"stopline replay: error: {curves_file}: ") and error in stderr, stderr
+    assert len(stderr.splitlines()) == 1 and "Traceback" not in stderr
+
+
+def test_a_reader_that_leaves_early_is_no_error(tmp_path: Path) -> None:
+    # `stopline replay --json ... | head`: 2,000 jobs print far more than a pipe holds.
+    curves = "job,epoch,val_loss\n" + "".join(f"j{job},1,0.5\n" for job in range(2000))
+    job_file, curves_file = write(tmp_path, curves=curves)
+    command = [
+        sys.executable,
+        "-m",
+        "stopline.cli",
+        "replay",
+        "--job",
+        str(job_file),
+        "--curves",
+        str(curves_file),
+        "--json",
+    ]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+        assert child.stdout is not None and child.stderr is not None
+        assert child.stdout.readline() == b"{\n"
+        child.stdout.close()
+        stderr = child.stderr.read()
+        assert child.wait(timeout=60) == 0, stderr
+    assert stderr == b""

@@ -7,9 +7,23 @@ import threading
 from collections.abc import Callable, Iterable
 from types import FrameType
 
+MAX_REASON = 256
+DEFAULT_REASON = "stop requested"
+
+
+def clean_reason(reason: str) -> str:
+    """One printable line of at most MAX_REASON characters.
+
+    The reason is logged, kept in the manifest and shown in status: a newline or an escape sequence must
+    not forge log lines, and a client must not choose its size.
+    """
+    cut = reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "\u2026"
+    line = "".join(c if c.isprintable() else " " for c in cut).strip()
+    return line or DEFAULT_REASON
+
 
 class StopFlag:
-    """Set-once flag with the first reason kept.
+    """Set-once flag with the first reason kept, cleaned by clean_reason.
 
     No lock: request() runs inside signal handlers, which execute on the main thread between bytecodes
     and would deadlock on a lock the interrupted code holds. A race between two first requests only
@@ -24,7 +38,7 @@ class StopFlag:
         """Set the flag; True when this call was the first request."""
         first = not self._event.is_set()
         if first:
-            self._reason = reason
+            self._reason = clean_reason(reason)
         self._event.set()
         return first
 

@@ -1,24 +1,37 @@
-"""The pod's HTTP endpoint: /metrics for the operator's scrape, /healthz, and the authenticated POST /stop."""
+"""The pod's HTTP endpoint: /metrics for the operator's scrape, /healthz, and the authenticated POST /stop.
+
+The server shares the training process, so no client may cost it more than a bounded number of threads:
+every read and write times out, at most `max_connections` connections are served at once, and when all
+of them are taken the oldest connection still sending its request head is dropped for the new one (a
+slowloris cannot starve the operator's POST /stop). Clients that hang up are no error worth a traceback.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
+import re
 import socket
+import sys
 import threading
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .control import StopFlag
+from .control import DEFAULT_REASON, StopFlag
 from .metrics import TrainerMetrics
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+MAX_CONNECTIONS = 32
+REQUEST_TIMEOUT_S = 10.0
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 class ControlServer:
@@ -38,11 +51,12 @@ class ControlServer:
         port: int,
         rank: int,
         accept_stop: bool = True,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        handler = _handler_class(metrics, flag, token.encode(), rank, accept_stop)
-        server_class = _IPv6Server if ":" in bind_address else ThreadingHTTPServer
-        self._httpd = server_class((bind_address, port), handler)
-        self._httpd.daemon_threads = True
+        handler = _handler_class(metrics, flag, token.encode(), rank, accept_stop, request_timeout_s)
+        family = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
+        self._httpd = _BoundedServer((bind_address, port), handler, family, max_connections)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="stopline-http", daemon=True)
 
     @property
@@ -57,17 +71,121 @@ class ControlServer:
         self._httpd.server_close()
 
 
-class _IPv6Server(ThreadingHTTPServer):
-    """For a bind address like "::" on IPv6-only clusters."""
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` of them; the oldest idle one makes room."""
 
-    address_family = socket.AF_INET6
+    daemon_threads = True
+    request_queue_size = 128  # a burst of connections waits in the kernel, not in SYN retries
+    _EVICTION_WAIT_S = 2.0  # an evicted connection's thread ends as soon as its read fails
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        family: socket.AddressFamily,
+        max_connections: int,
+    ) -> None:
+        self.address_family = family
+        self.max_connections = max_connections
+        self._changed = threading.Condition()
+        self._served = 0
+        self._awaiting_head: dict[socket.socket, None] = {}  # insertion order: oldest first
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._admit(request):
+            log.debug(
+                "all %d connections busy serving requests: dropped %s", self.max_connections, client_address
+            )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started (e.g. none left): give the slot back
+            self._release(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(request)
+
+    def head_received(self, connection: socket.socket) -> None:
+        """The request line and headers are in: this connection now serves a request, it is not evicted."""
+        with self._changed:
+            self._awaiting_head.pop(connection, None)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            log.debug("%s hung up or stalled: %r", client_address, error)
+        else:
+            log.exception("error while serving %s", client_address)
+
+    def _admit(self, connection: socket.socket) -> bool:
+        with self._changed:
+            if self._served >= self.max_connections:
+                oldest = next(iter(self._awaiting_head), None)
+                if oldest is None:
+                    return False
+                del self._awaiting_head[oldest]
+                _hang_up(oldest)  # its blocked read returns at once and its thread ends
+                if not self._changed.wait_for(
+                    lambda: self._served < self.max_connections, self._EVICTION_WAIT_S
+                ):
+                    return False
+            self._served += 1
+            self._awaiting_head[connection] = None
+            return True
+
+    def _release(self, connection: socket.socket) -> None:
+        with self._changed:
+            self._served -= 1
+            self._awaiting_head.pop(connection, None)
+            self._changed.notify_all()
+
+
+def _hang_up(connection: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already gone
+        connection.shutdown(socket.SHUT_RDWR)
+
+
+def body_length(headers: Message) -> int | None:
+    """The request body's length in bytes, or None when the headers do not state one we accept.
+
+    No Content-Length and no Transfer-Encoding means an empty body (RFC 9112, 6.3); chunked bodies, signs,
+    non-digits, conflicting duplicates and lengths over MAX_BODY are refused.
+    """
+    if headers.get("Transfer-Encoding") is not None:
+        return None
+    values = {value.strip() for value in headers.get_all("Content-Length") or ()}
+    if not values:
+        return 0
+    if len(values) != 1:
+        return None
+    (value,) = values
+    if not _DIGITS.fullmatch(value) or int(value) > MAX_BODY:
+        return None
+    return int(value)
 
 
 def _handler_class(
-    metrics: TrainerMetrics, flag: StopFlag, token: bytes, rank: int, accept_stop: bool
+    metrics: TrainerMetrics,
+    flag: StopFlag,
+    token: bytes,
+    rank: int,
+    accept_stop: bool,
+    request_timeout_s: float,
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "stopline-trainer"
+        timeout = request_timeout_s  # every read and write of the connection, head and body alike
+
+        def parse_request(self) -> bool:
+            parsed = super().parse_request()
+            cast(_BoundedServer, self.server).head_received(self.connection)
+            return parsed
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -87,10 +205,11 @@ def _handler_class(
                 return
             reason = self._reason()
             if reason is None:
-                self._json(HTTPStatus.BAD_REQUEST, {"error": 'body must be empty or JSON {"reason": "..."}'})
+                error = f'need a Content-Length up to {MAX_BODY} and a body empty or JSON {{"reason": "..."}}'
+                self._json(HTTPStatus.BAD_REQUEST, {"error": error})
                 return
             if flag.request(reason):
-                log.info("stop requested over HTTP: %s", reason)
+                log.info("stop requested over HTTP: %s", flag.reason)
             self._json(HTTPStatus.ACCEPTED, {"stopping": True, "reason": flag.reason, "rank": rank})
 
         def _authorized(self) -> bool:
@@ -100,19 +219,19 @@ def _handler_class(
             return hmac.compare_digest(got, b"Bearer " + token)
 
         def _reason(self) -> str | None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
+            length = body_length(self.headers)
+            if length is None:
                 return None
             raw = self.rfile.read(length) if length else b""
             if not raw.strip():
-                return "stop requested"
+                return DEFAULT_REASON
             try:
                 body = json.loads(raw)
             except ValueError:
                 return None
             if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
                 return None
-            return str(body.get("reason") or "stop requested")
+            return str(body.get("reason") or DEFAULT_REASON)
 
         def _json(self, status: HTTPStatus, body: dict[str, Any]) -> None:
             self._send(status, json.dumps(body).encode() + b"\n", "application/json")

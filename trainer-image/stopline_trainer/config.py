@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 MIN_S3_PART_SIZE = 5 * 1024 * 1024  # S3 refuses smaller non-final parts
+TOKEN_VARIABLE = "STOPLINE_CONTROL_TOKEN"
+
+_taken_token = ""  # the token taken out of this process's environment by the first from_env()
 
 
 class ConfigError(ValueError):
@@ -48,7 +51,7 @@ class Config:
     metrics_port: int = 8000
     bind_address: str = "0.0.0.0"
     checkpoint_uri: str = ""
-    control_token: str = ""
+    control_token: str = field(default="", repr=False)  # a repr is printed and logged; the token never is
     rank: int = 0
     world_size: int = 1
     termination_log: Path = Path("/dev/termination-log")
@@ -59,6 +62,8 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Read `env`, by default the process environment, whose control token is then taken out of it."""
+        token = _take_process_token() if env is None else env.get(TOKEN_VARIABLE, "")
         env = os.environ if env is None else env
         mode = env.get("STOPLINE_OBJECTIVE_MODE", "min").strip() or "min"
         if mode not in ("min", "max"):
@@ -73,7 +78,7 @@ class Config:
             metrics_port=_int(env, "STOPLINE_METRICS_PORT", 8000),
             bind_address=env.get("STOPLINE_BIND_ADDRESS", "").strip() or "0.0.0.0",
             checkpoint_uri=env.get("STOPLINE_CHECKPOINT_URI", "").strip(),
-            control_token=env.get("STOPLINE_CONTROL_TOKEN", ""),
+            control_token=token,
             rank=rank,
             world_size=world_size,
             termination_log=Path(env.get("STOPLINE_TERMINATION_LOG", "") or "/dev/termination-log"),
@@ -82,3 +87,13 @@ class Config:
             keep_best=_bool(env, "STOPLINE_KEEP_BEST", False),
             s3_part_size=_int(env, "STOPLINE_S3_PART_SIZE", 64 * 1024 * 1024, minimum=MIN_S3_PART_SIZE),
         )
+
+
+def _take_process_token() -> str:
+    """Remove the token from os.environ, so child processes (DataLoader workers, trackers that record the
+    environment) never inherit it; a later from_env() in this process still gets it."""
+    global _taken_token
+    token = os.environ.pop(TOKEN_VARIABLE, None)
+    if token is not None:
+        _taken_token = token
+    return _taken_token

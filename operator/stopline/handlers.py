@@ -3,7 +3,8 @@
 - create/resume of a TrainingJob: create or adopt its children, then sync the status. Resume runs for
   every TrainingJob when the operator starts, so a restart finishes whatever a crash left half done.
 - update of a TrainingJob: sync the status (observedGeneration follows the spec).
-- any event of a Job labelled stopline.dev/job: sync its owner's status (phase from the Job).
+- any event of a Job labelled stopline.dev/job: file it in the registry and sync the status of the
+  TrainingJob of its name (controller.sync_status believes it only if that TrainingJob controls it).
 - every event of a TrainingJob or of a trainer pod: update the in-memory registry that the supervisor
   (one loop for all jobs: scrape, decide, stop) and the cohort rule read, and wake the supervisor when a
   stop/cancel annotation appears or a stopping job's pod changes.
@@ -19,14 +20,15 @@ import asyncio
 import logging
 from typing import Any
 
-import aiohttp
 import kopf
 
-from stopline import GROUP, KIND, PLURAL, VERSION, controller, lifecycle, monitoring
+from stopline import GROUP, PLURAL, VERSION, controller, monitoring
 from stopline.api import SpecError
 from stopline.kube import Kube, Rejected
+from stopline.metrics.http import client_session
 from stopline.registry import Registry
 from stopline.supervisor import Supervisor
+from stopline.vocabulary import STOPPING, TERMINAL_PHASES
 from stopline.workload import JOB_LABEL
 
 WATCH_SERVER_TIMEOUT_S = 300  # the apiserver ends each watch after this; kopf then resumes it
@@ -53,7 +55,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     logging.getLogger("kopf.objects").addFilter(_quiet_trackers)
     memo.kube = await Kube.connect()
     memo.registry = Registry()
-    memo.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+    memo.session = client_session()
     memo.supervisor = Supervisor(memo.kube, memo.registry, memo.session)
     memo.supervisor_task = asyncio.create_task(memo.supervisor.run(), name="stopline-supervisor")
     listen = memo.get("listen")
@@ -92,7 +94,7 @@ async def run_training_job(
 ) -> None:
     kube: Kube = memo.kube
     rejected = None
-    if body.get("status", {}).get("phase") not in lifecycle.TERMINAL_PHASES:
+    if body.get("status", {}).get("phase") not in TERMINAL_PHASES:
         parsed = controller.parse(body)
         if not isinstance(parsed, SpecError):
             try:
@@ -101,23 +103,29 @@ async def run_training_job(
                 raise kopf.TemporaryError(str(error), delay=30) from error
             except Rejected as error:
                 rejected = f"spec.template: the apiserver refused the trainer's Job: {error}"
-    await controller.announce(kube, await controller.sync_status(kube, namespace or "", name, rejected))
+    writer = memo.supervisor.writer
+    await controller.announce(kube, await controller.sync_status(writer, namespace or "", name, rejected))
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL)
 async def follow_generation(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    await controller.announce(memo.kube, await controller.sync_status(memo.kube, namespace or "", name))
+    written = await controller.sync_status(memo.supervisor.writer, namespace or "", name)
+    await controller.announce(memo.kube, written)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT})
 async def follow_job(
     body: kopf.Body, type: str | None, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    job = None if type == "DELETED" else dict(body)  # as delivered: no need to read it again
-    for reference in body.metadata.get("ownerReferences") or []:
-        if reference.get("kind") == KIND and reference.get("controller"):
-            transition = await controller.sync_status(memo.kube, namespace or "", reference["name"], job=job)
-            await controller.announce(memo.kube, transition)
+    deleted = type == "DELETED"
+    key = memo.registry.observe_job(dict(body), deleted=deleted)
+    job = None if deleted else dict(body)  # as delivered: no need to read it again
+    written = await controller.sync_status(memo.supervisor.writer, namespace or "", key[1], job=job)
+    await controller.announce(memo.kube, written)
+    tracked = memo.registry.get(key)
+    if tracked is not None and tracked.phase == STOPPING:
+        memo.supervisor.poke(key)
+    await memo.supervisor.keep_at_rest(key)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -128,8 +136,8 @@ async def track_training_job(
         memo.registry.forget_training_job(namespace or "", name)
         return
     tracked = memo.registry.observe_training_job(dict(body))
-    asked = tracked.asked_to_stop and tracked.phase not in lifecycle.TERMINAL_PHASES
-    if tracked.phase == lifecycle.STOPPING or asked:
+    asked = tracked.asked_to_stop and tracked.phase not in TERMINAL_PHASES
+    if tracked.phase == STOPPING or asked:
         memo.supervisor.poke(tracked.key)
 
 
@@ -137,5 +145,5 @@ async def track_training_job(
 async def track_pod(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     key = memo.registry.observe_pod(dict(body), deleted=type == "DELETED")
     tracked = memo.registry.get(key) if key else None
-    if tracked is not None and tracked.phase == lifecycle.STOPPING:
+    if tracked is not None and tracked.phase == STOPPING:
         memo.supervisor.poke(tracked.key)

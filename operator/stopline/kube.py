@@ -13,12 +13,13 @@ import logging
 import os
 import ssl
 from collections.abc import Mapping
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any, cast
+from urllib.parse import quote
 
 import aiohttp
 from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from stopline import GROUP, KIND, PLURAL, VERSION
 
@@ -27,6 +28,7 @@ Manifest = dict[str, Any]
 CONFLICT, NOT_FOUND = 409, 404
 BAD_REQUEST, UNPROCESSABLE = 400, 422
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 CONNECTIONS = 64  # concurrent requests to the apiserver; more visits than that wait for a connection
 
 
@@ -41,15 +43,39 @@ _COLLECTIONS = {
 }
 
 
-class Rejected(ValueError):
-    """The apiserver refused a child as malformed or invalid: the template is wrong, retrying won't help."""
+class ApiError(RuntimeError):
+    """A non-2xx answer of the apiserver; `str()` is the apiserver's own message."""
+
+    def __init__(self, status: int, reason: str, body: bytes) -> None:
+        super().__init__(_api_message(body, reason))
+        self.status = status
 
 
-def _api_message(error: ApiException) -> str:
+class NotFound(ApiError):
+    """404: the object (or its namespace) does not exist."""
+
+
+class Conflict(ApiError):
+    """409: the object changed since the resourceVersion we sent, or a create found the name taken."""
+
+
+class Rejected(ApiError):
+    """400/422: the apiserver refused the request as malformed or invalid; retrying won't help."""
+
+
+_ERRORS: dict[int, type[ApiError]] = {
+    NOT_FOUND: NotFound,
+    CONFLICT: Conflict,
+    BAD_REQUEST: Rejected,
+    UNPROCESSABLE: Rejected,
+}
+
+
+def _api_message(body: bytes, reason: str) -> str:
     try:
-        return str(json.loads(error.body or "")["message"])
+        return str(json.loads(body)["message"])
     except (TypeError, ValueError, KeyError):
-        return str(error.reason)
+        return reason
 
 
 class Kube:
@@ -90,7 +116,7 @@ class Kube:
     async def _request(
         self, method: str, path: str, body: object = None, content_type: str = "application/json"
     ) -> Manifest:
-        """One call, JSON in and out, every object a plain dict; a non-2xx answer raises ApiException."""
+        """One call, JSON in and out, every object a plain dict; a non-2xx answer raises an ApiError."""
         headers = {"Content-Type": content_type, "Accept": "application/json"}
         token = await self._configuration.get_api_key_with_prefix("BearerToken")
         if token:
@@ -99,18 +125,15 @@ class Kube:
         async with self._session.request(method, self._host + path, data=data, headers=headers) as response:
             text = await response.read()
             if not 200 <= response.status < 300:
-                error = ApiException(status=response.status, reason=response.reason)
-                error.body = text
-                raise error
+                kind = _ERRORS.get(response.status, ApiError)
+                raise kind(response.status, str(response.reason), text)
         return cast(Manifest, json.loads(text))
 
     async def _read(self, kind: str, namespace: str, name: str) -> Manifest | None:
         try:
             return await self._request("GET", f"{_COLLECTIONS[kind].format(namespace=namespace)}/{name}")
-        except ApiException as error:
-            if error.status == NOT_FOUND:
-                return None
-            raise
+        except NotFound:
+            return None
 
     async def create_or_read(self, manifest: Mapping[str, Any]) -> tuple[Manifest, bool]:
         """Create a Secret, Service or Job; when one of that name exists, return it instead.
@@ -121,11 +144,8 @@ class Kube:
         kind, namespace = manifest["kind"], manifest["metadata"]["namespace"]
         try:
             return await self._request("POST", _COLLECTIONS[kind].format(namespace=namespace), manifest), True
-        except ApiException as error:
-            if error.status in (BAD_REQUEST, UNPROCESSABLE):
-                raise Rejected(_api_message(error)) from error
-            if error.status != CONFLICT:
-                raise
+        except Conflict:
+            pass
         existing = await self._read(kind, namespace, manifest["metadata"]["name"])
         if existing is None:  # deleted between our POST and GET: the next event retries
             raise RuntimeError(f"{kind} {manifest['metadata']['name']} vanished while being adopted")
@@ -146,34 +166,45 @@ class Kube:
         encoded = ((found or {}).get("data") or {}).get(key)
         return base64.b64decode(encoded).decode() if encoded else None
 
-    async def suspend_job(self, namespace: str, name: str) -> None:
-        """spec.suspend=true: the Job controller deletes the pods gracefully, so each trainer gets SIGTERM."""
-        path = f"{_COLLECTIONS['Job'].format(namespace=namespace)}/{name}"
-        try:
-            await self._request("PATCH", path, {"spec": {"suspend": True}}, MERGE_PATCH)
-        except ApiException as error:
-            if error.status not in (NOT_FOUND, UNPROCESSABLE):  # gone, or finished: nothing left to stop
-                raise
+    async def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
+        """The pods matching a label selector, read from the apiserver now (not from a watch)."""
+        path = _COLLECTIONS["Pod"].format(namespace=namespace)
+        found = await self._request("GET", f"{path}?labelSelector={quote(selector)}")
+        return [item for item in found.get("items") or [] if isinstance(item, dict)]
 
-    async def delete_pod(self, namespace: str, name: str, grace_period_s: int = 0) -> None:
-        """Delete a pod now (grace 0 = SIGKILL); one already gone is not an error."""
-        path = f"{_COLLECTIONS['Pod'].format(namespace=namespace)}/{name}"
+    async def suspend_job(self, namespace: str, name: str, uid: str) -> bool:
+        """spec.suspend=true on that Job object only (its uid is a precondition of the patch): the Job
+        controller deletes the pods gracefully, so each trainer gets SIGTERM. False: the Job is gone, is
+        another object now, or refused (finished): there is nothing of ours left to suspend."""
+        path = f"{_COLLECTIONS['Job'].format(namespace=namespace)}/{name}"
+        patch = [
+            {"op": "test", "path": "/metadata/uid", "value": uid},
+            {"op": "add", "path": "/spec/suspend", "value": True},
+        ]
         try:
-            await self._request("DELETE", path, {"gracePeriodSeconds": grace_period_s})
-        except ApiException as error:
-            if error.status != NOT_FOUND:
-                raise
+            await self._request("PATCH", path, patch, JSON_PATCH)
+        except (NotFound, Rejected, Conflict):
+            return False
+        return True
+
+    async def delete_pod(self, namespace: str, name: str, uid: str, grace_period_s: int = 0) -> None:
+        """Delete that pod object now (grace 0 = SIGKILL); one already gone, or replaced by another object
+        of the same name (the uid precondition fails), is not an error."""
+        path = f"{_COLLECTIONS['Pod'].format(namespace=namespace)}/{name}"
+        options = {"gracePeriodSeconds": grace_period_s, "preconditions": {"uid": uid}}
+        with suppress(NotFound, Conflict):
+            await self._request("DELETE", path, options)
 
     async def patch_training_job_status(
         self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
-    ) -> None:
-        """A JSON merge patch of the status subresource: the keys given, nothing else. With
-        `resource_version`, only if the object is still at that version (else ApiException 409)."""
+    ) -> Manifest:
+        """A JSON merge patch of the status subresource: the keys given, nothing else; the object after it.
+        With `resource_version`, only if the object is still at that version (else Conflict)."""
         path = f"{_COLLECTIONS['TrainingJob'].format(namespace=namespace)}/{name}/status"
         patch: dict[str, Any] = {"status": dict(status)}
         if resource_version is not None:
             patch["metadata"] = {"resourceVersion": resource_version}
-        await self._request("PATCH", path, patch, MERGE_PATCH)
+        return await self._request("PATCH", path, patch, MERGE_PATCH)
 
     async def post_event(
         self, training_job: Mapping[str, Any], reason: str, message: str, warning: bool = False
@@ -204,7 +235,7 @@ class Kube:
         try:
             path = _COLLECTIONS["Event"].format(namespace=metadata["namespace"])
             await self._request("POST", path, event)
-        except ApiException as error:
+        except (ApiError, aiohttp.ClientError) as error:
             log.warning(
                 "Event %s on %s/%s not posted: %s", reason, metadata["namespace"], metadata["name"], error
             )

@@ -1,11 +1,11 @@
 """The TrainingJob's phase and conditions, decided from the resource and its batch Job. Pure: no I/O.
 
-`desired_status` returns the part of the status this module owns (phase, observedGeneration,
-conditions); the caller patches it only when it differs from what is stored, so an unchanged Job costs
-no write. Phases move forward only: a Running job whose pods go away (a Kueue preemption, a kubelet
-restart) stays Running, and a finished job never changes again.
+`desired_status` returns the change to the part of the status this module owns (phase,
+observedGeneration, conditions); the status writer patches it only when it differs from what is stored,
+so an unchanged Job costs no write. Phases move forward only: a Running job whose pods go away (a Kueue
+preemption, a kubelet restart) stays Running, and a finished job never changes again.
 
-Condition types (metav1.Condition style, one per type):
+Condition types (metav1.Condition style, one per type; the names are stopline.vocabulary's):
 
 - ``Created``: True once the control-token Secret, the headless Service (replicas > 1) and the Job
   exist (reason ChildrenCreated); False with reason InvalidSpec and the offending field in the message
@@ -24,18 +24,27 @@ that stop ends, not a success, so this module leaves the phase alone.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
-STOPPING, STOPPED, CANCELLED = "Stopping", "Stopped", "Cancelled"
-TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED, STOPPED, CANCELLED})
-CREATED, RUNNING_CONDITION, FINISHED = "Created", "Running", "Finished"
-CHECKPOINT_TARGET = "CheckpointTarget"
-STOP_REQUESTED = "StopRequested"
-INVALID_SPEC = "InvalidSpec"
+from stopline.vocabulary import (
+    ALL_RANKS_READY,
+    CHILDREN_CREATED,
+    CREATED,
+    FAILED,
+    FINISHED,
+    INVALID_SPEC,
+    JOB_COMPLETE,
+    JOB_FAILED,
+    PENDING,
+    RUNNING,
+    RUNNING_CONDITION,
+    STOPPING,
+    SUCCEEDED,
+    TERMINAL_PHASES,
+)
 
-Status = dict[str, Any]
+MAX_MESSAGE = 1024  # status.conditions[].message: long enough for an apiserver error, bounded for etcd
 
 
 @dataclass(frozen=True)
@@ -46,15 +55,29 @@ class Condition:
     message: str
 
 
+@dataclass(frozen=True)
+class StatusChange:
+    """What one writer wants: merge-patched fields, conditions to set, and the phase (None: unchanged)."""
+
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    conditions: Sequence[Condition] = ()
+    phase: str | None = None
+
+    @property
+    def guarded(self) -> bool:
+        """Touches what another writer may change too: sent only against the version it was composed on."""
+        return self.phase is not None or bool(self.conditions)
+
+
 def job_finished(job: Mapping[str, Any]) -> Condition | None:
     """The Job's terminal condition (Complete or Failed, status True), as a Finished condition."""
     for condition in job.get("status", {}).get("conditions") or []:
         if condition.get("status") != "True":
             continue
         if condition.get("type") == "Complete":
-            return Condition(FINISHED, True, "JobComplete", "every rank exited 0")
+            return Condition(FINISHED, True, JOB_COMPLETE, "every rank exited 0")
         if condition.get("type") == "Failed":
-            reason = condition.get("reason") or "JobFailed"
+            reason = condition.get("reason") or JOB_FAILED
             return Condition(FINISHED, True, reason, condition.get("message") or reason)
     return None
 
@@ -68,16 +91,14 @@ def all_ranks_started(job: Mapping[str, Any], replicas: int) -> bool:
 def desired_status(
     training_job: Mapping[str, Any],
     job: Mapping[str, Any] | None,
-    now: str,
     *,
     invalid_spec: str | None = None,
     checkpoint_target: Condition | None = None,
-) -> Status:
+) -> StatusChange:
     """Phase, observedGeneration and conditions for `training_job` given its Job (None: not created yet).
 
     `invalid_spec` is the parse error's message; `checkpoint_target` says whether the PVC exists (shown
-    while Pending); `now` is the RFC 3339 time used for conditions that change. A terminal phase is kept
-    as it is: only a new generation updates observedGeneration.
+    while Pending). A terminal phase is kept as it is: only a new generation updates observedGeneration.
     """
     current: Mapping[str, Any] = training_job.get("status") or {}
     phase = current.get("phase") or PENDING
@@ -87,22 +108,19 @@ def desired_status(
         phase = FAILED
         wanted.append(Condition(CREATED, False, INVALID_SPEC, invalid_spec))
     elif job is not None and phase not in TERMINAL_PHASES and phase != STOPPING:
-        wanted.append(Condition(CREATED, True, "ChildrenCreated", f"Job {job['metadata']['name']} created"))
+        wanted.append(Condition(CREATED, True, CHILDREN_CREATED, f"Job {job['metadata']['name']} created"))
         finished = job_finished(job)
         if finished is not None:
-            phase = SUCCEEDED if finished.reason == "JobComplete" else FAILED
+            phase = SUCCEEDED if finished.reason == JOB_COMPLETE else FAILED
             wanted.append(Condition(RUNNING_CONDITION, False, finished.reason, "the Job finished"))
             wanted.append(finished)
         elif phase == RUNNING or all_ranks_started(job, replicas):
             phase = RUNNING
-            wanted.append(Condition(RUNNING_CONDITION, True, "AllRanksReady", f"{replicas} rank(s) started"))
+            wanted.append(Condition(RUNNING_CONDITION, True, ALL_RANKS_READY, f"{replicas} rank(s) started"))
         if checkpoint_target is not None and phase == PENDING:
             wanted.append(checkpoint_target)
-    return {
-        "phase": phase,
-        "observedGeneration": training_job["metadata"].get("generation"),
-        "conditions": merge_conditions(current.get("conditions") or [], wanted, now),
-    }
+    generation = training_job["metadata"].get("generation")
+    return StatusChange(fields={"observedGeneration": generation}, conditions=wanted, phase=phase)
 
 
 def merge_conditions(
@@ -117,7 +135,7 @@ def merge_conditions(
             "type": condition.type,
             "status": status,
             "reason": condition.reason,
-            "message": condition.message,
+            "message": condition.message[:MAX_MESSAGE],
             "lastTransitionTime": (
                 previous["lastTransitionTime"]
                 if previous.get("status") == status and "lastTransitionTime" in previous
@@ -125,8 +143,3 @@ def merge_conditions(
             ),
         }
     return list(merged.values())
-
-
-def changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    """Whether patching `desired` into the stored status would change anything."""
-    return any(current.get(key) != value for key, value in desired.items())

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stopline.api import Mode, TrainingJobSpec
+from stopline.api import TrainingJobSpec
 from stopline.criteria.decision import JSONState
 from stopline.criteria.engine import Evaluation
+from stopline.criteria.state import is_better
 from stopline.metrics.exposition import TrainerReport
 
 MAX_CURVE = 10_000  # status.curve's maxItems in the CRD
-
-
-def _better(value: float, best: float, mode: Mode) -> bool:
-    return value < best if mode == "min" else value > best
+MAX_SHOWN_METRICS = 32
+_METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_:./-]{0,127}")
 
 
 @dataclass
@@ -57,21 +57,21 @@ class JobMemory:
                 self.curve.extend([None] * (epoch - len(self.curve)))
             self.curve[epoch - 1] = value if math.isfinite(value) else None
             if math.isfinite(value) and (
-                self.best is None or _better(value, self.best["value"], objective.mode)
+                self.best is None or is_better(value, self.best["value"], objective.mode)
             ):
                 self.best = {"metric": objective.metric, "value": value, "epoch": epoch}
         return epoch > self.written_epoch
 
 
 def progress_status(
-    memory: JobMemory, report: TrainerReport, evaluation: Evaluation, now: str
+    spec: TrainingJobSpec, memory: JobMemory, report: TrainerReport, evaluation: Evaluation, now: str
 ) -> dict[str, Any]:
     """progress, best, curve and criteria: the keys a new epoch changes (merge-patched, nothing else)."""
     status: dict[str, Any] = {
         "progress": {
             "epoch": report.epoch,
             "step": report.step,
-            "metrics": {name: _json_number(value) for name, value in report.metrics.items()},
+            "metrics": shown_metrics(spec, report.metrics),
             "updatedAt": now,
         },
         "criteria": [criterion.as_status() for criterion in evaluation.criteria],
@@ -80,6 +80,17 @@ def progress_status(
     if memory.best is not None:
         status["best"] = memory.best
     return status
+
+
+def shown_metrics(spec: TrainingJobSpec, metrics: Mapping[str, float]) -> dict[str, float | None]:
+    """status.progress.metrics: the names the trainer chose are remote text, so the spec's own metrics
+    come first, then other well-formed names in order, MAX_SHOWN_METRICS in all."""
+    used = {spec.objective.metric} | {
+        name for criterion in spec.criteria if isinstance(name := getattr(criterion, "metric", None), str)
+    }
+    names = [name for name in metrics if name in used]
+    names += sorted(name for name in metrics if name not in used and _METRIC_NAME.fullmatch(name))
+    return {name: _json_number(metrics[name]) for name in names[:MAX_SHOWN_METRICS]}
 
 
 def _json_number(value: float) -> float | None:

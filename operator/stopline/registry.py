@@ -4,6 +4,11 @@ The supervisor walks it every tick and the cohort rule reads the other jobs of a
 neither costs a list call: the watch already delivers every change. Pure data, no I/O. A pod that is
 gone is kept (marked deleted) until its TrainingJob goes, because its termination message is how a
 stop is confirmed and the watch may deliver the deletion before anyone has read it.
+
+Identity is by controller ownerReference and uid, never by label or name alone: a TrainingJob's Job is
+the Job of its name whose controller is that TrainingJob's uid, and its trainer pods are the pods whose
+controller is that Job's uid. Labels only say where to file an object; a pod or Job that merely carries
+the label (an impostor, a decoy) is filed but never trusted.
 """
 
 from __future__ import annotations
@@ -13,10 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stopline.api import SpecError, TrainingJobSpec, parse_spec
-from stopline.criteria.engine import CANCEL_ANNOTATION, STOP_ANNOTATION
 from stopline.criteria.observation import CohortCurve
-from stopline.lifecycle import TERMINAL_PHASES
-from stopline.progress import JobMemory
+from stopline.vocabulary import CANCEL_ANNOTATION, STOP_ANNOTATION, SUCCEEDED, TERMINAL_PHASES
 from stopline.workload import JOB_LABEL, STUDY_LABEL, TRAINER_CONTAINER
 
 Key = tuple[str, str]  # (namespace, name)
@@ -31,6 +34,8 @@ class PodView:
     rank: int
     ip: str | None
     phase: str
+    uid: str = ""
+    controller_uid: str | None = None  # the uid of the object its controller ownerReference names
     deleted: bool = False  # gone from the API
     terminating: bool = False  # marked for deletion: SIGTERM sent, the trainer may still be saving
     exit_code: int | None = None
@@ -47,6 +52,42 @@ class PodView:
         return self.active and not self.terminating and self.phase == "Running" and bool(self.ip)
 
 
+def controller_uid(metadata: Mapping[str, Any]) -> str | None:
+    """The uid in an object's controller ownerReference (the one with controller: true), if it has one."""
+    for reference in metadata.get("ownerReferences") or []:
+        if isinstance(reference, Mapping) and reference.get("controller") is True:
+            uid = reference.get("uid")
+            return str(uid) if uid else None
+    return None
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the stop protocol needs of the batch Job: which object it is, and whether it can run pods."""
+
+    name: str
+    uid: str
+    controller_uid: str | None
+    suspended: bool
+    finished: bool  # Complete or Failed: it starts no pod again
+
+
+def job_view(job: Mapping[str, Any]) -> JobView:
+    metadata, spec = job["metadata"], job.get("spec") or {}
+    conditions = (job.get("status") or {}).get("conditions") or []
+    finished = any(
+        isinstance(c, Mapping) and c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in conditions
+    )
+    return JobView(
+        name=str(metadata.get("name")),
+        uid=str(metadata.get("uid") or ""),
+        controller_uid=controller_uid(metadata),
+        suspended=spec.get("suspend") is True,
+        finished=finished,
+    )
+
+
 def pod_view(pod: Mapping[str, Any], deleted: bool = False) -> PodView:
     metadata, status = pod["metadata"], pod.get("status") or {}
     index = (metadata.get("labels") or {}).get(COMPLETION_INDEX) or (metadata.get("annotations") or {}).get(
@@ -56,12 +97,16 @@ def pod_view(pod: Mapping[str, Any], deleted: bool = False) -> PodView:
     for container in status.get("containerStatuses") or []:
         terminated = (container.get("state") or {}).get("terminated")
         if container.get("name") == TRAINER_CONTAINER and terminated:
-            exit_code, message = int(terminated.get("exitCode", 0)), terminated.get("message") or ""
+            code = terminated.get("exitCode", 0)
+            exit_code = code if isinstance(code, int) else 1
+            message = str(terminated.get("message") or "")
     return PodView(
         name=metadata["name"],
         rank=int(index) if index and str(index).isdigit() else 0,
         ip=status.get("podIP"),
         phase=status.get("phase") or "Pending",
+        uid=str(metadata.get("uid") or ""),
+        controller_uid=controller_uid(metadata),
         deleted=deleted,
         terminating=bool(metadata.get("deletionTimestamp")),
         exit_code=exit_code,
@@ -71,15 +116,12 @@ def pod_view(pod: Mapping[str, Any], deleted: bool = False) -> PodView:
 
 @dataclass
 class Tracked:
-    """One TrainingJob as last seen, its pods, and what the supervisor keeps between status writes."""
+    """One TrainingJob as last seen, with the pods and Job filed under its name (trusted or not)."""
 
     training_job: Mapping[str, Any]
     spec: TrainingJobSpec | None
-    pods: dict[str, PodView] = field(default_factory=dict)
-    memory: JobMemory | None = None
-    token: str | None = None
-    signalled: bool = False  # POST /stop sent by this operator process (a restarted one sends it again)
-    next_due: float = 0.0
+    filed_pods: dict[str, PodView] = field(default_factory=dict)
+    filed_job: JobView | None = None
     _peer: CohortCurve | None = field(default=None, repr=False)  # as its study's peers see it; per body
 
     def observe(self, training_job: Mapping[str, Any]) -> None:
@@ -90,6 +132,24 @@ class Tracked:
     def key(self) -> Key:
         metadata = self.training_job["metadata"]
         return metadata["namespace"], metadata["name"]
+
+    @property
+    def uid(self) -> str:
+        return str(self.training_job["metadata"].get("uid") or "")
+
+    @property
+    def job(self) -> JobView | None:
+        """Its batch Job: the one of its name that it controls; None when none such was seen."""
+        job = self.filed_job
+        return job if job is not None and job.controller_uid == self.uid else None
+
+    @property
+    def pods(self) -> list[PodView]:
+        """Its trainer pods: those its Job controls, by rank; none while its Job is not known."""
+        job = self.job
+        if job is None:
+            return []
+        return sorted((p for p in self.filed_pods.values() if p.controller_uid == job.uid), key=_by_rank)
 
     @property
     def status(self) -> Mapping[str, Any]:
@@ -120,13 +180,13 @@ class Tracked:
         if self._peer is None:
             curve = self.status.get("curve") or []
             values = {epoch: float(v) for epoch, v in enumerate(curve, start=1) if isinstance(v, int | float)}
-            stopped = self.phase in TERMINAL_PHASES and self.phase != "Succeeded"
+            stopped = self.phase in TERMINAL_PHASES and self.phase != SUCCEEDED
             self._peer = CohortCurve(self.key[1], self.spec.objective.metric, values, stopped=stopped)
         return self._peer
 
     def rank_zero(self) -> PodView | None:
         """The live pod of rank 0, whose /metrics the operator reads (every rank reports the same step)."""
-        candidates = [pod for pod in self.pods.values() if pod.rank == 0 and pod.reachable]
+        candidates = [pod for pod in self.pods if pod.rank == 0 and pod.reachable]
         return candidates[0] if candidates else None
 
 
@@ -134,6 +194,7 @@ class Registry:
     def __init__(self) -> None:
         self._jobs: dict[Key, Tracked] = {}
         self._pods: dict[Key, dict[str, PodView]] = {}
+        self._job_of: dict[Key, JobView] = {}
         self._studies: dict[Key, dict[Key, Tracked]] = {}  # (namespace, study) -> its jobs
 
     def __len__(self) -> int:
@@ -154,6 +215,7 @@ class Registry:
             if tracked is not None:  # deleted and made again under the same name
                 self._leave_study(tracked)
             tracked = Tracked(training_job, _spec(training_job), self._pods.setdefault(key, {}))
+            tracked.filed_job = self._job_of.get(key)
             self._jobs[key] = tracked
         elif tracked.training_job["metadata"].get("generation") != metadata.get("generation"):
             tracked.spec = _spec(training_job)
@@ -169,6 +231,7 @@ class Registry:
         if tracked is not None:
             self._leave_study(tracked)
         self._pods.pop((namespace, name), None)
+        self._job_of.pop((namespace, name), None)
 
     def _leave_study(self, tracked: Tracked) -> None:
         if tracked.study is None:
@@ -180,12 +243,25 @@ class Registry:
             self._studies.pop(study, None)
 
     def observe_pod(self, pod: Mapping[str, Any], deleted: bool = False) -> Key | None:
-        """Record a trainer pod under its TrainingJob's key (the stopline.dev/job label); None: not ours."""
+        """File a pod under the TrainingJob its stopline.dev/job label names; None: it names none."""
         job = (pod["metadata"].get("labels") or {}).get(JOB_LABEL)
-        if not job:
+        if not job or not isinstance(job, str):
             return None
         key = (pod["metadata"]["namespace"], job)
         self._pods.setdefault(key, {})[pod["metadata"]["name"]] = pod_view(pod, deleted)
+        return key
+
+    def observe_job(self, job: Mapping[str, Any], deleted: bool = False) -> Key:
+        """File a batch Job under the TrainingJob of its name; a deleted one is forgotten."""
+        key = (job["metadata"]["namespace"], job["metadata"]["name"])
+        view = None if deleted else job_view(job)
+        if view is None:
+            self._job_of.pop(key, None)
+        else:
+            self._job_of[key] = view
+        tracked = self._jobs.get(key)
+        if tracked is not None:
+            tracked.filed_job = view
         return key
 
     def cohort(self, tracked: Tracked) -> tuple[CohortCurve, ...]:
@@ -195,6 +271,10 @@ class Registry:
         members = self._studies.get((tracked.key[0], tracked.study), {})
         peers = (other.as_peer() for key, other in members.items() if key != tracked.key)
         return tuple(peer for peer in peers if peer is not None)
+
+
+def _by_rank(pod: PodView) -> tuple[int, str]:
+    return pod.rank, pod.name
 
 
 def _spec(training_job: Mapping[str, Any]) -> TrainingJobSpec | None:

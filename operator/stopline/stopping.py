@@ -1,54 +1,240 @@
-"""The stop protocol of DESIGN.md, operator side: signal every rank, then conclude from how the pods ended.
+"""The stop protocol of DESIGN.md, operator side: a pure state machine and the short driver that runs it.
 
-1. Signal: POST /stop with the job's bearer token to every running trainer pod. When no pod acknowledges
-   (a trainer without stopline answers 404; one still starting does not answer, and is asked again until
-   stopPolicy.ackTimeout), the caller suspends the Job, so the kubelet sends SIGTERM, which the trainer
-   treats as a stop request too.
-2. Conclude (`conclude`, pure): rank 0's termination message is the checkpoint manifest -> Stopped with
-   status.checkpoint. Pods gone without one -> Stopped without a checkpoint (exit 0) or Failed (a rank
-   exited non-zero). Still running when gracePeriod (counted from stopReason.at) ends -> escalate: delete
-   the pods, Failed, with a message that says the weights were not saved.
+`next_step(view, now)` looks at one Stopping (or cancelled) TrainingJob as last seen and says the one thing
+to do next; `StopDriver` does it and asks again, until the answer is to wait or the stop concludes. The rules:
 
-Every step is safe to repeat: a second POST /stop is acknowledged and changes nothing, so an operator
-restarted mid-stop signals again and concludes once (the phase moves only from Stopping).
+1. Cancel: suspend the Job and delete its pods at once, then Cancelled (nothing is saved).
+2. Rank 0 exited 0 with its checkpoint manifest: Stopped with status.checkpoint, once nothing of the Job
+   can run again: every rank ended cleanly (the Job completes by itself), or the Job is suspended or
+   finished (a rank that failed, or one still running past gracePeriod, gets the Job suspended).
+3. Signal: POST /stop with the job's bearer token to every reachable trainer pod. A trainer still starting
+   does not answer; it is asked again every RETRY_S until stopPolicy.ackTimeout. When none acknowledges
+   (a trainer without stopline answers 404; the timeout passed; there are no pods at all), the Job is
+   suspended, so the kubelet sends SIGTERM, which the trainer treats as a stop request too.
+4. Conclude without a manifest only from the truth: the Job suspended or finished, and the pods read from
+   the apiserver by this process (a watch that has not delivered them yet is not "no pods"). Pods still
+   running past gracePeriod (from stopReason.at) are deleted: Failed, "the weights were not saved".
+
+Every step is safe to repeat: a second POST /stop is acknowledged and changes nothing, a second suspend
+is a no-op, and the phase moves only from Stopping, so an operator restarted mid-stop signals again and
+concludes once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 
-from stopline.lifecycle import FAILED, STOPPED
+from stopline.kube import Kube
+from stopline.lifecycle import Condition, StatusChange
 from stopline.progress import checkpoint_status
-from stopline.registry import PodView
+from stopline.registry import JobView, PodView, Tracked, job_view, pod_view
+from stopline.status import StatusWriter
+from stopline.vocabulary import (
+    CANCELLED,
+    CANCELLED_REASON,
+    CHECKPOINT_SAVED,
+    FAILED,
+    FINISHED,
+    GRACE_PERIOD_EXPIRED,
+    NO_CHECKPOINT,
+    PENDING,
+    RUNNING_CONDITION,
+    STOP_NOT_ACKNOWLEDGED,
+    STOPPED,
+    STOPPING,
+    TERMINAL_PHASES,
+    TRAINER_FAILED,
+)
+from stopline.workload import JOB_LABEL
+
+log = logging.getLogger(__name__)
 
 ACCEPTED = 202
+RETRY_S = 1.0  # how often a trainer that did not answer yet is asked again
+MAX_STEPS = 8  # steps one drive may take; a stop needs at most 5 (signal, suspend, list, kill, conclude)
+
+
+@dataclass(frozen=True)
+class Signalled:
+    """What one round of POST /stop got: acknowledgements, and pods that did not answer at all (the
+    trainer may still be starting); the others answered with a refusal (no stopline endpoint)."""
+
+    acknowledged: int
+    unreachable: int
+    at: float
+
+
+@dataclass
+class StopState:
+    """What this process did for one stop; a restarted operator starts from nothing and repeats safely."""
+
+    signalled: Signalled | None = None
+    suspended: bool = False  # our suspend of this Job went through, or it had nothing left to suspend
+    killed: bool = False
+    pods_listed: bool = False  # the pods were read from the apiserver, not only from watch events
+
+
+@dataclass(frozen=True)
+class StopView:
+    """One stop as last seen: the TrainingJob's wishes, its Job and pods, and what was done so far."""
+
+    cancel: bool
+    began_at: float  # stopReason.at
+    ack_timeout_s: float
+    grace_period_s: float
+    job: JobView | None  # None: no Job of this TrainingJob exists (never created, or gone)
+    pods: Sequence[PodView]
+    state: StopState = field(default_factory=StopState)
+
+    @property
+    def job_at_rest(self) -> bool:
+        """The Job starts no pod again: suspended (by us or anyone), finished, or not there at all."""
+        job = self.job
+        return job is None or job.suspended or job.finished or self.state.suspended
+
+    @property
+    def active(self) -> list[PodView]:
+        return [pod for pod in self.pods if pod.active]
 
 
 @dataclass(frozen=True)
 class Conclusion:
-    """How a stop ended: the phase, the Finished condition's reason and message, what to patch."""
+    """How a stop ended: the phase, the Finished condition's reason and message, the checkpoint if any."""
 
     phase: str
     reason: str
     message: str
     checkpoint: dict[str, Any] | None = None
-    escalate: bool = False  # delete the pods first (grace period over)
     warning: bool = False
 
 
 @dataclass(frozen=True)
-class Signalled:
-    """What one round of POST /stop got: acknowledgements, and pods not reached at all (no endpoint yet:
-    the trainer may still be starting); the others answered with a refusal (no stopline endpoint)."""
+class Signal:
+    """POST /stop to every reachable trainer pod."""
 
-    acknowledged: int
-    unreachable: int
+
+@dataclass(frozen=True)
+class Suspend:
+    """spec.suspend on the Job: the kubelet sends SIGTERM, and no pod starts again."""
+
+    unacknowledged: bool  # nobody took the stop: tell the user why their trainers get SIGTERM
+
+
+@dataclass(frozen=True)
+class ListPods:
+    """Read the pods from the apiserver: "none seen" is not "none" until this process has asked."""
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Suspend the Job and delete its pods without grace (cancel, or the grace period is over)."""
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to do until a pod changes or the next poll."""
+
+
+@dataclass(frozen=True)
+class Conclude:
+    conclusion: Conclusion
+
+
+Action = Signal | Suspend | ListPods | Kill | Wait | Conclude
+
+
+def next_step(view: StopView, now: float) -> Action:
+    """The one thing to do next for this stop, as of `now`. Pure: the driver does it and asks again."""
+    state = view.state
+    if view.cancel:
+        if not state.killed:
+            return Kill()
+        return Conclude(Conclusion(CANCELLED, CANCELLED_REASON, "cancelled; nothing was saved"))
+    saved = _saved_checkpoint(view.pods)
+    if saved is not None:
+        if view.job_at_rest:
+            return Conclude(saved)
+        if view.active and now - view.began_at < view.grace_period_s:
+            return Wait()  # the other ranks stopped at the same step and are exiting (or saving shards)
+        if view.active or any(pod.exit_code not in (None, 0) for pod in view.pods):
+            return Suspend(unacknowledged=False)  # a failed rank would be started again by the Job
+        return Conclude(saved)  # every rank exited 0: the Job completes by itself
+    if state.signalled is None or _ask_again(view, now):
+        if any(pod.reachable for pod in view.pods):
+            if state.signalled is None or now - state.signalled.at >= RETRY_S:
+                return Signal()
+            return Wait()
+        if not view.pods and not state.pods_listed:
+            return ListPods()
+        if view.active and now - view.began_at < view.ack_timeout_s:
+            return Wait()  # pods that are not serving yet: a SIGTERM before the trainer handles it kills it
+    if not view.job_at_rest and (state.signalled is None or state.signalled.acknowledged == 0):
+        return Suspend(unacknowledged=True)
+    if view.active:
+        if now - view.began_at < view.grace_period_s:
+            return Wait()
+        if not state.killed:
+            return Kill()
+        message = (
+            f"the trainer did not exit within gracePeriod ({view.grace_period_s:g}s) after the stop signal; "
+            "its pods were deleted and the weights were not saved"
+        )
+        return Conclude(Conclusion(FAILED, GRACE_PERIOD_EXPIRED, message, warning=True))
+    if not state.pods_listed:
+        return ListPods()
+    if not view.job_at_rest:
+        return Suspend(unacknowledged=False)
+    failed = sorted({pod.exit_code for pod in view.pods if pod.exit_code not in (None, 0)}, key=str)
+    if failed:
+        message = f"a rank exited with code {failed[0]} while stopping; the weights were not saved"
+        return Conclude(Conclusion(FAILED, TRAINER_FAILED, message, warning=True))
+    message = (
+        "the trainer pods ended without reporting a checkpoint (no manifest in rank 0's termination message)"
+        if view.pods
+        else "no trainer pod ran; the Job was suspended before any started"
+    )
+    return Conclude(Conclusion(STOPPED, NO_CHECKPOINT, message, warning=True))
+
+
+def _ask_again(view: StopView, now: float) -> bool:
+    """Nobody acknowledged and some pod did not answer at all, within ackTimeout: it may be starting."""
+    signalled = view.state.signalled
+    return (
+        signalled is not None
+        and signalled.acknowledged == 0
+        and signalled.unreachable > 0
+        and now - view.began_at < view.ack_timeout_s
+    )
+
+
+def _saved_checkpoint(pods: Sequence[PodView]) -> Conclusion | None:
+    for pod in pods:
+        if pod.rank == 0 and pod.exit_code == 0 and (checkpoint := checkpoint_status(pod.message)):
+            where = f"epoch {checkpoint['epoch']}, step {checkpoint['step']}"
+            message = f"weights saved at {where}: {checkpoint['uri']}"
+            return Conclusion(STOPPED, CHECKPOINT_SAVED, message, checkpoint=checkpoint)
+    return None
+
+
+def conclusion_change(conclusion: Conclusion) -> StatusChange:
+    """The status a conclusion writes: the phase, Running false, Finished with the reason, the checkpoint."""
+    fields = {"checkpoint": conclusion.checkpoint} if conclusion.checkpoint else {}
+    ended = "the pods were deleted" if conclusion.phase == CANCELLED else "the stop ended"
+    return StatusChange(
+        fields=fields,
+        conditions=(
+            Condition(RUNNING_CONDITION, False, conclusion.reason, ended),
+            Condition(FINISHED, True, conclusion.reason, conclusion.message),
+        ),
+        phase=conclusion.phase,
+    )
 
 
 async def post_stop(
@@ -62,53 +248,155 @@ async def post_stop(
             data=json.dumps({"reason": reason}),
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,
         ) as response:
             return response.status == ACCEPTED
-    except (aiohttp.ClientError, TimeoutError):
+    except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
 
 
 async def signal(
     session: aiohttp.ClientSession,
-    pods: Sequence[PodView],
-    port: int,
+    urls: Sequence[str],
     token: str | None,
     reason: str,
     timeout_s: float,
+    now: float,
 ) -> Signalled:
-    """POST /stop to every reachable pod at once. Without a token nobody can be asked (all refused); with
-    no reachable pod yet, the round counts as unreachable."""
+    """POST /stop to every URL at once. Without a token nobody can be asked (all refused)."""
     if not token:
-        return Signalled(0, 0)
-    urls = [f"http://{pod.ip}:{port}/stop" for pod in pods if pod.reachable]
-    if not urls:
-        return Signalled(0, 1)
+        return Signalled(0, 0, now)
     answers = await asyncio.gather(*(post_stop(session, url, token, reason, timeout_s) for url in urls))
-    return Signalled(sum(1 for a in answers if a), sum(1 for a in answers if a is None))
+    return Signalled(sum(1 for a in answers if a), sum(1 for a in answers if a is None), now)
 
 
-def conclude(
-    pods: Sequence[PodView], stop_began: float, grace_period_s: float, now: float
-) -> Conclusion | None:
-    """How the stop ended as of `now`, from the pods as last seen; None while it is still under way."""
-    for pod in pods:
-        if pod.rank == 0 and pod.exit_code == 0 and (checkpoint := checkpoint_status(pod.message)):
-            where = f"epoch {checkpoint['epoch']}, step {checkpoint['step']}"
-            message = f"weights saved at {where}: {checkpoint['uri']}"
-            return Conclusion(STOPPED, "CheckpointSaved", message, checkpoint=checkpoint)
-    if any(pod.active for pod in pods):
-        if now - stop_began < grace_period_s:
-            return None
-        message = (
-            f"the trainer did not exit within gracePeriod ({grace_period_s:g}s) after the stop signal; "
-            "its pods were deleted and the weights were not saved"
+TokenSource = Callable[[Tracked], Any]  # async: the job's stop token, or None
+UrlOf = Callable[[PodView, int], str | None]  # the /stop URL of a pod on a port; None: no usable address
+
+
+class StopDriver:
+    """Runs the state machine's actions for every stop of this process, and keeps each stop's state."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        session: aiohttp.ClientSession,
+        writer: StatusWriter,
+        clock: Callable[[], float],
+        token: TokenSource,
+        stop_url: UrlOf,
+        post_timeout_s: float,
+    ) -> None:
+        self.kube, self.session, self.writer, self.clock = kube, session, writer, clock
+        self._token, self._stop_url, self._post_timeout_s = token, stop_url, post_timeout_s
+        self._states: dict[str, StopState] = {}  # by TrainingJob uid
+
+    def forget(self, uids: set[str]) -> None:
+        """Drop the state of stops whose TrainingJob is no longer watched."""
+        for uid in set(self._states) - uids:
+            del self._states[uid]
+
+    def view(self, tracked: Tracked, began_at: float, cancel: bool = False) -> StopView:
+        spec = tracked.spec
+        assert spec is not None
+        return StopView(
+            cancel=cancel,
+            began_at=began_at,
+            ack_timeout_s=spec.stop_policy.ack_timeout.seconds,
+            grace_period_s=spec.stop_policy.grace_period.seconds,
+            job=tracked.job,
+            pods=tracked.pods,
+            state=self._states.setdefault(tracked.uid, StopState()),
         )
-        return Conclusion(FAILED, "GracePeriodExpired", message, escalate=True, warning=True)
-    failed = sorted({pod.exit_code for pod in pods if pod.exit_code not in (None, 0)}, key=str)
-    if failed:
-        message = f"a rank exited with code {failed[0]} while stopping; the weights were not saved"
-        return Conclusion(FAILED, "TrainerFailed", message, warning=True)
-    message = (
-        "the trainer pods ended without reporting a checkpoint (no manifest in rank 0's termination message)"
-    )
-    return Conclusion(STOPPED, "NoCheckpoint", message, warning=True)
+
+    async def drive(
+        self, tracked: Tracked, began_at: float, reason: str, cancel: StatusChange | None = None
+    ) -> Conclusion | None:
+        """Take steps until the stop waits or concludes; the conclusion when this call wrote it.
+
+        `cancel`: this is a cancel, and what its Cancelled write carries besides the conclusion.
+        """
+        for _ in range(MAX_STEPS):
+            view = self.view(tracked, began_at, cancel is not None)
+            action = next_step(view, self.clock())
+            if isinstance(action, Wait):
+                return None
+            if isinstance(action, Conclude):
+                conclusion = action.conclusion
+                if cancel is not None:
+                    conclusion = replace(conclusion, message=f"cancelled: {reason}; nothing was saved")
+                return await self._conclude(tracked, conclusion, cancel)
+            await self._act(tracked, view, action, reason)
+        return None
+
+    async def _act(self, tracked: Tracked, view: StopView, action: Action, reason: str) -> None:
+        state, (namespace, name) = view.state, tracked.key
+        if isinstance(action, Signal):
+            spec = tracked.spec
+            assert spec is not None
+            port = spec.metrics.port
+            urls = [url for pod in view.pods if pod.reachable and (url := self._stop_url(pod, port))]
+            timeout = min(view.ack_timeout_s, self._post_timeout_s)
+            token = await self._token(tracked)
+            state.signalled = await signal(self.session, urls, token, reason, timeout, self.clock())
+        elif isinstance(action, ListPods):
+            selector = f"{JOB_LABEL}={name}"
+            tracked.filed_pods.update(_listed(await self.kube.list_pods(namespace, selector)))
+            state.pods_listed = True
+        elif isinstance(action, Suspend | Kill):
+            await self._suspend(tracked, view)
+            if isinstance(action, Suspend) and action.unacknowledged:
+                message = (
+                    "no trainer pod acknowledged POST /stop; suspended the Job, so each pod gets SIGTERM"
+                    if view.pods
+                    else "no trainer pod is running; suspended the Job, so none starts"
+                )
+                await self.kube.post_event(tracked.training_job, STOP_NOT_ACKNOWLEDGED, message, True)
+            if isinstance(action, Kill):
+                for pod in view.active:
+                    await self.kube.delete_pod(namespace, pod.name, pod.uid, grace_period_s=0)
+                state.killed = True
+
+    async def _suspend(self, tracked: Tracked, view: StopView) -> None:
+        """Suspend the TrainingJob's own Job (by uid); one not seen yet is read and checked first."""
+        namespace, name = tracked.key
+        job = view.job
+        if job is None:
+            found = await self.kube.read_job(namespace, name)
+            job = job_view(found) if found is not None else None
+            if job is not None and job.controller_uid != tracked.uid:
+                job = None  # a Job of that name that is not ours: never touch it
+        if job is not None and not job.suspended:
+            await self.kube.suspend_job(namespace, name, job.uid)
+        view.state.suspended = True
+
+    async def _conclude(
+        self, tracked: Tracked, conclusion: Conclusion, cancel: StatusChange | None
+    ) -> Conclusion | None:
+        """Write the conclusion once: from Stopping (or, for a cancel, from any phase not final yet),
+        judged on a fresh read, since the watched body may not show Stopping yet."""
+        change = conclusion_change(conclusion)
+        if cancel is not None:
+            change = StatusChange(
+                fields={**cancel.fields, **change.fields},
+                conditions=(*cancel.conditions, *change.conditions),
+                phase=change.phase,
+            )
+
+        def compose(body: Mapping[str, Any]) -> StatusChange | None:
+            phase = (body.get("status") or {}).get("phase") or PENDING
+            allowed = phase not in TERMINAL_PHASES if cancel is not None else phase == STOPPING
+            return change if allowed else None
+
+        written = await self.writer.write(*tracked.key, compose)
+        self._states.pop(tracked.uid, None)
+        if written is None:
+            return None
+        await self.kube.post_event(
+            written.training_job, conclusion.reason, conclusion.message, conclusion.warning
+        )
+        return conclusion
+
+
+def _listed(pods: Sequence[dict[str, Any]]) -> dict[str, PodView]:
+    return {pod["metadata"]["name"]: pod_view(pod) for pod in pods}

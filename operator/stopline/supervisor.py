@@ -1,12 +1,17 @@
-"""One loop for all TrainingJobs: scrape what is due, decide with the engine, write status, drive stops.
+"""One loop for all TrainingJobs: read what is due, decide with the engine, write status, drive stops.
 
 A shared timer, not a task per object: every tick the loop starts a visit for each job that is due and
 not already being visited, at most MAX_CONCURRENT at a time, so a slow pod delays only itself. A Running
 job is due every spec.metrics.interval; a Stopping job every STOP_POLL_S, and at once when one of its
 pods changes; a stop/cancel annotation makes a job due at once (see `poke`).
 
-Writes: progress/best/curve/criteria once per new epoch, the MetricsAvailable condition when it flips,
-dryRun.wouldStopAt once, and the phase transitions of the stop protocol (controller.transition).
+Each visit of a running job writes at most one status patch (through the one status writer): progress,
+best, curve and criteria once per new epoch, the MetricsAvailable condition when it flips, dryRun once,
+or the move to Stopping with the stop reason. The stop itself is stopline.stopping's state machine.
+
+What the loop keeps per job, by owner: the watched body, pods and Job in the registry; the observation
+memory (criteria state, curve, best, failed reads) and the stop token here; each stop's progress in the
+stop driver.
 """
 
 from __future__ import annotations
@@ -16,23 +21,45 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from contextlib import suppress
-from datetime import datetime
 from typing import Any
 
 import aiohttp
 
-from stopline import controller, lifecycle, monitoring, stopping
+from stopline import monitoring
 from stopline.api import GPUIdleCriterion, PromQLCriterion, TrainingJobSpec
 from stopline.criteria.decision import Decision
-from stopline.criteria.engine import CANCEL_ANNOTATION, STOP_ANNOTATION, evaluate
-from stopline.criteria.observation import Observation
+from stopline.criteria.engine import evaluate
+from stopline.criteria.observation import Observation, Request
 from stopline.kube import Kube
-from stopline.lifecycle import CANCELLED, FINISHED, PENDING, RUNNING, RUNNING_CONDITION, STOPPING, Condition
+from stopline.lifecycle import Condition, StatusChange
 from stopline.metrics import prometheus
 from stopline.metrics.exposition import TrainerReport
+from stopline.metrics.http import endpoint_url, excerpt
 from stopline.metrics.scrape import ScrapeError, scrape
 from stopline.progress import JobMemory, gpu_seconds_saved, progress_status
-from stopline.registry import Key, Registry, Tracked
+from stopline.registry import Key, PodView, Registry, Tracked
+from stopline.status import StatusWriter, seconds
+from stopline.stopping import StopDriver
+from stopline.vocabulary import (
+    CANCEL_ANNOTATION,
+    CANCELLED,
+    CANCELLED_REASON,
+    FAILED,
+    MANUAL_TYPES,
+    METRICS_AVAILABLE,
+    PENDING,
+    RUNNING,
+    RUNNING_CONDITION,
+    SCRAPE_FAILED,
+    SCRAPED,
+    STOP_ANNOTATION,
+    STOP_REQUESTED,
+    STOPPED,
+    STOPPING,
+    TERMINAL_PHASES,
+    WOULD_STOP,
+    find_condition,
+)
 from stopline.workload import TOKEN_KEY, Owner, token_secret_name
 
 log = logging.getLogger(__name__)
@@ -41,16 +68,19 @@ TICK_S = 0.25  # how late past its due time a visit may start; a tick costs one 
 HEALTHY_WITHIN_S = 30.0
 STOP_POLL_S = 1.0
 MAX_CONCURRENT = 256  # visits at once: each mostly waits on a pod or the apiserver
+QUERIES_AT_ONCE = 8  # Prometheus answers read at once: each may hold up to 2 x 8 MiB while it is parsed
 SCRAPE_TIMEOUT_S = 5.0
-FAILURES_BEFORE_CONDITION = 3  # one lost scrape is noise; three in a row is a condition worth showing
-METRICS_AVAILABLE = "MetricsAvailable"
-MANUAL_TYPES = ("Manual", "Cancelled")  # a person asked: dryRun does not apply
+FAILURES_BEFORE_CONDITION = 3  # one lost read is noise; three in a row is a condition worth showing
 
 Fetched = tuple[TrainerReport | None, str | None]  # a report, or why there is none
 
 
-def _seconds(rfc3339: str | None) -> float | None:
-    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() if rfc3339 else None
+def stop_url(pod: PodView, port: int) -> str | None:
+    """The pod's POST /stop URL (IPv6 in brackets); None when its IP is not an address."""
+    try:
+        return endpoint_url(pod.ip or "", port, "/stop")
+    except ValueError:
+        return None
 
 
 class Supervisor:
@@ -62,10 +92,16 @@ class Supervisor:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.kube, self.registry, self.session, self.clock = kube, registry, session, clock
+        self.writer = StatusWriter(kube, clock)
+        self.stops = StopDriver(kube, session, self.writer, clock, self._token, stop_url, SCRAPE_TIMEOUT_S)
         self.last_tick = clock()
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
+        self._queries = asyncio.Semaphore(QUERIES_AT_ONCE)
         self._visiting: dict[Key, asyncio.Task[None]] = {}
+        self._due: dict[Key, float] = {}
+        self._memory: dict[str, JobMemory] = {}  # by TrainingJob uid: a job made again starts afresh
+        self._tokens: dict[str, str] = {}  # by TrainingJob uid
 
     def healthy(self) -> bool:
         """The loop ticked recently: a stuck loop fails /healthz, so the kubelet restarts the operator."""
@@ -73,10 +109,8 @@ class Supervisor:
 
     def poke(self, key: Key) -> None:
         """Visit this job at the next tick, which starts now."""
-        tracked = self.registry.get(key)
-        if tracked is not None:
-            tracked.next_due = 0.0
-            self._wake.set()
+        self._due[key] = 0.0
+        self._wake.set()
 
     async def run(self) -> None:
         try:
@@ -85,7 +119,9 @@ class Supervisor:
                 due = [
                     tracked
                     for tracked in self.registry
-                    if tracked.key not in self._visiting and tracked.next_due <= now and _wants_visit(tracked)
+                    if tracked.key not in self._visiting
+                    and self._due.get(tracked.key, 0.0) <= now
+                    and _wants_visit(tracked)
                 ]
                 by_server: dict[str, list[Tracked]] = {}
                 for tracked in due:
@@ -93,12 +129,11 @@ class Supervisor:
                     if url and tracked.phase == RUNNING:
                         by_server.setdefault(url, []).append(tracked)
                     else:
-                        self._start(tracked, self._visit(tracked))
+                        self._start([tracked], self._visit(tracked))
                 for url, batch in by_server.items():
-                    task = self._start(batch[0], self._visit_batch(url, batch))
-                    for tracked in batch[1:]:
-                        self._visiting[tracked.key] = task
+                    self._start(batch, self._visit_batch(url, batch))
                 monitoring.count_phases(tracked.phase for tracked in self.registry)
+                self._forget_gone()
                 self.last_tick = now
                 self._wake.clear()
                 with suppress(TimeoutError):
@@ -107,22 +142,45 @@ class Supervisor:
             for task in list(self._visiting.values()):
                 task.cancel()
 
-    def _start(self, tracked: Tracked, visit: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(visit, name=f"stopline-visit-{tracked.key}")
-        self._visiting[tracked.key] = task
-        return task
+    def _start(self, batch: list[Tracked], visit: Coroutine[Any, Any, None]) -> None:
+        """Run a visit of `batch`; whatever happens in it, its jobs are free for the next one after."""
+        task = asyncio.create_task(visit, name=f"stopline-visit-{batch[0].key}")
+        keys = [tracked.key for tracked in batch]
+        for key in keys:
+            self._visiting[key] = task
+
+        def release(_: asyncio.Task[None]) -> None:
+            for key in keys:
+                if self._visiting.get(key) is task:
+                    del self._visiting[key]
+
+        task.add_done_callback(release)
+
+    def _forget_gone(self) -> None:
+        """Drop what was kept for TrainingJobs no longer watched (deleted, or made again)."""
+        if len(self._memory) + len(self._tokens) + len(self._due) <= 3 * len(self.registry):
+            return
+        uids = {tracked.uid for tracked in self.registry}
+        keys = {tracked.key for tracked in self.registry}
+        for uid in set(self._memory) - uids:
+            del self._memory[uid]
+        for uid in set(self._tokens) - uids:
+            del self._tokens[uid]
+        for key in set(self._due) - keys:
+            del self._due[key]
+        self.stops.forget(uids)
 
     async def _visit_batch(self, url: str, batch: list[Tracked]) -> None:
         """One PromQL query for the trainer series of every job in `batch`, then each job's visit."""
         keys = [tracked.key for tracked in batch]
         try:
-            samples = await prometheus.instant_query(
-                self.session, url, prometheus.trainer_query(keys), SCRAPE_TIMEOUT_S
-            )
-            found, error = prometheus.reports(samples), f"no trainer series in {url} for this job"
-        except prometheus.PrometheusError as failure:
+            found = prometheus.reports(await self._query(url, prometheus.trainer_query(keys)))
+            error = f"no trainer series for this job in Prometheus at {excerpt(url)}"
+        except Exception as failure:  # a bad answer is no report for these jobs, never an end to their visits
             monitoring.SCRAPE_ERRORS.inc(len(batch))
-            found, error = {}, str(failure)
+            found = {}
+            unreadable = f"unreadable answer from Prometheus at {excerpt(url)}"
+            error = str(failure) if isinstance(failure, prometheus.PrometheusError) else unreadable
         await asyncio.gather(*(self._visit(tracked, (found.get(tracked.key), error)) for tracked in batch))
 
     async def _visit(self, tracked: Tracked, fetched: Fetched | None = None) -> None:
@@ -142,56 +200,50 @@ class Supervisor:
                     if tracked.phase == STOPPING or spec is None
                     else spec.metrics.interval.seconds
                 )
-                tracked.next_due = max(started + interval, self.clock() + TICK_S)
-                self._visiting.pop(tracked.key, None)
+                self._due[tracked.key] = max(started + interval, self.clock() + TICK_S)
 
     async def _observe(self, tracked: Tracked, fetched: Fetched | None) -> None:
         """Read rank 0's metrics (`fetched` when a PromQL batch already did), evaluate the criteria, write
-        what changed, begin a stop if one is decided."""
+        what changed in one patch, begin a stop if one is decided."""
         spec = tracked.spec
         assert spec is not None
-        namespace, name = tracked.key
-        memory = tracked.memory = tracked.memory or JobMemory.seed(tracked.status)
+        memory = self._memory.get(tracked.uid)
+        if memory is None:
+            memory = self._memory[tracked.uid] = JobMemory.seed(tracked.status)
         if tracked.phase == RUNNING:
             await self._token(tracked)
         report, error = fetched if fetched is not None else await self._scrape(tracked, spec)
         promql, gpu_utilization = await self._live_inputs(tracked, spec)
-        scraped_at = self.clock()
-        if report is None:
-            memory.failures += 1
-        else:
-            memory.failures = 0
+        now = self.clock()
+        memory.failures = 0 if report is not None else memory.failures + 1
         new_epoch = report is not None and memory.record(spec, report)
-        observation = Observation(
-            now=scraped_at,
-            samples={report.epoch: report.metrics} if report is not None and report.epoch >= 1 else {},
-            started_at=_started_at(tracked),
-            step=report.step if report is not None else None,
-            gpus=spec.gpus,
-            gpu_utilization=gpu_utilization,
-            promql=promql,
-            cohort=self.registry.cohort(tracked),
-            stop=tracked.annotations.get(STOP_ANNOTATION),
-            cancel=tracked.annotations.get(CANCEL_ANNOTATION),
-        )
+        observation = observe(tracked, spec, report, promql, gpu_utilization, now, self.registry)
         evaluation = evaluate(spec, memory.states, observation)
         memory.states = dict(evaluation.states)
-        status: dict[str, Any] = {}
+        fields: dict[str, Any] = {}
         if new_epoch and report is not None:
-            status |= progress_status(memory, report, evaluation, controller.now_rfc3339())
+            fields |= progress_status(spec, memory, report, evaluation, self.writer.now())
         decision = evaluation.decision
         if decision is not None and (not spec.stop_policy.dry_run or decision.type in MANUAL_TYPES):
-            await self._begin_stop(tracked, spec, decision, status, scraped_at)
+            await self._begin_stop(tracked, spec, memory, decision, fields, now)
             return
-        if decision is not None and not tracked.status.get("dryRun"):
-            status["dryRun"] = {"wouldStopAt": decision.as_status() | {"at": controller.now_rfc3339()}}
+        wants_dry_run = decision is not None and not tracked.status.get("dryRun")
+        if decision is not None and wants_dry_run:
+            fields["dryRun"] = {"wouldStopAt": decision.as_status() | {"at": self.writer.now()}}
+        conditions = _metrics_availability(tracked, memory, error)
+        change = StatusChange(fields=fields, conditions=conditions)
+        if not fields and not conditions:
+            return
+        written = await self.writer.write(*tracked.key, lambda _: change, seen=tracked.training_job)
+        if written is None:
+            return
+        if "progress" in fields:
+            memory.written_epoch = fields["progress"]["epoch"]
+        if decision is not None and wants_dry_run:
             message = f"dryRun: would stop now: {decision.type} ({decision.criterion}): {decision.message}"
-            await self.kube.post_event(tracked.training_job, "WouldStop", message, False)
-        if status:
-            await self._write(namespace, name, status)
-            if "progress" in status:
-                memory.written_epoch = status["progress"]["epoch"]
-        await self._report_metrics_availability(tracked, memory, error)
+            await self.kube.post_event(tracked.training_job, WOULD_STOP, message, False)
+        if conditions and not conditions[0].status:
+            await self.kube.post_event(tracked.training_job, SCRAPE_FAILED, conditions[0].message, True)
 
     async def _live_inputs(
         self, tracked: Tracked, spec: TrainingJobSpec
@@ -211,7 +263,7 @@ class Supervisor:
             else:
                 continue
             try:
-                samples = await prometheus.instant_query(self.session, url, query, SCRAPE_TIMEOUT_S)
+                samples = await self._query(url, query)
             except prometheus.PrometheusError as error:
                 log.info("TrainingJob %s/%s: %s", *tracked.key, error)
                 continue
@@ -221,15 +273,21 @@ class Supervisor:
                 utilization = max(sample.value for sample in samples)
         return results, utilization
 
-    async def _scrape(
-        self, tracked: Tracked, spec: TrainingJobSpec
-    ) -> tuple[TrainerReport | None, str | None]:
+    async def _query(self, url: str, query: str) -> list[prometheus.Sample]:
+        """One instant query, at most QUERIES_AT_ONCE at a time: memory stays bounded whatever answers."""
+        async with self._queries:
+            return await prometheus.instant_query(self.session, url, query, SCRAPE_TIMEOUT_S)
+
+    async def _scrape(self, tracked: Tracked, spec: TrainingJobSpec) -> Fetched:
         pod = tracked.rank_zero()
         if tracked.phase != RUNNING:
             return None, None
         if pod is None:
             return None, "no running pod of rank 0 with an IP"
-        url = f"http://{pod.ip}:{spec.metrics.port}{spec.metrics.path}"
+        try:
+            url = endpoint_url(pod.ip or "", spec.metrics.port, spec.metrics.path)
+        except ValueError:
+            return None, f"rank 0's pod IP {excerpt(pod.ip or '')!r} is not an address"
         try:
             return await scrape(self.session, url, min(SCRAPE_TIMEOUT_S, spec.metrics.interval.seconds)), None
         except ScrapeError as error:
@@ -237,162 +295,123 @@ class Supervisor:
             log.info("TrainingJob %s/%s: %s", *tracked.key, error)
             return None, str(error)
 
-    async def _report_metrics_availability(
-        self, tracked: Tracked, memory: JobMemory, error: str | None
-    ) -> None:
-        """MetricsAvailable: False after a few failed scrapes in a row, True when a scrape works."""
-        current: Mapping[str, Any] = next(
-            (c for c in tracked.status.get("conditions") or [] if c.get("type") == METRICS_AVAILABLE), {}
-        )
-        if memory.failures >= FAILURES_BEFORE_CONDITION and error and current.get("status") != "False":
-            wanted = Condition(
-                METRICS_AVAILABLE, False, "ScrapeFailed", f"{error}; check spec.metrics.port and path"
-            )
-            await self.kube.post_event(tracked.training_job, "ScrapeFailed", wanted.message, True)
-        elif memory.failures == 0 and tracked.phase == RUNNING and current.get("status") != "True":
-            wanted = Condition(METRICS_AVAILABLE, True, "Scraped", "rank 0's /metrics is read every interval")
-        else:
-            return
-        conditions = lifecycle.merge_conditions(
-            tracked.status.get("conditions") or [], [wanted], controller.now_rfc3339()
-        )
-        await self._write(*tracked.key, {"conditions": conditions})
-
-    async def _write(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        await self.kube.patch_training_job_status(namespace, name, status)
-        monitoring.STATUS_WRITES.inc()
-
     async def _begin_stop(
         self,
         tracked: Tracked,
         spec: TrainingJobSpec,
+        memory: JobMemory,
         decision: Decision,
-        status: dict[str, Any],
+        fields: dict[str, Any],
         decided_at: float,
     ) -> None:
-        namespace, name = tracked.key
-        reason = decision.as_status() | {"at": controller.now_rfc3339()}
-        if decision.type == "Cancelled":
-            await self._kill(tracked)
-            conditions = [
-                Condition(lifecycle.STOP_REQUESTED, True, "Cancelled", decision.message),
-                Condition(RUNNING_CONDITION, False, "Cancelled", "the pods were deleted"),
-                Condition(FINISHED, True, "Cancelled", f"cancelled: {decision.message}; nothing was saved"),
-            ]
-            phase, allowed = CANCELLED, {PENDING, RUNNING, STOPPING}
-        else:
-            conditions = [Condition(lifecycle.STOP_REQUESTED, True, decision.type, decision.message)]
-            phase, allowed = STOPPING, {PENDING, RUNNING}
-        saved = gpu_seconds_saved(
-            spec, decision.epoch or 0, tracked.memory.epoch_seconds if tracked.memory else None
-        )
+        """Cancel: the stop machine kills, then writes Cancelled. A stop: one patch to Stopping with the
+        reason (compare-and-set: decided once, however many visits decide it), then the signal at once."""
+        reason = decision.as_status() | {"at": self.writer.now()}
+        saved = gpu_seconds_saved(spec, decision.epoch or 0, memory.epoch_seconds)
+        opening = fields | {"stopReason": reason}
         if saved is not None:
-            status["gpuSecondsSaved"] = saved
-        done = await controller.transition(
-            self.kube,
-            namespace,
-            name,
-            allowed=allowed,
-            phase=phase,
-            conditions=conditions,
-            extra=status | {"stopReason": reason},
-            seen=tracked.training_job,
-        )
-        if done is None:
+            opening["gpuSecondsSaved"] = saved
+        requested = Condition(STOP_REQUESTED, True, decision.type, decision.message)
+        if decision.type == CANCELLED_REASON:
+            cancel = StatusChange(fields=opening, conditions=(requested,))
+            if await self.stops.drive(tracked, decided_at, decision.message, cancel=cancel) is not None:
+                monitoring.STOPS.labels(reason=decision.type).inc()
             return
-        monitoring.STATUS_WRITES.inc()
+
+        def begin(body: Mapping[str, Any]) -> StatusChange | None:
+            phase = (body.get("status") or {}).get("phase") or PENDING
+            if phase not in (PENDING, RUNNING):
+                return None
+            return StatusChange(fields=opening, conditions=(requested,), phase=STOPPING)
+
+        written = await self.writer.write(*tracked.key, begin, seen=tracked.training_job)
+        if written is None:
+            return
+        tracked.observe(written.after)  # the watch delivers it later; the stop needs it now
         monitoring.STOPS.labels(reason=decision.type).inc()
         if saved:
             monitoring.GPU_SECONDS_SAVED.inc(saved)
-        if phase == STOPPING:  # the signal first: the Event is for people, the trainers are waiting
-            await self._signal(tracked, spec, decision.message)
-            monitoring.DECISION_LATENCY.observe(self.clock() - decided_at)
-        await self.kube.post_event(
-            done.training_job, phase, f"{decision.type} ({decision.criterion}): {decision.message}", False
-        )
+        began = seconds(reason["at"]) or decided_at
+        await self.stops.drive(tracked, began, decision.message)  # the signal first: the trainers wait
+        monitoring.DECISION_LATENCY.observe(self.clock() - decided_at)
+        message = f"{decision.type} ({decision.criterion}): {decision.message}"
+        await self.kube.post_event(written.training_job, STOPPING, message, False)
 
-    async def _signal(self, tracked: Tracked, spec: TrainingJobSpec, reason: str) -> None:
-        """POST /stop to every rank. None acknowledged: suspend the Job, so each pod gets SIGTERM; but while
-        no pod answers at all (a trainer still importing torch), ask again at the next poll until
-        stopPolicy.ackTimeout: a SIGTERM before the trainer handles it would kill it unsaved."""
-        namespace, name = tracked.key
-        pods = list(tracked.pods.values())
-        timeout = min(spec.stop_policy.ack_timeout.seconds, SCRAPE_TIMEOUT_S)
-        answered = await stopping.signal(
-            self.session, pods, spec.metrics.port, await self._token(tracked), reason, timeout
-        )
-        waited = self.clock() - self._stop_began(tracked)
-        if (
-            answered.acknowledged == 0
-            and answered.unreachable
-            and waited < spec.stop_policy.ack_timeout.seconds
-        ):
-            return  # not signalled yet: _drive_stop asks again
-        tracked.signalled = True
-        if answered.acknowledged == 0:
-            await self.kube.suspend_job(namespace, name)
-            message = "no trainer pod acknowledged POST /stop; suspended the Job, so each pod gets SIGTERM"
-            await self.kube.post_event(tracked.training_job, "StopNotAcknowledged", message, True)
+    async def _drive_stop(self, tracked: Tracked) -> None:
+        """A Stopping job's next steps; a cancel annotation made meanwhile turns it into a cancel."""
+        reason = tracked.status.get("stopReason") or {}
+        began = seconds(reason.get("at")) or self.clock()
+        cancel = None
+        if CANCEL_ANNOTATION in tracked.annotations:
+            words = tracked.annotations.get(CANCEL_ANNOTATION) or "cancelled"
+            requested = Condition(STOP_REQUESTED, True, CANCELLED_REASON, words)
+            cancel = StatusChange(conditions=(requested,))
+        await self.stops.drive(tracked, began, str(reason.get("message") or "stop"), cancel=cancel)
+
+    async def keep_at_rest(self, key: Key) -> None:
+        """A stopped or cancelled TrainingJob's Job stays suspended: a queue (Kueue) that admits it again
+        by unsuspending it finds it suspended again at once, so its pods never train with nobody watching."""
+        tracked = self.registry.get(key)
+        if tracked is None or tracked.phase not in (STOPPED, CANCELLED, FAILED):
+            return
+        job = tracked.job
+        if job is not None and not job.suspended and not job.finished:
+            await self.kube.suspend_job(*key, job.uid)
 
     async def _token(self, tracked: Tracked) -> str | None:
         """The job's stop token (its Secret), read once: while it runs, so a stop costs no extra read."""
-        if tracked.token is None:
+        token = self._tokens.get(tracked.uid)
+        if token is None:
             namespace, name = tracked.key
             secret = token_secret_name(Owner(name, namespace, ""))
-            tracked.token = await self.kube.read_token(namespace, secret, TOKEN_KEY)
-        return tracked.token
+            token = await self.kube.read_token(namespace, secret, TOKEN_KEY)
+            if token is not None:
+                self._tokens[tracked.uid] = token
+        return token
 
-    def _stop_began(self, tracked: Tracked) -> float:
-        """stopReason.at; now while the status that records it has not reached the registry yet."""
-        return _seconds((tracked.status.get("stopReason") or {}).get("at")) or self.clock()
 
-    async def _drive_stop(self, tracked: Tracked) -> None:
-        spec = tracked.spec
-        assert spec is not None
-        reason = tracked.status.get("stopReason") or {}
-        if not tracked.signalled:  # a restarted operator signals again: a second POST /stop changes nothing
-            await self._signal(tracked, spec, str(reason.get("message") or "stop"))
-        conclusion = stopping.conclude(
-            list(tracked.pods.values()),
-            self._stop_began(tracked),
-            spec.stop_policy.grace_period.seconds,
-            self.clock(),
-        )
-        if conclusion is None:
-            return
-        if conclusion.escalate:
-            await self._kill(tracked)
-        extra: dict[str, Any] = {"checkpoint": conclusion.checkpoint} if conclusion.checkpoint else {}
-        done = await controller.transition(
-            self.kube,
-            *tracked.key,
-            allowed={STOPPING},
-            phase=conclusion.phase,
-            conditions=[
-                Condition(RUNNING_CONDITION, False, conclusion.reason, "the stop ended"),
-                Condition(FINISHED, True, conclusion.reason, conclusion.message),
-            ],
-            extra=extra,
-            seen=tracked.training_job,
-        )
-        if done is not None:
-            monitoring.STATUS_WRITES.inc()
-            await self.kube.post_event(
-                done.training_job, conclusion.reason, conclusion.message, conclusion.warning
-            )
+def observe(
+    tracked: Tracked,
+    spec: TrainingJobSpec,
+    report: TrainerReport | None,
+    promql: Mapping[str, bool],
+    gpu_utilization: float | None,
+    now: float,
+    registry: Registry,
+) -> Observation:
+    """What the engine sees of a job at `now`: pure, from the watched body, the report and the live inputs."""
+    annotations = tracked.annotations
+    stop = annotations.get(STOP_ANNOTATION)
+    cancel = annotations.get(CANCEL_ANNOTATION)
+    return Observation(
+        now=now,
+        samples={report.epoch: report.metrics} if report is not None and report.epoch >= 1 else {},
+        started_at=_started_at(tracked),
+        step=report.step if report is not None else None,
+        gpus=spec.gpus,
+        gpu_utilization=gpu_utilization,
+        promql=promql,
+        cohort=registry.cohort(tracked),
+        answered=report is not None,
+        stop=Request(STOP_ANNOTATION, stop) if stop is not None else None,
+        cancel=Request(CANCEL_ANNOTATION, cancel) if cancel is not None else None,
+    )
 
-    async def _kill(self, tracked: Tracked) -> None:
-        """Suspend the Job (no new pods), then delete its pods without grace: cancel and escalation."""
-        namespace, name = tracked.key
-        await self.kube.suspend_job(namespace, name)
-        for pod in list(tracked.pods.values()):
-            if pod.active:
-                await self.kube.delete_pod(namespace, pod.name, grace_period_s=0)
+
+def _metrics_availability(tracked: Tracked, memory: JobMemory, error: str | None) -> tuple[Condition, ...]:
+    """MetricsAvailable: False after a few failed reads in a row, True when a read works; () if unchanged."""
+    current = find_condition(tracked.status.get("conditions"), METRICS_AVAILABLE) or {}
+    if memory.failures >= FAILURES_BEFORE_CONDITION and error and current.get("status") != "False":
+        message = f"{error}; check spec.metrics.port and path"
+        return (Condition(METRICS_AVAILABLE, False, SCRAPE_FAILED, message),)
+    if memory.failures == 0 and tracked.phase == RUNNING and current.get("status") != "True":
+        return (Condition(METRICS_AVAILABLE, True, SCRAPED, "rank 0's metrics are read every interval"),)
+    return ()
 
 
 def _wants_visit(tracked: Tracked) -> bool:
-    """Running and Stopping jobs; a Pending one only when someone annotated it (nothing to scrape yet)."""
-    if tracked.spec is None:
+    """Running and Stopping jobs; a Pending one only when someone annotated it (nothing to read yet)."""
+    if tracked.spec is None or tracked.phase in TERMINAL_PHASES:
         return False
     if tracked.phase in (RUNNING, STOPPING):
         return True
@@ -401,7 +420,7 @@ def _wants_visit(tracked: Tracked) -> bool:
 
 def _started_at(tracked: Tracked) -> float | None:
     """When every rank was up (the Running condition), else when the TrainingJob was created."""
-    for condition in tracked.status.get("conditions") or []:
-        if condition.get("type") == RUNNING_CONDITION and condition.get("status") == "True":
-            return _seconds(condition.get("lastTransitionTime"))
-    return _seconds(tracked.training_job["metadata"].get("creationTimestamp"))
+    running = find_condition(tracked.status.get("conditions"), RUNNING_CONDITION)
+    if running is not None and running.get("status") == "True":
+        return seconds(running.get("lastTransitionTime"))
+    return seconds(tracked.training_job["metadata"].get("creationTimestamp"))

@@ -1,19 +1,21 @@
-"""controller.transition is a compare-and-set on the real apiserver: a phase judged on a stale body never
-overwrites a newer one (another operator, or a restarted one, moved it first)."""
+"""The one status writer on the real apiserver: a phase judged on a stale body never overwrites a newer
+one, and two writers racing from the same body (two visits, or two operators) lose no condition."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from controlplane import ControlPlane
 from operatorharness import apply, get, manifest, status
-from stopline import controller
 from stopline.kube import Kube
-from stopline.lifecycle import RUNNING, STOPPED, STOPPING, Condition
+from stopline.lifecycle import Condition, StatusChange
+from stopline.status import Compose, StatusWriter, Written
+from stopline.vocabulary import RUNNING, STOPPED, STOPPING
 
 pytestmark = pytest.mark.cluster
 
@@ -24,20 +26,22 @@ def set_phase(plane: ControlPlane, namespace: str, name: str, phase: str) -> dic
     return dict(get(plane, namespace, "tj", name))
 
 
-def stop(namespace: str, name: str, seen: dict[str, Any]) -> controller.Transition | None:
-    async def run() -> controller.Transition | None:
+def begin_stop(body: Mapping[str, Any]) -> StatusChange | None:
+    """The supervisor's rule: only a Running job can begin stopping."""
+    if (body.get("status") or {}).get("phase") != RUNNING:
+        return None
+    return StatusChange(
+        fields={"stopReason": {"type": "Manual", "message": "test"}},
+        conditions=(Condition("StopRequested", True, "Manual", "test"),),
+        phase=STOPPING,
+    )
+
+
+def stop(namespace: str, name: str, seen: dict[str, Any]) -> Written | None:
+    async def run() -> Written | None:
         kube = await Kube.connect()
         try:
-            return await controller.transition(
-                kube,
-                namespace,
-                name,
-                allowed={RUNNING},
-                phase=STOPPING,
-                conditions=[Condition("StopRequested", True, "Manual", "test")],
-                extra={"stopReason": {"type": "Manual", "message": "test"}},
-                seen=seen,
-            )
+            return await StatusWriter(kube).write(namespace, name, begin_stop, seen=seen)
         finally:
             await kube.close()
 
@@ -65,3 +69,34 @@ def test_a_transition_on_a_current_body_moves_the_phase(plane: ControlPlane, nam
     assert status(plane, namespace, "cas")["phase"] == STOPPING
     assert status(plane, namespace, "cas")["stopReason"]["type"] == "Manual"
     assert stop(namespace, "cas", seen=current) is None  # the same stale view cannot stop it twice
+
+
+def test_two_writers_racing_from_the_same_body_lose_no_condition(plane: ControlPlane, namespace: str) -> None:
+    """status.conditions is a list a merge patch replaces whole: each writer sets its own condition from
+    the same body; the one that comes second must read again and keep the first one's condition."""
+    apply(plane, namespace, manifest("race"))
+    seen = set_phase(plane, namespace, "race", RUNNING)
+    wanted = {f"Probe{i}": Condition(f"Probe{i}", True, "Set", f"writer {i}") for i in range(8)}
+
+    def setting(condition: Condition) -> Compose:
+        return lambda _: StatusChange(conditions=(condition,))
+
+    async def race() -> list[Written | None]:
+        kubes = [await Kube.connect() for _ in wanted]
+        try:
+            writers = [StatusWriter(kube) for kube in kubes]  # one each: as many operators, no shared lock
+            return await asyncio.gather(
+                *(
+                    writer.write(namespace, "race", setting(condition), seen)
+                    for writer, condition in zip(writers, wanted.values(), strict=True)
+                )
+            )
+        finally:
+            for kube in kubes:
+                await kube.close()
+
+    written = asyncio.run(race())
+    assert all(result is not None for result in written)
+    conditions = {c["type"]: c for c in status(plane, namespace, "race").get("conditions") or []}
+    assert set(wanted) <= set(conditions), sorted(conditions)
+    assert status(plane, namespace, "race")["phase"] == RUNNING

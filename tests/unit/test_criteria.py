@@ -8,7 +8,7 @@ import math
 import pytest
 from specs import run_curve, spec
 
-from stopline.criteria import REASON_TYPES, CohortCurve, Observation, evaluate
+from stopline.criteria import REASON_TYPES, CohortCurve, Observation, Request, evaluate
 
 LOSS = [1.0, 0.8, 0.7, 0.69, 0.695, 0.70, 0.71, 0.72, 0.73]
 
@@ -239,16 +239,34 @@ def test_stale_when_no_new_step_for_stale_after() -> None:
     assert "no new step for 10 min" in stale.decision.message
 
 
+def test_a_monitoring_outage_is_not_counted_as_a_hung_trainer() -> None:
+    """Stale counts only time in which the source answered: an hour without answers is no stop, and
+    the quiet time before and after it adds up only from answers."""
+    job = spec(metrics={"staleAfter": "10m"})
+    first = evaluate(job, {}, Observation(now=0.0, started_at=0.0, step=50))
+    before = evaluate(job, first.states, Observation(now=240.0, step=50))
+    outage = evaluate(job, before.states, Observation(now=3840.0, answered=False))
+    assert outage.decision is None and "not answering" in outage.criteria[-1].message
+    back = evaluate(job, outage.states, Observation(now=3900.0, step=50))
+    still = evaluate(job, back.states, Observation(now=4200.0, step=50))
+    assert still.decision is None  # 240 s before + 300 s after: 9 min of answers without a new step
+    stale = evaluate(job, still.states, Observation(now=4260.0, step=50))
+    assert stale.decision is not None and stale.decision.type == "Stale"
+
+
 def test_manual_stop_and_cancel_come_from_the_annotations_cancel_first() -> None:
     job = spec({"name": "p", "patience": {"patience": 1}})
-    manual = evaluate(job, {}, Observation(now=1.0, samples={3: {"val_loss": 1.0}}, stop="enough for today"))
+    stop = Request("stopline.dev/stop", "enough for today")
+    manual = evaluate(job, {}, Observation(now=1.0, samples={3: {"val_loss": 1.0}}, stop=stop))
     assert manual.decision is not None
     assert (manual.decision.type, manual.decision.message, manual.decision.epoch) == (
         "Manual",
         "enough for today",
         3,
     )
-    both = evaluate(job, {}, Observation(now=1.0, stop="stop", cancel="wrong data"))
+    assert manual.decision.criterion == "stopline.dev/stop"
+    cancel = Request("stopline.dev/cancel", "wrong data")
+    both = evaluate(job, {}, Observation(now=1.0, stop=stop, cancel=cancel))
     assert both.decision is not None and (both.decision.type, both.decision.message) == (
         "Cancelled",
         "wrong data",

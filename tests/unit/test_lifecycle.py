@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from stopline.lifecycle import changed, desired_status
+from stopline import lifecycle
+from stopline.status import patch_for
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z"
+
+
+def desired_status(
+    training_job: dict[str, Any], job: dict[str, Any] | None, now: str, **options: Any
+) -> dict[str, Any]:
+    """The status after the status writer applied lifecycle's change at `now`."""
+    change = lifecycle.desired_status(training_job, job, **options)
+    current = training_job.get("status") or {}
+    return {**current, **(patch_for(current, change, now) or {})}
+
+
+def changed(current: dict[str, Any], desired: dict[str, Any]) -> bool:
+    return any(current.get(key) != value for key, value in desired.items())
 
 
 def training_job(replicas: int = 1, status: dict[str, Any] | None = None) -> dict[str, Any]:

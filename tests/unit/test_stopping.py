@@ -1,4 +1,4 @@
-"""How a stop concludes from the pods as last seen, and what a restarted operator remembers. Pure code."""
+"""What a restarted operator remembers, and how the registry files and trusts pods and Jobs. Pure code."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import math
 from specs import spec
 
 from stopline.metrics.exposition import TrainerReport
-from stopline.progress import JobMemory, checkpoint_status, gpu_seconds_saved
-from stopline.registry import PodView, Registry, pod_view
-from stopline.stopping import conclude
+from stopline.progress import JobMemory, checkpoint_status, gpu_seconds_saved, shown_metrics
+from stopline.registry import Registry, pod_view
 
 RAW_SPEC = {
     "template": {"spec": {"containers": [{"name": "trainer", "image": "trainer:1"}]}},
@@ -19,42 +18,6 @@ RAW_SPEC = {
 }
 
 MANIFEST = json.dumps({"uri": "s3://b/run/step-300.pt", "epoch": 3, "step": 300, "bytes": 9, "sha256": "ab"})
-GRACE_S = 60.0
-
-
-def pod(rank: int = 0, phase: str = "Running", exit_code: int | None = None, message: str = "") -> PodView:
-    return PodView(f"p{rank}", rank, "127.0.0.9", phase, exit_code=exit_code, message=message)
-
-
-def test_rank_zeros_manifest_concludes_stopped_with_the_checkpoint_even_while_other_ranks_exit() -> None:
-    ended = conclude([pod(0, "Succeeded", 0, MANIFEST), pod(1)], stop_began=0, grace_period_s=GRACE_S, now=1)
-    assert ended is not None and ended.phase == "Stopped"
-    assert ended.checkpoint == {
-        "uri": "s3://b/run/step-300.pt",
-        "epoch": 3,
-        "step": 300,
-        "bytes": 9,
-        "sha256": "ab",
-    }
-
-
-def test_running_pods_are_waited_for_until_the_grace_period_then_killed() -> None:
-    assert conclude([pod()], stop_began=0, grace_period_s=GRACE_S, now=59) is None
-    late = conclude([pod()], stop_began=0, grace_period_s=GRACE_S, now=60)
-    assert late is not None and (late.phase, late.reason, late.escalate) == (
-        "Failed",
-        "GracePeriodExpired",
-        True,
-    )
-    assert "the weights were not saved" in late.message
-
-
-def test_a_rank_that_failed_while_stopping_fails_the_job_and_a_clean_exit_without_manifest_warns() -> None:
-    failed = conclude([pod(0, "Failed", 137)], stop_began=0, grace_period_s=GRACE_S, now=1)
-    assert failed is not None and (failed.phase, failed.reason) == ("Failed", "TrainerFailed")
-    assert "137" in failed.message
-    bare = conclude([pod(0, "Succeeded", 0, "not json")], stop_began=0, grace_period_s=GRACE_S, now=1)
-    assert bare is not None and (bare.phase, bare.reason, bare.warning) == ("Stopped", "NoCheckpoint", True)
 
 
 def test_checkpoint_status_takes_the_manifest_fields_of_the_crd_and_refuses_other_text() -> None:
@@ -80,6 +43,15 @@ def test_memory_seeded_from_status_goes_on_from_the_last_epoch_written() -> None
     assert memory.best == {"metric": "val_loss", "value": 0.4, "epoch": 2}
 
 
+def test_progress_shows_the_specs_metrics_first_and_a_bounded_number_of_well_formed_others() -> None:
+    job = spec({"name": "good", "threshold": {"metric": "val_acc", "mode": "max", "value": 0.9}})
+    reported = {f"zz_{index:03d}": 1.0 for index in range(100)}
+    reported |= {"bad name\n\x1b[31m": 1.0, "val_acc": 0.5, "val_loss": math.nan}
+    shown = shown_metrics(job, reported)
+    assert list(shown)[:2] == ["val_acc", "val_loss"] and shown["val_loss"] is None
+    assert len(shown) == 32 and not any(" " in name for name in shown)
+
+
 def test_gpu_seconds_saved_needs_max_epochs_and_a_measured_epoch() -> None:
     job = spec(maxEpochs=10)
     assert gpu_seconds_saved(job, epoch=4, epoch_seconds=30.0) == 6 * 30.0 * job.gpus
@@ -87,9 +59,22 @@ def test_gpu_seconds_saved_needs_max_epochs_and_a_measured_epoch() -> None:
     assert gpu_seconds_saved(spec(), epoch=4, epoch_seconds=30.0) is None
 
 
-def _pod(name: str, job: str, index: str, **status: object) -> dict[str, object]:
+JOB_UID = "job-uid-a"
+
+
+def _pod(name: str, job: str, index: str, owner: str = JOB_UID, **status: object) -> dict[str, object]:
     labels = {"stopline.dev/job": job, "batch.kubernetes.io/job-completion-index": index}
-    return {"metadata": {"name": name, "namespace": "ns", "labels": labels}, "status": status}
+    references = [{"kind": "Job", "name": job, "uid": owner, "controller": True}]
+    metadata = {"name": name, "namespace": "ns", "labels": labels, "ownerReferences": references}
+    return {"metadata": metadata, "uid": f"uid-{name}", "status": status}
+
+
+def _job(name: str = "a", uid: str = JOB_UID, owner: str = "1", **spec: object) -> dict[str, object]:
+    references = [{"kind": "TrainingJob", "name": name, "uid": owner, "controller": True}]
+    return {
+        "metadata": {"name": name, "namespace": "ns", "uid": uid, "ownerReferences": references},
+        "spec": spec,
+    }
 
 
 def test_a_deleted_pod_keeps_its_termination_message_and_rank_zero_is_the_one_scraped() -> None:
@@ -97,6 +82,7 @@ def test_a_deleted_pod_keeps_its_termination_message_and_rank_zero_is_the_one_sc
     tracked = registry.observe_training_job(
         {"metadata": {"name": "a", "namespace": "ns", "uid": "1", "generation": 1}, "spec": RAW_SPEC}
     )
+    registry.observe_job(_job())
     terminated = {"name": "trainer", "state": {"terminated": {"exitCode": 0, "message": MANIFEST}}}
     registry.observe_pod(_pod("a-1", "a", "1", phase="Running", podIP="127.0.0.3"))
     registry.observe_pod(_pod("a-0", "a", "0", phase="Running", podIP="127.0.0.2"))
@@ -106,7 +92,8 @@ def test_a_deleted_pod_keeps_its_termination_message_and_rank_zero_is_the_one_sc
         _pod("a-0", "a", "0", phase="Succeeded", containerStatuses=[terminated]), deleted=True
     )
     assert tracked.rank_zero() is None
-    assert tracked.pods["a-0"].message == MANIFEST and not tracked.pods["a-0"].active
+    [rank_0] = [pod for pod in tracked.pods if pod.name == "a-0"]
+    assert rank_0.message == MANIFEST and not rank_0.active
     assert pod_view(_pod("x", "a", "7")).rank == 7
 
 
@@ -147,13 +134,22 @@ def test_the_cohort_is_the_other_jobs_of_the_study_in_the_namespace_with_their_c
     assert dict(registry.cohort(me)[0].values) == {1: 0.9, 2: 0.8, 3: 0.7}
 
 
-def test_a_pod_terminating_after_sigterm_is_waited_for_its_manifest_not_signalled_again() -> None:
-    """Suspending the Job marks the pods for deletion; the trainer is saving: no conclusion until it exits."""
-    terminating = pod_view(
-        {
-            "metadata": {"name": "a-0", "namespace": "ns", "deletionTimestamp": "2026-11-23T12:00:00Z"},
-            "status": {"phase": "Running", "podIP": "127.0.0.2"},
-        }
+def test_a_pod_or_job_that_only_carries_the_label_is_never_trusted() -> None:
+    """An impostor pod labelled with the job's name (not controlled by its Job) is never scraped or
+    signalled, and a Job of the same name that another object controls is not this job's Job."""
+    registry = Registry()
+    tracked = registry.observe_training_job(
+        {"metadata": {"name": "a", "namespace": "ns", "uid": "1", "generation": 1}, "spec": RAW_SPEC}
     )
-    assert terminating.active and not terminating.reachable
-    assert conclude([terminating], stop_began=0, grace_period_s=GRACE_S, now=1) is None
+    registry.observe_pod(_pod("a-0", "a", "0", phase="Running", podIP="127.0.0.2"))
+    assert tracked.job is None and tracked.pods == [] and tracked.rank_zero() is None  # Job not known yet
+    registry.observe_job(_job(owner="someone-else"))
+    assert tracked.job is None and tracked.pods == []
+    registry.observe_job(_job())
+    impostor = _pod("aaa-impostor", "a", "0", owner="not-the-job", phase="Running", podIP="127.0.0.66")
+    registry.observe_pod(impostor)
+    assert [pod.name for pod in tracked.pods] == ["a-0"]
+    rank_zero = tracked.rank_zero()
+    assert rank_zero is not None and rank_zero.ip == "127.0.0.2"
+    registry.observe_job(_job(), deleted=True)
+    assert tracked.job is None and tracked.pods == []

@@ -6,7 +6,7 @@ The operator calls only `evaluate(spec, states, observation)`; it returns the ne
 
 from stopline.criteria.decision import REASON_TYPES, Decision, ReasonType
 from stopline.criteria.engine import Evaluation, evaluate
-from stopline.criteria.observation import CohortCurve, Observation, Samples
+from stopline.criteria.observation import CohortCurve, Observation, Request, Samples
 
 __all__ = [
     "REASON_TYPES",
@@ -15,6 +15,7 @@ __all__ = [
     "Evaluation",
     "Observation",
     "ReasonType",
+    "Request",
     "Samples",
     "evaluate",
 ]

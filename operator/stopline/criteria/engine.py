@@ -11,9 +11,6 @@ from stopline.criteria import budget, cohort, divergence, live, patience, platea
 from stopline.criteria.decision import Decision, JSONState, Outcome
 from stopline.criteria.observation import Observation
 
-STOP_ANNOTATION = "stopline.dev/stop"
-CANCEL_ANNOTATION = "stopline.dev/cancel"
-
 
 @dataclass(frozen=True)
 class CriterionStatus:
@@ -76,11 +73,12 @@ def evaluate(
 def _choose(observation: Observation, decisions: list[Decision | None]) -> Decision | None:
     epoch = observation.latest_epoch
     if observation.cancel is not None:
-        return Decision("Cancelled", CANCEL_ANNOTATION, observation.cancel or "cancelled", None, None, epoch)
+        cancel = observation.cancel
+        return Decision("Cancelled", cancel.source, cancel.words or "cancelled", None, None, epoch)
     if observation.stop is not None:
-        return Decision(
-            "Manual", STOP_ANNOTATION, observation.stop or "stopped with kubectl annotate", None, None, epoch
-        )
+        stop = observation.stop
+        words = stop.words or "stopped with kubectl annotate"
+        return Decision("Manual", stop.source, words, None, None, epoch)
     fired = [
         (decision.epoch if decision.epoch is not None else math.inf, index, decision)
         for index, decision in enumerate(decisions)

@@ -27,25 +27,34 @@ def _minutes(seconds: float) -> str:
 class StaleState(State):
     KIND: ClassVar[str] = "stale"
     progress: int | None = None
-    since: float | None = None
+    quiet: float = 0.0  # seconds without a new step, counted only while the metric source answered
+    last: float | None = None  # when it last answered; None while it does not
 
 
 def evaluate_stale(
     stale_after: Duration, observation: Observation, raw: Mapping[str, object] | None
 ) -> Outcome:
-    """No new step for staleAfter; the clock starts at started_at (or the first call) and at every advance."""
+    """No new step for staleAfter of time in which the metric source answered: a trainer that reports the
+    same step is hung; a source that does not answer (Prometheus down, a network fault) is an outage,
+    shown as the MetricsAvailable condition, and its time is not counted."""
     state = StaleState.load(raw)
+    if not observation.answered:
+        state.last = None
+        quiet = _minutes(state.quiet)
+        message = f"last progress {quiet} ago; the metrics source is not answering (not counted)"
+        return Outcome(state.dump(), state.decision, message)
     progress = _progress(observation)
-    if state.since is None:
-        state.since = observation.started_at if observation.started_at is not None else observation.now
     if progress is not None and progress != state.progress:
-        state.progress, state.since = progress, observation.now
-    quiet = observation.now - state.since
-    if state.stop is None and quiet >= stale_after.seconds:
+        state.progress, state.quiet = progress, 0.0
+    elif state.last is not None:
+        state.quiet += max(observation.now - state.last, 0.0)
+    state.last = observation.now
+    if state.stop is None and state.quiet >= stale_after.seconds:
         at = f"step {observation.step}" if observation.step is not None else f"progress {state.progress}"
-        message = f"no new step for {_minutes(quiet)} (staleAfter {stale_after.text}), stuck at {at}"
-        state.stop = Decision("Stale", STALE, message, None, quiet, observation.latest_epoch).as_status()
-    return Outcome(state.dump(), state.decision, f"last progress {_minutes(quiet)} ago")
+        message = f"no new step for {_minutes(state.quiet)} (staleAfter {stale_after.text}), stuck at {at}"
+        decision = Decision("Stale", STALE, message, None, state.quiet, observation.latest_epoch)
+        state.stop = decision.as_status()
+    return Outcome(state.dump(), state.decision, f"last progress {_minutes(state.quiet)} ago")
 
 
 @dataclass

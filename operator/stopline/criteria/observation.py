@@ -38,6 +38,14 @@ class CohortCurve:
 
 
 @dataclass(frozen=True)
+class Request:
+    """A person's stop or cancel: where it came from (stopReason.criterion) and their words (may be empty)."""
+
+    source: str
+    words: str
+
+
+@dataclass(frozen=True)
 class Observation:
     """Everything the criteria may look at, as of `now` (seconds since the Unix epoch).
 
@@ -46,7 +54,9 @@ class Observation:
     step: the trainer's latest step, the progress marker for Stale and GPUIdle (None: unknown, the latest
     epoch is used). gpu_utilization: the busiest GPU's utilisation in percent from DCGM (None: unknown).
     promql: criterion name -> whether its query returned a non-empty result (absent: query failed).
-    stop / cancel: the values of the stopline.dev/stop and stopline.dev/cancel annotations, when set.
+    answered: whether the metric source answered with this job's report; a source that does not answer is
+    a monitoring outage, not a hung trainer, so Stale does not count that time.
+    stop / cancel: a person's requests, when made.
     """
 
     now: float
@@ -57,8 +67,9 @@ class Observation:
     gpu_utilization: float | None = None
     promql: Mapping[str, bool] = field(default_factory=dict)
     cohort: tuple[CohortCurve, ...] = ()
-    stop: str | None = None
-    cancel: str | None = None
+    answered: bool = True
+    stop: Request | None = None
+    cancel: Request | None = None
 
     @property
     def latest_epoch(self) -> int | None:

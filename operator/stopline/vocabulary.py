@@ -1,0 +1,57 @@
+"""Every name a user sees on a TrainingJob: phases, condition types and reasons, Event reasons, annotations.
+
+One module, so `kubectl get tj`, `kubectl describe tj`, the docs and the tests all read the same words, and
+a name is changed in one place. Pure constants plus the one helper that finds a condition by type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# status.phase
+PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+STOPPING, STOPPED, CANCELLED = "Stopping", "Stopped", "Cancelled"
+TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED, STOPPED, CANCELLED})
+
+# status.conditions[].type
+CREATED = "Created"
+RUNNING_CONDITION = "Running"
+FINISHED = "Finished"
+STOP_REQUESTED = "StopRequested"
+CHECKPOINT_TARGET = "CheckpointTarget"
+METRICS_AVAILABLE = "MetricsAvailable"
+
+# status.conditions[].reason (the stop's own reasons are the stop reason types of criteria.decision)
+CHILDREN_CREATED = "ChildrenCreated"
+INVALID_SPEC = "InvalidSpec"
+ALL_RANKS_READY = "AllRanksReady"
+JOB_COMPLETE = "JobComplete"
+JOB_FAILED = "JobFailed"
+CLAIM_FOUND, CLAIM_NOT_FOUND = "ClaimFound", "ClaimNotFound"
+SCRAPED, SCRAPE_FAILED = "Scraped", "ScrapeFailed"
+CHECKPOINT_SAVED = "CheckpointSaved"
+NO_CHECKPOINT = "NoCheckpoint"
+GRACE_PERIOD_EXPIRED = "GracePeriodExpired"
+TRAINER_FAILED = "TrainerFailed"
+
+# Event reasons that are not a phase or a condition reason
+WOULD_STOP = "WouldStop"
+STOP_NOT_ACKNOWLEDGED = "StopNotAcknowledged"
+
+# metadata.annotations a person sets (the operator never writes them)
+STOP_ANNOTATION = "stopline.dev/stop"  # graceful stop, weights kept; the value is the reason
+CANCEL_ANNOTATION = "stopline.dev/cancel"  # stop now, nothing saved
+
+# stop reason types a person asked for: dryRun does not apply to them
+MANUAL = "Manual"
+CANCELLED_REASON = "Cancelled"
+MANUAL_TYPES = frozenset({MANUAL, CANCELLED_REASON})
+
+
+def find_condition(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
+    """The condition of that type in a status.conditions list, or None (a list with junk is not an error)."""
+    for condition in conditions or ():
+        if isinstance(condition, Mapping) and condition.get("type") == type_:
+            return condition
+    return None

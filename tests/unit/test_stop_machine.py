@@ -1,0 +1,144 @@
+"""The stop protocol's rules, one by one, on the pure state machine with an injected clock."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from stopline.registry import JobView, PodView
+from stopline.stopping import (
+    Conclude,
+    Kill,
+    ListPods,
+    Signal,
+    Signalled,
+    StopState,
+    StopView,
+    Suspend,
+    Wait,
+    next_step,
+)
+
+MANIFEST = json.dumps({"uri": "s3://b/run/step-300.pt", "epoch": 3, "step": 300, "bytes": 9, "sha256": "ab"})
+ACK_S, GRACE_S = 30.0, 600.0
+RUNNING_JOB = JobView("a", "job-uid", "tj-uid", suspended=False, finished=False)
+SUSPENDED_JOB = replace(RUNNING_JOB, suspended=True)
+
+
+def pod(rank: int = 0, phase: str = "Running", exit_code: int | None = None, message: str = "") -> PodView:
+    ip = "127.0.0.9" if phase == "Running" else None
+    return PodView(f"p{rank}", rank, ip, phase, uid=f"u{rank}", exit_code=exit_code, message=message)
+
+
+def view(
+    pods: list[PodView], job: JobView | None = RUNNING_JOB, cancel: bool = False, **state: object
+) -> StopView:
+    return StopView(cancel, 0.0, ACK_S, GRACE_S, job, pods, StopState(**state))  # type: ignore[arg-type]
+
+
+def concluded(action: object) -> tuple[str, str]:
+    assert isinstance(action, Conclude), action
+    return action.conclusion.phase, action.conclusion.reason
+
+
+def test_a_running_trainer_is_signalled_once_and_then_waited_for() -> None:
+    assert isinstance(next_step(view([pod()]), now=1), Signal)
+    acked = Signalled(acknowledged=1, unreachable=0, at=1)
+    assert isinstance(next_step(view([pod()], signalled=acked), now=2), Wait)
+
+
+def test_rank_zeros_manifest_concludes_stopped_with_the_checkpoint() -> None:
+    saved = [pod(0, "Succeeded", 0, MANIFEST)]
+    action = next_step(view(saved, job=SUSPENDED_JOB), now=1)
+    assert concluded(action) == ("Stopped", "CheckpointSaved")
+    assert isinstance(action, Conclude) and action.conclusion.checkpoint is not None
+    assert action.conclusion.checkpoint["uri"] == "s3://b/run/step-300.pt"
+    # every pod ended cleanly: the Job completes by itself, nothing to suspend
+    assert concluded(next_step(view(saved), now=1)) == ("Stopped", "CheckpointSaved")
+
+
+def test_a_saved_checkpoint_waits_for_the_other_ranks_and_never_leaves_a_pod_to_run_again() -> None:
+    """A Stopped TrainingJob's pods never run again: the other ranks are waited for (they stopped at the
+    same step), and a rank still running past gracePeriod, or one that failed, gets the Job suspended."""
+    pods = [pod(0, "Succeeded", 0, MANIFEST), pod(1)]
+    acked = Signalled(2, 0, 1)
+    assert isinstance(next_step(view(pods, signalled=acked), now=2), Wait)
+    late = next_step(view(pods, signalled=acked), now=GRACE_S)
+    assert isinstance(late, Suspend) and not late.unacknowledged
+    assert concluded(next_step(view(pods, suspended=True), now=GRACE_S)) == ("Stopped", "CheckpointSaved")
+    failed = [pod(0, "Succeeded", 0, MANIFEST), pod(1, "Failed", 1)]
+    assert isinstance(next_step(view(failed, signalled=acked), now=2), Suspend)
+
+
+def test_a_stop_with_no_pod_seen_lists_the_pods_suspends_the_job_and_only_then_concludes() -> None:
+    """A Pending job, a queued one, or an operator restarted before the pod events: no pod seen is not
+    "no pod"; the Job is suspended so none starts, and the stop concludes without a checkpoint."""
+    assert isinstance(next_step(view([]), now=0), ListPods)
+    action = next_step(view([], pods_listed=True), now=0)
+    assert isinstance(action, Suspend) and action.unacknowledged
+    after = view([], pods_listed=True, suspended=True, signalled=None)
+    assert concluded(next_step(after, now=0)) == ("Stopped", "NoCheckpoint")
+    # no Job at all (never created): nothing to suspend, nothing ran
+    assert concluded(next_step(view([], job=None, pods_listed=True), now=0)) == ("Stopped", "NoCheckpoint")
+
+
+def test_a_pod_the_list_finds_running_is_signalled_not_concluded() -> None:
+    assert isinstance(next_step(view([pod()], pods_listed=True), now=0), Signal)
+
+
+def test_a_trainer_not_serving_yet_is_asked_again_until_ack_timeout_then_suspended() -> None:
+    nobody = Signalled(acknowledged=0, unreachable=1, at=1)
+    assert isinstance(next_step(view([pod()], signalled=nobody), now=1.5), Wait)  # asked 0.5 s ago
+    assert isinstance(next_step(view([pod()], signalled=nobody), now=2.5), Signal)
+    late = next_step(view([pod()], signalled=replace(nobody, at=ACK_S)), now=ACK_S + 1)
+    assert isinstance(late, Suspend) and late.unacknowledged
+
+
+def test_a_pod_still_starting_is_waited_for_until_ack_timeout() -> None:
+    starting = [pod(0, "Pending")]
+    assert isinstance(next_step(view(starting), now=ACK_S - 1), Wait)
+    action = next_step(view(starting), now=ACK_S)
+    assert isinstance(action, Suspend) and action.unacknowledged
+
+
+def test_a_refusal_suspends_at_once() -> None:
+    refused = Signalled(acknowledged=0, unreachable=0, at=1)  # 404: no stopline endpoint
+    action = next_step(view([pod()], signalled=refused), now=1)
+    assert isinstance(action, Suspend) and action.unacknowledged
+    assert isinstance(next_step(view([pod()], signalled=refused, suspended=True), now=2), Wait)
+
+
+def test_running_pods_are_waited_for_until_the_grace_period_then_killed_and_failed() -> None:
+    acked = Signalled(1, 0, 0)
+    assert isinstance(next_step(view([pod()], signalled=acked), now=GRACE_S - 1), Wait)
+    assert isinstance(next_step(view([pod()], signalled=acked), now=GRACE_S), Kill)
+    action = next_step(view([pod()], signalled=acked, killed=True), now=GRACE_S)
+    assert concluded(action) == ("Failed", "GracePeriodExpired")
+    assert isinstance(action, Conclude) and "the weights were not saved" in action.conclusion.message
+
+
+def test_pods_that_ended_without_a_manifest_conclude_only_once_listed_and_the_job_at_rest() -> None:
+    ended = [pod(0, "Succeeded", 0, "not json")]
+    acked = Signalled(1, 0, 0)
+    assert isinstance(next_step(view(ended, signalled=acked), now=5), ListPods)
+    action = next_step(view(ended, signalled=acked, pods_listed=True), now=5)
+    assert isinstance(action, Suspend) and not action.unacknowledged
+    final = view(ended, job=SUSPENDED_JOB, signalled=acked, pods_listed=True)
+    assert concluded(next_step(final, now=5)) == ("Stopped", "NoCheckpoint")
+    crashed = view([pod(0, "Failed", 137)], job=SUSPENDED_JOB, signalled=acked, pods_listed=True)
+    action = next_step(crashed, now=5)
+    assert concluded(action) == ("Failed", "TrainerFailed")
+    assert isinstance(action, Conclude) and "137" in action.conclusion.message
+
+
+def test_a_pod_terminating_after_sigterm_is_waited_for_its_manifest_not_signalled_again() -> None:
+    terminating = replace(pod(), terminating=True)
+    assert terminating.active and not terminating.reachable
+    suspended = view([terminating], signalled=Signalled(0, 0, 0), suspended=True)
+    assert isinstance(next_step(suspended, now=1), Wait)
+
+
+def test_cancel_kills_then_concludes_cancelled_whatever_the_pods_do() -> None:
+    assert isinstance(next_step(view([pod()], cancel=True), now=0), Kill)
+    assert isinstance(next_step(view([], cancel=True), now=0), Kill)
+    assert concluded(next_step(view([pod()], cancel=True, killed=True), now=0)) == ("Cancelled", "Cancelled")

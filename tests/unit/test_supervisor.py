@@ -1,0 +1,261 @@
+"""The supervisor's loop without a cluster: what it asks of the apiserver and in which order.
+
+`StandInKube` is a stand-in for the apiserver (named so): it keeps objects in a dict, bumps a
+resourceVersion on every write, refuses a stale one with Conflict, and records every call; the watch is
+played by feeding the registry the object after each write. The cluster and e2e tiers run the same
+supervisor against the real apiserver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+from stopline.kube import Conflict
+from stopline.metrics.http import client_session
+from stopline.registry import Registry
+from stopline.supervisor import Supervisor
+
+RAW_SPEC = {
+    "template": {"spec": {"containers": [{"name": "trainer", "image": "trainer:1"}]}},
+    "objective": {"metric": "val_loss", "mode": "min"},
+    "checkpoint": {"pvc": {"claimName": "ckpt"}},
+    "metrics": {"interval": "1s"},
+}
+DEADLINE_S = 10.0
+
+
+class StandInKube:
+    """Stand-in for the apiserver of the operator's Kube client (the unit tier has none)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.calls: list[tuple[str, ...]] = []
+        self.registry = registry
+        self._version = 0
+
+    def put(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._version += 1
+        body["metadata"]["resourceVersion"] = str(self._version)
+        metadata = body["metadata"]
+        self.objects[(kind, metadata["namespace"], metadata["name"])] = body
+        if kind == "TrainingJob":
+            self.registry.observe_training_job(copy.deepcopy(body))  # the watch event
+        elif kind == "Job":
+            self.registry.observe_job(copy.deepcopy(body))
+        return body
+
+    async def read_training_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.objects.get(("TrainingJob", namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("read_job", name))
+        found = self.objects.get(("Job", namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    async def read_token(self, namespace: str, secret: str, key: str) -> str | None:
+        return "token"
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        self.calls.append(("list_pods", selector))
+        return []
+
+    async def suspend_job(self, namespace: str, name: str, uid: str) -> bool:
+        self.calls.append(("suspend_job", name, uid))
+        job = self.objects.get(("Job", namespace, name))
+        if job is None or job["metadata"]["uid"] != uid:
+            return False
+        job["spec"]["suspend"] = True
+        self.put("Job", job)
+        return True
+
+    async def delete_pod(self, namespace: str, name: str, uid: str, grace_period_s: int = 0) -> None:
+        self.calls.append(("delete_pod", name))
+
+    async def patch_training_job_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
+        body = self.objects[("TrainingJob", namespace, name)]
+        if resource_version is not None and resource_version != body["metadata"]["resourceVersion"]:
+            raise Conflict(409, "Conflict", b"{}")
+        self.calls.append(("patch_status", name, str(status.get("phase", ""))))
+        body["status"] = {**(body.get("status") or {}), **status}
+        return copy.deepcopy(self.put("TrainingJob", body))
+
+    async def post_event(
+        self, training_job: Mapping[str, Any], reason: str, message: str, warning: bool = False
+    ) -> None:
+        self.calls.append(("event", training_job["metadata"]["name"], reason))
+
+
+def training_job(name: str, namespace: str = "ns", phase: str = "Pending", **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"tj-{namespace}-{name}",
+            "generation": 1,
+            "creationTimestamp": "2026-12-01T00:00:00Z",
+            "annotations": {},
+        },
+        "spec": RAW_SPEC | spec,
+        "status": {"phase": phase},
+    }
+
+
+def batch_job(name: str, namespace: str = "ns", owner: str | None = None) -> dict[str, Any]:
+    controller = owner or f"tj-{namespace}-{name}"
+    references = [{"kind": "TrainingJob", "name": name, "uid": controller, "controller": True}]
+    metadata = {"name": name, "namespace": namespace, "uid": f"job-{name}", "ownerReferences": references}
+    return {"metadata": metadata, "spec": {"suspend": False}, "status": {}}
+
+
+def annotate(kube: StandInKube, name: str, key: str, value: str, namespace: str = "ns") -> None:
+    body = kube.objects[("TrainingJob", namespace, name)]
+    body["metadata"]["annotations"][key] = value
+    kube.put("TrainingJob", body)
+
+
+def phase(kube: StandInKube, name: str, namespace: str = "ns") -> str:
+    return str(kube.objects[("TrainingJob", namespace, name)]["status"].get("phase"))
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE_S
+    while not check():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def supervising(kube: StandInKube, registry: Registry) -> Any:
+    async with client_session() as session:
+        supervisor = Supervisor(kube, registry, session)  # type: ignore[arg-type]
+        task = asyncio.create_task(supervisor.run())
+        try:
+            yield supervisor
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    async def main() -> None:
+        await test()
+
+    asyncio.run(main())
+
+
+def test_a_stop_of_a_job_with_no_pod_seen_suspends_its_job_before_concluding() -> None:
+    """A Pending job (queued, or its pods not seen yet) annotated to stop: the pods are read from the
+    apiserver, the Job is suspended by its uid so none starts, and only then Stopped/NoCheckpoint."""
+
+    async def scenario() -> None:
+        registry = Registry()
+        kube = StandInKube(registry)
+        kube.put("TrainingJob", training_job("queued"))
+        kube.put("Job", batch_job("queued"))
+        async with supervising(kube, registry):
+            annotate(kube, "queued", "stopline.dev/stop", "not needed")
+            await until(lambda: phase(kube, "queued") == "Stopped", "phase Stopped")
+        order = [call[0] for call in kube.calls if call[0] in ("list_pods", "suspend_job", "patch_status")]
+        assert order == ["patch_status", "list_pods", "suspend_job", "patch_status"], kube.calls
+        assert ("suspend_job", "queued", "job-queued") in kube.calls
+        assert kube.objects[("Job", "ns", "queued")]["spec"]["suspend"] is True
+        finished = kube.objects[("TrainingJob", "ns", "queued")]["status"]["conditions"]
+        assert {c["type"]: c["reason"] for c in finished}["Finished"] == "NoCheckpoint"
+
+    run(scenario)
+
+
+def test_a_cancel_never_touches_a_job_of_the_same_name_that_another_object_controls() -> None:
+    async def scenario() -> None:
+        registry = Registry()
+        kube = StandInKube(registry)
+        kube.put("TrainingJob", training_job("nightly-etl"))
+        kube.put("Job", batch_job("nightly-etl", owner="someone-elses-cronjob"))
+        async with supervising(kube, registry):
+            annotate(kube, "nightly-etl", "stopline.dev/cancel", "wrong data")
+            await until(lambda: phase(kube, "nightly-etl") == "Cancelled", "phase Cancelled")
+        assert not [call for call in kube.calls if call[0] in ("suspend_job", "delete_pod")], kube.calls
+        assert kube.objects[("Job", "ns", "nightly-etl")]["spec"]["suspend"] is False
+
+    run(scenario)
+
+
+def test_a_stopped_jobs_job_unsuspended_by_a_queue_is_suspended_again() -> None:
+    async def scenario() -> None:
+        registry = Registry()
+        kube = StandInKube(registry)
+        kube.put("TrainingJob", training_job("done", phase="Stopped"))
+        job = kube.put("Job", batch_job("done"))
+        async with supervising(kube, registry) as supervisor:
+            await supervisor.keep_at_rest(("ns", "done"))
+        assert kube.objects[("Job", "ns", "done")]["spec"]["suspend"] is True
+        job["spec"]["suspend"] = True
+        kube.put("Job", job)
+        kube.calls.clear()
+        async with supervising(kube, registry) as supervisor:
+            await supervisor.keep_at_rest(("ns", "done"))  # already suspended: no call at all
+        assert kube.calls == []
+
+    run(scenario)
+
+
+def poisoned_prometheus(good: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Prometheus answering one good trainer series and, for another tenant, series that are not one."""
+
+    def series(namespace: str, job: str, name: str, value: str) -> dict[str, Any]:
+        labels = {"__name__": name, "namespace": namespace, "stopline_job": job}
+        return {"metric": labels, "value": [0, value]}
+
+    async def query(_: web.Request) -> web.Response:
+        result = [
+            series("tenant-a", "poison", "stopline_epoch", "NaN"),
+            {"metric": {"__name__": "stopline_step", "namespace": "tenant-a", "stopline_job": "poison"}},
+            series("tenant-b", good, "stopline_epoch", "1"),
+            series("tenant-b", good, "stopline_step", "10"),
+        ]
+        body = {"status": "success", "data": {"resultType": "vector", "result": result}}
+        return web.Response(text=json.dumps(body), content_type="application/json")
+
+    return query
+
+
+def test_one_poisoned_series_does_not_end_monitoring_of_the_other_jobs_on_that_prometheus() -> None:
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_get("/api/v1/query", poisoned_prometheus("healthy"))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            registry = Registry()
+            kube = StandInKube(registry)
+            metrics = {"interval": "1s", "prometheus": {"url": f"http://127.0.0.1:{port}"}}
+            for namespace, name in (("tenant-a", "poison"), ("tenant-b", "healthy")):
+                kube.put("TrainingJob", training_job(name, namespace, "Running", metrics=metrics))
+                kube.put("Job", batch_job(name, namespace))
+            async with supervising(kube, registry):
+                await until(
+                    lambda: "progress" in kube.objects[("TrainingJob", "tenant-b", "healthy")]["status"],
+                    "the healthy job's progress",
+                )
+                annotate(kube, "healthy", "stopline.dev/stop", "enough", namespace="tenant-b")
+                annotate(kube, "poison", "stopline.dev/stop", "enough", namespace="tenant-a")
+                await until(lambda: phase(kube, "healthy", "tenant-b") != "Running", "tenant-b's stop")
+                await until(lambda: phase(kube, "poison", "tenant-a") != "Running", "tenant-a's stop")
+        finally:
+            await runner.cleanup()
+
+    run(scenario)

@@ -145,14 +145,21 @@ def verify_blob(blob: bytes, manifest: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def read_local_checkpoint(
-    folder: Path, which: str = "last.json"
-) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
-    """(manifest bytes, manifest, state) of a checkpoint in a folder, verified."""
-    raw = (folder / which).read_bytes()
-    manifest = json.loads(raw)
+POINTER_KEYS = ("uri", "epoch", "step", "bytes", "sha256", "savedAt")  # what status.checkpoint holds
+
+
+def assert_points_at(termination_log: Path, manifest: dict[str, Any]) -> None:
+    """Rank 0's termination message is the compact pointer to this manifest's weights, and nothing more."""
+    message = termination_log.read_bytes()
+    assert len(message) < 1024
+    assert json.loads(message) == {key: manifest[key] for key in POINTER_KEYS}
+
+
+def read_local_checkpoint(folder: Path, which: str = "last.json") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(manifest, state) of a checkpoint in a folder, verified."""
+    manifest = json.loads((folder / which).read_bytes())
     assert Path(manifest["uri"]).parent == folder
-    return raw, manifest, verify_blob(Path(manifest["uri"]).read_bytes(), manifest)
+    return manifest, verify_blob(Path(manifest["uri"]).read_bytes(), manifest)
 
 
 def assert_reproduces_outputs(state: dict[str, Any], hidden: int = 128) -> None:

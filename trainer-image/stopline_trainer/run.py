@@ -19,6 +19,8 @@ from .storage import open_store
 
 log = logging.getLogger("stopline_trainer")
 
+MAX_TERMINATION_MESSAGE = 4096  # the kubelet's limit per container
+
 
 class Run:
     """One training process's link to the operator.
@@ -139,7 +141,7 @@ class Run:
                 "format": manifest.format,
             }
         )
-        self._write_termination_message(manifest.to_json())
+        self._write_termination_message(manifest.termination_message())
         log.info(
             "stopline: saved %s (%d bytes, epoch %d step %d) in %.3fs",
             manifest.uri,
@@ -164,7 +166,7 @@ class Run:
     def close(self) -> None:
         """Leave the termination message, stop serving, give the signals back."""
         if self.rank == 0 and self.last_manifest is not None:
-            self._write_termination_message(self.last_manifest.to_json())
+            self._write_termination_message(self.last_manifest.termination_message())
         elif self.rank != 0:
             doc = {"rank": self.rank, "epoch": self.epoch, "step": self.step, "stopReason": self.stop_reason}
             self._write_termination_message(json.dumps(doc, sort_keys=True).encode() + b"\n")
@@ -199,6 +201,13 @@ class Run:
 
     def _write_termination_message(self, data: bytes) -> None:
         """Kubernetes shows this file's content (first 4 KiB) in the pod status after the container exits."""
+        if len(data) > MAX_TERMINATION_MESSAGE:
+            log.warning(
+                "stopline: the termination message is %d bytes, the kubelet keeps %d: the operator will not "
+                "see this checkpoint (shorten the checkpoint URI)",
+                len(data),
+                MAX_TERMINATION_MESSAGE,
+            )
         path = self.config.termination_log
         try:
             path.write_bytes(data)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import importlib
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from stopline import replay
 
@@ -25,13 +28,44 @@ def _operator(args: argparse.Namespace) -> int:
 
     importlib.import_module("stopline.handlers")  # registers the handlers with kopf's default registry
     kopf.configure(verbose=args.verbose)
-    kopf.run(
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        standalone=True,
-        memo=kopf.Memo(listen=args.listen),
-    )
+    options: dict[str, Any] = {
+        "clusterwide": not args.namespace,
+        "namespaces": args.namespace,
+        "standalone": True,
+        "memo": kopf.Memo(listen=args.listen),
+    }
+    if args.leader_elect:
+        return _operator_when_elected(args, options)
+    kopf.run(**options)
     return 0
+
+
+def _operator_when_elected(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    """--leader-elect: kopf starts only once this process holds the Lease (nothing is watched or written
+    before), and the process exits 1 at once if it loses the Lease."""
+    import kopf
+
+    from stopline import leader
+
+    given = {
+        "lease_duration_s": args.leader_election_lease_duration,
+        "renew_deadline_s": args.leader_election_renew_deadline,
+        "retry_period_s": args.leader_election_retry_period,
+    }
+    timings = dataclasses.replace(leader.Timings(), **{k: v for k, v in given.items() if v is not None})
+    lease_namespace = args.leader_election_namespace or os.environ.get("POD_NAMESPACE", "")
+    problem = timings.problem() or (
+        None if lease_namespace else "--leader-elect needs --leader-election-namespace or $POD_NAMESPACE"
+    )
+    if problem:
+        print(f"stopline operator: error: {problem}", file=sys.stderr)
+        return 2
+
+    async def operate(stop: asyncio.Event, ready: asyncio.Event) -> None:
+        await kopf.operator(stop_flag=stop, ready_flag=ready, **options)
+
+    elected = leader.run_elected(timings, lease_namespace, args.leader_election_id, operate, args.listen)
+    return asyncio.run(elected)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,6 +112,44 @@ def parser() -> argparse.ArgumentParser:
         help="serve /healthz and the operator's /metrics here (default: %(default)s)",
     )
     operator_command.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    election = operator_command.add_argument_group(
+        "leader election",
+        "Several replicas: only the holder of a coordination.k8s.io Lease acts, the others wait for it.",
+    )
+    election.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="act only while holding the Lease; exit 1 on losing it, release it on SIGTERM",
+    )
+    election.add_argument(
+        "--leader-election-namespace",
+        metavar="NS",
+        help="the Lease's namespace (default: $POD_NAMESPACE)",
+    )
+    election.add_argument(
+        "--leader-election-id",
+        default="stopline-operator",
+        metavar="NAME",
+        help="the Lease's name (default: %(default)s)",
+    )
+    election.add_argument(
+        "--leader-election-lease-duration",
+        type=int,
+        metavar="SECONDS",
+        help="a Lease not renewed for this long may be taken over (whole seconds; default: 15)",
+    )
+    election.add_argument(
+        "--leader-election-renew-deadline",
+        type=float,
+        metavar="SECONDS",
+        help="the leader gives up when it could not renew for this long (default: 10)",
+    )
+    election.add_argument(
+        "--leader-election-retry-period",
+        type=float,
+        metavar="SECONDS",
+        help="how often to renew, or to try to acquire (default: 2)",
+    )
     operator_command.set_defaults(run=_operator)
     return root
 

@@ -248,7 +248,14 @@ class Registry:
         if not job or not isinstance(job, str):
             return None
         key = (pod["metadata"]["namespace"], job)
-        self._pods.setdefault(key, {})[pod["metadata"]["name"]] = pod_view(pod, deleted)
+        name = pod["metadata"]["name"]
+        if deleted and key not in self._jobs:  # nobody will read its termination message: memory stays
+            filed = self._pods.get(key, {})  # bounded by the pods that exist, whatever labels they carry
+            filed.pop(name, None)
+            if not filed:
+                self._pods.pop(key, None)
+            return key
+        self._pods.setdefault(key, {})[name] = pod_view(pod, deleted)
         return key
 
     def observe_job(self, job: Mapping[str, Any], deleted: bool = False) -> Key:

@@ -134,6 +134,15 @@ def test_the_cohort_is_the_other_jobs_of_the_study_in_the_namespace_with_their_c
     assert dict(registry.cohort(me)[0].values) == {1: 0.9, 2: 0.8, 3: 0.7}
 
 
+def test_pods_labelled_for_no_training_job_are_forgotten_when_they_go() -> None:
+    registry = Registry()
+    for index in range(100):
+        pod = _pod(f"spam-{index}", f"nobody-{index}", "0", phase="Running")
+        registry.observe_pod(pod)
+        registry.observe_pod(pod, deleted=True)
+    assert registry._pods == {}
+
+
 def test_a_pod_or_job_that_only_carries_the_label_is_never_trusted() -> None:
     """An impostor pod labelled with the job's name (not controlled by its Job) is never scraped or
     signalled, and a Job of the same name that another object controls is not this job's Job."""

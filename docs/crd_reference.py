@@ -123,6 +123,7 @@ def render() -> str:
     names = crd["spec"]["names"]
     version = crd["spec"]["versions"][0]
     schema = version["schema"]["openAPIV3Schema"]
+    metadata = Field("metadata", schema["properties"]["metadata"], False)
     spec = Field("spec", schema["properties"]["spec"], "spec" in schema["required"])
     status = Field("status", schema["properties"]["status"], False)
     api_version = f"{crd['spec']['group']}/{version['name']}"
@@ -159,6 +160,7 @@ def render() -> str:
         "CEL rules (`x-kubernetes-validations`) the apiserver checks on create and update, with the message"
         " it returns; `oldSelf` is the stored object, so `self == oldSelf` makes a field immutable.",
         "",
+        *validation_rules(metadata),
         *validation_rules(spec),
         "",
         "## Status",

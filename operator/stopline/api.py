@@ -24,6 +24,9 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _URL = re.compile(r"^https?://")
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
 GPU_RESOURCE = "nvidia.com/gpu"
+# Bounds the CRD sets too: finite, generous; epochs also bound `stopline replay`'s curves.
+MAX_EPOCHS = 1_000_000
+MAX_PLATEAU_WINDOWS = 10_000  # summed over the criteria: status keeps every value of each window
 _Choice = TypeVar("_Choice", bound=str)
 
 
@@ -317,7 +320,15 @@ class _Fields:
             raise SpecError(self.at(key), f"must be true or false, got {_show(value)}")
         return value
 
-    def duration(self, key: str, default: str, *, positive: bool = True) -> Duration:
+    def duration(
+        self,
+        key: str,
+        default: str,
+        *,
+        positive: bool = True,
+        at_least: str | None = None,
+        at_most: str | None = None,
+    ) -> Duration:
         text = self.raw.get(key, default)
         example = "a positive duration such as 15s, 10m or 6h" if positive else "a duration such as 0s or 5m"
         if not isinstance(text, str):
@@ -328,6 +339,10 @@ class _Fields:
             raise SpecError(self.at(key), f"must be {example}, got {text!r}") from None
         if positive and duration.seconds <= 0:
             raise SpecError(self.at(key), f"must be {example}, got {text!r}")
+        if at_least is not None and duration.seconds < parse_duration(at_least).seconds:
+            raise SpecError(self.at(key), f"must be a duration of at least {at_least}, got {text!r}")
+        if at_most is not None and duration.seconds > parse_duration(at_most).seconds:
+            raise SpecError(self.at(key), f"must be a duration of at most {at_most}, got {text!r}")
         return duration
 
     def optional_duration(self, key: str) -> Duration | None:
@@ -383,7 +398,7 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
         objective=objective,
         checkpoint=_checkpoint(fields),
         replicas=replicas,
-        max_epochs=fields.optional_integer("maxEpochs", 1),
+        max_epochs=fields.optional_integer("maxEpochs", 1, MAX_EPOCHS),
         metrics=metrics,
         criteria=criteria,
         stop_policy=_stop_policy(fields.child("stopPolicy", ("gracePeriod", "ackTimeout", "dryRun"))),
@@ -421,9 +436,9 @@ def _metrics(fields: _Fields | None) -> Metrics:
     prometheus = fields.child("prometheus", ("url",))
     return Metrics(
         port=fields.integer("port", 1, 65535) if fields.has("port") else 8000,
-        path=fields.string("path", re.compile("^/")) if fields.has("path") else "/metrics",
-        interval=fields.duration("interval", "15s"),
-        stale_after=fields.duration("staleAfter", "15m"),
+        path=fields.string("path", re.compile("^/"), 1024) if fields.has("path") else "/metrics",
+        interval=fields.duration("interval", "15s", at_least="1s"),
+        stale_after=fields.duration("staleAfter", "15m", at_most="168h"),
         prometheus_url=_prometheus_url(prometheus) if prometheus is not None else None,
     )
 
@@ -479,6 +494,13 @@ def _criteria(spec: _Fields, objective: Objective) -> tuple[Criterion, ...]:
                     "names must be unique",
                 )
         criteria.append(criterion)
+    windows = sum(c.window for c in criteria if isinstance(c, PlateauCriterion))
+    if windows > MAX_PLATEAU_WINDOWS:
+        raise SpecError(
+            spec.at("criteria"),
+            f"the plateau windows add up to {windows}; keep their sum at most {MAX_PLATEAU_WINDOWS} "
+            "(status keeps every value of each window)",
+        )
     return tuple(criteria)
 
 
@@ -504,7 +526,7 @@ def _criterion(item: _Fields, objective: Objective) -> Criterion:
             metric,
             mode,
             patience=fields.integer("patience", 1, 100000) if fields.has("patience") else 3,
-            min_delta=fields.number("minDelta", 0) if fields.has("minDelta") else 0.0,
+            min_delta=fields.number("minDelta", 0, 1_000_000_000_000) if fields.has("minDelta") else 0.0,
             min_delta_mode=fields.choice("minDeltaMode", ("absolute", "relative"), "absolute"),
             warmup_epochs=_warmup(fields),
             smoothing=_smoothing(fields),
@@ -551,8 +573,8 @@ def _criterion(item: _Fields, objective: Objective) -> Criterion:
         return BudgetCriterion(
             name,
             max_duration=fields.optional_duration("maxDuration"),
-            max_gpu_hours=fields.optional_number("maxGPUHours", 0, exclusive=True),
-            max_epochs=fields.optional_integer("maxEpochs", 1),
+            max_gpu_hours=fields.optional_number("maxGPUHours", 0, 100_000_000, exclusive=True),
+            max_epochs=fields.optional_integer("maxEpochs", 1, MAX_EPOCHS),
         )
     if kind == "cohort":
         allowed = (
@@ -574,7 +596,7 @@ def _criterion(item: _Fields, objective: Objective) -> Criterion:
             mode,
             study=fields.optional_string("study", max_length=63),
             percentile=fields.number("percentile", 0, 100) if fields.has("percentile") else 50.0,
-            min_jobs=fields.integer("minJobs", 1) if fields.has("minJobs") else 5,
+            min_jobs=fields.integer("minJobs", 1, 10000) if fields.has("minJobs") else 5,
             warmup_epochs=_warmup(fields),
             compare=fields.choice("compare", ("best", "current"), "best"),
             reference=fields.choice("reference", ("runningAverage", "value"), "runningAverage"),
@@ -597,7 +619,7 @@ def _metric_mode(fields: _Fields, objective: Objective) -> tuple[str, Mode]:
 
 
 def _warmup(fields: _Fields) -> int:
-    return fields.integer("warmupEpochs", 0) if fields.has("warmupEpochs") else 0
+    return fields.integer("warmupEpochs", 0, MAX_EPOCHS) if fields.has("warmupEpochs") else 0
 
 
 def _smoothing(fields: _Fields) -> float | None:
@@ -634,7 +656,7 @@ def _stop_policy(fields: _Fields | None) -> StopPolicy:
     if fields is None:
         return StopPolicy()
     return StopPolicy(
-        grace_period=fields.duration("gracePeriod", "10m"),
-        ack_timeout=fields.duration("ackTimeout", "30s"),
+        grace_period=fields.duration("gracePeriod", "10m", at_most="24h"),
+        ack_timeout=fields.duration("ackTimeout", "30s", at_most="1h"),
         dry_run=fields.boolean("dryRun", False),
     )

@@ -203,6 +203,67 @@ INVALID = {
         _set("spec.criteria", [{"name": "t", "threshold": {"metric": "val_acc", "mode": "max"}}]),
         ["spec.criteria[0].threshold.value", "Required value"],
     ),
+    # Bounds: a value past them costs the cluster (a scrape storm, a Pod that holds a drain for days, a
+    # status past etcd's limit) or is a typo; each refusal names the field and the bound.
+    "interval-under-1s": (
+        _set("spec.metrics", {"interval": "500ms"}),
+        ["spec.metrics.interval", "must be a duration of at least 1s, such as 15s"],
+    ),
+    "stale-after-over-7-days": (
+        _set("spec.metrics", {"staleAfter": "169h"}),
+        ["spec.metrics.staleAfter", "must be a positive duration of at most 168h (7 days)"],
+    ),
+    "grace-period-over-24h": (
+        _set("spec.stopPolicy", {"gracePeriod": "24h1s"}),
+        ["spec.stopPolicy.gracePeriod", "must be a positive duration of at most 24h"],
+    ),
+    "ack-timeout-over-1h": (
+        _set("spec.stopPolicy", {"ackTimeout": "61m"}),
+        ["spec.stopPolicy.ackTimeout", "must be a positive duration of at most 1h"],
+    ),
+    "metrics-path-too-long": (
+        _set("spec.metrics", {"path": "/" + "m" * 1024}),
+        ["spec.metrics.path", "Too long: may not be more than 1024"],
+    ),
+    "metrics-path-relative": (
+        _set("spec.metrics", {"path": "metrics"}),
+        ["spec.metrics.path", "should match '^/'"],
+    ),
+    "max-epochs-over-a-million": (
+        _set("spec.maxEpochs", 1_000_001),
+        ["spec.maxEpochs", "should be less than or equal to 1000000"],
+    ),
+    "budget-max-epochs-over-a-million": (
+        _set("spec.criteria", [{"name": "b", "budget": {"maxEpochs": 1_000_001}}]),
+        ["spec.criteria[0].budget.maxEpochs", "should be less than or equal to 1000000"],
+    ),
+    "warmup-over-a-million": (
+        _set("spec.criteria.0.patience.warmupEpochs", 1_000_001),
+        ["spec.criteria[0].patience.warmupEpochs", "should be less than or equal to 1000000"],
+    ),
+    "cohort-warmup-over-a-million": (
+        _set("spec.criteria", [{"name": "c", "cohort": {"warmupEpochs": 1_000_001}}]),
+        ["spec.criteria[0].cohort.warmupEpochs", "should be less than or equal to 1000000"],
+    ),
+    "min-jobs-over-10000": (
+        _set("spec.criteria", [{"name": "c", "cohort": {"minJobs": 10_001}}]),
+        ["spec.criteria[0].cohort.minJobs", "should be less than or equal to 10000"],
+    ),
+    "max-gpu-hours-over-1e8": (
+        _set("spec.criteria", [{"name": "b", "budget": {"maxGPUHours": 1e9}}]),
+        ["spec.criteria[0].budget.maxGPUHours", "should be less than or equal to 100000000"],
+    ),
+    "min-delta-over-1e12": (
+        _set("spec.criteria.0.patience.minDelta", 1e13),
+        ["spec.criteria[0].patience.minDelta", "should be less than or equal to 1000000000000"],
+    ),
+    "plateau-windows-over-10000-in-all": (
+        _set(
+            "spec.criteria",
+            [{"name": f"p{i}", "plateau": {"window": 5000, "maxRelativeChange": 0.01}} for i in range(3)],
+        ),
+        ["spec.criteria", "the plateau windows add up to more than 10000; keep their sum at most 10000"],
+    ),
 }
 
 
@@ -276,3 +337,55 @@ def test_status_rejects_an_unknown_phase(crd_installed: ControlPlane, namespace:
     )  # fmt: skip
     assert result.returncode != 0
     assert 'status.phase: Unsupported value: "Done"' in result.stderr
+
+
+def test_bounds_are_inclusive_and_agree_with_stopline_api(
+    crd_installed: ControlPlane, namespace: str
+) -> None:
+    name = "j" * 63
+    job = valid_job(name)
+    job["spec"] |= {
+        "maxEpochs": 1_000_000,
+        "metrics": {"interval": "1s", "staleAfter": "168h", "path": "/" + "m" * 1023},
+        "stopPolicy": {"gracePeriod": "24h", "ackTimeout": "1h"},
+        "criteria": [
+            {"name": "p", "patience": {"warmupEpochs": 1_000_000, "minDelta": 1e12}},
+            {"name": "b", "budget": {"maxEpochs": 1_000_000, "maxGPUHours": 1e8}},
+            {"name": "c", "cohort": {"minJobs": 10_000}},
+            {"name": "w1", "plateau": {"window": 5000, "maxRelativeChange": 0.01}},
+            {"name": "w2", "plateau": {"window": 4995, "maxRelativeChange": 0.01}},
+            {"name": "w3", "plateau": {"maxRelativeChange": 0.01}},  # the default window, 5: 10000 in all
+        ],
+    }
+    apply(crd_installed, namespace, job)
+    assert parse_spec(get(crd_installed, namespace, name)["spec"]) == parse_spec(job["spec"])
+
+
+@pytest.mark.parametrize("name", ["j" * 64, "1st-run", "run.v2"])
+def test_training_job_name_must_be_a_dns_1035_label(
+    crd_installed: ControlPlane, namespace: str, name: str
+) -> None:
+    # Each is a valid custom resource name (a DNS-1123 subdomain), but the Job and Service take the name.
+    error = apply(crd_installed, namespace, valid_job(name), check=False)
+    assert "is invalid" in error, error
+    assert "metadata.name: Invalid value" in error, error
+    assert "must be a DNS-1035 label of at most 63 characters" in error, error
+
+
+@pytest.mark.parametrize(("field", "limit"), [("message", 1024), ("reason", 128)], ids=["message", "reason"])
+def test_condition_text_is_bounded(
+    crd_installed: ControlPlane, namespace: str, field: str, limit: int
+) -> None:
+    apply(crd_installed, namespace, valid_job())
+
+    def patch(length: int) -> Any:
+        condition = {"type": "Running", "status": "True", field: "x" * length}
+        return crd_installed.kubectl(
+            "patch", "tj", "job", "-n", namespace, "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": {"conditions": [condition]}}), check=False,
+        )  # fmt: skip
+
+    assert patch(limit).returncode == 0
+    refused = patch(limit + 1)
+    assert refused.returncode != 0
+    assert f"status.conditions[0].{field}: Too long: may not be more than {limit}" in refused.stderr

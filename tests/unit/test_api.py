@@ -159,3 +159,90 @@ def test_a_prometheus_url_must_be_a_plain_server_address(url: str, problem: str)
 )
 def test_a_prometheus_server_address_is_taken_as_written(url: str) -> None:
     assert api.parse_spec(with_(metrics={"prometheus": {"url": url}})).metrics.prometheus_url == url
+
+
+def _criterion(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"criteria": [{"name": "c", kind: fields}]}
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"maxEpochs": 1_000_001}, "spec.maxEpochs: must be an integer within 1..1000000, got 1000001"),
+        (
+            {"metrics": {"interval": "999ms"}},
+            "spec.metrics.interval: must be a duration of at least 1s, got '999ms'",
+        ),
+        (
+            {"metrics": {"staleAfter": "168h1s"}},
+            "spec.metrics.staleAfter: must be a duration of at most 168h",
+        ),
+        (
+            {"metrics": {"path": "/" + "m" * 1024}},
+            "spec.metrics.path: must be at most 1024 characters, got 1025",
+        ),
+        (
+            {"stopPolicy": {"gracePeriod": "24h1s"}},
+            "spec.stopPolicy.gracePeriod: must be a duration of at most 24h",
+        ),
+        (
+            {"stopPolicy": {"ackTimeout": "61m"}},
+            "spec.stopPolicy.ackTimeout: must be a duration of at most 1h",
+        ),
+        (
+            _criterion("patience", warmupEpochs=1_000_001),
+            "spec.criteria[0].patience.warmupEpochs: must be an integer within 0..1000000",
+        ),
+        (
+            _criterion("cohort", warmupEpochs=1_000_001),
+            "spec.criteria[0].cohort.warmupEpochs: must be an integer within 0..1000000",
+        ),
+        (
+            _criterion("patience", minDelta=1e13),
+            "spec.criteria[0].patience.minDelta: must be a number >= 0 and <= 1000000000000",
+        ),
+        (
+            _criterion("budget", maxEpochs=1_000_001),
+            "spec.criteria[0].budget.maxEpochs: must be an integer within 1..1000000",
+        ),
+        (
+            _criterion("budget", maxGPUHours=1e9),
+            "spec.criteria[0].budget.maxGPUHours: must be a number > 0 and <= 100000000",
+        ),
+        (
+            _criterion("cohort", minJobs=10_001),
+            "spec.criteria[0].cohort.minJobs: must be an integer within 1..10000",
+        ),
+        (
+            {
+                "criteria": [
+                    {"name": f"p{i}", "plateau": {"window": 5000, "maxRelativeChange": 0.1}} for i in range(3)
+                ]
+            },
+            "spec.criteria: the plateau windows add up to 15000; keep their sum at most 10000",
+        ),
+    ],
+)
+def test_bounds_are_the_crds(changes: dict[str, Any], error: str) -> None:
+    with pytest.raises(api.SpecError) as raised:
+        api.parse_spec(with_(**changes))
+    assert str(raised.value).startswith(error)
+
+
+def test_bounds_are_inclusive() -> None:
+    spec = api.parse_spec(
+        with_(
+            maxEpochs=1_000_000,
+            metrics={"interval": "1s", "staleAfter": "168h", "path": "/" + "m" * 1023},
+            stopPolicy={"gracePeriod": "24h", "ackTimeout": "1h"},
+            criteria=[
+                {"name": "w1", "plateau": {"window": 5000, "maxRelativeChange": 0.1}},
+                {"name": "w2", "plateau": {"window": 4995, "maxRelativeChange": 0.1}},
+                {"name": "w3", "plateau": {"maxRelativeChange": 0.1}},  # the default window, 5: 10000 in all
+                {"name": "c", "cohort": {"minJobs": 10_000, "warmupEpochs": 1_000_000}},
+            ],
+        )
+    )
+    assert (spec.max_epochs, spec.metrics.interval.seconds, spec.stop_policy.grace_period.seconds) == (
+        1_000_000, 1.0, 86_400.0,
+    )  # fmt: skip

@@ -89,12 +89,22 @@ def build_service(owner: Owner) -> Manifest:
     }
 
 
-def checkpoint_uri(spec: TrainingJobSpec) -> str:
-    """Where the trainer writes: a folder on the mounted claim, or the s3:// prefix."""
+def checkpoint_uri(owner: Owner, spec: TrainingJobSpec) -> str:
+    """Where the trainer writes: a folder on the mounted claim, or the s3:// prefix.
+
+    An empty pvc.path means a folder of this TrainingJob's own, `<namespace>/<name>-<uid prefix>`: jobs
+    sharing a claim then never overwrite, collect or resume each other's checkpoints, and a TrainingJob
+    deleted and created again under the same name starts in a new folder.
+    """
     target = spec.checkpoint.target
     if isinstance(target, PVCTarget):
-        return f"{CHECKPOINT_MOUNT}/{target.path}".rstrip("/")
+        folder = target.path or default_checkpoint_path(owner)
+        return f"{CHECKPOINT_MOUNT}/{folder}".rstrip("/")
     return target.uri
+
+
+def default_checkpoint_path(owner: Owner) -> str:
+    return f"{owner.namespace}/{owner.name}-{owner.uid[:8]}"
 
 
 def build_job(owner: Owner, spec: TrainingJobSpec) -> Manifest:
@@ -149,7 +159,7 @@ def _contract_env(owner: Owner, spec: TrainingJobSpec) -> list[Manifest]:
         {"name": "STOPLINE_JOB", "value": owner.name},
         {"name": "STOPLINE_NAMESPACE", "value": owner.namespace},
         {"name": "STOPLINE_METRICS_PORT", "value": str(spec.metrics.port)},
-        {"name": "STOPLINE_CHECKPOINT_URI", "value": checkpoint_uri(spec)},
+        {"name": "STOPLINE_CHECKPOINT_URI", "value": checkpoint_uri(owner, spec)},
         {"name": "STOPLINE_OBJECTIVE", "value": spec.objective.metric},
         {"name": "STOPLINE_OBJECTIVE_MODE", "value": spec.objective.mode},
         {"name": "STOPLINE_KEEP_BEST", "value": str(spec.checkpoint.keep_best).lower()},

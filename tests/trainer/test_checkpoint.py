@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from stopline_trainer import Config, Run
+from stopline_trainer import Config, Manifest, Run
+from stopline_trainer.checkpoint import Checkpointer
+from stopline_trainer.storage.local import LocalStore
 
-from .support import POINTER_KEYS, TOKEN
+from .support import POINTER_KEYS, TOKEN, wait_until
 
 pytestmark = pytest.mark.trainer
 
@@ -73,3 +76,69 @@ def test_a_uri_too_long_for_the_kubelet_is_said_in_the_log(
     assert len((tmp_path / "termination-log").read_bytes()) > 4096
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("the operator will not see this checkpoint" in w for w in warnings), warnings
+
+
+def checkpointer(folder: Path, job: str, namespace: str = "ml") -> Checkpointer:
+    store = LocalStore(folder)
+    return Checkpointer(
+        store, job=job, namespace=namespace, world_size=1, objective="val_loss", objective_mode="min",
+        keep_best=False,
+    )  # fmt: skip
+
+
+def save(writer: Checkpointer, epoch: int) -> Manifest:
+    weights = {"w": torch.full((4,), float(epoch))}
+    metrics = {"val_loss": 1 / epoch}
+    return writer.save(weights, epoch=epoch, step=10 * epoch, metrics=metrics, stop_reason=None)
+
+
+def test_two_jobs_in_one_folder_never_delete_each_others_weights(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    a, b = checkpointer(folder, "job-a"), checkpointer(folder, "job-b")
+    a5 = save(a, 5)
+    b1 = save(b, 1)
+    assert Path(a5.uri).exists()  # job-b's save left job-a's newest weights alone
+    a6 = save(a, 6)
+    assert Path(b1.uri).exists()
+    b2 = save(b, 2)
+    # each job collected only its own older weights
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["last.json", a6.name, b2.name])
+    assert torch.equal(torch.load(a6.uri, weights_only=True)["w"], torch.full((4,), 6.0))
+
+
+def test_a_save_in_flight_survives_another_jobs_garbage_collection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, pause = tmp_path / "shared", tmp_path / "pause"
+    a, b = checkpointer(folder, "job-a"), checkpointer(folder, "job-b")
+    save(a, 1)
+    # fault injection: job-b's first save pauses with its weights half written to a temp file
+    monkeypatch.setenv("STOPLINE_FAULT_PAUSE_SAVE", f"1:{pause}")
+    saved: list[Manifest] = []
+    writer = threading.Thread(target=lambda: saved.append(save(b, 1)), daemon=True)
+    writer.start()
+    wait_until(lambda: (pause / "paused").exists(), "job-b's save to be half written")
+    save(a, 2)  # job-a collects garbage while job-b's temp file is in the folder
+    (pause / "resume").touch()
+    writer.join(30)
+    assert saved, "job-b's save failed"
+    assert Path(saved[0].uri).exists()
+
+
+def test_a_job_does_not_resume_from_another_jobs_checkpoint_unless_asked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "shared"
+    save(checkpointer(folder, "job-a"), 5)
+    for job, namespace in (("job-b", "ml"), ("job-a", "team-b")):
+        caplog.clear()
+        with Run(run_config(tmp_path, folder, job=job, namespace=namespace), handle_signals=False) as run:
+            assert run.resume() is None
+        refusals = [r.getMessage() for r in caplog.records if "not resuming" in r.getMessage()]
+        assert len(refusals) == 1 and "'job-a' in namespace 'ml'" in refusals[0], refusals
+
+    settings = run_config(tmp_path, folder, job="job-b", resume_other_jobs=True)
+    with Run(settings, handle_signals=False) as run:
+        resumed = run.resume()
+    assert resumed is not None and (resumed.manifest.job, resumed.manifest.epoch) == ("job-a", 5)
+    assert torch.equal(resumed.state["w"], torch.full((4,), 5.0))

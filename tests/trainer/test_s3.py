@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from s3server import S3Server
+from stopline_trainer.checkpoint import job_tag
 
 from .conftest import StartTrainer
 from .support import assert_points_at, assert_reproduces_outputs, verify_blob, wait_until
@@ -39,7 +40,8 @@ def test_multipart_upload_then_manifest_and_the_bytes_read_back_equal(
     listed = s3.list_objects_v2(Bucket="ckpts", Prefix="runs/job-a/").get("Contents", [])
     assert listed == []
     uploads = s3.list_multipart_uploads(Bucket="ckpts", Prefix="runs/job-a/").get("Uploads", [])
-    assert len(uploads) == 1 and uploads[0]["Key"].startswith("runs/job-a/ckpt-e000001-s000000003-")
+    tag = job_tag("test-job", "test-ns")
+    assert len(uploads) == 1 and uploads[0]["Key"].startswith(f"runs/job-a/ckpt-{tag}-e000001-s000000003-")
     parts = s3.list_parts(Bucket="ckpts", Key=uploads[0]["Key"], UploadId=uploads[0]["UploadId"])["Parts"]
     assert [p["Size"] for p in parts] == [5 * MIB]
     (pause / "resume").touch()

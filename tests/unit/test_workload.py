@@ -49,6 +49,21 @@ def test_single_rank_job_gets_the_trainer_contract_and_the_pvc() -> None:
     ]
 
 
+def test_without_a_path_each_training_job_gets_its_own_folder_on_the_claim() -> None:
+    raw = yaml.safe_load((REPO / "examples" / "gpu-patience-pvc.yaml").read_text())["spec"]
+    del raw["checkpoint"]["pvc"]["path"]
+    spec = parse_spec(raw)
+    first = Owner(name="resnet", namespace="ml", uid="1b4e28ba-2fa1-11d2-883f-0016d3cca427")
+    again = Owner(name="resnet", namespace="ml", uid="6fa459ea-ee8a-3ca4-894e-db77e160355e")
+    other = Owner(name="resnet", namespace="team-b", uid="1b4e28ba-2fa1-11d2-883f-0016d3cca427")
+    uris = [env_of(build_job(owner, spec))["STOPLINE_CHECKPOINT_URI"] for owner in (first, again, other)]
+    assert uris == [
+        "/stopline/checkpoints/ml/resnet-1b4e28ba",
+        "/stopline/checkpoints/ml/resnet-6fa459ea",  # deleted and created again: a new folder
+        "/stopline/checkpoints/team-b/resnet-1b4e28ba",
+    ]
+
+
 def test_two_ranks_make_an_indexed_job_whose_rank_is_the_completion_index() -> None:
     spec = spec_of("sweep-member-s3.yaml")
     job = build_job(OWNER, spec)

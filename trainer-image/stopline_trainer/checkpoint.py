@@ -1,9 +1,13 @@
 """Atomic checkpoints: weights under a unique name first, then the manifest that points at them.
 
-Layout under the checkpoint URI: `ckpt-e<epoch>-s<step>-<id>.pt` (torch.save bytes), `last.json` (the
-manifest of the newest save) and, with keep-best, `best.json`. A manifest is the commit point: it is
-written only after its weights are durable, so a reader that starts from a manifest never meets half a
-checkpoint, and a save killed midway leaves the previous manifest and its weights untouched.
+Layout under the checkpoint URI: `ckpt-<job tag>-e<epoch>-s<step>-<id>.pt` (torch.save bytes),
+`last.json` (the manifest of the newest save) and, with keep-best, `best.json`. A manifest is the commit
+point: it is written only after its weights are durable, so a reader that starts from a manifest never
+meets half a checkpoint, and a save killed midway leaves the previous manifest and its weights untouched.
+
+The job tag (8 hex digits of the namespace and job) marks whose weights a file holds: when several jobs
+share a folder, garbage collection deletes only this job's own files, and a resume refuses a manifest
+another job wrote unless asked to.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 
 from . import faults
 from .storage import Store
-from .storage.local import TMP_PREFIX
+from .storage.local import temp_target
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +113,9 @@ class Manifest:
     def name(self) -> str:
         return self.uri.rsplit("/", 1)[-1]
 
+    def written_by(self, job: str, namespace: str) -> bool:
+        return (self.job, self.namespace) == (job, namespace)
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -149,6 +156,7 @@ class Checkpointer:
         objective: str,
         objective_mode: Literal["min", "max"],
         keep_best: bool,
+        resume_other_jobs: bool = False,
     ) -> None:
         self.store = store
         self.job = job
@@ -157,7 +165,10 @@ class Checkpointer:
         self.objective = objective
         self.objective_mode = objective_mode
         self.keep_best = keep_best
+        self.resume_other_jobs = resume_other_jobs
         self.saves = 0
+        self.blob_prefix = f"{BLOB_PREFIX}{job_tag(job, namespace)}-"
+        self._written: dict[str, str] = {}  # LAST/BEST -> the blob this process last pointed it at
 
     def save(
         self,
@@ -169,7 +180,7 @@ class Checkpointer:
         stop_reason: str | None,
     ) -> Manifest:
         self.saves += 1
-        name = f"{BLOB_PREFIX}e{epoch:06d}-s{step:09d}-{uuid.uuid4().hex[:8]}.pt"
+        name = f"{self.blob_prefix}e{epoch:06d}-s{step:09d}-{uuid.uuid4().hex[:8]}.pt"
         hashing: list[_Hashing] = []
 
         def fill(f: BinaryIO) -> None:
@@ -192,8 +203,8 @@ class Checkpointer:
             stop_reason=stop_reason,
         )
         if self.keep_best and self._improves(manifest):
-            self.store.write_small(BEST, manifest.to_json())
-        self.store.write_small(LAST, manifest.to_json())
+            self._write_manifest(BEST, manifest)
+        self._write_manifest(LAST, manifest)
         self._collect_garbage()
         return manifest
 
@@ -202,9 +213,21 @@ class Checkpointer:
         return Manifest.from_json(raw) if raw is not None else None
 
     def load(self, which: str = LAST) -> Checkpoint | None:
-        """The checkpoint a manifest names, verified against its sha256; None when there is none yet."""
+        """The checkpoint a manifest names, verified against its sha256; None when there is none yet, or
+        when another job wrote it (unless resume_other_jobs)."""
         manifest = self.manifest(which)
         if manifest is None:
+            return None
+        if not manifest.written_by(self.job, self.namespace) and not self.resume_other_jobs:
+            log.warning(
+                "stopline: not resuming from %s: job %r in namespace %r wrote it, this is job %r in "
+                "namespace %r (STOPLINE_RESUME_OTHER_JOBS=true resumes from it)",
+                manifest.uri,
+                manifest.job,
+                manifest.namespace,
+                self.job,
+                self.namespace,
+            )
             return None
         with self.store.read_blob(manifest.name) as f:
             h = hashlib.sha256()
@@ -226,15 +249,31 @@ class Checkpointer:
         if value is None:
             return False
         best = self.manifest(BEST)
-        best_value = best.metrics.get(self.objective) if best else None
+        ours = best is not None and best.written_by(self.job, self.namespace)
+        best_value = best.metrics.get(self.objective) if best and ours else None
         if best_value is None:
             return True
         return value < best_value if self.objective_mode == "min" else value > best_value
 
+    def _write_manifest(self, which: str, manifest: Manifest) -> None:
+        self.store.write_small(which, manifest.to_json())
+        self._written[which] = manifest.name
+
     def _collect_garbage(self) -> None:
-        """Delete weights no manifest points at, and temp files of saves that were killed midway."""
+        """Delete this job's weights that no manifest points at, and its temp files of saves killed midway.
+
+        Files of other jobs sharing the folder are never touched; neither are the weights this process's
+        own manifests point at, even if another job has since overwritten those manifests.
+        """
         keep = {m.name for m in (self.manifest(LAST), self.manifest(BEST)) if m is not None}
+        keep.update(self._written.values())
         for name in list(self.store.names()):
-            if name.startswith((BLOB_PREFIX, TMP_PREFIX)) and name not in keep:
+            own = (temp_target(name) or name).startswith(self.blob_prefix)
+            if own and name not in keep:
                 log.debug("deleting unreferenced %s", self.store.uri(name))
                 self.store.delete(name)
+
+
+def job_tag(job: str, namespace: str) -> str:
+    """8 hex digits that tell this job's files from another's in a shared folder (not a secret)."""
+    return hashlib.sha256(f"{namespace}/{job}".encode()).hexdigest()[:8]

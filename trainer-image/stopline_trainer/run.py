@@ -196,6 +196,7 @@ class Run:
                 objective=c.objective,
                 objective_mode=c.objective_mode,
                 keep_best=c.keep_best,
+                resume_other_jobs=c.resume_other_jobs,
             )
         return self._checkpointer
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -11,6 +13,13 @@ from typing import BinaryIO
 from . import Fill
 
 TMP_PREFIX = ".tmp-"
+_TEMP = re.compile(r"\.tmp-[0-9a-f]{32}-(?P<target>.+)")
+
+
+def temp_target(name: str) -> str | None:
+    """The name a temp file was going to be renamed to, or None when `name` is no temp file of ours."""
+    match = _TEMP.fullmatch(name)
+    return match["target"] if match else None
 
 
 class LocalStore:
@@ -45,7 +54,7 @@ class LocalStore:
     def _atomic(self, name: str, write: Callable[[BinaryIO], object]) -> None:
         """The rename is the commit; the folder fsync makes the rename itself survive a power loss."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f"{TMP_PREFIX}{os.getpid()}-{name}"
+        tmp = self.folder / f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}"  # unique across writers, unlike a pid
         try:
             with open(tmp, "wb") as f:
                 write(f)

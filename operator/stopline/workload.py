@@ -163,6 +163,7 @@ def _contract_env(owner: Owner, spec: TrainingJobSpec) -> list[Manifest]:
         {"name": "STOPLINE_OBJECTIVE", "value": spec.objective.metric},
         {"name": "STOPLINE_OBJECTIVE_MODE", "value": spec.objective.mode},
         {"name": "STOPLINE_KEEP_BEST", "value": str(spec.checkpoint.keep_best).lower()},
+        {"name": "STOPLINE_RESUME", "value": str(spec.checkpoint.resume).lower()},
         {
             "name": "STOPLINE_CONTROL_TOKEN",
             "valueFrom": {"secretKeyRef": {"name": token_secret_name(owner), "key": TOKEN_KEY}},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -142,3 +143,18 @@ def test_a_job_does_not_resume_from_another_jobs_checkpoint_unless_asked(
         resumed = run.resume()
     assert resumed is not None and (resumed.manifest.job, resumed.manifest.epoch) == ("job-a", 5)
     assert torch.equal(resumed.state["w"], torch.full((4,), 5.0))
+
+
+def test_resume_false_starts_fresh_from_a_folder_with_a_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stopline_trainer")
+    folder = tmp_path / "ckpt"
+    save(checkpointer(folder, "mlp"), 5)
+    with Run(run_config(tmp_path, folder, resume=False), handle_signals=False) as run:
+        assert run.resume() is None
+        assert (run.epoch, run.step) == (0, 0)
+    assert any("not resuming (STOPLINE_RESUME=false)" in r.getMessage() for r in caplog.records)
+    with Run(run_config(tmp_path, folder), handle_signals=False) as run:
+        resumed = run.resume()  # the default: the same folder resumes
+    assert resumed is not None and resumed.manifest.epoch == 5

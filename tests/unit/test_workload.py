@@ -33,6 +33,7 @@ def test_single_rank_job_gets_the_trainer_contract_and_the_pvc() -> None:
     assert env["STOPLINE_METRICS_PORT"] == "8000"
     assert env["STOPLINE_CHECKPOINT_URI"] == "/stopline/checkpoints/runs/resnet-lr3e-4"
     assert env["STOPLINE_KEEP_BEST"] == "true"
+    assert env["STOPLINE_RESUME"] == "true"
     assert env["STOPLINE_CONTROL_TOKEN"] == {
         "secretKeyRef": {"name": "resnet-stopline-control", "key": "token"}
     }
@@ -62,6 +63,12 @@ def test_without_a_path_each_training_job_gets_its_own_folder_on_the_claim() -> 
         "/stopline/checkpoints/ml/resnet-6fa459ea",  # deleted and created again: a new folder
         "/stopline/checkpoints/team-b/resnet-1b4e28ba",
     ]
+
+
+def test_resume_false_reaches_the_trainer() -> None:
+    raw = yaml.safe_load((REPO / "examples" / "gpu-patience-pvc.yaml").read_text())["spec"]
+    raw["checkpoint"]["resume"] = False
+    assert env_of(build_job(OWNER, parse_spec(raw)))["STOPLINE_RESUME"] == "false"
 
 
 def test_two_ranks_make_an_indexed_job_whose_rank_is_the_completion_index() -> None:

@@ -58,6 +58,7 @@ class Config:
     objective: str = "val_loss"
     objective_mode: Literal["min", "max"] = "min"
     keep_best: bool = False
+    resume: bool = True  # spec.checkpoint.resume: false starts fresh whatever the folder holds
     resume_other_jobs: bool = False  # resume from a manifest another job or namespace wrote
     s3_part_size: int = 64 * 1024 * 1024
 
@@ -86,6 +87,7 @@ class Config:
             objective=env.get("STOPLINE_OBJECTIVE", "").strip() or "val_loss",
             objective_mode="max" if mode == "max" else "min",
             keep_best=_bool(env, "STOPLINE_KEEP_BEST", False),
+            resume=_bool(env, "STOPLINE_RESUME", True),
             resume_other_jobs=_bool(env, "STOPLINE_RESUME_OTHER_JOBS", False),
             s3_part_size=_int(env, "STOPLINE_S3_PART_SIZE", 64 * 1024 * 1024, minimum=MIN_S3_PART_SIZE),
         )

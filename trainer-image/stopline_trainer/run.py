@@ -153,8 +153,14 @@ class Run:
         return manifest
 
     def resume(self) -> Checkpoint | None:
-        """The latest checkpoint (verified), or None on a fresh start; every rank may call it."""
+        """The latest checkpoint (verified), or None on a fresh start; every rank may call it.
+
+        None as well when resuming is off (STOPLINE_RESUME=false, from spec.checkpoint.resume).
+        """
         if not self.config.checkpoint_uri:
+            return None
+        if not self.config.resume:
+            log.info("stopline: not resuming (STOPLINE_RESUME=false): training starts fresh")
             return None
         ckpt = self._ckpt().load()
         if ckpt is not None:

@@ -1,8 +1,9 @@
 """Stop policies on real learning curves: GPU-epochs saved versus the sweep's lost final quality.
 
-Each task of shared/curves/curves.csv.gz is one sweep; its configs are the jobs, run one after another in
-file order (the cohort is the jobs before). Ours runs through the real engine (stopline.replay.replay_job);
-the peers run their own code: Lightning's EarlyStopping and Optuna's MedianPruner, both at their defaults.
+Each task of bench/policy/curves/curves.csv.gz (licences beside it) is one sweep; its configs are the
+jobs, run one after another in file order (the cohort is the jobs before). Ours runs through the real
+engine (stopline.replay.replay_job); the peers run their own code: Lightning's EarlyStopping and Optuna's
+MedianPruner, both at their defaults.
 Run: .venv/bin/python bench/policy/run.py [--max-configs N] [--curves PATH]   (all 8,084 curves: ~2 min)
 """
 
@@ -183,7 +184,7 @@ def score(task: Task, runs: list[int]) -> TaskScore:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--curves", type=Path, default=REPO.parent / "shared" / "curves" / "curves.csv.gz")
+    parser.add_argument("--curves", type=Path, default=REPO / "bench" / "policy" / "curves" / "curves.csv.gz")
     parser.add_argument(
         "--max-configs",
         type=int,

@@ -18,7 +18,7 @@ import pytest
 from stopline.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_CURVES = REPO.parent / "shared" / "curves" / "curves.csv.gz"
+REAL_CURVES = REPO / "bench" / "policy" / "curves" / "curves.csv.gz"
 JOB = """\
 apiVersion: stopline.dev/v1alpha1
 kind: TrainingJob
@@ -127,13 +127,11 @@ def test_examples_replay_on_curves(example: Path, tmp_path: Path, capsys: pytest
     )
 
 
-def shared_slice(task_prefix: str, configs: int) -> list[dict[str, str]]:
+def real_slice(task_prefix: str, configs: int) -> list[dict[str, str]]:
     """The first `configs` curves of the first task named task_prefix... (the file is sorted by task)."""
-    if not SHARED_CURVES.exists():
-        pytest.skip(f"{SHARED_CURVES} is absent: the shared curves live in ../shared beside the repository")
     rows: list[dict[str, str]] = []
     seen: list[str] = []
-    with gzip.open(SHARED_CURVES, "rt") as handle:
+    with gzip.open(REAL_CURVES, "rt") as handle:
         for row in csv.DictReader(handle):
             if not row["task"].startswith(task_prefix):
                 if rows:
@@ -148,7 +146,7 @@ def shared_slice(task_prefix: str, configs: int) -> list[dict[str, str]]:
 
 
 def test_replay_on_real_curves_saves_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rows = shared_slice("algoperf_v05/imagenet_resnet_jax", 12)
+    rows = real_slice("algoperf_v05/imagenet_resnet_jax", 12)
     out = io.StringIO()
     out.write("job,epoch,val_loss,val_acc,seconds\n")
     for row in rows:

@@ -224,8 +224,11 @@ class TrainingJobSpec:
         for container in containers if isinstance(containers, list) else []:
             limits = _mapping(_mapping(_mapping(container).get("resources")).get("limits"))
             count = limits.get(GPU_RESOURCE, 0)
-            per_pod += int(count) if isinstance(count, int | str) and str(count).isdigit() else 0
+            per_pod += int(count) if isinstance(count, int | str) and _GPU_COUNT.fullmatch(str(count)) else 0
         return self.replicas * max(per_pod, 1)
+
+
+_GPU_COUNT = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() takes "²", which int() refuses
 
 
 def _mapping(value: object) -> Mapping[str, object]:

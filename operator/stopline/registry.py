@@ -13,6 +13,7 @@ the label (an impostor, a decoy) is filed but never trusted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +89,9 @@ def job_view(job: Mapping[str, Any]) -> JobView:
     )
 
 
+_RANK = re.compile(r"[0-9]{1,6}")  # the Job controller's completion index: ASCII digits (isdigit takes "²")
+
+
 def pod_view(pod: Mapping[str, Any], deleted: bool = False) -> PodView:
     metadata, status = pod["metadata"], pod.get("status") or {}
     index = (metadata.get("labels") or {}).get(COMPLETION_INDEX) or (metadata.get("annotations") or {}).get(
@@ -102,7 +106,7 @@ def pod_view(pod: Mapping[str, Any], deleted: bool = False) -> PodView:
             message = str(terminated.get("message") or "")
     return PodView(
         name=metadata["name"],
-        rank=int(index) if index and str(index).isdigit() else 0,
+        rank=int(index) if index and _RANK.fullmatch(str(index)) else 0,
         ip=status.get("podIP"),
         phase=status.get("phase") or "Pending",
         uid=str(metadata.get("uid") or ""),

@@ -246,3 +246,16 @@ def test_bounds_are_inclusive() -> None:
     assert (spec.max_epochs, spec.metrics.interval.seconds, spec.stop_policy.grace_period.seconds) == (
         1_000_000, 1.0, 86_400.0,
     )  # fmt: skip
+
+
+def test_a_gpu_limit_that_is_not_ascii_digits_counts_as_no_gpu_not_a_crash() -> None:
+    for count in ("\u00b2", "9" * 5000, "-1", 2):
+        container = {"name": "trainer", "image": "t:1", "resources": {"limits": {"nvidia.com/gpu": count}}}
+        job = api.parse_spec(
+            {
+                "template": {"spec": {"containers": [container]}},
+                "objective": {"metric": "val_loss", "mode": "min"},
+                "checkpoint": {"pvc": {"claimName": "ckpt"}},
+            }
+        )
+        assert job.gpus == (2 if count == 2 else 1)

@@ -25,10 +25,7 @@ def control_plane() -> Iterator[ControlPlane]:
 @pytest.fixture(scope="session")
 def crd_installed(control_plane: ControlPlane) -> ControlPlane:
     """The CRD from crds/, installed once, as a user installs it."""
-    control_plane.kubectl("apply", "--server-side", "-f", str(CRD))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.stopline.dev"
-    )
+    control_plane.install_crd(CRD)
     return control_plane
 
 

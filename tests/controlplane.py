@@ -278,6 +278,18 @@ current-context: stopline-test
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
         return result
 
+    def install_crd(self, path: Path, name: str = "trainingjobs.stopline.dev", timeout_s: float = 60) -> None:
+        """Apply a CRD as a user does and wait until it is Established. Polled, not `kubectl wait`: that
+        fails at once ("accessor error") while the new CRD has no status yet."""
+        self.kubectl("apply", "--server-side", "-f", str(path))
+        jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+
+        def established() -> bool:
+            found = self.kubectl("get", "crd", name, "-o", f"jsonpath={jsonpath}", check=False)
+            return found.stdout.strip() == "True"
+
+        wait_until(established, timeout_s, f"CRD {name} Established")
+
     def stop(self) -> None:
         """Stop every process (apiserver first), then delete the data folder."""
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):

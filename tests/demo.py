@@ -120,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"demo: starting etcd, kube-apiserver and kube-controller-manager in {plane.root}", flush=True)
         plane.start()
-        plane.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "trainingjob.yaml"))
-        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.stopline.dev")
+        plane.install_crd(REPO / "crds" / "trainingjob.yaml")
         plane.kubectl("create", "namespace", NAMESPACE)
         claim = {
             "apiVersion": "v1",

@@ -200,8 +200,7 @@ def control_plane() -> Iterator[ControlPlane]:
     plane.controller_manager_args += ["--kube-api-qps=500", "--kube-api-burst=1000"]
     plane.start()
     try:
-        plane.kubectl("apply", "--server-side", "-f", str(CRD))
-        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.stopline.dev")
+        plane.install_crd(CRD)
         plane.kubectl("create", "namespace", NAMESPACE)
         plane.kubectl("create", "serviceaccount", "stopline", "-n", NAMESPACE)
         plane.kubectl(

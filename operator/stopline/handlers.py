@@ -38,7 +38,8 @@ CONNECT_TIMEOUT_S = 30
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """kopf's state in our status fields, not its annotations; one operator replica, so no peering."""
+    """kopf's state in our status fields, not its annotations; no kopf peering: with several replicas only
+    the one holding the Lease runs kopf at all (`stopline operator --leader-elect`, stopline.leader)."""
     settings.persistence.progress_storage = kopf.StatusProgressStorage(
         field="status.stopline.progress", touch_field="status.stopline.touch"
     )

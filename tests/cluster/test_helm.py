@@ -72,7 +72,7 @@ def test_helm_template_is_accepted_by_the_apiserver(control_plane: ControlPlane,
     [
         ("rbac.creat=true", "rbac: Additional property creat is not allowed"),
         ("imagePullPolicy=Always", "Additional property imagePullPolicy is not allowed"),
-        ("replicaCount=2", "replicaCount"),
+        ("replicaCount=2,leaderElection.enabled=false", "replicaCount"),
     ],
 )
 def test_the_values_schema_rejects_a_misspelt_or_unsafe_value_naming_it(setting: str, complaint: str) -> None:

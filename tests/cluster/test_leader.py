@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -34,7 +34,22 @@ from controlplane import (
     stop_process,
     wait_until,
 )
-from operatorharness import SINGLE, SINGLE_NAME, WAIT_S, exists, manifest
+from operatorharness import (
+    SINGLE,
+    SINGLE_NAME,
+    WAIT_S,
+    checkpoint_message,
+    condition,
+    event_posted,
+    events,
+    exists,
+    get,
+    manifest,
+    phase_is,
+    running_trainer,
+    status,
+    terminate,
+)
 from stopline.leader import Elector, LeaseClient, Timings
 
 pytestmark = pytest.mark.cluster
@@ -450,3 +465,50 @@ def lease_manifest(name: str, namespace: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"holderIdentity": "someone-else", "leaseDurationSeconds": 15},
     }
+
+
+def test_a_leader_killed_while_jobs_run_and_stop_is_replaced_and_every_stop_completes_once(
+    plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """SIGKILL of the leading operator while one job is Stopping (its trainer saves while nobody leads)
+    and another is Running: the follower takes over, concludes the first stop, stops the second, and each
+    stop ends Stopped with its checkpoint and one CheckpointSaved Event, never two."""
+    logs = {pod: tmp_path / f"{pod}.log" for pod in ("operator-a", "operator-b")}
+    fast = {"interval": "1s"}
+    uris = {name: f"/stopline/checkpoints/{name}/step-000100.pt" for name in ("stopping", "running")}
+    with ExitStack() as stack:
+        first = stack.enter_context(
+            operator_process("operator-a", namespace, plane.kubeconfig, logs["operator-a"])
+        )
+        wait_until(held_by(plane, namespace, "operator-a"), WAIT_S, "operator-a to lead")
+        stack.enter_context(operator_process("operator-b", namespace, plane.kubeconfig, logs["operator-b"]))
+        trainers = {
+            name: stack.enter_context(
+                running_trainer(plane, namespace, manifest(name=name, criteria=[], metrics=fast))
+            )
+            for name in uris
+        }
+        for trainer, _ in trainers.values():
+            trainer.report(1, 100, val_loss=1.0)
+        stopping, stopping_pod = trainers["stopping"]
+        plane.kubectl("annotate", "tj", "stopping", "-n", namespace, "stopline.dev/stop=enough")
+        wait_until(lambda: stopping.stop_reason == "enough", WAIT_S, "the leader's POST /stop")
+
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        terminate(
+            plane, namespace, stopping_pod, checkpoint_message(1, 100, uris["stopping"])
+        )  # saved, unwatched
+        plane.kubectl("annotate", "tj", "running", "-n", namespace, "stopline.dev/stop=enough too")
+        wait_until(held_by(plane, namespace, "operator-b"), WAIT_S, "operator-b to take over")
+        running, running_pod = trainers["running"]
+        wait_until(lambda: running.stop_reason == "enough too", WAIT_S, "the new leader's POST /stop")
+        terminate(plane, namespace, running_pod, checkpoint_message(1, 100, uris["running"]))
+        for name, uri in uris.items():
+            wait_until(phase_is(plane, namespace, name, "Stopped"), WAIT_S, f"{name} Stopped")
+            assert status(plane, namespace, name)["checkpoint"]["uri"] == uri
+            wait_until(event_posted(plane, namespace, name, "CheckpointSaved", "Normal"), WAIT_S, "Event")
+    for name in uris:
+        saved = [e for e in events(plane, namespace, name) if e["reason"] == "CheckpointSaved"]
+        assert sum(int(e.get("count") or 1) for e in saved) == 1, saved
+        assert condition(get(plane, namespace, "tj", name), "Finished")["reason"] == "CheckpointSaved"

@@ -14,7 +14,9 @@ from typing import Any
 from stopline import lifecycle
 from stopline.api import PVCTarget, SpecError, TrainingJobSpec, parse_spec
 from stopline.kube import Kube, Manifest
-from stopline.registry import controller_uid
+from stopline.metrics.http import excerpt
+from stopline.progress import checkpoint_status
+from stopline.registry import controller_uid, pod_view
 from stopline.status import StatusWriter, Written
 from stopline.vocabulary import (
     CHECKPOINT_TARGET,
@@ -24,8 +26,20 @@ from stopline.vocabulary import (
     FAILED,
     FINISHED,
     PENDING,
+    STOPPING,
+    TERMINAL_PHASES,
 )
-from stopline.workload import STUDY_LABEL, Owner, build_job, build_service, build_token_secret
+from stopline.workload import (
+    JOB_LABEL,
+    STUDY_LABEL,
+    TRAINER_CONTAINER,
+    Owner,
+    build_job,
+    build_service,
+    build_token_secret,
+)
+
+LOG_EXCERPT_CHARS = 400  # the trainer's log is its author's text: a short, printable excerpt in status
 
 
 class ForeignChild(RuntimeError):
@@ -91,6 +105,36 @@ async def _checkpoint_target(
     return lifecycle.Condition(CHECKPOINT_TARGET, False, CLAIM_NOT_FOUND, message)
 
 
+async def _ending(kube: Kube, training_job: Manifest, job: Manifest) -> lifecycle.Ending | None:
+    """Once the Job finished, and before the TrainingJob records it: rank 0's checkpoint, and the first
+    failed rank's exit code and last log lines. The pods are read from the apiserver, the Job's own only."""
+    phase = (training_job.get("status") or {}).get("phase") or PENDING
+    if lifecycle.job_finished(job) is None or phase in TERMINAL_PHASES or phase == STOPPING:
+        return None
+    namespace, name = training_job["metadata"]["namespace"], training_job["metadata"]["name"]
+    listed = await kube.list_pods(namespace, f"{JOB_LABEL}={name}")
+    pods = sorted(
+        (pod_view(pod) for pod in listed if controller_uid(pod["metadata"]) == job["metadata"].get("uid")),
+        key=lambda pod: (pod.rank, pod.name),
+    )
+    checkpoint = next(
+        (
+            found
+            for pod in pods
+            if pod.rank == 0 and pod.exit_code == 0 and (found := checkpoint_status(pod.message))
+        ),
+        None,
+    )
+    failed = next((pod for pod in pods if pod.exit_code not in (None, 0)), None)
+    failure = None
+    if failed is not None:
+        failure = f"rank {failed.rank} exited with code {failed.exit_code}"
+        lines = await kube.read_log_tail(namespace, failed.name, TRAINER_CONTAINER)
+        if lines:
+            failure += f"; its last log lines: {excerpt(' | '.join(lines), LOG_EXCERPT_CHARS)}"
+    return lifecycle.Ending(checkpoint, failure)
+
+
 async def sync_status(
     writer: StatusWriter,
     namespace: str,
@@ -116,14 +160,17 @@ async def sync_status(
         job = await kube.read_job(namespace, name)
         if job is not None and not owns(training_job, job):
             job = None
-    target = None
+    target = ending = None
     if not isinstance(parsed, SpecError) and job is not None:
         target = await _checkpoint_target(kube, training_job, parsed)
+        ending = await _ending(kube, training_job, job)
 
     def compose(current: Mapping[str, Any]) -> lifecycle.StatusChange | None:
         if current["metadata"].get("uid") != training_job["metadata"].get("uid"):
             return None  # deleted and made again meanwhile: its own events will sync it
-        return lifecycle.desired_status(current, job, invalid_spec=invalid, checkpoint_target=target)
+        return lifecycle.desired_status(
+            current, job, invalid_spec=invalid, checkpoint_target=target, ending=ending
+        )
 
     return await writer.write(namespace, name, compose, seen=training_job)
 

@@ -29,6 +29,7 @@ CONFLICT, NOT_FOUND = 409, 404
 BAD_REQUEST, UNPROCESSABLE = 400, 422
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+LOG_BYTES = 4096  # the last lines of a failed trainer's log: enough for a traceback's end
 CONNECTIONS = 64  # concurrent requests to the apiserver; more visits than that wait for a connection
 
 
@@ -171,6 +172,24 @@ class Kube:
         path = _COLLECTIONS["Pod"].format(namespace=namespace)
         found = await self._request("GET", f"{path}?labelSelector={quote(selector)}")
         return [item for item in found.get("items") or [] if isinstance(item, dict)]
+
+    async def read_log_tail(self, namespace: str, pod: str, container: str, lines: int = 5) -> list[str]:
+        """The last lines of a container's log, at most LOG_BYTES; none when the kubelet cannot serve
+        them (no node, the pod gone, or no right to read logs): a log is a help, never a requirement."""
+        path = f"{_COLLECTIONS['Pod'].format(namespace=namespace)}/{pod}/log"
+        query = f"?container={quote(container)}&tailLines={lines}&limitBytes={LOG_BYTES}"
+        headers = {"Accept": "text/plain"}
+        token = await self._configuration.get_api_key_with_prefix("BearerToken")
+        if token:
+            headers["Authorization"] = token
+        try:
+            async with self._session.get(self._host + path + query, headers=headers) as response:
+                if response.status != 200:
+                    return []
+                text = (await response.content.read(LOG_BYTES)).decode("utf-8", errors="replace")
+        except (aiohttp.ClientError, TimeoutError):
+            return []
+        return [line for line in text.splitlines() if line.strip()][-lines:]
 
     async def suspend_job(self, namespace: str, name: str, uid: str) -> bool:
         """spec.suspend=true on that Job object only (its uid is a precondition of the patch): the Job

@@ -69,6 +69,14 @@ class StatusChange:
         return self.phase is not None or bool(self.conditions)
 
 
+@dataclass(frozen=True)
+class Ending:
+    """What the trainer pods left when their Job finished: rank 0's checkpoint, and what failed."""
+
+    checkpoint: Mapping[str, Any] | None = None
+    failure: str | None = None  # e.g. "rank 1 exited with code 3; its last log lines: ..."
+
+
 def job_finished(job: Mapping[str, Any]) -> Condition | None:
     """The Job's terminal condition (Complete or Failed, status True), as a Finished condition."""
     for condition in job.get("status", {}).get("conditions") or []:
@@ -94,16 +102,21 @@ def desired_status(
     *,
     invalid_spec: str | None = None,
     checkpoint_target: Condition | None = None,
+    ending: Ending | None = None,
 ) -> StatusChange:
     """Phase, observedGeneration and conditions for `training_job` given its Job (None: not created yet).
 
     `invalid_spec` is the parse error's message; `checkpoint_target` says whether the PVC exists (shown
-    while Pending). A terminal phase is kept as it is: only a new generation updates observedGeneration.
+    while Pending); `ending` is what the pods left once the Job finished: the checkpoint goes to
+    status.checkpoint (a job run to the end shows its final weights too), a failure to the Finished
+    condition's message. A terminal phase is kept as it is: only a new generation updates
+    observedGeneration.
     """
     current: Mapping[str, Any] = training_job.get("status") or {}
     phase = current.get("phase") or PENDING
     replicas = int(training_job.get("spec", {}).get("replicas") or 1)
     wanted: list[Condition] = []
+    fields: dict[str, Any] = {"observedGeneration": training_job["metadata"].get("generation")}
     if invalid_spec is not None and phase not in TERMINAL_PHASES:
         phase = FAILED
         wanted.append(Condition(CREATED, False, INVALID_SPEC, invalid_spec))
@@ -112,6 +125,10 @@ def desired_status(
         finished = job_finished(job)
         if finished is not None:
             phase = SUCCEEDED if finished.reason == JOB_COMPLETE else FAILED
+            if ending is not None and ending.failure and phase == FAILED:
+                finished = Condition(FINISHED, True, finished.reason, f"{finished.message}; {ending.failure}")
+            if ending is not None and ending.checkpoint:
+                fields["checkpoint"] = dict(ending.checkpoint)
             wanted.append(Condition(RUNNING_CONDITION, False, finished.reason, "the Job finished"))
             wanted.append(finished)
         elif phase == RUNNING or all_ranks_started(job, replicas):
@@ -119,8 +136,7 @@ def desired_status(
             wanted.append(Condition(RUNNING_CONDITION, True, ALL_RANKS_READY, f"{replicas} rank(s) started"))
         if checkpoint_target is not None and phase == PENDING:
             wanted.append(checkpoint_target)
-    generation = training_job["metadata"].get("generation")
-    return StatusChange(fields={"observedGeneration": generation}, conditions=wanted, phase=phase)
+    return StatusChange(fields=fields, conditions=wanted, phase=phase)
 
 
 def merge_conditions(

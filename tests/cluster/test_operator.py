@@ -23,6 +23,7 @@ from operatorharness import (
     SINGLE,
     SINGLE_NAME,
     WAIT_S,
+    checkpoint_message,
     condition,
     event_posted,
     exists,
@@ -31,6 +32,7 @@ from operatorharness import (
     phase_is,
     pods,
     set_pod_status,
+    terminate,
 )
 
 pytestmark = pytest.mark.cluster
@@ -136,16 +138,25 @@ def test_a_restarted_operator_finishes_what_a_crash_left_undone(plane: ControlPl
     assert get(plane, namespace, "secret", f"{SINGLE_NAME}-stopline-control")["data"] == token
 
 
-def test_the_phase_follows_the_pods_to_succeeded(plane: ControlPlane, namespace: str) -> None:
+def test_the_phase_follows_the_pods_to_succeeded_with_the_final_checkpoint(
+    plane: ControlPlane, namespace: str
+) -> None:
+    """A job run to the end shows where its final weights are, as a stopped one does."""
     with operator(namespace):
         pod = start_single_rank_job(plane, namespace)
         set_pod_status(plane, namespace, pod, RUNNING_AND_READY)
         wait_until(phase_is(plane, namespace, SINGLE_NAME, "Running"), WAIT_S, "phase Running")
-        set_pod_status(plane, namespace, pod, {"phase": "Succeeded"})
+        terminate(plane, namespace, pod, checkpoint_message(90, 9000, "/stopline/checkpoints/final.pt"))
         wait_until(phase_is(plane, namespace, SINGLE_NAME, "Succeeded"), WAIT_S, "phase Succeeded")
     training_job = get(plane, namespace, "tj", SINGLE_NAME)
     assert condition(training_job, "Finished")["reason"] == "JobComplete"
     assert condition(training_job, "Running")["status"] == "False"
+    checkpoint = training_job["status"]["checkpoint"]
+    assert (checkpoint["uri"], checkpoint["epoch"], checkpoint["step"]) == (
+        "/stopline/checkpoints/final.pt",
+        90,
+        9000,
+    )
 
 
 def test_a_failed_pod_fails_the_training_job_with_the_jobs_reason(
@@ -153,14 +164,14 @@ def test_a_failed_pod_fails_the_training_job_with_the_jobs_reason(
 ) -> None:
     with operator(namespace):
         pod = start_single_rank_job(plane, namespace)
-        set_pod_status(plane, namespace, pod, {"phase": "Failed"})
+        terminate(plane, namespace, pod, "Traceback (most recent call last): ...", exit_code=3)
         wait_until(phase_is(plane, namespace, SINGLE_NAME, "Failed"), WAIT_S, "phase Failed")
         wait_until(
             event_posted(plane, namespace, SINGLE_NAME, "BackoffLimitExceeded"), WAIT_S, "a Warning Event"
         )
     finished = condition(get(plane, namespace, "tj", SINGLE_NAME), "Finished")
     assert (finished["status"], finished["reason"]) == ("True", "BackoffLimitExceeded")
-    assert finished["message"]
+    assert "rank 0 exited with code 3" in finished["message"]
 
 
 def test_a_spec_the_crd_lets_through_but_stopline_cannot_run_fails_naming_the_field(

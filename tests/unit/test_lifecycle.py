@@ -98,3 +98,19 @@ def test_a_new_generation_is_a_change_to_write() -> None:
     newer = training_job(status=first)
     newer["metadata"]["generation"] = 4
     assert changed(first, desired_status(newer, job(), T1))
+
+
+def test_a_finished_job_records_rank_zeros_checkpoint_and_a_failed_ranks_exit_code() -> None:
+    checkpoint = {"uri": "/ckpt/final.pt", "epoch": 90, "step": 9000}
+    done = desired_status(
+        training_job(), job(conditions=[finished("Complete")]), T0, ending=lifecycle.Ending(checkpoint)
+    )
+    assert done["phase"] == "Succeeded" and done["checkpoint"] == checkpoint
+    crashed = lifecycle.Ending(failure="rank 1 exited with code 3; its last log lines: CUDA error")
+    failed_job = job(conditions=[finished("Failed", "BackoffLimitExceeded", "Job has reached the limit")])
+    failed = desired_status(training_job(), failed_job, T0, ending=crashed)
+    [condition] = [c for c in failed["conditions"] if c["type"] == "Finished"]
+    assert (
+        condition["message"]
+        == "Job has reached the limit; rank 1 exited with code 3; its last log lines: CUDA error"
+    )

@@ -10,9 +10,11 @@ import select
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from stopline_trainer import Config, Run
 from stopline_trainer.control import MAX_REASON, StopFlag
 from stopline_trainer.metrics import TrainerMetrics
 from stopline_trainer.server import MAX_BODY, ControlServer
@@ -185,3 +187,14 @@ def test_a_body_that_is_not_a_reason_gets_400(server: tuple[ControlServer, StopF
     assert not flag.is_set()
     request = post_stop(b"Content-Length: 14\r\n", b'{"reason": ""}')
     assert status_of(s.port, request) == 202 and flag.reason == "stop requested"  # empty: the default
+
+
+def test_a_run_closed_without_being_started_returns_and_frees_its_port(tmp_path: Path) -> None:
+    run = Run(Config(metrics_port=0, bind_address="127.0.0.1", termination_log=tmp_path / "log"))
+    port = run.server.port
+    closing = threading.Thread(target=run.close, daemon=True)
+    closing.start()
+    closing.join(CLIENT_TIMEOUT_S)
+    assert not closing.is_alive(), "close() hung"
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))

@@ -67,7 +67,8 @@ class ControlServer:
         self._thread.start()
 
     def close(self) -> None:
-        self._httpd.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, forever if it never ran
+            self._httpd.shutdown()
         self._httpd.server_close()
 
 

@@ -19,6 +19,7 @@ import yaml
 from kopf.testing import KopfRunner
 
 from controlplane import REPO, ControlPlane, wait_until
+from stopline_trainer.checkpoint import Manifest
 from stopline_trainer.control import StopFlag
 from stopline_trainer.metrics import TrainerMetrics
 from stopline_trainer.server import ControlServer
@@ -166,21 +167,17 @@ class StandInTrainer:
 
 
 def checkpoint_message(epoch: int, step: int, uri: str) -> str:
-    """Rank 0's termination message after a save: the checkpoint manifest, as stopline_trainer writes it."""
-    return json.dumps(
-        {
-            "format": "stopline/v1",
-            "uri": uri,
-            "epoch": epoch,
-            "step": step,
-            "bytes": 1024,
-            "sha256": "0" * 64,
-            "savedAt": "2026-11-22T12:00:00Z",
-            "worldSize": 1,
-            "metrics": {},
-            "stopReason": "stopped",
-        }
+    """Rank 0's termination message after a save, made by stopline_trainer's own Manifest."""
+    manifest = Manifest(
+        uri=uri,
+        epoch=epoch,
+        step=step,
+        size=1024,
+        sha256="0" * 64,
+        saved_at="2026-11-22T12:00:00Z",
+        world_size=1,
     )
+    return manifest.termination_message().decode()
 
 
 @contextmanager

@@ -128,9 +128,12 @@ def test_post_stop_ends_the_pod_succeeded_with_the_manifest_and_loadable_weights
     [terminated] = terminated_pods(plane, namespace, name, 1)
     ended = time.monotonic()
     assert (terminated["exitCode"], terminated["reason"]) == (0, "Completed")
-    manifest = json.loads(terminated["message"])
+    folder = kubelet.claim_folder(namespace, CLAIM) / "runs" / name
+    pointer = json.loads(terminated["message"])  # compact: where the weights are; the rest is in last.json
+    manifest = json.loads((folder / "last.json").read_bytes())
+    assert pointer["uri"] == manifest["uri"] and pointer["sha256"] == manifest["sha256"]
     assert manifest["stopReason"] == "e2e: enough" and manifest["epoch"] >= first + 1
-    load_weights(manifest, kubelet.claim_folder(namespace, CLAIM) / "runs" / name)
+    load_weights(manifest, folder)
 
     wait_until(lambda: job_condition(plane, namespace, name, "Complete"), DEADLINE_S, "the Job to complete")
     print(
@@ -175,9 +178,10 @@ def test_two_ranks_rendezvous_through_the_headless_service_name_and_stop_at_the_
     ended = terminated_pods(plane, namespace, name, 2)
     logs = kubelet.logs()
     assert [state["exitCode"] for state in ended] == [0, 0], logs
-    manifest, rank1_report = (json.loads(state["message"]) for state in ended)
+    pointer, rank1_report = (json.loads(state["message"]) for state in ended)
+    manifest = json.loads((kubelet.claim_folder(namespace, CLAIM) / "runs" / name / "last.json").read_bytes())
     assert manifest["worldSize"] == 2 and rank1_report["rank"] == 1
-    assert manifest["step"] == rank1_report["step"]
+    assert pointer["step"] == manifest["step"] == rank1_report["step"]
     assert rank1_report["stopReason"] == "e2e: rank 1 asked"
     assert manifest["stopReason"] == "stop requested by another rank"
     wait_until(lambda: job_condition(plane, namespace, name, "Complete"), DEADLINE_S, "the Job to complete")

@@ -194,7 +194,10 @@ def test_two_ranks_stop_at_the_same_step_with_one_checkpoint(
     ranks = terminated_pods(story, namespace, "ddp", 2)  # rank 1 may report its exit after rank 0's manifest
     reports = [json.loads(state["message"]) for state in ranks]
     assert [state["exitCode"] for state in ranks] == [0, 0]
-    assert reports[0]["worldSize"] == 2 and reports[0]["step"] == reports[1]["step"]
+    manifest = json.loads(
+        (kubelet.claim_folder(namespace, CLAIM) / "runs" / "ddp" / "last.json").read_bytes()
+    )
+    assert manifest["worldSize"] == 2 and reports[0]["step"] == reports[1]["step"] == manifest["step"]
     assert stopped["status"]["checkpoint"]["step"] == reports[0]["step"]
 
 

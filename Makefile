@@ -21,7 +21,7 @@ export OPERATOR_IMAGE TRAINER_IMAGE KIND_CLUSTER HELM KUBECTL RELEASE DEPLOY_NAM
 # run one marked tier of tests/; a tier that has no test files yet says so instead of failing
 tier = if compgen -G 'tests/$(1)/test_*.py' >/dev/null; then $(PYTEST) -m $(1) tests/$(1); else echo "$(1): no tests yet"; fi
 
-.PHONY: help venv testenv test test-unit test-trainer test-cluster e2e lint helm-lint demo bench-operator images kind-up kind-down kind-e2e deploy undeploy
+.PHONY: help venv testenv test test-unit test-trainer test-cluster test-faults e2e lint helm-lint demo bench-operator images kind-up kind-down kind-e2e deploy undeploy
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ venv: $(PY) ## create .venv with the project and its dev, trainer and s3 extras
 testenv: ## build kube-apiserver, kube-controller-manager, kubectl, etcd and helm into $(STOPLINE_TESTENV) (cached)
 	bash tests/testenv/build.sh
 
-test: lint test-unit test-trainer test-cluster e2e ## everything CI runs: lint, unit, trainer, cluster and e2e tests
+test: lint test-unit test-trainer test-cluster test-faults e2e ## everything CI runs: lint, unit, trainer, cluster, faults and e2e tests
 
 test-unit: $(PY) ## pure tests, no processes
 	$(PYTEST) tests/unit
@@ -47,6 +47,9 @@ test-trainer: $(PY) testenv ## real trainer processes with real torch, checkpoin
 
 test-cluster: $(PY) testenv ## tests against a real kube-apiserver + etcd + kube-controller-manager on 127.0.0.1
 	$(call tier,cluster)
+
+test-faults: $(PY) testenv ## faults and hostile input on the real apiserver: Prometheus down, hostile answers, impostors, lost watches
+	$(call tier,faults)
 
 e2e: $(PY) testenv ## real trainer processes, the test kubelet and Prometheus
 	$(call tier,e2e)

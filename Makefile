@@ -26,13 +26,13 @@ tier = if compgen -G 'tests/$(1)/test_*.py' >/dev/null; then $(PYTEST) -m $(1) t
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-$(PY): pyproject.toml
+$(PY): pyproject.toml trainer-image/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,trainer,s3]'
+	$(PY) -m pip install --quiet -e '.[dev,s3]' -e './trainer-image[torch,lightning,s3]'
 	touch $(PY)
 
-venv: $(PY) ## create .venv with the project and its dev, trainer and s3 extras
+venv: $(PY) ## create .venv with both distributions: stopline (dev, s3) and stopline-trainer (torch, lightning, s3)
 
 testenv: ## build kube-apiserver, kube-controller-manager, kubectl, etcd and helm into $(STOPLINE_TESTENV) (cached)
 	bash tests/testenv/build.sh

@@ -11,8 +11,8 @@ to do next; `StopDriver` does it and asks again, until the answer is to wait or 
    does not answer; it is asked again every RETRY_S until stopPolicy.ackTimeout. When none acknowledges
    (a trainer without stopline answers 404; the timeout passed; there are no pods at all), the Job is
    suspended, so the kubelet sends SIGTERM, which the trainer treats as a stop request too.
-4. Conclude without a manifest only from the truth: the Job suspended or finished, and the pods read from
-   the apiserver by this process (a watch that has not delivered them yet is not "no pods"). Pods still
+4. Conclude without a manifest only from the truth: the Job suspended or finished, and the Job and pods
+   read from the apiserver by this process (a watch that has not delivered them yet is not "none"). Pods still
    running past gracePeriod (from stopReason.at) are deleted: Failed, "the weights were not saved".
 
 Every step is safe to repeat: a second POST /stop is acknowledged and changes nothing, a second suspend
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 ACCEPTED = 202
 RETRY_S = 1.0  # how often a trainer that did not answer yet is asked again
-MAX_STEPS = 8  # steps one drive may take; a stop needs at most 5 (signal, suspend, list, kill, conclude)
+MAX_STEPS = 8  # steps one drive may take; a stop needs at most 5 (signal, suspend, read, kill, conclude)
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class StopState:
     signalled: Signalled | None = None
     suspended: bool = False  # our suspend of this Job went through, or it had nothing left to suspend
     killed: bool = False
-    pods_listed: bool = False  # the pods were read from the apiserver, not only from watch events
+    children_read: bool = False  # the Job and pods were read from the apiserver, not only from watch events
 
 
 @dataclass(frozen=True)
@@ -89,15 +89,17 @@ class StopView:
     began_at: float  # stopReason.at
     ack_timeout_s: float
     grace_period_s: float
-    job: JobView | None  # None: no Job of this TrainingJob exists (never created, or gone)
+    job: JobView | None  # None: none seen (never created, gone, or its watch event not here yet)
     pods: Sequence[PodView]
     state: StopState = field(default_factory=StopState)
 
     @property
     def job_at_rest(self) -> bool:
-        """The Job starts no pod again: suspended (by us or anyone), finished, or not there at all."""
+        """The Job starts no pod again: suspended (by us or anyone), finished, or read and not there."""
         job = self.job
-        return job is None or job.suspended or job.finished or self.state.suspended
+        if job is None:
+            return self.state.children_read or self.state.suspended
+        return job.suspended or job.finished or self.state.suspended
 
     @property
     def active(self) -> list[PodView]:
@@ -128,8 +130,9 @@ class Suspend:
 
 
 @dataclass(frozen=True)
-class ListPods:
-    """Read the pods from the apiserver: "none seen" is not "none" until this process has asked."""
+class ReadChildren:
+    """Read the Job and its pods from the apiserver: "none seen" is not "none" until this process asked
+    (after a restart the watch may not have delivered them yet)."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ class Conclude:
     conclusion: Conclusion
 
 
-Action = Signal | Suspend | ListPods | Kill | Wait | Conclude
+Action = Signal | Suspend | ReadChildren | Kill | Wait | Conclude
 
 
 def next_step(view: StopView, now: float) -> Action:
@@ -171,8 +174,8 @@ def next_step(view: StopView, now: float) -> Action:
             if state.signalled is None or now - state.signalled.at >= RETRY_S:
                 return Signal()
             return Wait()
-        if not view.pods and not state.pods_listed:
-            return ListPods()
+        if not view.pods and not state.children_read:
+            return ReadChildren()
         if view.active and now - view.began_at < view.ack_timeout_s:
             return Wait()  # pods that are not serving yet: a SIGTERM before the trainer handles it kills it
     if not view.job_at_rest and (state.signalled is None or state.signalled.acknowledged == 0):
@@ -187,8 +190,8 @@ def next_step(view: StopView, now: float) -> Action:
             "its pods were deleted and the weights were not saved"
         )
         return Conclude(Conclusion(FAILED, GRACE_PERIOD_EXPIRED, message, warning=True))
-    if not state.pods_listed:
-        return ListPods()
+    if not state.children_read:
+        return ReadChildren()
     if not view.job_at_rest:
         return Suspend(unacknowledged=False)
     failed = sorted({pod.exit_code for pod in view.pods if pod.exit_code not in (None, 0)}, key=str)
@@ -339,10 +342,13 @@ class StopDriver:
             timeout = min(view.ack_timeout_s, self._post_timeout_s)
             token = await self._token(tracked)
             state.signalled = await signal(self.session, urls, token, reason, timeout, self.clock())
-        elif isinstance(action, ListPods):
+        elif isinstance(action, ReadChildren):
+            job = await self.kube.read_job(namespace, name)
+            if job is not None:
+                tracked.filed_job = job_view(job)  # trusted only if it is ours: see Tracked.job
             selector = f"{JOB_LABEL}={name}"
             tracked.filed_pods.update(_listed(await self.kube.list_pods(namespace, selector)))
-            state.pods_listed = True
+            state.children_read = True
         elif isinstance(action, Suspend | Kill):
             await self._suspend(tracked, view)
             if isinstance(action, Suspend) and action.unacknowledged:

@@ -41,23 +41,11 @@ FAST = {"interval": "1s"}
 URI = "/stopline/checkpoints/runs/resnet-lr3e-4/step-000300.pt"
 
 
-JOB_NOT_SEEN = (
-    "the stop concludes Stopped/NoCheckpoint ('no trainer pod ran; the Job was suspended before any "
-    "started') while the operator's Job watch has not delivered the Job: Tracked.job is None, so "
-    "Tracked.pods is [] even after ListPods, and StopView.job_at_rest takes a Job not seen for no Job; "
-    "rank 0's manifest is never read"
-)
-
-
 @pytest.mark.parametrize(
     "held",
     [
         pytest.param(("pods",), id="pod-watch"),
-        pytest.param(
-            ("pods", "jobs"),
-            id="pod-and-job-watches",
-            marks=pytest.mark.xfail(strict=True, reason=JOB_NOT_SEEN),
-        ),
+        pytest.param(("pods", "jobs"), id="pod-and-job-watches"),
     ],
 )
 def test_an_operator_restarted_before_its_watches_sync_concludes_from_the_pods_it_reads(

@@ -9,7 +9,7 @@ from stopline.registry import JobView, PodView
 from stopline.stopping import (
     Conclude,
     Kill,
-    ListPods,
+    ReadChildren,
     Signal,
     Signalled,
     StopState,
@@ -73,17 +73,29 @@ def test_a_saved_checkpoint_waits_for_the_other_ranks_and_never_leaves_a_pod_to_
 def test_a_stop_with_no_pod_seen_lists_the_pods_suspends_the_job_and_only_then_concludes() -> None:
     """A Pending job, a queued one, or an operator restarted before the pod events: no pod seen is not
     "no pod"; the Job is suspended so none starts, and the stop concludes without a checkpoint."""
-    assert isinstance(next_step(view([]), now=0), ListPods)
-    action = next_step(view([], pods_listed=True), now=0)
+    assert isinstance(next_step(view([]), now=0), ReadChildren)
+    action = next_step(view([], children_read=True), now=0)
     assert isinstance(action, Suspend) and action.unacknowledged
-    after = view([], pods_listed=True, suspended=True, signalled=None)
+    after = view([], children_read=True, suspended=True, signalled=None)
     assert concluded(next_step(after, now=0)) == ("Stopped", "NoCheckpoint")
     # no Job at all (never created): nothing to suspend, nothing ran
-    assert concluded(next_step(view([], job=None, pods_listed=True), now=0)) == ("Stopped", "NoCheckpoint")
+    assert concluded(next_step(view([], job=None, children_read=True), now=0)) == ("Stopped", "NoCheckpoint")
+
+
+def test_a_job_not_seen_yet_is_read_before_it_counts_as_absent() -> None:
+    """After a restart the Job's watch event may come late: its pods are not trusted until the Job is
+    known, so the machine reads the Job and pods first; never Stopped/NoCheckpoint from "nothing seen"."""
+    acked = Signalled(1, 0, 0)
+    assert isinstance(next_step(view([], job=None, signalled=acked), now=5), ReadChildren)
+    saved = [pod(0, "Succeeded", 0, MANIFEST)]  # what the read finds
+    assert concluded(next_step(view(saved, job=None, children_read=True), now=5)) == (
+        "Stopped",
+        "CheckpointSaved",
+    )
 
 
 def test_a_pod_the_list_finds_running_is_signalled_not_concluded() -> None:
-    assert isinstance(next_step(view([pod()], pods_listed=True), now=0), Signal)
+    assert isinstance(next_step(view([pod()], children_read=True), now=0), Signal)
 
 
 def test_a_trainer_not_serving_yet_is_asked_again_until_ack_timeout_then_suspended() -> None:
@@ -120,12 +132,12 @@ def test_running_pods_are_waited_for_until_the_grace_period_then_killed_and_fail
 def test_pods_that_ended_without_a_manifest_conclude_only_once_listed_and_the_job_at_rest() -> None:
     ended = [pod(0, "Succeeded", 0, "not json")]
     acked = Signalled(1, 0, 0)
-    assert isinstance(next_step(view(ended, signalled=acked), now=5), ListPods)
-    action = next_step(view(ended, signalled=acked, pods_listed=True), now=5)
+    assert isinstance(next_step(view(ended, signalled=acked), now=5), ReadChildren)
+    action = next_step(view(ended, signalled=acked, children_read=True), now=5)
     assert isinstance(action, Suspend) and not action.unacknowledged
-    final = view(ended, job=SUSPENDED_JOB, signalled=acked, pods_listed=True)
+    final = view(ended, job=SUSPENDED_JOB, signalled=acked, children_read=True)
     assert concluded(next_step(final, now=5)) == ("Stopped", "NoCheckpoint")
-    crashed = view([pod(0, "Failed", 137)], job=SUSPENDED_JOB, signalled=acked, pods_listed=True)
+    crashed = view([pod(0, "Failed", 137)], job=SUSPENDED_JOB, signalled=acked, children_read=True)
     action = next_step(crashed, now=5)
     assert concluded(action) == ("Failed", "TrainerFailed")
     assert isinstance(action, Conclude) and "137" in action.conclusion.message

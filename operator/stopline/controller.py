@@ -25,19 +25,14 @@ from stopline.vocabulary import (
     CREATED,
     FAILED,
     FINISHED,
+    JOB_LABEL,
     PENDING,
     STOPPING,
-    TERMINAL_PHASES,
-)
-from stopline.workload import (
-    JOB_LABEL,
     STUDY_LABEL,
+    TERMINAL_PHASES,
     TRAINER_CONTAINER,
-    Owner,
-    build_job,
-    build_service,
-    build_token_secret,
 )
+from stopline.workload import Owner, build_job, build_service, build_token_secret
 
 LOG_EXCERPT_CHARS = 400  # the trainer's log is its author's text: a short, printable excerpt in status
 

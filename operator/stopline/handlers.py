@@ -28,8 +28,7 @@ from stopline.kube import Kube, Rejected
 from stopline.metrics.http import client_session
 from stopline.registry import Registry
 from stopline.supervisor import Supervisor
-from stopline.vocabulary import STOPPING, TERMINAL_PHASES
-from stopline.workload import JOB_LABEL
+from stopline.vocabulary import JOB_LABEL, STOPPING, TERMINAL_PHASES
 
 WATCH_SERVER_TIMEOUT_S = 300  # the apiserver ends each watch after this; kopf then resumes it
 WATCH_CLIENT_TIMEOUT_S = 330  # a watch silent for longer is a dead connection

@@ -20,11 +20,18 @@ from typing import Any
 
 from stopline.api import SpecError, TrainingJobSpec, parse_spec
 from stopline.criteria.observation import CohortCurve
-from stopline.vocabulary import CANCEL_ANNOTATION, STOP_ANNOTATION, SUCCEEDED, TERMINAL_PHASES
-from stopline.workload import JOB_LABEL, STUDY_LABEL, TRAINER_CONTAINER
+from stopline.vocabulary import (
+    CANCEL_ANNOTATION,
+    COMPLETION_INDEX_LABEL,
+    JOB_LABEL,
+    STOP_ANNOTATION,
+    STUDY_LABEL,
+    SUCCEEDED,
+    TERMINAL_PHASES,
+    TRAINER_CONTAINER,
+)
 
 Key = tuple[str, str]  # (namespace, name)
-COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 @dataclass(frozen=True)
@@ -94,9 +101,9 @@ _RANK = re.compile(r"[0-9]{1,6}")  # the Job controller's completion index: ASCI
 
 def pod_view(pod: Mapping[str, Any], deleted: bool = False) -> PodView:
     metadata, status = pod["metadata"], pod.get("status") or {}
-    index = (metadata.get("labels") or {}).get(COMPLETION_INDEX) or (metadata.get("annotations") or {}).get(
-        COMPLETION_INDEX
-    )
+    index = (metadata.get("labels") or {}).get(COMPLETION_INDEX_LABEL) or (
+        metadata.get("annotations") or {}
+    ).get(COMPLETION_INDEX_LABEL)
     exit_code, message = None, ""
     for container in status.get("containerStatuses") or []:
         terminated = (container.get("state") or {}).get("terminated")

@@ -43,6 +43,7 @@ from stopline.vocabulary import (
     FAILED,
     FINISHED,
     GRACE_PERIOD_EXPIRED,
+    JOB_LABEL,
     NO_CHECKPOINT,
     PENDING,
     RUNNING_CONDITION,
@@ -52,7 +53,6 @@ from stopline.vocabulary import (
     TERMINAL_PHASES,
     TRAINER_FAILED,
 )
-from stopline.workload import JOB_LABEL
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,14 @@ TRAINER_FAILED = "TrainerFailed"
 WOULD_STOP = "WouldStop"
 STOP_NOT_ACKNOWLEDGED = "StopNotAcknowledged"
 
+# metadata.labels: the ones stopline sets on children and reads on TrainingJobs, and the Job controller's
+JOB_LABEL = "stopline.dev/job"  # on the Job, its pods and the Service: the TrainingJob's name
+STUDY_LABEL = "stopline.dev/study"  # on a TrainingJob: the sweep it belongs to, for the cohort rule
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"  # set by the Job controller: the rank
+
+# the container of the pod template that runs the trainer
+TRAINER_CONTAINER = "trainer"
+
 # metadata.annotations a person sets (the operator never writes them)
 STOP_ANNOTATION = "stopline.dev/stop"  # graceful stop, weights kept; the value is the reason
 CANCEL_ANNOTATION = "stopline.dev/cancel"  # stop now, nothing saved

@@ -13,15 +13,13 @@ from typing import Any
 
 from stopline import GROUP, KIND, VERSION
 from stopline.api import ObjectStoreTarget, PVCTarget, TrainingJobSpec
+from stopline.vocabulary import COMPLETION_INDEX_LABEL, JOB_LABEL, STUDY_LABEL, TRAINER_CONTAINER
 
-JOB_LABEL = f"{GROUP}/job"
-STUDY_LABEL = f"{GROUP}/study"
 TOKEN_KEY = "token"
 MASTER_PORT = 29500
 CHECKPOINT_VOLUME = "stopline-checkpoints"
 CHECKPOINT_MOUNT = "/stopline/checkpoints"
-TRAINER_CONTAINER = "trainer"
-COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+COMPLETION_INDEX = f"metadata.annotations['{COMPLETION_INDEX_LABEL}']"  # the env's fieldRef: the rank
 
 Manifest = dict[str, Any]
 

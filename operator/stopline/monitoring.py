@@ -11,19 +11,21 @@ from collections.abc import Callable, Iterable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
+from stopline.vocabulary import CANCELLED, FAILED, PENDING, RUNNING, STOPPED, STOPPING, SUCCEEDED
+
 TRAINING_JOBS = Gauge("stopline_training_jobs", "TrainingJobs the operator watches, by phase", ["phase"])
 STOPS = Counter("stopline_stops", "Stops begun, by the stop reason's type", ["reason"])
 DECISION_LATENCY = Histogram(
     "stopline_decision_latency_seconds",
-    "From the scrape that brought the deciding sample to the trainers' acknowledgement of POST /stop",
+    "From the end of the read that brought the deciding sample to the end of the first POST /stop round",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120),
 )
 SCRAPE_ERRORS = Counter("stopline_scrape_errors", "Failed reads of a trainer pod's /metrics")
-STATUS_WRITES = Counter("stopline_status_writes", "Patches of TrainingJob status by the operator")
+STATUS_WRITES = Counter("stopline_status_writes", "Patches of TrainingJob status (all go through one writer)")
 GPU_SECONDS_SAVED = Counter(
     "stopline_gpu_seconds_saved", "Estimated GPU-seconds not spent: epochs left to maxEpochs at stop time"
 )
-PHASES = ("Pending", "Running", "Stopping", "Stopped", "Succeeded", "Failed", "Cancelled")
+PHASES = (PENDING, RUNNING, STOPPING, STOPPED, SUCCEEDED, FAILED, CANCELLED)
 
 
 def count_phases(phases: Iterable[str]) -> None:

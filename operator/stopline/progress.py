@@ -17,6 +17,7 @@ from typing import Any
 from stopline.api import TrainingJobSpec
 from stopline.criteria.decision import JSONState
 from stopline.criteria.engine import Evaluation
+from stopline.criteria.observation import Samples
 from stopline.criteria.state import is_better
 from stopline.metrics.exposition import TrainerReport
 
@@ -33,26 +34,32 @@ class JobMemory:
     curve: list[float | None] = field(default_factory=list)
     best: dict[str, Any] | None = None
     written_epoch: int = 0
+    fed_epoch: int = 0  # the last epoch given to the engine: a read past fed_epoch + 1 missed epochs
     epoch_seconds: float | None = None
     failures: int = 0  # scrapes failed in a row
 
     @classmethod
     def seed(cls, status: Mapping[str, Any]) -> JobMemory:
         criteria = status.get("criteria") or []
+        written = int((status.get("progress") or {}).get("epoch") or 0)
         return cls(
             states={entry["name"]: dict(entry.get("state") or {}) for entry in criteria if "name" in entry},
             curve=list(status.get("curve") or []),
             best=dict(status["best"]) if status.get("best") else None,
-            written_epoch=int((status.get("progress") or {}).get("epoch") or 0),
+            written_epoch=written,
+            fed_epoch=written,
         )
 
-    def record(self, spec: TrainingJobSpec, report: TrainerReport) -> bool:
-        """Take a scrape's objective into the curve and best; True when it is an epoch not written yet."""
-        if report.epoch_seconds is not None:
-            self.epoch_seconds = report.epoch_seconds
-        epoch, objective = report.epoch, spec.objective
-        value = report.metrics.get(objective.metric)
-        if 1 <= epoch <= MAX_CURVE and value is not None:
+    def record(self, spec: TrainingJobSpec, epochs: Samples, epoch_seconds: float | None = None) -> bool:
+        """Take the epochs read (oldest first) into the curve and best; True when one is not written yet."""
+        if epoch_seconds is not None:
+            self.epoch_seconds = epoch_seconds
+        objective = spec.objective
+        for epoch in sorted(epochs):
+            value = epochs[epoch].get(objective.metric)
+            self.fed_epoch = max(self.fed_epoch, epoch)
+            if not 1 <= epoch <= MAX_CURVE or value is None:
+                continue
             if len(self.curve) < epoch:
                 self.curve.extend([None] * (epoch - len(self.curve)))
             self.curve[epoch - 1] = value if math.isfinite(value) else None
@@ -60,7 +67,7 @@ class JobMemory:
                 self.best is None or is_better(value, self.best["value"], objective.mode)
             ):
                 self.best = {"metric": objective.metric, "value": value, "epoch": epoch}
-        return epoch > self.written_epoch
+        return max(epochs, default=0) > self.written_epoch
 
 
 def progress_status(

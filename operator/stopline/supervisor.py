@@ -29,10 +29,11 @@ from stopline import monitoring
 from stopline.api import GPUIdleCriterion, PromQLCriterion, TrainingJobSpec
 from stopline.criteria.decision import Decision
 from stopline.criteria.engine import evaluate
-from stopline.criteria.observation import Observation, Request
+from stopline.criteria.observation import Observation, Request, Samples
 from stopline.kube import Kube
 from stopline.lifecycle import Condition, StatusChange
 from stopline.metrics import prometheus
+from stopline.metrics.epochs import EpochsError, missed_epochs
 from stopline.metrics.exposition import TrainerReport
 from stopline.metrics.http import endpoint_url, excerpt
 from stopline.metrics.scrape import ScrapeError, scrape
@@ -44,6 +45,9 @@ from stopline.vocabulary import (
     CANCEL_ANNOTATION,
     CANCELLED,
     CANCELLED_REASON,
+    EPOCHS_MISSED,
+    EPOCHS_READ,
+    EPOCHS_UNREAD,
     FAILED,
     MANUAL_TYPES,
     METRICS_AVAILABLE,
@@ -70,6 +74,7 @@ STOP_POLL_S = 1.0
 MAX_CONCURRENT = 256  # visits at once: each mostly waits on a pod or the apiserver
 QUERIES_AT_ONCE = 8  # Prometheus answers read at once: each may hold up to 2 x 8 MiB while it is parsed
 SCRAPE_TIMEOUT_S = 5.0
+EPOCHS_PATH = "/epochs"  # the trainer's window of recent epochs (stopline_trainer.metrics.EpochWindow)
 FAILURES_BEFORE_CONDITION = 3  # one lost read is noise; three in a row is a condition worth showing
 
 Fetched = tuple[TrainerReport | None, str | None]  # a report, or why there is none
@@ -213,11 +218,12 @@ class Supervisor:
         if tracked.phase == RUNNING:
             await self._token(tracked)
         report, error = fetched if fetched is not None else await self._scrape(tracked, spec)
+        epochs, missed = await self._epochs(tracked, spec, memory, report)
         promql, gpu_utilization = await self._live_inputs(tracked, spec)
         now = self.clock()
         memory.failures = 0 if report is not None else memory.failures + 1
-        new_epoch = report is not None and memory.record(spec, report)
-        observation = observe(tracked, spec, report, promql, gpu_utilization, now, self.registry)
+        new_epoch = report is not None and memory.record(spec, epochs, report.epoch_seconds)
+        observation = observe(tracked, spec, report, epochs, promql, gpu_utilization, now, self.registry)
         evaluation = evaluate(spec, memory.states, observation)
         memory.states = dict(evaluation.states)
         fields: dict[str, Any] = {}
@@ -230,7 +236,7 @@ class Supervisor:
         wants_dry_run = decision is not None and not tracked.status.get("dryRun")
         if decision is not None and wants_dry_run:
             fields["dryRun"] = {"wouldStopAt": decision.as_status() | {"at": self.writer.now()}}
-        conditions = _metrics_availability(tracked, memory, error)
+        conditions = _metrics_availability(tracked, memory, error) + _epochs_missed(tracked, missed, epochs)
         change = StatusChange(fields=fields, conditions=conditions)
         if not fields and not conditions:
             return
@@ -242,8 +248,34 @@ class Supervisor:
         if decision is not None and wants_dry_run:
             message = f"dryRun: would stop now: {decision.type} ({decision.criterion}): {decision.message}"
             await self.kube.post_event(tracked.training_job, WOULD_STOP, message, False)
-        if conditions and not conditions[0].status:
-            await self.kube.post_event(tracked.training_job, SCRAPE_FAILED, conditions[0].message, True)
+        for condition in conditions:
+            if condition.reason in (SCRAPE_FAILED, EPOCHS_UNREAD):
+                await self.kube.post_event(tracked.training_job, condition.reason, condition.message, True)
+
+    async def _epochs(
+        self, tracked: Tracked, spec: TrainingJobSpec, memory: JobMemory, report: TrainerReport | None
+    ) -> tuple[Samples, str | None]:
+        """The epochs this read brings: the reported one and, when it jumped past the last one fed, those
+        in between from the trainer's window; with why some are missing, if they are."""
+        if report is None or report.epoch < 1:
+            return {}, None
+        latest = {report.epoch: report.metrics}
+        if report.epoch <= memory.fed_epoch + 1:
+            return latest, None
+        gap = f"epochs {memory.fed_epoch + 1} to {report.epoch - 1}"
+        pod = tracked.rank_zero()
+        try:
+            if pod is None:
+                raise EpochsError("no running pod of rank 0 to ask")
+            url = endpoint_url(pod.ip or "", spec.metrics.port, EPOCHS_PATH)
+            timeout = min(SCRAPE_TIMEOUT_S, spec.metrics.interval.seconds)
+            found = await missed_epochs(self.session, url, memory.fed_epoch, report.epoch, timeout)
+        except (EpochsError, ValueError) as error:
+            log.info("TrainingJob %s/%s: %s not read: %s", *tracked.key, gap, error)
+            return latest, f"{gap} were not read ({error}); the criteria skipped them"
+        missing = report.epoch - 1 - memory.fed_epoch - len(found)
+        note = f"{missing} of {gap} were not in the trainer's window" if missing else None
+        return found | latest, note
 
     async def _live_inputs(
         self, tracked: Tracked, spec: TrainingJobSpec
@@ -374,6 +406,7 @@ def observe(
     tracked: Tracked,
     spec: TrainingJobSpec,
     report: TrainerReport | None,
+    epochs: Samples,
     promql: Mapping[str, bool],
     gpu_utilization: float | None,
     now: float,
@@ -385,7 +418,7 @@ def observe(
     cancel = annotations.get(CANCEL_ANNOTATION)
     return Observation(
         now=now,
-        samples={report.epoch: report.metrics} if report is not None and report.epoch >= 1 else {},
+        samples=epochs,
         started_at=_started_at(tracked),
         step=report.step if report is not None else None,
         gpus=spec.gpus,
@@ -406,6 +439,16 @@ def _metrics_availability(tracked: Tracked, memory: JobMemory, error: str | None
         return (Condition(METRICS_AVAILABLE, False, SCRAPE_FAILED, message),)
     if memory.failures == 0 and tracked.phase == RUNNING and current.get("status") != "True":
         return (Condition(METRICS_AVAILABLE, True, SCRAPED, "rank 0's metrics are read every interval"),)
+    return ()
+
+
+def _epochs_missed(tracked: Tracked, missed: str | None, epochs: Samples) -> tuple[Condition, ...]:
+    """EpochsMissed: True naming the epochs no criterion saw; False again once a jump was read whole."""
+    current = find_condition(tracked.status.get("conditions"), EPOCHS_MISSED) or {}
+    if missed is not None:
+        return (Condition(EPOCHS_MISSED, True, EPOCHS_UNREAD, missed),)
+    if len(epochs) > 1 and current.get("status") == "True":
+        return (Condition(EPOCHS_MISSED, False, EPOCHS_READ, "every epoch since was read"),)
     return ()
 
 

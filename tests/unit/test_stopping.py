@@ -7,7 +7,6 @@ import math
 
 from specs import spec
 
-from stopline.metrics.exposition import TrainerReport
 from stopline.progress import JobMemory, checkpoint_status, gpu_seconds_saved, shown_metrics
 from stopline.registry import Registry, pod_view
 
@@ -37,9 +36,10 @@ def test_memory_seeded_from_status_goes_on_from_the_last_epoch_written() -> None
         }
     )
     assert memory.states == {"plateau": {"kind": "patience", "epoch": 2}}
-    assert not memory.record(job, TrainerReport(epoch=2, step=200, metrics={"val_loss": 0.4}))
-    assert memory.record(job, TrainerReport(epoch=4, step=400, metrics={"val_loss": math.nan}))
-    assert memory.curve == [0.5, 0.4, None, None]  # epoch 3 was never scraped; NaN is not a value
+    assert not memory.record(job, {2: {"val_loss": 0.4}})
+    assert memory.record(job, {4: {"val_loss": math.nan}})
+    assert memory.curve == [0.5, 0.4, None, None]  # epoch 3 was never read; NaN is not a value
+    assert memory.fed_epoch == 4
     assert memory.best == {"metric": "val_loss", "value": 0.4, "epoch": 2}
 
 

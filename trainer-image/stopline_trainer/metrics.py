@@ -1,10 +1,70 @@
-"""The Prometheus series the operator scrapes (DESIGN.md names; base units; epoch and step are values)."""
+"""The Prometheus series the operator scrapes (base units; epoch and step are values), and the window of
+recent epochs it reads when epochs end faster than it scrapes (GET /epochs?after=N)."""
 
 from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import OrderedDict
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Info, generate_latest
 
 from .control import StopFlag
+
+WINDOW_EPOCHS = 1024  # epochs kept: at a 5 s read interval, epochs as short as 5 ms lose nothing
+PAGE_EPOCHS = 256  # epochs in one /epochs answer; the operator asks again from the last one
+MAX_METRICS = 64  # metrics kept per epoch: the window's memory and answers stay bounded
+
+
+def _number(value: float) -> float | str:
+    """JSON has no NaN: non-finite values travel as Prometheus spells them."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return value
+
+
+class EpochWindow:
+    """The last WINDOW_EPOCHS epochs, each with the last values reported in it (the latest epoch may be
+    still running, as on /metrics). Thread-safe: the loop writes, the HTTP thread reads."""
+
+    def __init__(self, size: int = WINDOW_EPOCHS) -> None:
+        self._size = size
+        self._records: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def record(self, epoch: int, step: int, values: dict[str, float]) -> None:
+        """Values reported in the same epoch add up: a loop may report train_loss every step and val_loss
+        at the epoch's end."""
+        if epoch < 1:
+            return
+        with self._lock:
+            record = self._records.pop(epoch, {"epoch": epoch, "metrics": {}})
+            metrics = record["metrics"]
+            for name, value in values.items():
+                if name in metrics or len(metrics) < MAX_METRICS:
+                    metrics[name] = _number(value)
+            record["step"] = step
+            self._records[epoch] = record
+            while len(self._records) > self._size:
+                self._records.popitem(last=False)
+
+    def finished(self, epoch: int, seconds: float) -> None:
+        """The wall time of a completed epoch, known only when the next one starts."""
+        with self._lock:
+            if epoch in self._records:
+                self._records[epoch]["seconds"] = seconds
+
+    def after(self, epoch: int) -> bytes:
+        """JSON of the epochs after `epoch`, oldest first, at most PAGE_EPOCHS of them; `oldest` says how far
+        back the window goes, so a reader knows which epochs are gone."""
+        with self._lock:
+            records = [record for number, record in self._records.items() if number > epoch][:PAGE_EPOCHS]
+            oldest = next(iter(self._records), None)
+        return json.dumps({"oldest": oldest, "epochs": records}).encode()
 
 
 class TrainerMetrics:
@@ -25,12 +85,14 @@ class TrainerMetrics:
         # read at scrape time, so the signal handler never takes the gauge's lock
         stop.set_function(lambda: 1.0 if flag.is_set() else 0.0)
         self._checkpoint: Info | None = None
+        self.epochs = EpochWindow()
 
     def observe(self, epoch: int, step: int, values: dict[str, float]) -> None:
         self.epoch.set(epoch)
         self.step.set(step)
         for name, value in values.items():
             self.metric.labels(name=name).set(value)  # NaN/Inf exported as is: divergence criteria read them
+        self.epochs.record(epoch, step, values)
 
     @property
     def checkpoint(self) -> Info:

@@ -90,6 +90,7 @@ class Run:
         if epoch != self.epoch:
             if self.epoch:
                 self.metrics.epoch_duration.set(now - self._epoch_started)
+                self.metrics.epochs.finished(self.epoch, now - self._epoch_started)
             self._epoch_started = now
         self.epoch, self.step = epoch, step
         values = {k: float(v) for k, v in metrics.items()}

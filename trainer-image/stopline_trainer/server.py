@@ -1,4 +1,5 @@
-"""The pod's HTTP endpoint: /metrics for the operator's scrape, /healthz, and the authenticated POST /stop.
+"""The pod's HTTP endpoint: /metrics for the operator's scrape, /epochs?after=N for the epochs it missed
+between two scrapes, /healthz, and the authenticated POST /stop.
 
 The server shares the training process, so no client may cost it more than a bounded number of threads:
 every read and write times out, at most `max_connections` connections are served at once, and when all
@@ -171,6 +172,15 @@ def body_length(headers: Message) -> int | None:
     return int(value)
 
 
+def _after(query: str) -> int | None:
+    """`after=N` of a /epochs query (absent: 0); None when N is not a plain number."""
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name == "after":
+            return int(value) if _DIGITS.fullmatch(value) else None
+    return 0
+
+
 def _handler_class(
     metrics: TrainerMetrics,
     flag: StopFlag,
@@ -189,9 +199,17 @@ def _handler_class(
             return parsed
 
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             if path == "/metrics":
                 self._send(HTTPStatus.OK, metrics.exposition(), CONTENT_TYPE_LATEST)
+            elif path == "/epochs":
+                after = _after(query)
+                if after is None:
+                    self._json(
+                        HTTPStatus.BAD_REQUEST, {"error": "after must be an epoch number: /epochs?after=12"}
+                    )
+                else:
+                    self._send(HTTPStatus.OK, metrics.epochs.after(after), "application/json")
             elif path == "/healthz":
                 self._send(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
             else:

@@ -282,11 +282,13 @@ class Registry:
             tracked.filed_job = view
         return key
 
-    def cohort(self, tracked: Tracked) -> tuple[CohortCurve, ...]:
-        """The other jobs of the same study and namespace, as curves of their objective (status.curve)."""
-        if tracked.study is None:
+    def cohort(self, tracked: Tracked, study: str | None = None) -> tuple[CohortCurve, ...]:
+        """The other jobs of the study (`study`, else the job's stopline.dev/study label) in its namespace,
+        as curves of their objective (status.curve); a study's members are the jobs labelled with it."""
+        study = study or tracked.study
+        if study is None:
             return ()
-        members = self._studies.get((tracked.key[0], tracked.study), {})
+        members = self._studies.get((tracked.key[0], study), {})
         peers = (other.as_peer() for key, other in members.items() if key != tracked.key)
         return tuple(peer for peer in peers if peer is not None)
 

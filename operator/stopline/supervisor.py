@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 
 from stopline import monitoring
-from stopline.api import GPUIdleCriterion, PromQLCriterion, TrainingJobSpec
+from stopline.api import CohortCriterion, GPUIdleCriterion, PromQLCriterion, TrainingJobSpec
 from stopline.criteria.decision import Decision
 from stopline.criteria.engine import evaluate
 from stopline.criteria.observation import Observation, Request, Samples
@@ -424,7 +424,7 @@ def observe(
         gpus=spec.gpus,
         gpu_utilization=gpu_utilization,
         promql=promql,
-        cohort=registry.cohort(tracked),
+        cohort=registry.cohort(tracked, _cohort_study(spec)),
         answered=report is not None,
         stop=Request(STOP_ANNOTATION, stop) if stop is not None else None,
         cancel=Request(CANCEL_ANNOTATION, cancel) if cancel is not None else None,
@@ -440,6 +440,12 @@ def _metrics_availability(tracked: Tracked, memory: JobMemory, error: str | None
     if memory.failures == 0 and tracked.phase == RUNNING and current.get("status") != "True":
         return (Condition(METRICS_AVAILABLE, True, SCRAPED, "rank 0's metrics are read every interval"),)
     return ()
+
+
+def _cohort_study(spec: TrainingJobSpec) -> str | None:
+    """spec.criteria[].cohort.study when a cohort criterion names one; else the job's study label."""
+    named = (c.study for c in spec.criteria if isinstance(c, CohortCriterion) and c.study)
+    return next(named, None)
 
 
 def _epochs_missed(tracked: Tracked, missed: str | None, epochs: Samples) -> tuple[Condition, ...]:

@@ -162,3 +162,24 @@ def test_a_pod_or_job_that_only_carries_the_label_is_never_trusted() -> None:
     assert rank_zero is not None and rank_zero.ip == "127.0.0.2"
     registry.observe_job(_job(), deleted=True)
     assert tracked.job is None and tracked.pods == []
+
+
+def test_cohort_study_names_the_peers_whatever_the_jobs_own_label() -> None:
+    registry = Registry()
+    for name, study in (("a", "sweep-1"), ("b", "sweep-2"), ("c", "sweep-2")):
+        registry.observe_training_job(
+            {
+                "metadata": {
+                    "name": name,
+                    "namespace": "ns",
+                    "uid": name,
+                    "labels": {"stopline.dev/study": study},
+                },
+                "spec": RAW_SPEC,
+                "status": {"phase": "Running", "curve": [1.0]},
+            }
+        )
+    me = registry.get(("ns", "a"))
+    assert me is not None
+    assert [peer.job for peer in registry.cohort(me)] == []
+    assert sorted(peer.job for peer in registry.cohort(me, "sweep-2")) == ["b", "c"]

@@ -26,16 +26,16 @@ tier = if compgen -G 'tests/$(1)/test_*.py' >/dev/null; then $(PYTEST) -m $(1) t
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-$(PY): pyproject.toml trainer-image/pyproject.toml
+$(PY): pyproject.toml trainer-image/pyproject.toml local/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,s3]' -e './trainer-image[torch,lightning,s3]'
+	$(PY) -m pip install --quiet -e '.[dev,s3]' -e './trainer-image[torch,lightning,s3]' -e './local[s3]'
 	touch $(PY)
 
-venv: $(PY) ## create .venv with both distributions: stopline (dev, s3) and stopline-trainer (torch, lightning, s3)
+venv: $(PY) ## create .venv: stopline (dev, s3), stopline-trainer (torch, lightning, s3), stopline-local
 
 testenv: ## build kube-apiserver, kube-controller-manager, kubectl, etcd and helm into $(STOPLINE_TESTENV) (cached)
-	bash tests/testenv/build.sh
+	bash local/stopline_local/testenv/build.sh
 
 test: lint test-unit test-trainer test-cluster test-faults e2e ## everything CI runs: lint, unit, trainer, cluster, faults and e2e tests
 
@@ -51,24 +51,24 @@ test-cluster: $(PY) testenv ## tests against a real kube-apiserver + etcd + kube
 test-faults: $(PY) testenv ## faults and hostile input on the real apiserver: Prometheus down, hostile answers, impostors, lost watches
 	$(call tier,faults)
 
-e2e: $(PY) testenv ## real trainer processes, the test kubelet and Prometheus
+e2e: $(PY) testenv ## real trainer processes, the local kubelet and Prometheus
 	$(call tier,e2e)
 
-lint: $(PY) helm-lint ## ruff, mypy (strict on operator/ and trainer-image/), import-linter
+lint: $(PY) helm-lint ## ruff, mypy (strict on operator/, trainer-image/ and local/), import-linter
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator/stopline trainer-image/stopline_trainer tests docs
+	$(VENV)/bin/mypy operator/stopline trainer-image/stopline_trainer local/stopline_local tests docs
 	$(VENV)/bin/lint-imports
 
 helm-lint: testenv ## helm lint --strict on the chart
 	$(STOPLINE_TESTENV)/bin/helm lint --strict helm/stopline
 
-demo: $(PY) testenv ## the whole story here: control plane, operator, test kubelet, a sweep of real trainers stopped early
-	$(PY) tests/demo.py
+demo: $(PY) testenv ## the whole story here: control plane, operator, local kubelet, examples/local/demo-sweep.yaml stopped early
+	$(PY) -m stopline_local.demo
 
 BENCH_JOBS ?= 100,1000,2000
 bench-operator: $(PY) testenv ## the operator at N jobs (BENCH_JOBS), scrape and PromQL: table + plot in bench/operator/out
-	PYTHONPATH=tests:bench/operator $(PY) bench/operator/run.py --jobs $(BENCH_JOBS)
+	$(PY) bench/operator/run.py --jobs $(BENCH_JOBS)
 
 images: ## docker build the operator and trainer images as $(OPERATOR_IMAGE) and $(TRAINER_IMAGE)
 	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from controlplane import REPO, ControlPlane
+from stopline_local.controlplane import REPO, ControlPlane
 
 CRD = REPO / "crds" / "trainingjob.yaml"
 

@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 from kopf.testing import KopfRunner
 
-from controlplane import REPO, ControlPlane, wait_until
+from stopline_local.controlplane import REPO, ControlPlane, wait_until
+from stopline_local.kubelet import terminated_status
 from stopline_trainer.checkpoint import Manifest
 from stopline_trainer.control import StopFlag
 from stopline_trainer.metrics import TrainerMetrics
@@ -28,7 +29,7 @@ SINGLE = REPO / "examples" / "gpu-patience-pvc.yaml"
 SINGLE_NAME = "resnet-lr3e-4"
 WAIT_S = 30
 RUNNING_AND_READY = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
-_addresses = (f"127.0.0.{host}" for host in itertools.count(100))  # the test kubelet uses 127.0.0.2 up
+_addresses = (f"127.0.0.{host}" for host in itertools.count(100))  # the local kubelet uses 127.0.0.2 up
 
 
 @contextmanager
@@ -90,23 +91,6 @@ def set_pod_status(plane: ControlPlane, namespace: str, pod: str, pod_status: di
 def terminate(plane: ControlPlane, namespace: str, pod: str, message: str = "", exit_code: int = 0) -> None:
     """The trainer container exited with this code and left `message` in its termination-log."""
     set_pod_status(plane, namespace, pod, terminated_status(message, exit_code))
-
-
-def terminated_status(message: str = "", exit_code: int = 0) -> dict[str, Any]:
-    """The pod status a kubelet reports once the trainer container exited with this code and message."""
-    terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error"}
-    if message:
-        terminated["message"] = message
-    container = {
-        "name": "trainer",
-        "image": "trainer",
-        "imageID": "",
-        "ready": False,
-        "restartCount": 0,
-        "state": {"terminated": terminated},
-    }
-    phase = "Succeeded" if exit_code == 0 else "Failed"
-    return {"phase": phase, "containerStatuses": [container]}
 
 
 def manifest(name: str = SINGLE_NAME, **spec: Any) -> dict[str, Any]:

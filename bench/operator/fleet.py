@@ -21,13 +21,15 @@ import resource
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from operatorharness import checkpoint_message, terminated_status
 from stopline.workload import JOB_LABEL
+from stopline_local.kubelet import terminated_status
+from stopline_trainer.checkpoint import Manifest
 from stopline_trainer.control import StopFlag
 from stopline_trainer.metrics import TrainerMetrics
 
@@ -36,6 +38,22 @@ THRESHOLD = 0.5  # the jobs' threshold criterion: stop once val_loss < 0.5
 STEPS_PER_EPOCH = 100
 SAVE_S = 0.5  # how long the stand-in "saves" before its pod reports the checkpoint manifest
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+
+
+def checkpoint_message(job: str, namespace: str, epoch: int, uri: str) -> str:
+    """Rank 0's termination message after its save, made by stopline_trainer's own Manifest."""
+    manifest = Manifest(
+        uri=uri,
+        epoch=epoch,
+        step=epoch * STEPS_PER_EPOCH,
+        size=1024,
+        sha256="0" * 64,
+        saved_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        world_size=1,
+        job=job,
+        namespace=namespace,
+    )
+    return manifest.termination_message().decode()
 
 
 def address(index: int) -> str:
@@ -198,8 +216,9 @@ class Fleet:
         epoch = job.stopped_epoch or 0
         uri = f"file:///checkpoints/{job.name}/epoch-{epoch}.pt"
         assert job.pod is not None
-        manifest = checkpoint_message(epoch, epoch * STEPS_PER_EPOCH, uri)
-        await self._patch_pod(job.pod, terminated_status(manifest))
+        await self._patch_pod(
+            job.pod, terminated_status(checkpoint_message(job.name, self.namespace, epoch, uri))
+        )
 
     # -- the pods' HTTP ----------------------------------------------------------------------------------
 

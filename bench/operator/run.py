@@ -11,7 +11,7 @@ the operator as its own process with a ServiceAccount token, and the stand-in fl
    from the moment the deciding sample is on /metrics to the moment the pod receives POST /stop;
 4. the time until every TrainingJob is Stopped (the fleet answers with a checkpoint manifest).
 
-Run: make bench-operator (or PYTHONPATH=tests:bench/operator .venv/bin/python bench/operator/run.py
+Run: make bench-operator (or .venv/bin/python bench/operator/run.py
 --jobs 100,1000 --source scrape,promql). Results accumulate in bench/operator/out/results.json; the table
 (results.md) and plot (scale.png) are drawn from all of them.
 """
@@ -37,8 +37,8 @@ import aiohttp
 from matplotlib.figure import Figure
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane import ADMIN_TOKEN, ControlPlane, die_with_parent, free_port, stop_process
 from fleet import OBJECTIVE, THRESHOLD, Fleet
+from stopline_local.controlplane import ADMIN_TOKEN, ControlPlane, die_with_parent, free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = Path(__file__).resolve().parent / "out"

@@ -1,8 +1,8 @@
 """A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver and kube-controller-manager.
 
-The binaries come from `make testenv` (tests/testenv/build.sh). Every process binds to loopback on a free
-port, keeps its data in a temporary folder, dies with its parent (PR_SET_PDEATHSIG) and is stopped by
-`ControlPlane.stop()`, so an interrupted test run leaves nothing behind.
+The binaries come from `make testenv` (stopline_local/testenv/build.sh). Every process binds to loopback on a
+free port, keeps its data in a temporary folder, dies with its parent (PR_SET_PDEATHSIG) and is stopped by
+`ControlPlane.stop()`, so an interrupted test run, demo or `make up` leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the checkout: this file is local/stopline_local/controlplane.py
 K8S_VERSION = os.environ.get("K8S_VERSION", "1.34.4")
 ETCD_VERSION = os.environ.get("ETCD_VERSION", "3.6.16")
 TESTENV = Path(
@@ -53,7 +53,7 @@ def free_port() -> int:
 
 
 def die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the test process dies, however it dies."""
+    """Runs in the child before exec: SIGKILL it when the process that started it dies, however it dies."""
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -250,15 +250,15 @@ class ControlPlane:
             f"""apiVersion: v1
 kind: Config
 clusters:
-- name: stopline-test
+- name: stopline-local
   cluster: {{server: "{self.server}", insecure-skip-tls-verify: true}}
 users:
 - name: user
   user: {{token: {token}}}
 contexts:
-- name: stopline-test
-  context: {{cluster: stopline-test, user: user, namespace: default}}
-current-context: stopline-test
+- name: stopline-local
+  context: {{cluster: stopline-local, user: user, namespace: default}}
+current-context: stopline-local
 """
         )
         return path
@@ -300,7 +300,7 @@ current-context: stopline-test
 
 
 def _insecure_tls() -> ssl.SSLContext:
-    """The apiserver serves a self-signed certificate it made itself; the test trusts it by address."""
+    """The apiserver serves a self-signed certificate it made itself; its clients trust it by address."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

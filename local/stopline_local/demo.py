@@ -1,21 +1,20 @@
 """`make demo`: the whole story on this machine, no Docker, no GPU.
 
 Starts a real kube-apiserver, etcd and kube-controller-manager (from `make testenv`), the stopline
-operator (`stopline operator`, as a process), and the test kubelet that runs each trainer pod as a local
-process on 127.0.0.x. Applies a sweep of four TrainingJobs of the example torch trainer, one of them with
-a hopeless learning rate, shows their progress live, and ends with each job's stop reason, best metric
-and checkpoint, and the epochs saved. Ctrl-C or the end stops every process it started.
+operator (`stopline operator`, as a process), and the local kubelet that runs each trainer pod as a local
+process on 127.0.0.x. Applies examples/local/demo-sweep.yaml with kubectl, as a user would: a sweep of four
+TrainingJobs of the example torch trainer, one of them with a hopeless learning rate. Shows their progress
+live, and ends with each job's stop reason, best metric and checkpoint, and the epochs saved. Ctrl-C or the
+end stops every process it started.
 
-    .venv/bin/python tests/demo.py [--epochs 30] [--timeout 300]
+    .venv/bin/python -m stopline_local.demo [--timeout 300]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,44 +22,21 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from controlplane import ADMIN_TOKEN, REPO, ControlPlane, free_port, stop_process
-from e2e.kubelet import TestKubelet
-from e2e.support import CLAIM, training_job
+from stopline_local.cluster import LocalCluster
+from stopline_local.controlplane import REPO
 
 NAMESPACE = "demo"
-STUDY = "resnet-sweep"
-SWEEP = {
-    "lr-3e-3": "3e-3",
-    "lr-2e-3": "2e-3",
-    "lr-1e-3": "1e-3",
-    "lr-1e-7": "1e-7",
-}  # the last one is hopeless
+SWEEP = REPO / "examples" / "local" / "demo-sweep.yaml"
 TERMINAL = ("Stopped", "Succeeded", "Failed", "Cancelled")
-
-
-def sweep_member(name: str, lr: str, epochs: int) -> dict[str, Any]:
-    """One member of the sweep: the example trainer, stopped by the cohort rule or by patience.
-
-    Patience waits 8 epochs, so on the hopeless job the cohort rule (from epoch 3) decides first even when
-    the four trainers start seconds apart on a busy machine; with 3, patience won the race now and then."""
-    job = training_job(
-        name,
-        args=("--epochs", str(epochs), "--steps-per-epoch", "10", "--sleep-per-step", "0.15", "--lr", lr),
-    )
-    job["metadata"]["labels"] = {"stopline.dev/study": STUDY}
-    job["spec"].update(
-        maxEpochs=epochs,
-        criteria=[
-            {"name": "median", "cohort": {"minJobs": 3, "percentile": 50, "warmupEpochs": 2}},
-            {"name": "plateau", "patience": {"patience": 8, "minDelta": 0.00005}},
-        ],
-    )
-    job["spec"]["metrics"]["interval"] = "1s"
-    return job
+POLL_S = 3
 
 
 def _interrupt(signum: int, _: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def say(line: str) -> None:
+    print(f"demo: {line}", flush=True)
 
 
 def table(jobs: list[dict[str, Any]]) -> str:
@@ -80,112 +56,80 @@ def table(jobs: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def summary(jobs: list[dict[str, Any]], epochs: int) -> str:
+def max_epochs(job: dict[str, Any]) -> int | None:
+    """spec.maxEpochs as applied; None when the manifest leaves it out (the job then has no set length)."""
+    value = job.get("spec", {}).get("maxEpochs")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def summary(jobs: list[dict[str, Any]]) -> str:
+    """Each job's end, and the epochs saved against the maxEpochs of the jobs that set one."""
     lines = ["", "summary:"]
-    ran = 0
+    ran = total = 0
     for job in jobs:
         status, name = job.get("status", {}), job["metadata"]["name"]
         reason = status.get("stopReason", {})
         best = status.get("best", {})
         checkpoint = status.get("checkpoint", {}).get("uri", "-")
         epoch = status.get("progress", {}).get("epoch", 0)
-        ran += epoch
+        limit = max_epochs(job)
+        if limit is not None:
+            ran, total = ran + min(epoch, limit), total + limit
         why = f"{reason['type']} ({reason['criterion']}): {reason['message']}" if reason else "ran to the end"
-        lines.append(f"  {name}: {status.get('phase')} at epoch {epoch}/{epochs}; {why}")
+        of = f"/{limit}" if limit is not None else ""
+        lines.append(f"  {name}: {status.get('phase')} at epoch {epoch}{of}; {why}")
         if best and checkpoint != "-":
             lines.append(
                 f"    best {best['metric']} {best['value']:.5f} (epoch {best['epoch']}), weights {checkpoint}"
             )
-    total = epochs * len(jobs)
     saved = sum(float(job.get("status", {}).get("gpuSecondsSaved") or 0) for job in jobs)
-    lines.append(
-        f"  {ran} of {total} epochs run, {total - ran} saved ({100 * (total - ran) / total:.0f}%); "
-        f"estimated GPU-hours saved: {saved / 3600:.4f} (status.gpuSecondsSaved: each epoch not run "
-        "costs the measured epoch time on 1 GPU per rank)"
-    )
+    if total:
+        lines.append(
+            f"  {ran} of {total} epochs run, {total - ran} saved ({100 * (total - ran) / total:.0f}%); "
+            f"estimated GPU-hours saved: {saved / 3600:.4f} (status.gpuSecondsSaved: each epoch not run "
+            "costs the measured epoch time on 1 GPU per rank)"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m stopline_local.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=30, help="maxEpochs of each job (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=300, help="give up after this many seconds")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
-    plane = ControlPlane()
-    kubelet: TestKubelet | None = None
-    operator: subprocess.Popen[bytes] | None = None
+    volumes = Path(tempfile.mkdtemp(prefix="stopline-demo-"))  # kept: the checkpoints outlive the demo
+    cluster = LocalCluster(namespace=NAMESPACE, volumes=volumes, watch=(NAMESPACE,))
     try:
-        print(f"demo: starting etcd, kube-apiserver and kube-controller-manager in {plane.root}", flush=True)
-        plane.start()
-        plane.install_crd(REPO / "crds" / "trainingjob.yaml")
-        plane.kubectl("create", "namespace", NAMESPACE)
-        claim = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": CLAIM, "namespace": NAMESPACE},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-        }
-        plane.kubectl("apply", "-f", "-", input=json.dumps(claim))
-        volumes = Path(tempfile.mkdtemp(prefix="stopline-demo-"))  # kept: the checkpoints outlive the demo
-        print(f"demo: trainer logs and checkpoints in {volumes}", flush=True)
-        kubelet = TestKubelet(plane.server, ADMIN_TOKEN, plane.root / "certs" / "apiserver.crt", volumes)
-        kubelet.start()
-        listen = f"127.0.0.1:{free_port()}"
-        log = (plane.root / "operator.log").open("wb")
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "stopline.cli", "operator", "-n", NAMESPACE, "--listen", listen],
-            env={**os.environ, "KUBECONFIG": str(plane.kubeconfig)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        print(
-            f"demo: operator on {listen} (log {plane.root / 'operator.log'}), test kubelet running pods",
-            flush=True,
-        )
-        members = [sweep_member(name, lr, args.epochs) for name, lr in SWEEP.items()]
-        plane.kubectl(
-            "apply",
-            "-n",
-            NAMESPACE,
-            "-f",
-            "-",
-            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": members}),
-        )
-        print(
-            f"demo: applied a sweep of {len(members)} TrainingJobs (study {STUDY}); kubectl get tj:\n",
-            flush=True,
-        )
+        cluster.start(say)
+        applied = cluster.plane.kubectl("apply", "-n", NAMESPACE, "-f", str(SWEEP))
+        say(f"kubectl apply -n {NAMESPACE} -f {SWEEP.relative_to(REPO)}")
+        print(applied.stdout.rstrip(), flush=True)
+        say("kubectl get tj, every few seconds:\n")
         deadline = time.monotonic() + args.timeout
         jobs: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
-            jobs = json.loads(plane.kubectl("get", "tj", "-n", NAMESPACE, "-o", "json").stdout)["items"]
+            listed = cluster.plane.kubectl("get", "tj", "-n", NAMESPACE, "-o", "json")
+            jobs = json.loads(listed.stdout)["items"]
             print(table(jobs) + "\n", flush=True)
-            if all(job.get("status", {}).get("phase") in TERMINAL for job in jobs):
+            if jobs and all(job.get("status", {}).get("phase") in TERMINAL for job in jobs):
                 break
-            if operator.poll() is not None:
-                raise RuntimeError(
-                    f"the operator exited with {operator.returncode}; see {plane.root / 'operator.log'}"
-                )
-            time.sleep(3)
+            cluster.check_operator()
+            time.sleep(POLL_S)
         else:
-            print(f"demo: not finished after {args.timeout:.0f}s", flush=True)
+            say(f"not finished after {args.timeout:.0f}s")
             return 1
-        print(summary(jobs, args.epochs), flush=True)
+        print(summary(jobs), flush=True)
         return 0
     except KeyboardInterrupt:
         print("\ndemo: interrupted, cleaning up", flush=True)
         return 130
     finally:
-        if operator is not None:
-            stop_process(operator, 30)
-        if kubelet is not None:
-            kubelet.stop()
-        plane.stop()
-        print("demo: every process stopped", flush=True)
+        cluster.stop()
+        say("every process stopped")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
-"""A test kubelet: a stand-in for a real kubelet on machines without a container runtime.
+"""A local kubelet: a stand-in for a real kubelet on machines without a container runtime.
 
 It registers one Node with the real apiserver, binds every unscheduled pod to it (the control plane has no
 scheduler) and runs each pod's trainer container as a local process, reporting the pod's status back so
 the Job controller completes or fails the Job. What a container runtime would give, it imitates:
 
 - argv is the container's command + args; the image is ignored; the program name `python` is the
-  interpreter of the test run (sys.executable), so trainers import the repository's packages; cwd is the
-  repository root.
+  interpreter this kubelet runs in (sys.executable), so trainers import the checkout's packages; cwd is
+  the repository root.
 - the env is the container's env with `valueFrom` resolved (fieldRef, secretKeyRef through the API), plus
   STOPLINE_BIND_ADDRESS=<pod IP> and STOPLINE_TERMINATION_LOG=<a file per pod>, whose content becomes the
   terminated state's message, like /dev/termination-log.
@@ -15,14 +15,14 @@ the Job controller completes or fails the Job. What a container runtime would gi
   is rewritten to that pod's IP; IPs are keyed by hostname, so rank 0's IP is known before rank 0 starts.
 - a persistentVolumeClaim mount is a local folder, `<root>/volumes/<namespace>/<claim>`: env values that
   start with the mountPath are rewritten to start with that folder instead.
-- with `prometheus` set (a tests/prometheus.py server), each running pod's container port named
+- with `prometheus` set (a stopline_local.prometheus server), each running pod's container port named
   "stopline" becomes a file_sd target labelled as the chart's PodMonitor labels it (namespace,
   stopline_job, pod, rank), removed when the process ends.
 - on deletion it sends SIGTERM, SIGKILL once terminationGracePeriodSeconds ends, reports the terminated
   state and finalizes the deletion (DELETE with gracePeriodSeconds=0), as a kubelet does.
 
-Each process logs to `<root>/logs/<namespace>_<pod>.log`, runs in its own session, dies with the test run
-(PR_SET_PDEATHSIG) and is killed by stop().
+Each process logs to `<root>/logs/<namespace>_<pod>.log`, runs in its own session, dies with the process
+that runs the kubelet (PR_SET_PDEATHSIG) and is killed by stop().
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ from typing import Any
 
 import requests
 
-from controlplane import REPO, die_with_parent
-from prometheus import Prometheus
+from stopline_local.controlplane import REPO, die_with_parent
+from stopline_local.prometheus import Prometheus
 
-log = logging.getLogger("test-kubelet")
+log = logging.getLogger("stopline-local-kubelet")
 
-NODE_NAME = "stopline-test-node"
+NODE_NAME = "stopline-local-node"
 HOST_IP = "127.0.0.1"
 WATCH_TIMEOUT_S = 30  # the apiserver ends each watch after this; the loop then resumes from the last version
 FIELD_IN_BRACKETS = re.compile(r"^metadata\.(annotations|labels)\['(.+)'\]$")
@@ -60,6 +60,38 @@ Pod = dict[str, Any]
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def terminated_status(
+    message: str = "",
+    exit_code: int = 0,
+    container: str = "trainer",
+    reason: str | None = None,
+    started_at: str | None = None,
+    finished_at: str | None = None,
+) -> dict[str, Any]:
+    """The pod status a kubelet reports once its one container exited with `exit_code`, leaving `message` in
+    its termination-log (left out when empty, as a kubelet does). The local kubelet reports its processes'
+    ends with it, and tests without a kubelet patch it into a pod's status to play one."""
+    terminated: dict[str, Any] = {
+        "exitCode": exit_code,
+        "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+    }
+    if message:
+        terminated["message"] = message
+    if started_at:
+        terminated["startedAt"] = started_at
+    if finished_at:
+        terminated["finishedAt"] = finished_at
+    state = {
+        "name": container,
+        "image": "local-process",
+        "imageID": "",
+        "ready": False,
+        "restartCount": 0,
+        "state": {"terminated": terminated},
+    }
+    return {"phase": "Succeeded" if exit_code == 0 else "Failed", "containerStatuses": [state]}
 
 
 class WatchExpired(Exception):
@@ -85,10 +117,8 @@ class PodProcess:
     target: str | None = None  # host:port that Prometheus scrapes
 
 
-class TestKubelet:
+class LocalKubelet:
     """Binds and runs the pods of the real apiserver as local processes; use it as a context manager."""
-
-    __test__ = False  # a helper, not a pytest test class
 
     def __init__(
         self,
@@ -110,13 +140,13 @@ class TestKubelet:
         self.pods: dict[str, PodProcess] = {}  # by pod uid
         self.addresses: dict[tuple[str, str], str] = {}  # (namespace, hostname) -> pod IP
         self.exit_codes: dict[tuple[str, str], int] = {}  # (namespace, pod) -> code, kept after deletion
-        self.prometheus: Prometheus | None = None  # set by a test that scrapes the pods through Prometheus
+        self.prometheus: Prometheus | None = None  # when set, each pod's "stopline" port is a target
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.watch_response: requests.Response | None = None
-        self.thread = threading.Thread(target=self._watch_pods, name="test-kubelet", daemon=True)
+        self.thread = threading.Thread(target=self._watch_pods, name="local-kubelet", daemon=True)
 
-    def __enter__(self) -> TestKubelet:
+    def __enter__(self) -> LocalKubelet:
         return self.start()
 
     def __exit__(
@@ -124,14 +154,14 @@ class TestKubelet:
     ) -> None:
         self.stop()
 
-    def start(self) -> TestKubelet:
+    def start(self) -> LocalKubelet:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         self._register_node()
         self.thread.start()
         return self
 
     def stop(self) -> None:
-        """Stop the watch and kill every process; the pods' objects are left to the test's namespace."""
+        """Stop the watch and kill every process; the pods' objects stay in the apiserver."""
         self.stopping.set()
         if self.watch_response is not None:
             self.watch_response.close()
@@ -191,7 +221,7 @@ class TestKubelet:
                         "type": "Ready",
                         "status": "True",
                         "reason": "KubeletReady",
-                        "message": "stopline test kubelet",
+                        "message": "stopline local kubelet",
                         "lastHeartbeatTime": _now(),
                         "lastTransitionTime": _now(),
                     }
@@ -232,7 +262,7 @@ class TestKubelet:
             except Exception:
                 if self.stopping.is_set():
                     return
-                log.exception("test kubelet: the pod watch failed; listing again")
+                log.exception("local kubelet: the pod watch failed; listing again")
                 self.stopping.wait(0.5)
 
     def _list_pods(self) -> str:
@@ -368,22 +398,8 @@ class TestKubelet:
         threading.Thread(target=self._report_exit, args=(running,), name=f"pod-{name}", daemon=True).start()
 
     def _report_start_error(self, namespace: str, name: str, container: str, message: str) -> None:
-        terminated = {"exitCode": 128, "reason": "StartError", "message": message, "finishedAt": _now()}
-        status = {
-            "phase": "Failed",
-            "hostIP": HOST_IP,
-            "containerStatuses": [
-                {
-                    "name": container,
-                    "image": "local-process",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {"terminated": terminated},
-                }
-            ],
-        }
-        self._patch(self._pod_path(namespace, name) + "/status", {"status": status})
+        ended = terminated_status(message, 128, container, reason="StartError", finished_at=_now())
+        self._patch(self._pod_path(namespace, name) + "/status", {"status": {"hostIP": HOST_IP, **ended}})
 
     def _container_env(self, pod: Pod, container: dict[str, Any], ip: str) -> dict[str, str]:
         spec = pod["spec"]
@@ -448,7 +464,7 @@ class TestKubelet:
             for part in path.split("."):
                 value = value.get(part, "") if isinstance(value, dict) else ""
             return str(value)
-        raise NotImplementedError(f"the test kubelet does not resolve {source}")
+        raise NotImplementedError(f"the local kubelet does not resolve {source}")
 
     def _running_status(self, pod: PodProcess) -> dict[str, Any]:
         conditions = [
@@ -508,19 +524,14 @@ class TestKubelet:
         if self.stopping.is_set():
             return
         message = pod.termination_log.read_text(errors="replace") if pod.termination_log.exists() else ""
-        terminated = {
-            "exitCode": code if code >= 0 else 128 - code,  # killed by signal N: 128 + N, as runtimes say
-            "reason": "Completed" if code == 0 else "Error",
-            "message": message,
-            "startedAt": pod.started_at,
-            "finishedAt": _now(),
-        }
-        status = self._running_status(pod)["status"]
-        status["phase"] = "Succeeded" if code == 0 else "Failed"
+        exit_code = code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as runtimes say
+        ended = terminated_status(
+            message, exit_code, pod.container, started_at=pod.started_at, finished_at=_now()
+        )
+        status = {**self._running_status(pod)["status"], **ended}  # the pod keeps its IPs and start time
         for condition in status["conditions"]:
             if condition["type"] in ("Ready", "ContainersReady"):
                 condition.update(status="False", reason="PodCompleted", lastTransitionTime=_now())
-        status["containerStatuses"][0].update(ready=False, started=False, state={"terminated": terminated})
         self._patch(self._pod_path(pod.namespace, pod.name) + "/status", {"status": status})
         with self.lock:
             pod.reported = True

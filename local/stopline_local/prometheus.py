@@ -1,4 +1,4 @@
-"""A real Prometheus for tests: Debian's build from `make testenv`, on 127.0.0.1, scraping file_sd targets.
+"""A real Prometheus: Debian's build from `make testenv`, on 127.0.0.1, scraping file_sd targets.
 
 Debian's Prometheus has no kubernetes_sd, so whoever plays the kubelet writes the targets: a trainer pod
 is one target with the labels the chart's PodMonitor gives it (namespace, stopline_job, pod, rank).
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controlplane import built_binary, die_with_parent, free_port, stop_process, wait_until
+from stopline_local.controlplane import built_binary, die_with_parent, free_port, stop_process, wait_until
 
 SCRAPE_INTERVAL = "1s"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controlplane import built_binary, free_port, stop_process
+from stopline_local.controlplane import built_binary, free_port, stop_process
 
 ACCESS_KEY = "stopline-test"
 SECRET_KEY = "stopline-test-secret"

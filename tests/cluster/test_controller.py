@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from controlplane import ControlPlane
 from operatorharness import apply, get, manifest, status
 from stopline.kube import Kube
 from stopline.lifecycle import Condition, StatusChange
 from stopline.status import Compose, StatusWriter, Written
 from stopline.vocabulary import RUNNING, STOPPED, STOPPING
+from stopline_local.controlplane import ControlPlane
 
 pytestmark = pytest.mark.cluster
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from controlplane import ControlPlane, wait_until
+from stopline_local.controlplane import ControlPlane, wait_until
 
 pytestmark = pytest.mark.cluster
 

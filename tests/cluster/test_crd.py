@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from controlplane import REPO, ControlPlane
 from stopline.api import SpecError, parse_spec
+from stopline_local.controlplane import REPO, ControlPlane
 
 pytestmark = pytest.mark.cluster
 
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+EXAMPLES = sorted((REPO / "examples").rglob("*.yaml"))  # examples/local/ too: what the local cluster runs
 
 
 def valid_job(name: str = "job") -> dict[str, Any]:
@@ -50,23 +50,27 @@ def test_crd_is_established_with_short_name_and_status_subresource(crd_installed
     assert names == ["trainingjobs.stopline.dev"]
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[path.name for path in EXAMPLES])
+@pytest.mark.parametrize(
+    "example", EXAMPLES, ids=[str(path.relative_to(REPO / "examples")) for path in EXAMPLES]
+)
 def test_example_applies_and_reads_back_with_defaults(
     crd_installed: ControlPlane, namespace: str, example: Path
 ) -> None:
-    manifest = yaml.safe_load(example.read_text())
+    manifests = [document for document in yaml.safe_load_all(example.read_text()) if document]
+    assert manifests and all(manifest["kind"] == "TrainingJob" for manifest in manifests)
     crd_installed.kubectl("apply", "-n", namespace, "-f", str(example))
-    spec = get(crd_installed, namespace, manifest["metadata"]["name"])["spec"]
-    assert spec["metrics"]["port"] == 8000
-    assert spec["metrics"]["path"] == "/metrics"
-    assert spec["metrics"]["staleAfter"] == "15m"
-    assert spec["stopPolicy"]["dryRun"] is False
-    assert spec["stopPolicy"]["ackTimeout"] == "30s"
-    assert spec["checkpoint"]["resume"] is True
-    assert spec["replicas"] == manifest["spec"].get("replicas", 1)
-    assert spec["objective"] == manifest["spec"]["objective"]
-    # stopline.api defaults exactly as the CRD does: the apiserver's filled-in spec parses to the same view
-    assert parse_spec(spec) == parse_spec(manifest["spec"])
+    for manifest in manifests:
+        spec = get(crd_installed, namespace, manifest["metadata"]["name"])["spec"]
+        assert spec["metrics"]["port"] == 8000
+        assert spec["metrics"]["path"] == "/metrics"
+        assert spec["metrics"]["staleAfter"] == "15m"
+        assert spec["stopPolicy"]["dryRun"] is False
+        assert spec["stopPolicy"]["ackTimeout"] == "30s"
+        assert spec["checkpoint"]["resume"] is True
+        assert spec["replicas"] == manifest["spec"].get("replicas", 1)
+        assert spec["objective"] == manifest["spec"]["objective"]
+        # stopline.api defaults exactly as the CRD does: the apiserver's filled-in spec parses the same
+        assert parse_spec(spec) == parse_spec(manifest["spec"])
 
 
 def test_defaults_fill_every_criterion_kind(crd_installed: ControlPlane, namespace: str) -> None:

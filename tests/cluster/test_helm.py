@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import yaml
 
-from controlplane import REPO, ControlPlane, built_binary, wait_until
 from operatorharness import (
     SINGLE_NAME,
     WAIT_S,
@@ -27,6 +26,7 @@ from operatorharness import (
 )
 from stopline.api import parse_spec
 from stopline.workload import Owner, build_job
+from stopline_local.controlplane import REPO, ControlPlane, built_binary, wait_until
 
 pytestmark = pytest.mark.cluster
 

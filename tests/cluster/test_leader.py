@@ -24,16 +24,6 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
-from controlplane import (
-    ADMIN_TOKEN,
-    REPO,
-    ControlPlane,
-    built_binary,
-    die_with_parent,
-    free_port,
-    stop_process,
-    wait_until,
-)
 from operatorharness import (
     SINGLE,
     SINGLE_NAME,
@@ -51,6 +41,16 @@ from operatorharness import (
     terminate,
 )
 from stopline.leader import Elector, LeaseClient, Timings
+from stopline_local.controlplane import (
+    ADMIN_TOKEN,
+    REPO,
+    ControlPlane,
+    built_binary,
+    die_with_parent,
+    free_port,
+    stop_process,
+    wait_until,
+)
 
 pytestmark = pytest.mark.cluster
 

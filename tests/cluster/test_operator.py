@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import yaml
 
-from controlplane import REPO, ControlPlane, free_port, wait_until
 from operatorharness import (
     RUNNING_AND_READY,
     SINGLE,
@@ -34,6 +33,7 @@ from operatorharness import (
     set_pod_status,
     terminate,
 )
+from stopline_local.controlplane import REPO, ControlPlane, free_port, wait_until
 
 pytestmark = pytest.mark.cluster
 

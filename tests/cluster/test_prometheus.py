@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from controlplane import ControlPlane, wait_until
 from operatorharness import (
     SINGLE_NAME,
     WAIT_S,
@@ -22,7 +21,8 @@ from operatorharness import (
     status,
     terminate,
 )
-from prometheus import Prometheus, running_prometheus
+from stopline_local.controlplane import ControlPlane, wait_until
+from stopline_local.prometheus import Prometheus, running_prometheus
 
 pytestmark = pytest.mark.cluster
 

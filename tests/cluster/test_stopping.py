@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from controlplane import ControlPlane, wait_until
 from operatorharness import (
     RUNNING_AND_READY,
     SINGLE_NAME,
@@ -42,6 +41,7 @@ from operatorharness import (
     status,
     terminate,
 )
+from stopline_local.controlplane import ControlPlane, wait_until
 
 pytestmark = pytest.mark.cluster
 

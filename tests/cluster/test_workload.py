@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from controlplane import REPO, ControlPlane, wait_until
 from stopline.api import parse_spec
 from stopline.workload import Owner, build_job, build_service, build_token_secret
+from stopline_local.controlplane import REPO, ControlPlane, wait_until
 
 pytestmark = pytest.mark.cluster
 

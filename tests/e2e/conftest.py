@@ -1,4 +1,4 @@
-"""The e2e tier: on top of the shared fixtures, one test kubelet that runs the trainer pods."""
+"""The e2e tier: on top of the shared fixtures, one local kubelet that runs the trainer pods."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import ADMIN_TOKEN, ControlPlane
-from e2e.kubelet import TestKubelet
+from stopline_local.controlplane import ADMIN_TOKEN, ControlPlane
+from stopline_local.kubelet import LocalKubelet
 
 
 @pytest.fixture(scope="session")
-def kubelet(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestKubelet]:
-    """One test kubelet for the run, so it also finalizes the pods of namespaces deleted after each test."""
+def kubelet(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKubelet]:
+    """One local kubelet for the run, so it also finalizes the pods of namespaces deleted after each test."""
     root: Path = tmp_path_factory.mktemp("kubelet")
     ca_file = control_plane.root / "certs" / "apiserver.crt"  # the apiserver's self-signed chain
-    with TestKubelet(control_plane.server, ADMIN_TOKEN, ca_file, root) as running:
+    with LocalKubelet(control_plane.server, ADMIN_TOKEN, ca_file, root) as running:
         yield running

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from controlplane import ControlPlane, wait_until
 from operatorharness import pods
+from stopline_local.controlplane import ControlPlane, wait_until
 from trainer.support import assert_reproduces_outputs, verify_blob
 
 CLAIM = "checkpoints"
@@ -27,7 +27,7 @@ def training_job(
     ends it."""
     trainer = {
         "name": "trainer",
-        "image": "ghcr.io/stopline-dev/trainer:test",  # ignored by the test kubelet
+        "image": "ghcr.io/stopline-dev/trainer:test",  # ignored by the local kubelet
         "command": list(command),
         "args": list(args),
         "env": [

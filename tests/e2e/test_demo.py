@@ -1,4 +1,4 @@
-"""`make demo` runs to its summary and leaves no process behind."""
+"""`make demo` applies examples/local/demo-sweep.yaml, runs to its summary and leaves no process behind."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import sys
 
 import pytest
 
-from controlplane import REPO
+from stopline_local.controlplane import REPO
 
 pytestmark = pytest.mark.e2e
 
 
 def test_the_demo_prints_each_jobs_stop_and_leaves_no_process_behind() -> None:
     demo = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "demo.py"), "--epochs", "15", "--timeout", "240"],
+        [sys.executable, "-m", "stopline_local.demo", "--timeout", "240"],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=400,
@@ -22,8 +23,10 @@ def test_the_demo_prints_each_jobs_stop_and_leaves_no_process_behind() -> None:
     )
     assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
     out = demo.stdout
+    assert "demo: kubectl apply -n demo -f examples/local/demo-sweep.yaml" in out
     summary = out[out.index("summary:") :]
     assert "lr-1e-7: Stopped" in summary and "Cohort (median)" in summary, summary
+    assert "/15; " in summary, "the summary reads maxEpochs from the applied TrainingJobs"
     assert "epochs saved" in summary or "saved (" in summary
     assert out.rstrip().endswith("demo: every process stopped")
     root = next(line for line in out.splitlines() if line.startswith("demo: starting")).split(" in ")[-1]

@@ -1,4 +1,4 @@
-"""The children the builders make, run end to end: real apiserver and Job controller, the test kubelet,
+"""The children the builders make, run end to end: real apiserver and Job controller, the local kubelet,
 real torch training on CPU, the stop protocol over HTTP and over SIGTERM, weights loaded back.
 
 No operator runs here: the test plays its part (apply the children, POST /stop, read the termination
@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane import ControlPlane, wait_until
-from e2e.kubelet import TestKubelet
 from e2e.support import CLAIM, DEADLINE_S, EXAMPLE, METRICS_PORT, load_weights, terminated_pods, training_job
 from operatorharness import pods
 from stopline.api import parse_spec
 from stopline.workload import Owner, build_job, build_service, build_token_secret
+from stopline_local.controlplane import ControlPlane, wait_until
+from stopline_local.kubelet import LocalKubelet
 
 pytestmark = pytest.mark.e2e
 
@@ -109,7 +109,7 @@ def job_condition(plane: ControlPlane, namespace: str, name: str, kind: str) -> 
 
 
 def test_post_stop_ends_the_pod_succeeded_with_the_manifest_and_loadable_weights(
-    crd_installed: ControlPlane, namespace: str, kubelet: TestKubelet, request: pytest.FixtureRequest
+    crd_installed: ControlPlane, namespace: str, kubelet: LocalKubelet, request: pytest.FixtureRequest
 ) -> None:
     plane, name = crd_installed, "mlp"
     token = apply_children(plane, namespace, name)
@@ -143,7 +143,7 @@ def test_post_stop_ends_the_pod_succeeded_with_the_manifest_and_loadable_weights
 
 
 def test_suspending_the_job_sigterms_the_trainer_which_saves_and_exits_0(
-    crd_installed: ControlPlane, namespace: str, kubelet: TestKubelet
+    crd_installed: ControlPlane, namespace: str, kubelet: LocalKubelet
 ) -> None:
     plane, name = crd_installed, "mlp"
     apply_children(plane, namespace, name)
@@ -165,7 +165,7 @@ def test_suspending_the_job_sigterms_the_trainer_which_saves_and_exits_0(
 
 
 def test_two_ranks_rendezvous_through_the_headless_service_name_and_stop_at_the_same_step(
-    crd_installed: ControlPlane, namespace: str, kubelet: TestKubelet
+    crd_installed: ControlPlane, namespace: str, kubelet: LocalKubelet
 ) -> None:
     plane, name = crd_installed, "ddp"
     token = apply_children(plane, namespace, name, replicas=2)
@@ -188,7 +188,7 @@ def test_two_ranks_rendezvous_through_the_headless_service_name_and_stop_at_the_
 
 
 def test_a_container_that_cannot_start_fails_its_pod_and_the_job(
-    crd_installed: ControlPlane, namespace: str, kubelet: TestKubelet
+    crd_installed: ControlPlane, namespace: str, kubelet: LocalKubelet
 ) -> None:
     plane, name = crd_installed, "typo"
     apply_children(plane, namespace, name, command=("no-such-trainer-program",))

@@ -1,5 +1,5 @@
 """The whole story, as a user lives it: apply a TrainingJob, the operator runs real torch trainers (local
-processes of the test kubelet), reads their metrics, decides, stops them, and the weights it reports in
+processes of the local kubelet), reads their metrics, decides, stops them, and the weights it reports in
 status.checkpoint load back into the example's model.
 
 Each test is one scenario of the end-to-end issue. Trainers run ~0.5 s epochs on CPU; every wait is on a
@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from controlplane import ControlPlane, wait_until
-from e2e.kubelet import TestKubelet
 from e2e.support import CLAIM, DEADLINE_S, load_weights, terminated_pods, training_job
 from operatorharness import apply, condition, events, get, operator, pods, status
-from prometheus import Prometheus, running_prometheus
-from s3server import running_s3_server
+from stopline_local.controlplane import ControlPlane, wait_until
+from stopline_local.kubelet import LocalKubelet
+from stopline_local.prometheus import Prometheus, running_prometheus
+from stopline_local.s3server import running_s3_server
 from trainer.support import assert_reproduces_outputs, verify_blob
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +45,7 @@ def example(
     return job
 
 
-def finish(plane: ControlPlane, kubelet: TestKubelet, namespace: str, name: str) -> dict[str, Any]:
+def finish(plane: ControlPlane, kubelet: LocalKubelet, namespace: str, name: str) -> dict[str, Any]:
     """Wait for a terminal phase; the TrainingJob as it ended (the trainer logs are shown on a timeout)."""
     wait_until(
         lambda: status(plane, namespace, name).get("phase") in TERMINAL,
@@ -64,14 +64,14 @@ def epoch_reached(plane: ControlPlane, namespace: str, name: str, epoch: int) ->
     )
 
 
-def weights_load_back(kubelet: TestKubelet, namespace: str, stopped: dict[str, Any]) -> None:
+def weights_load_back(kubelet: LocalKubelet, namespace: str, stopped: dict[str, Any]) -> None:
     """status.checkpoint names the file on the claim; its bytes match and the model gives its outputs."""
     name = stopped["metadata"]["name"]
     load_weights(stopped["status"]["checkpoint"], kubelet.claim_folder(namespace, CLAIM) / "runs" / name)
 
 
 @pytest.fixture
-def story(plane: ControlPlane, namespace: str, kubelet: TestKubelet) -> Iterator[ControlPlane]:
+def story(plane: ControlPlane, namespace: str, kubelet: LocalKubelet) -> Iterator[ControlPlane]:
     """The operator watching the test's namespace, with the checkpoint claim the examples use."""
     claim = {
         "apiVersion": "v1",
@@ -88,7 +88,7 @@ PATIENCE = {"name": "plateau", "patience": {"patience": 1, "minDelta": 0.0002}}
 
 
 def test_patience_stops_a_real_trainer_and_its_weights_load_back(
-    story: ControlPlane, namespace: str, kubelet: TestKubelet
+    story: ControlPlane, namespace: str, kubelet: LocalKubelet
 ) -> None:
     apply(story, namespace, example("mlp", [PATIENCE]))
     stopped = finish(story, kubelet, namespace, "mlp")
@@ -119,7 +119,7 @@ def test_patience_stops_a_real_trainer_and_its_weights_load_back(
 def test_a_criterion_stops_the_trainer_with_its_reason(
     story: ControlPlane,
     namespace: str,
-    kubelet: TestKubelet,
+    kubelet: LocalKubelet,
     criterion: dict[str, Any],
     trainer_args: tuple[str, ...],
     reason: str,
@@ -133,7 +133,7 @@ def test_a_criterion_stops_the_trainer_with_its_reason(
 
 
 def test_kubectl_annotate_stop_keeps_the_weights_and_says_why(
-    story: ControlPlane, namespace: str, kubelet: TestKubelet
+    story: ControlPlane, namespace: str, kubelet: LocalKubelet
 ) -> None:
     apply(story, namespace, example("mlp"))
     epoch_reached(story, namespace, "mlp", 2)
@@ -148,7 +148,7 @@ def test_kubectl_annotate_stop_keeps_the_weights_and_says_why(
 
 
 def test_cancel_kills_the_trainer_and_saves_nothing(
-    story: ControlPlane, namespace: str, kubelet: TestKubelet
+    story: ControlPlane, namespace: str, kubelet: LocalKubelet
 ) -> None:
     apply(story, namespace, example("mlp"))
     epoch_reached(story, namespace, "mlp", 2)
@@ -161,7 +161,7 @@ def test_cancel_kills_the_trainer_and_saves_nothing(
 
 
 def test_dry_run_trains_to_the_end_and_records_where_it_would_have_stopped(
-    story: ControlPlane, namespace: str, kubelet: TestKubelet
+    story: ControlPlane, namespace: str, kubelet: LocalKubelet
 ) -> None:
     apply(
         story,
@@ -183,7 +183,7 @@ def test_dry_run_trains_to_the_end_and_records_where_it_would_have_stopped(
 
 
 def test_two_ranks_stop_at_the_same_step_with_one_checkpoint(
-    story: ControlPlane, namespace: str, kubelet: TestKubelet
+    story: ControlPlane, namespace: str, kubelet: LocalKubelet
 ) -> None:
     apply(story, namespace, example("ddp", replicas=2))
     epoch_reached(story, namespace, "ddp", 2)
@@ -202,7 +202,7 @@ def test_two_ranks_stop_at_the_same_step_with_one_checkpoint(
 
 
 def test_a_trainer_that_ignores_post_stop_gets_sigterm_and_still_saves(
-    story: ControlPlane, namespace: str, kubelet: TestKubelet
+    story: ControlPlane, namespace: str, kubelet: LocalKubelet
 ) -> None:
     apply(story, namespace, example("deaf", trainer_args=("--fault", "ignore-stop")))
     epoch_reached(story, namespace, "deaf", 1)
@@ -214,7 +214,7 @@ def test_a_trainer_that_ignores_post_stop_gets_sigterm_and_still_saves(
 
 
 def test_a_trainer_that_crashes_fails_the_training_job_with_the_reason(
-    story: ControlPlane, namespace: str, kubelet: TestKubelet
+    story: ControlPlane, namespace: str, kubelet: LocalKubelet
 ) -> None:
     apply(
         story,
@@ -229,7 +229,7 @@ def test_a_trainer_that_crashes_fails_the_training_job_with_the_reason(
 
 
 def test_an_operator_killed_mid_training_resumes_and_stops_once(
-    plane: ControlPlane, namespace: str, kubelet: TestKubelet
+    plane: ControlPlane, namespace: str, kubelet: LocalKubelet
 ) -> None:
     with ExitStack() as first:
         first.enter_context(operator(namespace))
@@ -247,8 +247,8 @@ def test_an_operator_killed_mid_training_resumes_and_stops_once(
 
 
 @pytest.fixture
-def prometheus(kubelet: TestKubelet, tmp_path: Path) -> Iterator[Prometheus]:
-    """Debian's Prometheus scraping the trainer pods through the test kubelet's file_sd targets."""
+def prometheus(kubelet: LocalKubelet, tmp_path: Path) -> Iterator[Prometheus]:
+    """Debian's Prometheus scraping the trainer pods through the local kubelet's file_sd targets."""
     with running_prometheus(tmp_path / "prometheus") as server:
         kubelet.prometheus = server
         try:
@@ -258,7 +258,7 @@ def prometheus(kubelet: TestKubelet, tmp_path: Path) -> Iterator[Prometheus]:
 
 
 def test_metrics_read_through_prometheus_stop_the_trainer(
-    story: ControlPlane, namespace: str, kubelet: TestKubelet, prometheus: Prometheus
+    story: ControlPlane, namespace: str, kubelet: LocalKubelet, prometheus: Prometheus
 ) -> None:
     job = example("mlp", [PATIENCE])
     job["spec"]["metrics"]["prometheus"] = {"url": prometheus.url}  # the pods are no longer scraped
@@ -270,7 +270,7 @@ def test_metrics_read_through_prometheus_stop_the_trainer(
 
 
 def test_a_sweep_of_four_stops_the_job_worse_than_the_median(
-    story: ControlPlane, namespace: str, kubelet: TestKubelet
+    story: ControlPlane, namespace: str, kubelet: LocalKubelet
 ) -> None:
     """Three runs that learn and one whose learning rate is hopeless: the cohort rule stops only that one.
 
@@ -294,7 +294,7 @@ def test_a_sweep_of_four_stops_the_job_worse_than_the_median(
 
 
 def test_the_checkpoint_goes_to_a_real_s3_server(
-    story: ControlPlane, namespace: str, kubelet: TestKubelet, tmp_path: Path
+    story: ControlPlane, namespace: str, kubelet: LocalKubelet, tmp_path: Path
 ) -> None:
     with running_s3_server(tmp_path) as s3:
         s3.client().create_bucket(Bucket="ckpts")

@@ -1,5 +1,5 @@
 """The faults tier: on top of the shared fixtures (tests/conftest.py), a second namespace for the tenancy
-stories and a test kubelet (tests/e2e/kubelet.py) for the one story that needs real trainers."""
+stories and the local kubelet (stopline_local.kubelet) for the one story that needs real trainers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import ADMIN_TOKEN, ControlPlane
-from e2e.kubelet import TestKubelet
+from stopline_local.controlplane import ADMIN_TOKEN, ControlPlane
+from stopline_local.kubelet import LocalKubelet
 
 
 @pytest.fixture
@@ -23,12 +23,12 @@ def other_namespace(crd_installed: ControlPlane) -> Iterator[str]:
 
 
 @pytest.fixture
-def kubelet(plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[TestKubelet]:
-    """A test kubelet for this test's namespace only: the other fault tests play the kubelet themselves,
+def kubelet(plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[LocalKubelet]:
+    """A local kubelet for this test's namespace only: the other fault tests play the kubelet themselves,
     so it must never run their pods. On exit its pods are removed for good (no kubelet is left to
     finish their deletion), so the namespace can go."""
     ca_file = plane.root / "certs" / "apiserver.crt"
-    with TestKubelet(
+    with LocalKubelet(
         plane.server, ADMIN_TOKEN, ca_file, tmp_path / "kubelet", namespaces={namespace}
     ) as running:
         yield running

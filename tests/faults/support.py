@@ -30,8 +30,6 @@ import pytest
 from aiohttp import web
 from kopf.testing import KopfRunner
 
-import prometheus as prometheus_module
-from controlplane import ADMIN_TOKEN, ControlPlane, wait_until
 from operatorharness import (
     RUNNING_AND_READY,
     WAIT_S,
@@ -42,7 +40,9 @@ from operatorharness import (
     set_pod_status,
     status,
 )
-from prometheus import Prometheus, running_prometheus
+from stopline_local import prometheus as prometheus_module
+from stopline_local.controlplane import ADMIN_TOKEN, ControlPlane, wait_until
+from stopline_local.prometheus import Prometheus, running_prometheus
 
 T = TypeVar("T")
 MESSAGE_MAX = 340  # a message built from a remote answer: a short excerpt of it and the operator's words
@@ -111,8 +111,8 @@ def job_suspended(plane: ControlPlane, namespace: str, name: str) -> bool:
 
 @contextmanager
 def prometheus_on_port(workdir: Path, port: int) -> Iterator[Prometheus]:
-    """tests/prometheus.py's real Prometheus, on a port chosen by the test: a Prometheus restarted on the
-    same port answers at the URL the TrainingJobs name (running_prometheus picks a free port itself)."""
+    """stopline_local's real Prometheus, on a port chosen by the test: a Prometheus restarted on the same
+    port answers at the URL the TrainingJobs name (running_prometheus picks a free port itself)."""
     pinned = pytest.MonkeyPatch()
     pinned.setattr(prometheus_module, "free_port", lambda: port)
     try:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import ControlPlane, wait_until
 from faults.support import (
     LEAK,
     MESSAGE_MAX,
@@ -35,7 +34,8 @@ from operatorharness import (
     status,
     terminate,
 )
-from prometheus import running_prometheus
+from stopline_local.controlplane import ControlPlane, wait_until
+from stopline_local.prometheus import running_prometheus
 
 pytestmark = pytest.mark.faults
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from controlplane import ControlPlane, wait_until
 from faults.support import HostileTrainer, holds, job_suspended, progress_at
 from operatorharness import (
     RUNNING_AND_READY,
@@ -30,6 +29,7 @@ from operatorharness import (
     status,
     terminate,
 )
+from stopline_local.controlplane import ControlPlane, wait_until
 
 pytestmark = pytest.mark.faults
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import ControlPlane, free_port, wait_until
 from faults.support import holds, metrics_available, progress_at, prometheus_on_port
 from operatorharness import (
     WAIT_S,
@@ -22,7 +21,8 @@ from operatorharness import (
     status,
     terminate,
 )
-from prometheus import Prometheus
+from stopline_local.controlplane import ControlPlane, free_port, wait_until
+from stopline_local.prometheus import Prometheus
 
 pytestmark = pytest.mark.faults
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from controlplane import ControlPlane, wait_until
-from e2e.kubelet import TestKubelet
 from e2e.support import CLAIM, DEADLINE_S, training_job
 from faults.support import find_condition
 from operatorharness import apply, events, get, operator, status
+from stopline_local.controlplane import ControlPlane, wait_until
+from stopline_local.kubelet import LocalKubelet
 from trainer.support import assert_reproduces_outputs, verify_blob
 
 pytestmark = pytest.mark.faults
@@ -40,7 +40,7 @@ def ended(plane: ControlPlane, namespace: str, name: str) -> Callable[[], bool]:
 
 
 def test_two_jobs_on_one_claim_by_default_each_keep_their_own_weights(
-    plane: ControlPlane, namespace: str, kubelet: TestKubelet
+    plane: ControlPlane, namespace: str, kubelet: LocalKubelet
 ) -> None:
     claim = {
         "apiVersion": "v1",

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import ControlPlane, wait_until
 from faults.support import Slowloris, WatchHold, find_condition, holds, job_suspended, progress_at, start_pod
 from operatorharness import (
     SINGLE_NAME,
@@ -34,6 +33,7 @@ from operatorharness import (
     status,
     terminate,
 )
+from stopline_local.controlplane import ControlPlane, wait_until
 
 pytestmark = pytest.mark.faults
 

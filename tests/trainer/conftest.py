@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from s3server import S3Server, running_s3_server
+from stopline_local.s3server import S3Server, running_s3_server
 
 from .support import TrainerProcess
 

@@ -21,8 +21,8 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane import REPO, T, free_port
-from controlplane import wait_until as poll
+from stopline_local.controlplane import REPO, T, free_port
+from stopline_local.controlplane import wait_until as poll
 
 EXAMPLE = REPO / "trainer-image" / "examples" / "train.py"
 TOKEN = "test-token-0123456789"

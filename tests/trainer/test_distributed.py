@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import free_port
+from stopline_local.controlplane import free_port
 
 from .conftest import StartTrainer
 from .support import assert_points_at, assert_reproduces_outputs, read_local_checkpoint

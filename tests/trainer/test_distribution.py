@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import REPO
+from stopline_local.controlplane import REPO
 
 pytestmark = pytest.mark.trainer
 

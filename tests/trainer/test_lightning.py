@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from controlplane import free_port
+from stopline_local.controlplane import free_port
 from stopline_trainer import Config, Run
 from stopline_trainer.lightning import StoplineCallback
 

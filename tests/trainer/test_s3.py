@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from s3server import S3Server
+from stopline_local.s3server import S3Server
 from stopline_trainer.checkpoint import job_tag
 
 from .conftest import StartTrainer

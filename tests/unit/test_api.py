@@ -46,10 +46,14 @@ def test_criteria_inherit_the_objective_unless_they_override_it() -> None:
     assert [(c.metric, c.mode) for c in spec.criteria] == [("acc", "max"), ("train_loss", "min")]  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "examples").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO / "examples"))
+)
 def test_examples_parse(path: Path) -> None:
-    spec = api.parse_spec(yaml.safe_load(path.read_text())["spec"])
-    assert spec.criteria
+    manifests = [document for document in yaml.safe_load_all(path.read_text()) if document]
+    assert manifests
+    for manifest in manifests:
+        assert api.parse_spec(manifest["spec"]).criteria, manifest["metadata"]["name"]
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import controlplane
+from stopline_local import controlplane
 
 
 def test_missing_binary_says_run_make_testenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

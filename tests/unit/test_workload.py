@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-from controlplane import REPO
 from stopline.api import parse_spec
 from stopline.workload import Owner, build_job, build_service, build_token_secret
+from stopline_local.controlplane import REPO
 
 OWNER = Owner(name="resnet", namespace="ml", uid="1234", study="resnet-sweep")
 

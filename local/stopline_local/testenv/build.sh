@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the real control plane the tests run against, once, into a cache outside the repo.
+# Build the binaries of the local cluster (stopline_local: the tests, make demo, bench/), once, into a cache
+# outside the repo.
 #
 #   kube-apiserver, kube-controller-manager, kubectl  from k8s.io/kubernetes via the Go module proxy
 #   etcd                                               from go.etcd.io/etcd/server/v3 via the Go module proxy

@@ -21,7 +21,7 @@ export OPERATOR_IMAGE TRAINER_IMAGE KIND_CLUSTER HELM KUBECTL RELEASE DEPLOY_NAM
 # run one marked tier of tests/; a tier that has no test files yet says so instead of failing
 tier = if compgen -G 'tests/$(1)/test_*.py' >/dev/null; then $(PYTEST) -m $(1) tests/$(1); else echo "$(1): no tests yet"; fi
 
-.PHONY: help venv testenv test test-unit test-trainer test-cluster test-faults e2e lint helm-lint demo bench-operator images kind-up kind-down kind-e2e deploy undeploy
+.PHONY: help venv testenv test test-unit test-trainer test-cluster test-faults e2e lint helm-lint demo up bench-operator images kind-up kind-down kind-e2e deploy undeploy
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ helm-lint: testenv ## helm lint --strict on the chart
 
 demo: $(PY) testenv ## the whole story here: control plane, operator, local kubelet, examples/local/demo-sweep.yaml stopped early
 	$(PY) -m stopline_local.demo
+
+up: $(PY) testenv ## a local cluster (control plane, operator, local kubelet) to drive with kubectl, until Ctrl-C
+	$(PY) -m stopline_local.up
 
 BENCH_JOBS ?= 100,1000,2000
 bench-operator: $(PY) testenv ## the operator at N jobs (BENCH_JOBS), scrape and PromQL: table + plot in bench/operator/out

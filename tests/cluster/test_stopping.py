@@ -12,6 +12,7 @@ import json
 import math
 import socket
 import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
@@ -41,6 +42,8 @@ from operatorharness import (
     status,
     terminate,
 )
+from stopline.api import parse_spec
+from stopline.replay import Curve, replay_job
 from stopline_local.controlplane import ControlPlane, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -406,3 +409,24 @@ def test_an_operator_restarted_while_running_keeps_the_patience_count(
                 reason = status(plane, namespace, SINGLE_NAME)["stopReason"]
                 assert (reason["type"], reason["epoch"]) == ("Patience", 4)
                 finish_with_checkpoint(plane, namespace, pod, 4)
+
+
+def test_epochs_shorter_than_the_read_interval_each_reach_the_criteria_once(
+    plane: ControlPlane, namespace: str
+) -> None:
+    """0.2 s epochs read every 5 s: the operator reads the epochs it missed from the trainer's window, so
+    patience decides at the same epoch as `stopline replay` of the same curve (reads are not epochs)."""
+    values = [1.0, 0.8, 0.7, 0.69, 0.7, 0.71, 0.72, 0.7, 0.73, 0.74, 0.75, 0.76, 0.77, 0.78, 0.79, 0.8]
+    criteria = [{"name": "plateau", "patience": {"patience": 3}}]
+    training_job = manifest(criteria=criteria, metrics={"interval": "5s"})
+    curve = Curve("replayed", rows={epoch: {"val_loss": v} for epoch, v in enumerate(values, start=1)})
+    replayed_epoch, decision = replay_job(parse_spec(training_job["spec"]), curve, (), len(values))
+    assert decision is not None
+    with operator(namespace), running_trainer(plane, namespace, training_job) as (trainer, _):
+        for epoch, value in enumerate(values, start=1):
+            trainer.report(epoch, epoch * 10, val_loss=value)
+            time.sleep(0.2)  # the trainer's pace, not a wait on the operator
+        wait_until(phase_is(plane, namespace, SINGLE_NAME, "Stopping"), WAIT_S, "phase Stopping")
+        stopped = status(plane, namespace, SINGLE_NAME)
+    assert (stopped["stopReason"]["type"], stopped["stopReason"]["epoch"]) == ("Patience", replayed_epoch)
+    assert stopped["curve"][:replayed_epoch] == values[:replayed_epoch]  # no gap, no epoch twice

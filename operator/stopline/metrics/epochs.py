@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import aiohttp
 
 from stopline.metrics.exposition import MAX_COUNT
-from stopline.metrics.http import SCRAPE_MAX_BYTES, FetchError, fetch, message
+from stopline.metrics.http import SCRAPE_MAX_BYTES, FetchError, fetch_ok, message
 
 MAX_PAGES = 8  # answers of up to 256 epochs each: 2,048 missed epochs at most per read
 _NON_FINITE = {"NaN": math.nan, "+Inf": math.inf, "-Inf": -math.inf}
@@ -67,13 +67,11 @@ async def missed_epochs(
     for _ in range(MAX_PAGES):
         url = f"{epochs_url}?after={position}"
         try:
-            answer = await fetch(session, url, limit=SCRAPE_MAX_BYTES, timeout_s=timeout_s)
+            body = await fetch_ok(session, url, limit=SCRAPE_MAX_BYTES, timeout_s=timeout_s)
         except FetchError as error:
             raise EpochsError(str(error)) from None
-        if answer.status != 200:
-            raise EpochsError(message(f"GET {url}", f"HTTP {answer.status}"))
         try:
-            page, oldest = parse_epochs(answer.body, position)
+            page, oldest = parse_epochs(body, position)
         except EpochsError as error:
             raise EpochsError(message(f"GET {url}", str(error))) from None
         if oldest is not None and oldest > after + 1 and not found:

@@ -134,3 +134,11 @@ async def fetch(
     if body is None:
         raise FetchError(message(where, f"body over {_size(limit)}"))
     return Answer(response.status, body)
+
+
+async def fetch_ok(session: aiohttp.ClientSession, url: str, *, limit: int, timeout_s: float) -> bytes:
+    """`fetch`, and the body only from a 200: any other status is a FetchError naming it."""
+    answer = await fetch(session, url, limit=limit, timeout_s=timeout_s)
+    if answer.status != 200:
+        raise FetchError(message(f"GET {url}", f"HTTP {answer.status}"))
+    return answer.body

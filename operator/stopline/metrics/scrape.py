@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from stopline.metrics.exposition import ExpositionError, TrainerReport, parse_exposition
-from stopline.metrics.http import SCRAPE_MAX_BYTES, FetchError, fetch, message
+from stopline.metrics.http import SCRAPE_MAX_BYTES, FetchError, fetch_ok, message
 
 
 class ScrapeError(RuntimeError):
@@ -14,12 +14,10 @@ class ScrapeError(RuntimeError):
 
 async def scrape(session: aiohttp.ClientSession, url: str, timeout_s: float) -> TrainerReport:
     try:
-        answer = await fetch(session, url, limit=SCRAPE_MAX_BYTES, timeout_s=timeout_s)
+        body = await fetch_ok(session, url, limit=SCRAPE_MAX_BYTES, timeout_s=timeout_s)
     except FetchError as error:
         raise ScrapeError(str(error)) from None
-    if answer.status != 200:
-        raise ScrapeError(message(f"GET {url}", f"HTTP {answer.status}"))
     try:
-        return parse_exposition(answer.body.decode("utf-8", errors="replace"))
+        return parse_exposition(body.decode("utf-8", errors="replace"))
     except ExpositionError as error:
         raise ScrapeError(message(f"GET {url}", str(error))) from None

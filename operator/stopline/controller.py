@@ -18,6 +18,7 @@ from stopline.metrics.http import excerpt
 from stopline.progress import checkpoint_status
 from stopline.registry import controller_uid, pod_view
 from stopline.status import StatusWriter, Written
+from stopline.verify import verify_checkpoint
 from stopline.vocabulary import (
     CHECKPOINT_TARGET,
     CLAIM_FOUND,
@@ -100,7 +101,9 @@ async def _checkpoint_target(
     return lifecycle.Condition(CHECKPOINT_TARGET, False, CLAIM_NOT_FOUND, message)
 
 
-async def _ending(kube: Kube, training_job: Manifest, job: Manifest) -> lifecycle.Ending | None:
+async def _ending(
+    kube: Kube, training_job: Manifest, spec: TrainingJobSpec, job: Manifest
+) -> lifecycle.Ending | None:
     """Once the Job finished, and before the TrainingJob records it: rank 0's checkpoint, and the first
     failed rank's exit code and last log lines. The pods are read from the apiserver, the Job's own only."""
     phase = (training_job.get("status") or {}).get("phase") or PENDING
@@ -127,7 +130,8 @@ async def _ending(kube: Kube, training_job: Manifest, job: Manifest) -> lifecycl
         lines = await kube.read_log_tail(namespace, failed.name, TRAINER_CONTAINER)
         if lines:
             failure += f"; its last log lines: {excerpt(' | '.join(lines), LOG_EXCERPT_CHARS)}"
-    return lifecycle.Ending(checkpoint, failure)
+    verified = await verify_checkpoint(kube, namespace, spec, checkpoint) if checkpoint else None
+    return lifecycle.Ending(checkpoint, failure, verified)
 
 
 async def sync_status(
@@ -158,7 +162,7 @@ async def sync_status(
     target = ending = None
     if not isinstance(parsed, SpecError) and job is not None:
         target = await _checkpoint_target(kube, training_job, parsed)
-        ending = await _ending(kube, training_job, job)
+        ending = await _ending(kube, training_job, parsed, job)
 
     def compose(current: Mapping[str, Any]) -> lifecycle.StatusChange | None:
         if current["metadata"].get("uid") != training_job["metadata"].get("uid"):

@@ -75,6 +75,7 @@ class Ending:
 
     checkpoint: Mapping[str, Any] | None = None
     failure: str | None = None  # e.g. "rank 1 exited with code 3; its last log lines: ..."
+    verified: Condition | None = None  # CheckpointVerified, for a checkpoint on an object store
 
 
 def job_finished(job: Mapping[str, Any]) -> Condition | None:
@@ -129,6 +130,8 @@ def desired_status(
                 finished = Condition(FINISHED, True, finished.reason, f"{finished.message}; {ending.failure}")
             if ending is not None and ending.checkpoint:
                 fields["checkpoint"] = dict(ending.checkpoint)
+                if ending.verified is not None:
+                    wanted.append(ending.verified)
             wanted.append(Condition(RUNNING_CONDITION, False, finished.reason, "the Job finished"))
             wanted.append(finished)
         elif phase == RUNNING or all_ranks_started(job, replicas):

@@ -36,6 +36,7 @@ from stopline.lifecycle import Condition, StatusChange
 from stopline.progress import checkpoint_status
 from stopline.registry import JobView, PodView, Tracked, job_view, pod_view
 from stopline.status import StatusWriter
+from stopline.verify import verify_checkpoint
 from stopline.vocabulary import (
     CANCELLED,
     CANCELLED_REASON,
@@ -382,6 +383,11 @@ class StopDriver:
         """Write the conclusion once: from Stopping (or, for a cancel, from any phase not final yet),
         judged on a fresh read, since the watched body may not show Stopping yet."""
         change = conclusion_change(conclusion)
+        verified = None
+        if conclusion.checkpoint and tracked.spec is not None:
+            verified = await verify_checkpoint(self.kube, tracked.key[0], tracked.spec, conclusion.checkpoint)
+        if verified is not None:
+            change = StatusChange(change.fields, (*change.conditions, verified), change.phase)
         if cancel is not None:
             change = StatusChange(
                 fields={**cancel.fields, **change.fields},
@@ -401,6 +407,8 @@ class StopDriver:
         await self.kube.post_event(
             written.training_job, conclusion.reason, conclusion.message, conclusion.warning
         )
+        if verified is not None and not verified.status:
+            await self.kube.post_event(written.training_job, verified.reason, verified.message, True)
         return conclusion
 
 

@@ -313,6 +313,8 @@ def test_the_checkpoint_goes_to_a_real_s3_server(
         stopped = finish(story, kubelet, namespace, "s3")
         checkpoint = stopped["status"]["checkpoint"]
         assert checkpoint["uri"].startswith("s3://ckpts/runs/s3/"), checkpoint
+        verified = condition(stopped, "CheckpointVerified")  # the operator's HEAD found it, with its size
+        assert (verified["status"], verified["reason"]) == ("True", "ObjectVerified"), verified
         key = checkpoint["uri"].removeprefix("s3://ckpts/")
         blob = s3.client().get_object(Bucket="ckpts", Key=key)["Body"].read()
         assert_reproduces_outputs(verify_blob(blob, checkpoint))

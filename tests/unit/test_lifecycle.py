@@ -106,6 +106,16 @@ def test_a_finished_job_records_rank_zeros_checkpoint_and_a_failed_ranks_exit_co
         training_job(), job(conditions=[finished("Complete")]), T0, ending=lifecycle.Ending(checkpoint)
     )
     assert done["phase"] == "Succeeded" and done["checkpoint"] == checkpoint
+    missing = lifecycle.Condition(
+        "CheckpointVerified", False, "ObjectMissing", "s3://b/final.pt does not exist"
+    )
+    unverified = desired_status(
+        training_job(),
+        job(conditions=[finished("Complete")]),
+        T0,
+        ending=lifecycle.Ending(checkpoint, None, missing),
+    )
+    assert types(unverified)["CheckpointVerified"] == ("False", "ObjectMissing")
     crashed = lifecycle.Ending(failure="rank 1 exited with code 3; its last log lines: CUDA error")
     failed_job = job(conditions=[finished("Failed", "BackoffLimitExceeded", "Job has reached the limit")])
     failed = desired_status(training_job(), failed_job, T0, ending=crashed)

@@ -21,7 +21,7 @@ export OPERATOR_IMAGE TRAINER_IMAGE KIND_CLUSTER HELM KUBECTL RELEASE DEPLOY_NAM
 # run one marked tier of tests/; a tier that has no test files yet says so instead of failing
 tier = if compgen -G 'tests/$(1)/test_*.py' >/dev/null; then $(PYTEST) -m $(1) tests/$(1); else echo "$(1): no tests yet"; fi
 
-.PHONY: help venv testenv test test-unit test-trainer test-cluster test-faults e2e lint helm-lint demo up bench-operator images kind-up kind-down kind-e2e deploy undeploy
+.PHONY: help venv testenv test test-unit test-trainer test-cluster test-faults e2e lint helm-lint demo up bench-operator bench-checkpoint images kind-up kind-down kind-e2e deploy undeploy
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ up: $(PY) testenv ## a local cluster (control plane, operator, local kubelet) to
 BENCH_JOBS ?= 100,1000,2000
 bench-operator: $(PY) testenv ## the operator at N jobs (BENCH_JOBS), scrape and PromQL: table + plot in bench/operator/out
 	$(PY) bench/operator/run.py --jobs $(BENCH_JOBS)
+
+bench-checkpoint: $(PY) testenv ## POST /stop to weights durable vs dd / a plain S3 upload, ~3 MB and ~1 GB: bench/checkpoint/out
+	$(PY) bench/checkpoint/run.py
 
 images: ## docker build the operator and trainer images as $(OPERATOR_IMAGE) and $(TRAINER_IMAGE)
 	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .

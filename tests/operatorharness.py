@@ -150,8 +150,9 @@ class StandInTrainer:
         self.server.close()
 
 
-def checkpoint_message(epoch: int, step: int, uri: str) -> str:
-    """Rank 0's termination message after a save, made by stopline_trainer's own Manifest."""
+def checkpoint_message(epoch: int, step: int, uri: str, stop: dict[str, str] | None = None) -> str:
+    """Rank 0's termination message after a save, made by stopline_trainer's own Manifest; `stop`: the
+    operator's decision it followed (sent with POST /stop)."""
     manifest = Manifest(
         uri=uri,
         epoch=epoch,
@@ -160,6 +161,7 @@ def checkpoint_message(epoch: int, step: int, uri: str) -> str:
         sha256="0" * 64,
         saved_at="2026-11-22T12:00:00Z",
         world_size=1,
+        stop=stop,
     )
     return manifest.termination_message().decode()
 

@@ -15,7 +15,7 @@ from stopline import lifecycle
 from stopline.api import PVCTarget, SpecError, TrainingJobSpec, parse_spec
 from stopline.kube import Kube, Manifest
 from stopline.metrics.http import excerpt
-from stopline.progress import checkpoint_status
+from stopline.progress import checkpoint_status, stop_cause
 from stopline.registry import controller_uid, pod_view
 from stopline.status import StatusWriter, Written
 from stopline.verify import verify_checkpoint
@@ -115,6 +115,8 @@ async def _ending(
         (pod_view(pod) for pod in listed if controller_uid(pod["metadata"]) == job["metadata"].get("uid")),
         key=lambda pod: (pod.rank, pod.name),
     )
+    rank_zero = next((pod for pod in pods if pod.rank == 0 and pod.exit_code == 0), None)
+    stopped = stop_cause(rank_zero.message) if rank_zero is not None else None
     checkpoint = next(
         (
             found
@@ -131,7 +133,7 @@ async def _ending(
         if lines:
             failure += f"; its last log lines: {excerpt(' | '.join(lines), LOG_EXCERPT_CHARS)}"
     verified = await verify_checkpoint(kube, namespace, spec, checkpoint) if checkpoint else None
-    return lifecycle.Ending(checkpoint, failure, verified)
+    return lifecycle.Ending(checkpoint, failure, verified, stopped if checkpoint else None)
 
 
 async def sync_status(

@@ -29,6 +29,7 @@ from typing import Any
 
 from stopline.vocabulary import (
     ALL_RANKS_READY,
+    CHECKPOINT_SAVED,
     CHILDREN_CREATED,
     CREATED,
     FAILED,
@@ -39,6 +40,8 @@ from stopline.vocabulary import (
     PENDING,
     RUNNING,
     RUNNING_CONDITION,
+    STOP_REQUESTED,
+    STOPPED,
     STOPPING,
     SUCCEEDED,
     TERMINAL_PHASES,
@@ -76,6 +79,7 @@ class Ending:
     checkpoint: Mapping[str, Any] | None = None
     failure: str | None = None  # e.g. "rank 1 exited with code 3; its last log lines: ..."
     verified: Condition | None = None  # CheckpointVerified, for a checkpoint on an object store
+    stopped: Mapping[str, str] | None = None  # the decision the trainer stopped on (POST /stop), if any
 
 
 def job_finished(job: Mapping[str, Any]) -> Condition | None:
@@ -124,6 +128,8 @@ def desired_status(
     elif job is not None and phase not in TERMINAL_PHASES and phase != STOPPING:
         wanted.append(Condition(CREATED, True, CHILDREN_CREATED, f"Job {job['metadata']['name']} created"))
         finished = job_finished(job)
+        if finished is not None and ending is not None and ending.stopped and finished.reason == JOB_COMPLETE:
+            return _stopped_unrecorded(training_job, ending, wanted, fields)
         if finished is not None:
             phase = SUCCEEDED if finished.reason == JOB_COMPLETE else FAILED
             if ending is not None and ending.failure and phase == FAILED:
@@ -140,6 +146,33 @@ def desired_status(
         if checkpoint_target is not None and phase == PENDING:
             wanted.append(checkpoint_target)
     return StatusChange(fields=fields, conditions=wanted, phase=phase)
+
+
+def _stopped_unrecorded(
+    training_job: Mapping[str, Any], ending: Ending, wanted: list[Condition], fields: dict[str, Any]
+) -> StatusChange:
+    """The trainers stopped on the operator's POST /stop, saved and exited, and the Job completed before
+    the operator recorded the stop (it restarted between the two): Stopped for that reason, not Succeeded."""
+    assert ending.stopped is not None and ending.checkpoint is not None
+    stop_type, criterion = ending.stopped["type"], ending.stopped["criterion"]
+    checkpoint = ending.checkpoint
+    where = f"epoch {checkpoint.get('epoch')}, step {checkpoint.get('step')}: {checkpoint.get('uri')}"
+    message = (
+        f"the trainer stopped on POST /stop ({stop_type}, {criterion}) before the operator recorded it; "
+        f"weights saved at {where}"
+    )
+    fields["checkpoint"] = dict(checkpoint)
+    fields["stopReason"] = {"type": stop_type, "criterion": criterion, "message": message}
+    if isinstance(checkpoint.get("epoch"), int):
+        fields["stopReason"]["epoch"] = checkpoint["epoch"]
+    wanted += [
+        Condition(STOP_REQUESTED, True, stop_type, message),
+        Condition(RUNNING_CONDITION, False, CHECKPOINT_SAVED, "the stop ended"),
+        Condition(FINISHED, True, CHECKPOINT_SAVED, message),
+    ]
+    if ending.verified is not None:
+        wanted.append(ending.verified)
+    return StatusChange(fields=fields, conditions=wanted, phase=STOPPED)
 
 
 def merge_conditions(

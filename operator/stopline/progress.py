@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stopline.api import TrainingJobSpec
-from stopline.criteria.decision import JSONState
+from stopline.criteria.decision import REASON_TYPES, JSONState
 from stopline.criteria.engine import Evaluation
 from stopline.criteria.observation import Samples
 from stopline.criteria.state import is_better
@@ -115,6 +115,22 @@ def checkpoint_status(termination_message: str) -> dict[str, Any] | None:
         return None
     keys = ("uri", "epoch", "step", "bytes", "sha256", "savedAt")
     return {key: manifest[key] for key in keys if manifest.get(key) is not None}
+
+
+def stop_cause(termination_message: str) -> dict[str, str] | None:
+    """The operator's decision a trainer stopped on, from rank 0's termination message (`stop`: type and
+    criterion, sent with POST /stop); None when it is not there or not one."""
+    try:
+        pointer = json.loads(termination_message)
+    except ValueError:
+        return None
+    stop = pointer.get("stop") if isinstance(pointer, dict) else None
+    if not isinstance(stop, dict):
+        return None
+    stop_type, criterion = stop.get("type"), stop.get("criterion")
+    if stop_type not in REASON_TYPES or not isinstance(criterion, str) or not 0 < len(criterion) <= 63:
+        return None
+    return {"type": str(stop_type), "criterion": criterion}
 
 
 def gpu_seconds_saved(spec: TrainingJobSpec, epoch: int, epoch_seconds: float | None) -> float | None:

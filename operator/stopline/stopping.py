@@ -242,14 +242,20 @@ def conclusion_change(conclusion: Conclusion) -> StatusChange:
 
 
 async def post_stop(
-    session: aiohttp.ClientSession, url: str, token: str, reason: str, timeout_s: float
+    session: aiohttp.ClientSession,
+    url: str,
+    token: str,
+    reason: str,
+    timeout_s: float,
+    cause: Mapping[str, str] | None = None,
 ) -> bool | None:
     """One POST /stop: True when the trainer acknowledged it (HTTP 202), False when it answered anything
-    else, None when nothing answered (connection refused, timeout)."""
+    else, None when nothing answered (connection refused, timeout). `cause` (the decision's type and
+    criterion) comes back in the trainer's termination message, so a restart cannot lose why it stopped."""
     try:
         async with session.post(
             url,
-            data=json.dumps({"reason": reason}),
+            data=json.dumps({"reason": reason, **(cause or {})}),
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             allow_redirects=False,
@@ -266,11 +272,14 @@ async def signal(
     reason: str,
     timeout_s: float,
     now: float,
+    cause: Mapping[str, str] | None = None,
 ) -> Signalled:
     """POST /stop to every URL at once. Without a token nobody can be asked (all refused)."""
     if not token:
         return Signalled(0, 0, now)
-    answers = await asyncio.gather(*(post_stop(session, url, token, reason, timeout_s) for url in urls))
+    answers = await asyncio.gather(
+        *(post_stop(session, url, token, reason, timeout_s, cause) for url in urls)
+    )
     return Signalled(sum(1 for a in answers if a), sum(1 for a in answers if a is None), now)
 
 
@@ -313,12 +322,25 @@ class StopDriver:
             state=self._states.setdefault(tracked.uid, StopState()),
         )
 
+    async def signal_first(self, tracked: Tracked, reason: str, cause: Mapping[str, str]) -> None:
+        """POST /stop before the Stopping write: the trainers stop a status write sooner. Recorded as the
+        stop's first signal, so the drive that follows does not ask again."""
+        view = self.view(tracked, self.clock())
+        if any(pod.reachable for pod in view.pods):
+            await self._act(tracked, view, Signal(), reason, cause)
+
     async def drive(
-        self, tracked: Tracked, began_at: float, reason: str, cancel: StatusChange | None = None
+        self,
+        tracked: Tracked,
+        began_at: float,
+        reason: str,
+        cause: Mapping[str, str] | None = None,
+        cancel: StatusChange | None = None,
     ) -> Conclusion | None:
         """Take steps until the stop waits or concludes; the conclusion when this call wrote it.
 
-        `cancel`: this is a cancel, and what its Cancelled write carries besides the conclusion.
+        `cause`: the decision's type and criterion, sent with POST /stop; `cancel`: this is a cancel, and
+        what its Cancelled write carries besides the conclusion.
         """
         for _ in range(MAX_STEPS):
             view = self.view(tracked, began_at, cancel is not None)
@@ -330,10 +352,17 @@ class StopDriver:
                 if cancel is not None:
                     conclusion = replace(conclusion, message=f"cancelled: {reason}; nothing was saved")
                 return await self._conclude(tracked, conclusion, cancel)
-            await self._act(tracked, view, action, reason)
+            await self._act(tracked, view, action, reason, cause)
         return None
 
-    async def _act(self, tracked: Tracked, view: StopView, action: Action, reason: str) -> None:
+    async def _act(
+        self,
+        tracked: Tracked,
+        view: StopView,
+        action: Action,
+        reason: str,
+        cause: Mapping[str, str] | None = None,
+    ) -> None:
         state, (namespace, name) = view.state, tracked.key
         if isinstance(action, Signal):
             spec = tracked.spec
@@ -342,7 +371,7 @@ class StopDriver:
             urls = [url for pod in view.pods if pod.reachable and (url := self._stop_url(pod, port))]
             timeout = min(view.ack_timeout_s, self._post_timeout_s)
             token = await self._token(tracked)
-            state.signalled = await signal(self.session, urls, token, reason, timeout, self.clock())
+            state.signalled = await signal(self.session, urls, token, reason, timeout, self.clock(), cause)
         elif isinstance(action, ReadChildren):
             job = await self.kube.read_job(namespace, name)
             if job is not None:

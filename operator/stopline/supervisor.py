@@ -349,6 +349,12 @@ class Supervisor:
             if await self.stops.drive(tracked, decided_at, decision.message, cancel=cancel) is not None:
                 monitoring.STOPS.labels(reason=decision.type).inc()
             return
+        cause = {"type": decision.type, "criterion": decision.criterion}
+        # The trainers first, the record second: a status write under load costs seconds at p99. Safe over
+        # a restart: the trainer's termination message carries `cause`, and a Job that completes on it
+        # ends Stopped for this reason even if the write below never happened (lifecycle.Ending.stopped).
+        await self.stops.signal_first(tracked, decision.message, cause)
+        monitoring.DECISION_LATENCY.observe(self.clock() - decided_at)
 
         def begin(body: Mapping[str, Any]) -> StatusChange | None:
             phase = (body.get("status") or {}).get("phase") or PENDING
@@ -364,8 +370,7 @@ class Supervisor:
         if saved:
             monitoring.GPU_SECONDS_SAVED.inc(saved)
         began = seconds(reason["at"]) or decided_at
-        await self.stops.drive(tracked, began, decision.message)  # the signal first: the trainers wait
-        monitoring.DECISION_LATENCY.observe(self.clock() - decided_at)
+        await self.stops.drive(tracked, began, decision.message, cause)
         message = f"{decision.type} ({decision.criterion}): {decision.message}"
         await self.kube.post_event(written.training_job, STOPPING, message, False)
 
@@ -378,7 +383,8 @@ class Supervisor:
             words = tracked.annotations.get(CANCEL_ANNOTATION) or "cancelled"
             requested = Condition(STOP_REQUESTED, True, CANCELLED_REASON, words)
             cancel = StatusChange(conditions=(requested,))
-        await self.stops.drive(tracked, began, str(reason.get("message") or "stop"), cancel=cancel)
+        cause = {"type": str(reason.get("type") or ""), "criterion": str(reason.get("criterion") or "")}
+        await self.stops.drive(tracked, began, str(reason.get("message") or "stop"), cause, cancel)
 
     async def keep_at_rest(self, key: Key) -> None:
         """A stopped or cancelled TrainingJob's Job stays suspended: a queue (Kueue) that admits it again

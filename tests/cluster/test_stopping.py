@@ -342,6 +342,30 @@ def test_an_operator_restarted_while_stopping_completes_the_stop_once(
     assert status(plane, namespace, SINGLE_NAME)["checkpoint"]["uri"] == URI
 
 
+def test_a_trainer_that_stopped_on_a_post_the_status_never_recorded_ends_stopped_for_its_reason(
+    plane: ControlPlane, namespace: str
+) -> None:
+    """POST /stop goes out before the Stopping write. If the operator dies between the two, the trainer
+    still saves and exits; the next operator reads the decision from rank 0's termination message and
+    ends the job Stopped for it, with its checkpoint, not Succeeded."""
+    training_job = manifest(criteria=[], metrics=dict(FAST))
+    with ExitStack() as first_operator:
+        first_operator.enter_context(operator(namespace))
+        with running_trainer(plane, namespace, training_job) as (trainer, pod):
+            trainer.report(1, 100, val_loss=1.0)
+            wait_until(epoch_read(plane, namespace, 1), WAIT_S, "the operator reading epoch 1")
+            first_operator.close()
+    decided = {"type": "Patience", "criterion": "plateau"}
+    terminate(plane, namespace, pod, checkpoint_message(1, 100, URI, stop=decided))  # stopped on that POST
+    with operator(namespace):
+        wait_until(phase_is(plane, namespace, SINGLE_NAME, "Stopped"), WAIT_S, "phase Stopped")
+    stopped = get(plane, namespace, "tj", SINGLE_NAME)
+    reason = stopped["status"]["stopReason"]
+    assert (reason["type"], reason["criterion"], reason["epoch"]) == ("Patience", "plateau", 1)
+    assert stopped["status"]["checkpoint"]["uri"] == URI
+    assert condition(stopped, "Finished")["reason"] == "CheckpointSaved"
+
+
 def test_metrics_that_never_appear_show_as_a_condition_naming_the_url(
     plane: ControlPlane, namespace: str
 ) -> None:

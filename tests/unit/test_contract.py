@@ -24,10 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from stopline.api import parse_spec
 from stopline.metrics import exposition
 from stopline.metrics.exposition import parse_exposition
-from stopline.progress import checkpoint_status
+from stopline.progress import checkpoint_status, stop_cause
 from stopline.workload import Owner, build_job, build_token_secret
 from stopline_local.controlplane import REPO
 from stopline_trainer import Config, Run
+from stopline_trainer.checkpoint import Manifest as TrainerManifest
+from stopline_trainer.control import clean_cause
 from stopline_trainer.storage.s3 import S3Store
 
 OWNER = Owner(name="resnet", namespace="ml", uid="1b4e28ba-2fa1-11d2-883f-0016d3cca427")
@@ -219,3 +221,16 @@ def test_another_ranks_termination_message_is_no_checkpoint(tmp_path: Path) -> N
     message = (tmp_path / "termination-log").read_text()
     assert json.loads(message)["rank"] == 1
     assert checkpoint_status(message) is None
+
+
+def test_the_decision_sent_with_post_stop_comes_back_in_the_termination_message() -> None:
+    """An operator that restarts between POST /stop and its Stopping write learns the reason from rank 0."""
+    cause = clean_cause("Patience", "plateau")
+    pointer = TrainerManifest(
+        uri="/ckpt/a.pt", epoch=7, step=700, size=9, sha256="0" * 64, saved_at="2026-12-02T00:00:00Z",
+        world_size=1, stop=cause,
+    ).termination_message()  # fmt: skip
+    assert len(pointer) < 1024
+    assert stop_cause(pointer.decode()) == {"type": "Patience", "criterion": "plateau"}
+    assert clean_cause("Patience\n", "plateau") is None and clean_cause("Patience", "a b") is None
+    assert stop_cause('{"stop": {"type": "Reboot", "criterion": "x"}}') is None  # not a stop reason type

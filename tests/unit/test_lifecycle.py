@@ -124,3 +124,25 @@ def test_a_finished_job_records_rank_zeros_checkpoint_and_a_failed_ranks_exit_co
         condition["message"]
         == "Job has reached the limit; rank 1 exited with code 3; its last log lines: CUDA error"
     )
+
+
+def test_a_job_completed_on_an_unrecorded_stop_ends_stopped_for_that_reason() -> None:
+    """The operator sent POST /stop and restarted before writing Stopping; the trainer saved and exited
+    with the decision in its termination message: Stopped for it, not Succeeded."""
+    checkpoint = {"uri": "/ckpt/e7.pt", "epoch": 7, "step": 700}
+    ending = lifecycle.Ending(checkpoint, stopped={"type": "Patience", "criterion": "plateau"})
+    status = desired_status(
+        training_job(status={"phase": "Running"}), job(conditions=[finished("Complete")]), T0, ending=ending
+    )
+    assert status["phase"] == "Stopped" and status["checkpoint"] == checkpoint
+    assert (
+        status["stopReason"]["type"],
+        status["stopReason"]["criterion"],
+        status["stopReason"]["epoch"],
+    ) == (
+        "Patience",
+        "plateau",
+        7,
+    )
+    assert types(status)["Finished"] == ("True", "CheckpointSaved")
+    assert types(status)["StopRequested"] == ("True", "Patience")

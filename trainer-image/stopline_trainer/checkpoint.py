@@ -56,6 +56,7 @@ class Manifest:
     job: str = ""
     namespace: str = ""
     stop_reason: str | None = None
+    stop: dict[str, str] | None = None  # the operator's decision this save followed (type, criterion)
 
     def to_json(self) -> bytes:
         doc = {
@@ -72,6 +73,8 @@ class Manifest:
             "namespace": self.namespace,
             "stopReason": self.stop_reason,
         }
+        if self.stop:
+            doc["stop"] = self.stop
         return json.dumps(doc, sort_keys=True, allow_nan=False).encode() + b"\n"
 
     def termination_message(self) -> bytes:
@@ -79,9 +82,11 @@ class Manifest:
 
         The kubelet keeps at most 4096 bytes of it (less when the pod's containers share 12 KiB), so
         metrics, the stop reason and the job's identity stay in the manifest beside the weights. About
-        170 bytes plus the URI: under 1 KiB for a URI up to 850 ASCII characters.
+        170 bytes plus the URI: under 1 KiB for a URI up to 850 ASCII characters. A save that followed
+        the operator's stop also carries its decision (`stop`: type and criterion, under 110 bytes), so an
+        operator that restarted before recording the stop still ends the job Stopped for that reason.
         """
-        doc = {
+        doc: dict[str, object] = {
             "uri": self.uri,
             "epoch": self.epoch,
             "step": self.step,
@@ -89,6 +94,8 @@ class Manifest:
             "sha256": self.sha256,
             "savedAt": self.saved_at,
         }
+        if self.stop:
+            doc["stop"] = self.stop
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
     @classmethod
@@ -107,6 +114,7 @@ class Manifest:
             job=d.get("job", ""),
             namespace=d.get("namespace", ""),
             stop_reason=d.get("stopReason"),
+            stop=d.get("stop") if isinstance(d.get("stop"), dict) else None,
         )
 
     @property
@@ -178,6 +186,7 @@ class Checkpointer:
         step: int,
         metrics: Mapping[str, float],
         stop_reason: str | None,
+        stop: dict[str, str] | None = None,
     ) -> Manifest:
         self.saves += 1
         name = f"{self.blob_prefix}e{epoch:06d}-s{step:09d}-{uuid.uuid4().hex[:8]}.pt"
@@ -201,6 +210,7 @@ class Checkpointer:
             job=self.job,
             namespace=self.namespace,
             stop_reason=stop_reason,
+            stop=stop,
         )
         if self.keep_best and self._improves(manifest):
             self._write_manifest(BEST, manifest)

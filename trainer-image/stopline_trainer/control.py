@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterable
@@ -9,6 +10,21 @@ from types import FrameType
 
 MAX_REASON = 256
 DEFAULT_REASON = "stop requested"
+_CAUSE_TYPE = re.compile(r"[A-Za-z]{1,32}")
+_CAUSE_CRITERION = re.compile(r"[A-Za-z0-9._/-]{1,63}")
+
+
+def clean_cause(stop_type: object, criterion: object) -> dict[str, str] | None:
+    """The operator's decision sent with POST /stop (its type and criterion), or None when it is not
+    one: it goes back in the termination message, so an operator that restarted between sending the stop
+    and recording it still learns why the trainer stopped."""
+    well_formed = (
+        isinstance(stop_type, str)
+        and isinstance(criterion, str)
+        and _CAUSE_TYPE.fullmatch(stop_type)
+        and _CAUSE_CRITERION.fullmatch(criterion)
+    )
+    return {"type": str(stop_type), "criterion": str(criterion)} if well_formed else None
 
 
 def clean_reason(reason: str) -> str:
@@ -33,14 +49,19 @@ class StopFlag:
     def __init__(self) -> None:
         self._event = threading.Event()
         self._reason = ""
+        self._cause: dict[str, str] | None = None
 
-    def request(self, reason: str) -> bool:
-        """Set the flag; True when this call was the first request."""
+    def request(self, reason: str, cause: dict[str, str] | None = None) -> bool:
+        """Set the flag; True when this call was the first request. `cause`: the operator's decision."""
         first = not self._event.is_set()
         if first:
-            self._reason = clean_reason(reason)
+            self._reason, self._cause = clean_reason(reason), cause
         self._event.set()
         return first
+
+    @property
+    def cause(self) -> dict[str, str] | None:
+        return self._cause
 
     def is_set(self) -> bool:
         return self._event.is_set()

@@ -131,6 +131,7 @@ class Run:
             step=self.step if step is None else step,
             metrics=self.last_metrics if metrics is None else metrics,
             stop_reason=self.stop_reason,
+            stop=self.flag.cause if self.flag.is_set() else None,
         )
         self.last_manifest = manifest
         self.metrics.checkpoint.info(

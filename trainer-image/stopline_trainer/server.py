@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .control import DEFAULT_REASON, StopFlag
+from .control import DEFAULT_REASON, StopFlag, clean_cause
 from .metrics import TrainerMetrics
 
 log = logging.getLogger(__name__)
@@ -222,12 +222,12 @@ def _handler_class(
             if not self._authorized():
                 self._json(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
                 return
-            reason = self._reason()
-            if reason is None:
+            request = self._request_body()
+            if request is None:
                 error = f'need a Content-Length up to {MAX_BODY} and a body empty or JSON {{"reason": "..."}}'
                 self._json(HTTPStatus.BAD_REQUEST, {"error": error})
                 return
-            if flag.request(reason):
+            if flag.request(*request):
                 log.info("stop requested over HTTP: %s", flag.reason)
             self._json(HTTPStatus.ACCEPTED, {"stopping": True, "reason": flag.reason, "rank": rank})
 
@@ -237,20 +237,24 @@ def _handler_class(
             got = self.headers.get("Authorization", "").encode()
             return hmac.compare_digest(got, b"Bearer " + token)
 
-        def _reason(self) -> str | None:
+        def _request_body(self) -> tuple[str, dict[str, str] | None] | None:
+            """The reason and the operator's decision (`type`, `criterion`: kept only when well formed);
+            None when the body is not an empty one or JSON {"reason": "..."}."""
             length = body_length(self.headers)
             if length is None:
                 return None
             raw = self.rfile.read(length) if length else b""
             if not raw.strip():
-                return DEFAULT_REASON
+                return DEFAULT_REASON, None
             try:
                 body = json.loads(raw)
             except ValueError:
                 return None
             if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
                 return None
-            return str(body.get("reason") or DEFAULT_REASON)
+            return str(body.get("reason") or DEFAULT_REASON), clean_cause(
+                body.get("type"), body.get("criterion")
+            )
 
         def _json(self, status: HTTPStatus, body: dict[str, Any]) -> None:
             self._send(status, json.dumps(body).encode() + b"\n", "application/json")

@@ -10,6 +10,7 @@ slowloris cannot starve the operator's POST /stop). Clients that hang up are no 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 MAX_CONNECTIONS = 32
+POLL_S = 0.05
 REQUEST_TIMEOUT_S = 10.0
 _DIGITS = re.compile(r"[0-9]{1,9}")
 
@@ -58,7 +60,9 @@ class ControlServer:
         handler = _handler_class(metrics, flag, token.encode(), rank, accept_stop, request_timeout_s)
         family = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
         self._httpd = _BoundedServer((bind_address, port), handler, family, max_connections)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="stopline-http", daemon=True)
+        # a short poll: close() waits for serve_forever to notice, and the trainer's exit waits for close()
+        serve = functools.partial(self._httpd.serve_forever, poll_interval=POLL_S)
+        self._thread = threading.Thread(target=serve, name="stopline-http", daemon=True)
 
     @property
     def port(self) -> int:

@@ -15,8 +15,8 @@ from stopline import lifecycle
 from stopline.api import PVCTarget, SpecError, TrainingJobSpec, parse_spec
 from stopline.kube import Kube, Manifest
 from stopline.metrics.http import excerpt
-from stopline.progress import checkpoint_status, stop_cause
-from stopline.registry import controller_uid, pod_view
+from stopline.pointer import stop_cause
+from stopline.registry import controller_uid, pod_view, saved_checkpoint, trainer_pods
 from stopline.status import StatusWriter, Written
 from stopline.verify import verify_checkpoint
 from stopline.vocabulary import (
@@ -111,20 +111,10 @@ async def _ending(
         return None
     namespace, name = training_job["metadata"]["namespace"], training_job["metadata"]["name"]
     listed = await kube.list_pods(namespace, f"{JOB_LABEL}={name}")
-    pods = sorted(
-        (pod_view(pod) for pod in listed if controller_uid(pod["metadata"]) == job["metadata"].get("uid")),
-        key=lambda pod: (pod.rank, pod.name),
-    )
-    rank_zero = next((pod for pod in pods if pod.rank == 0 and pod.exit_code == 0), None)
-    stopped = stop_cause(rank_zero.message) if rank_zero is not None else None
-    checkpoint = next(
-        (
-            found
-            for pod in pods
-            if pod.rank == 0 and pod.exit_code == 0 and (found := checkpoint_status(pod.message))
-        ),
-        None,
-    )
+    pods = trainer_pods(map(pod_view, listed), str(job["metadata"].get("uid") or ""))
+    saved = saved_checkpoint(pods)
+    checkpoint = saved[1] if saved is not None else None
+    stopped = stop_cause(saved[0].message) if saved is not None else None
     failed = next((pod for pod in pods if pod.exit_code not in (None, 0)), None)
     failure = None
     if failed is not None:
@@ -133,7 +123,7 @@ async def _ending(
         if lines:
             failure += f"; its last log lines: {excerpt(' | '.join(lines), LOG_EXCERPT_CHARS)}"
     verified = await verify_checkpoint(kube, namespace, spec, checkpoint) if checkpoint else None
-    return lifecycle.Ending(checkpoint, failure, verified, stopped if checkpoint else None)
+    return lifecycle.Ending(checkpoint, failure, verified, stopped)
 
 
 async def sync_status(

@@ -114,14 +114,21 @@ class Kube:
     async def close(self) -> None:
         await self._session.close()
 
+    async def _headers(self, accept: str, content_type: str | None = None) -> dict[str, str]:
+        """Accept, Content-Type and the bearer token, refreshed by the library: in-cluster tokens rotate."""
+        headers = {"Accept": accept}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        token = await self._configuration.get_api_key_with_prefix("BearerToken")
+        if token:
+            headers["Authorization"] = token
+        return headers
+
     async def _request(
         self, method: str, path: str, body: object = None, content_type: str = "application/json"
     ) -> Manifest:
         """One call, JSON in and out, every object a plain dict; a non-2xx answer raises an ApiError."""
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
-        token = await self._configuration.get_api_key_with_prefix("BearerToken")
-        if token:
-            headers["Authorization"] = token  # refreshed by the library: in-cluster tokens rotate
+        headers = await self._headers("application/json", content_type)
         data = None if body is None else json.dumps(body)
         async with self._session.request(method, self._host + path, data=data, headers=headers) as response:
             text = await response.read()
@@ -178,10 +185,7 @@ class Kube:
         them (no node, the pod gone, or no right to read logs): a log is a help, never a requirement."""
         path = f"{_COLLECTIONS['Pod'].format(namespace=namespace)}/{pod}/log"
         query = f"?container={quote(container)}&tailLines={lines}&limitBytes={LOG_BYTES}"
-        headers = {"Accept": "text/plain"}
-        token = await self._configuration.get_api_key_with_prefix("BearerToken")
-        if token:
-            headers["Authorization"] = token
+        headers = await self._headers("text/plain")
         try:
             async with self._session.get(self._host + path + query, headers=headers) as response:
                 if response.status != 200:

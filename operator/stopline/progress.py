@@ -7,7 +7,6 @@ so a restarted operator goes on from the last epoch written and loses no patienc
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stopline.api import TrainingJobSpec
-from stopline.criteria.decision import REASON_TYPES, JSONState
+from stopline.criteria.decision import JSONState
 from stopline.criteria.engine import Evaluation
 from stopline.criteria.observation import Samples
 from stopline.criteria.state import is_better
@@ -103,34 +102,6 @@ def shown_metrics(spec: TrainingJobSpec, metrics: Mapping[str, float]) -> dict[s
 def _json_number(value: float) -> float | None:
     """JSON has no NaN: a non-finite metric shows as null in status.progress.metrics."""
     return value if math.isfinite(value) else None
-
-
-def checkpoint_status(termination_message: str) -> dict[str, Any] | None:
-    """status.checkpoint from rank 0's termination message (the trainer's manifest); None if it is not one."""
-    try:
-        manifest = json.loads(termination_message)
-    except ValueError:
-        return None
-    if not isinstance(manifest, dict) or not {"uri", "epoch", "step"} <= manifest.keys():
-        return None
-    keys = ("uri", "epoch", "step", "bytes", "sha256", "savedAt")
-    return {key: manifest[key] for key in keys if manifest.get(key) is not None}
-
-
-def stop_cause(termination_message: str) -> dict[str, str] | None:
-    """The operator's decision a trainer stopped on, from rank 0's termination message (`stop`: type and
-    criterion, sent with POST /stop); None when it is not there or not one."""
-    try:
-        pointer = json.loads(termination_message)
-    except ValueError:
-        return None
-    stop = pointer.get("stop") if isinstance(pointer, dict) else None
-    if not isinstance(stop, dict):
-        return None
-    stop_type, criterion = stop.get("type"), stop.get("criterion")
-    if stop_type not in REASON_TYPES or not isinstance(criterion, str) or not 0 < len(criterion) <= 63:
-        return None
-    return {"type": str(stop_type), "criterion": criterion}
 
 
 def gpu_seconds_saved(spec: TrainingJobSpec, epoch: int, epoch_seconds: float | None) -> float | None:

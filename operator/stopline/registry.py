@@ -14,12 +14,13 @@ the label (an impostor, a decoy) is filed but never trusted.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from stopline.api import SpecError, TrainingJobSpec, parse_spec
 from stopline.criteria.observation import CohortCurve
+from stopline.pointer import checkpoint_status
 from stopline.vocabulary import (
     CANCEL_ANNOTATION,
     COMPLETION_INDEX_LABEL,
@@ -158,9 +159,7 @@ class Tracked:
     def pods(self) -> list[PodView]:
         """Its trainer pods: those its Job controls, by rank; none while its Job is not known."""
         job = self.job
-        if job is None:
-            return []
-        return sorted((p for p in self.filed_pods.values() if p.controller_uid == job.uid), key=_by_rank)
+        return trainer_pods(self.filed_pods.values(), job.uid) if job is not None else []
 
     @property
     def status(self) -> Mapping[str, Any]:
@@ -295,6 +294,19 @@ class Registry:
 
 def _by_rank(pod: PodView) -> tuple[int, str]:
     return pod.rank, pod.name
+
+
+def trainer_pods(pods: Iterable[PodView], job_uid: str) -> list[PodView]:
+    """The pods the Job of that uid controls, by rank: a pod that only carries the label is not one."""
+    return sorted((pod for pod in pods if pod.controller_uid == job_uid), key=_by_rank)
+
+
+def saved_checkpoint(pods: Iterable[PodView]) -> tuple[PodView, dict[str, Any]] | None:
+    """Rank 0's pod that exited 0 with a checkpoint pointer, and the pointer as status.checkpoint."""
+    for pod in pods:
+        if pod.rank == 0 and pod.exit_code == 0 and (checkpoint := checkpoint_status(pod.message)):
+            return pod, checkpoint
+    return None
 
 
 def _spec(training_job: Mapping[str, Any]) -> TrainingJobSpec | None:

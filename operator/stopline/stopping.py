@@ -33,8 +33,7 @@ import aiohttp
 
 from stopline.kube import Kube
 from stopline.lifecycle import Condition, StatusChange
-from stopline.progress import checkpoint_status
-from stopline.registry import JobView, PodView, Tracked, job_view, pod_view
+from stopline.registry import JobView, PodView, Tracked, job_view, pod_view, saved_checkpoint
 from stopline.status import StatusWriter
 from stopline.verify import verify_checkpoint
 from stopline.vocabulary import (
@@ -219,12 +218,12 @@ def _ask_again(view: StopView, now: float) -> bool:
 
 
 def _saved_checkpoint(pods: Sequence[PodView]) -> Conclusion | None:
-    for pod in pods:
-        if pod.rank == 0 and pod.exit_code == 0 and (checkpoint := checkpoint_status(pod.message)):
-            where = f"epoch {checkpoint['epoch']}, step {checkpoint['step']}"
-            message = f"weights saved at {where}: {checkpoint['uri']}"
-            return Conclusion(STOPPED, CHECKPOINT_SAVED, message, checkpoint=checkpoint)
-    return None
+    saved = saved_checkpoint(pods)
+    if saved is None:
+        return None
+    checkpoint = saved[1]
+    message = f"weights saved at epoch {checkpoint['epoch']}, step {checkpoint['step']}: {checkpoint['uri']}"
+    return Conclusion(STOPPED, CHECKPOINT_SAVED, message, checkpoint=checkpoint)
 
 
 def conclusion_change(conclusion: Conclusion) -> StatusChange:
@@ -373,9 +372,7 @@ class StopDriver:
             token = await self._token(tracked)
             state.signalled = await signal(self.session, urls, token, reason, timeout, self.clock(), cause)
         elif isinstance(action, ReadChildren):
-            job = await self.kube.read_job(namespace, name)
-            if job is not None:
-                tracked.filed_job = job_view(job)  # trusted only if it is ours: see Tracked.job
+            await self._read_job(tracked)
             selector = f"{JOB_LABEL}={name}"
             tracked.filed_pods.update(_listed(await self.kube.list_pods(namespace, selector)))
             state.children_read = True
@@ -393,17 +390,20 @@ class StopDriver:
                     await self.kube.delete_pod(namespace, pod.name, pod.uid, grace_period_s=0)
                 state.killed = True
 
+    async def _read_job(self, tracked: Tracked) -> None:
+        """File the Job of the TrainingJob's name as the apiserver has it now; Tracked.job trusts it only
+        when the TrainingJob controls it, so a foreign Job of that name is never touched."""
+        found = await self.kube.read_job(*tracked.key)
+        if found is not None:
+            tracked.filed_job = job_view(found)
+
     async def _suspend(self, tracked: Tracked, view: StopView) -> None:
-        """Suspend the TrainingJob's own Job (by uid); one not seen yet is read and checked first."""
-        namespace, name = tracked.key
-        job = view.job
-        if job is None:
-            found = await self.kube.read_job(namespace, name)
-            job = job_view(found) if found is not None else None
-            if job is not None and job.controller_uid != tracked.uid:
-                job = None  # a Job of that name that is not ours: never touch it
+        """Suspend the TrainingJob's own Job (by uid); one not seen yet is read first."""
+        if view.job is None:
+            await self._read_job(tracked)
+        job = tracked.job
         if job is not None and not job.suspended:
-            await self.kube.suspend_job(namespace, name, job.uid)
+            await self.kube.suspend_job(*tracked.key, job.uid)
         view.state.suspended = True
 
     async def _conclude(

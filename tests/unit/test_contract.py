@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stopline.api import parse_spec
 from stopline.metrics import exposition
 from stopline.metrics.exposition import parse_exposition
-from stopline.progress import checkpoint_status, stop_cause
+from stopline.pointer import checkpoint_status, stop_cause
 from stopline.workload import Owner, build_job, build_token_secret
 from stopline_local.controlplane import REPO
 from stopline_trainer import Config, Run

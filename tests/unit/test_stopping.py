@@ -7,7 +7,8 @@ import math
 
 from specs import spec
 
-from stopline.progress import JobMemory, checkpoint_status, gpu_seconds_saved, shown_metrics
+from stopline.pointer import checkpoint_status
+from stopline.progress import JobMemory, gpu_seconds_saved, shown_metrics
 from stopline.registry import Registry, pod_view
 
 RAW_SPEC = {
@@ -97,22 +98,29 @@ def test_a_deleted_pod_keeps_its_termination_message_and_rank_zero_is_the_one_sc
     assert pod_view(_pod("x", "a", "7")).rank == 7
 
 
+def study_member(
+    registry: Registry, name: str, study: str, curve: list[float | None], phase: str = "Running"
+) -> None:
+    """A TrainingJob of the study, as its watch event delivers it."""
+    registry.observe_training_job(
+        {
+            "metadata": {
+                "name": name,
+                "namespace": "ns",
+                "uid": name,
+                "labels": {"stopline.dev/study": study},
+            },
+            "spec": RAW_SPEC,
+            "status": {"phase": phase, "curve": curve},
+        }
+    )
+
+
 def test_the_cohort_is_the_other_jobs_of_the_study_in_the_namespace_with_their_curves() -> None:
     registry = Registry()
 
     def job(name: str, study: str, curve: list[float | None], phase: str = "Running") -> None:
-        registry.observe_training_job(
-            {
-                "metadata": {
-                    "name": name,
-                    "namespace": "ns",
-                    "uid": name,
-                    "labels": {"stopline.dev/study": study},
-                },
-                "spec": RAW_SPEC,
-                "status": {"phase": phase, "curve": curve},
-            }
-        )
+        study_member(registry, name, study, curve, phase)
 
     job("me", "s", [1.0])
     job("peer", "s", [0.5, None, 0.3])
@@ -167,18 +175,7 @@ def test_a_pod_or_job_that_only_carries_the_label_is_never_trusted() -> None:
 def test_cohort_study_names_the_peers_whatever_the_jobs_own_label() -> None:
     registry = Registry()
     for name, study in (("a", "sweep-1"), ("b", "sweep-2"), ("c", "sweep-2")):
-        registry.observe_training_job(
-            {
-                "metadata": {
-                    "name": name,
-                    "namespace": "ns",
-                    "uid": name,
-                    "labels": {"stopline.dev/study": study},
-                },
-                "spec": RAW_SPEC,
-                "status": {"phase": "Running", "curve": [1.0]},
-            }
-        )
+        study_member(registry, name, study, [1.0])
     me = registry.get(("ns", "a"))
     assert me is not None
     assert [peer.job for peer in registry.cohort(me)] == []

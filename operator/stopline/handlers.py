@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import kopf
 
@@ -42,7 +43,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.progress_storage = kopf.StatusProgressStorage(
         field="status.stopline.progress", touch_field="status.stopline.touch"
     )
-    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.stopline.diffBase")
+    settings.persistence.diffbase_storage = SpecDiffBase(field="status.stopline.diffBase")
     settings.persistence.finalizer = f"{GROUP}/finalizer"  # unused today: there are no deletion handlers
     settings.peering.standalone = True
     # No list/watch of Namespaces and CRDs: the operator serves one CRD that exists before it starts, in
@@ -60,6 +61,27 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.supervisor_task = asyncio.create_task(memo.supervisor.run(), name="stopline-supervisor")
     listen = memo.get("listen")
     memo.http = await monitoring.serve(listen, memo.supervisor.healthy) if listen else None
+
+
+class SpecDiffBase(kopf.StatusDiffBaseStorage):
+    """kopf's diff base, built without copying what it throws away.
+
+    kopf builds the essence of every event's body (TrainingJobs, Jobs and pods alike) by deep-copying the
+    whole body and then deleting status and metadata. A TrainingJob's status carries its curve and
+    criteria, so that copy was about a quarter of the operator's CPU at 1,000 jobs. The essence is the
+    same when only spec, labels and annotations are copied: kopf keeps nothing else of the body, and no
+    handler here asks for extra fields.
+    """
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
+    ) -> kopf.BodyEssence:
+        if extra_fields:
+            raise ValueError("SpecDiffBase keeps no extra fields: no handler here declares any")
+        metadata = body.get("metadata", {})
+        kept = {key: value for key, value in body.items() if key not in ("status", "metadata")}
+        kept["metadata"] = {key: metadata[key] for key in ("labels", "annotations") if key in metadata}
+        return super().build(body=cast(kopf.Body, kept))
 
 
 _TRACKER_SUCCESS = {f"Handler {name!r} succeeded." for name in ("track_training_job", "track_pod")}

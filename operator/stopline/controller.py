@@ -28,14 +28,19 @@ from stopline.vocabulary import (
     FINISHED,
     JOB_LABEL,
     PENDING,
+    QUEUE_LABEL,
+    QUEUE_LABELS,
     STOPPING,
     STUDY_LABEL,
     TERMINAL_PHASES,
     TRAINER_CONTAINER,
+    find_condition,
 )
 from stopline.workload import Owner, build_job, build_service, build_token_secret
 
 LOG_EXCERPT_CHARS = 400  # the trainer's log is its author's text: a short, printable excerpt in status
+QUEUE_EXCERPT_CHARS = 200  # a Workload's message is Kueue's text about other jobs too: short, printable
+QUEUE_WORDS = "Kueue says"
 
 
 class ForeignChild(RuntimeError):
@@ -44,11 +49,13 @@ class ForeignChild(RuntimeError):
 
 def owner_of(training_job: Mapping[str, Any]) -> Owner:
     metadata = training_job["metadata"]
+    labels = metadata.get("labels") or {}
     return Owner(
         name=metadata["name"],
         namespace=metadata["namespace"],
         uid=metadata["uid"],
-        study=(metadata.get("labels") or {}).get(STUDY_LABEL),
+        study=labels.get(STUDY_LABEL),
+        queue=tuple((key, str(labels[key])) for key in QUEUE_LABELS if labels.get(key)),
     )
 
 
@@ -126,6 +133,31 @@ async def _ending(
     return lifecycle.Ending(checkpoint, failure, verified, stopped)
 
 
+async def _queue_says(kube: Kube, job: Manifest) -> str | None:
+    """Why a queue holds the Job, in the words of its Kueue Workload (excerpted: Kueue's text names other
+    jobs); None while the Job runs, when no queue manages it, or when no Workload says anything yet."""
+    labels = job["metadata"].get("labels") or {}
+    if not labels.get(QUEUE_LABEL) or (job.get("spec") or {}).get("suspend") is not True:
+        return None
+    for workload in await kube.list_workloads(job["metadata"]["namespace"], str(job["metadata"].get("uid"))):
+        words = workload_words(workload)
+        if words:
+            return words
+    return None
+
+
+def workload_words(workload: Mapping[str, Any]) -> str | None:
+    """The Workload condition that says why it does not run: evicted (preempted), else no quota reserved."""
+    conditions = (workload.get("status") or {}).get("conditions")
+    evicted = find_condition(conditions, "Evicted") or {}
+    reserved = find_condition(conditions, "QuotaReserved") or {}
+    for condition, status in ((evicted, "True"), (reserved, "False")):
+        text = condition.get("message")
+        if condition.get("status") == status and isinstance(text, str) and text:
+            return f"{QUEUE_WORDS}: {excerpt(text, QUEUE_EXCERPT_CHARS)}"
+    return None
+
+
 async def sync_status(
     writer: StatusWriter,
     namespace: str,
@@ -151,16 +183,23 @@ async def sync_status(
         job = await kube.read_job(namespace, name)
         if job is not None and not owns(training_job, job):
             job = None
-    target = ending = None
+    target = ending = queue_says = None
     if not isinstance(parsed, SpecError) and job is not None:
         target = await _checkpoint_target(kube, training_job, parsed)
         ending = await _ending(kube, training_job, parsed, job)
+        queue_says = await _queue_says(kube, job)
 
     def compose(current: Mapping[str, Any]) -> lifecycle.StatusChange | None:
         if current["metadata"].get("uid") != training_job["metadata"].get("uid"):
             return None  # deleted and made again meanwhile: its own events will sync it
         return lifecycle.desired_status(
-            current, job, invalid_spec=invalid, checkpoint_target=target, ending=ending
+            current,
+            job,
+            invalid_spec=invalid,
+            checkpoint_target=target,
+            ending=ending,
+            queue_says=queue_says,
+            now=writer.clock(),
         )
 
     return await writer.write(namespace, name, compose, seen=training_job)

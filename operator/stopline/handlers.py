@@ -27,7 +27,7 @@ from stopline import GROUP, PLURAL, VERSION, controller, monitoring
 from stopline.api import SpecError
 from stopline.kube import Kube, Rejected
 from stopline.metrics.http import client_session
-from stopline.registry import Registry
+from stopline.registry import Registry, pod_view
 from stopline.supervisor import Supervisor
 from stopline.vocabulary import JOB_LABEL, STOPPING, TERMINAL_PHASES
 
@@ -169,3 +169,5 @@ async def track_pod(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
     tracked = memo.registry.get(key) if key else None
     if tracked is not None and tracked.phase == STOPPING:
         memo.supervisor.poke(tracked.key)
+    elif tracked is not None:
+        await memo.supervisor.keep_checkpoint(tracked.key, pod_view(dict(body)))

@@ -30,6 +30,8 @@ BAD_REQUEST, UNPROCESSABLE = 400, 422
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 LOG_BYTES = 4096  # the last lines of a failed trainer's log: enough for a traceback's end
+WORKLOAD_VERSIONS = ("v1beta2", "v1beta1")  # Kueue's Workload API, newest first
+JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"  # on the Workload Kueue makes for a Job: that Job's uid
 CONNECTIONS = 64  # concurrent requests to the apiserver; more visits than that wait for a connection
 
 
@@ -194,6 +196,29 @@ class Kube:
         except (aiohttp.ClientError, TimeoutError):
             return []
         return [line for line in text.splitlines() if line.strip()][-lines:]
+
+    async def list_workloads(self, namespace: str, job_uid: str) -> list[Manifest]:
+        """Kueue's Workloads for the Job of that uid; none where Kueue is not installed or not readable to
+        the operator: a queue's words are a help, never a requirement."""
+        selector = quote(f"{JOB_UID_LABEL}={job_uid}")
+        for version in WORKLOAD_VERSIONS:
+            path = f"/apis/kueue.x-k8s.io/{version}/namespaces/{namespace}/workloads?labelSelector={selector}"
+            try:
+                found = await self._request("GET", path)
+            except NotFound:
+                continue  # an older Kueue serves only an older version
+            except ApiError:
+                return []
+            return [item for item in found.get("items") or [] if isinstance(item, dict)]
+        return []
+
+    async def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        """Delete that Job object (its uid a precondition) and, in the background, its pods; a Job already
+        gone, or replaced by another object of the same name, is not an error."""
+        path = f"{_COLLECTIONS['Job'].format(namespace=namespace)}/{name}"
+        options = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
+        with suppress(NotFound, Conflict):
+            await self._request("DELETE", path, options)
 
     async def suspend_job(self, namespace: str, name: str, uid: str) -> bool:
         """spec.suspend=true on that Job object only (its uid is a precondition of the patch): the Job

@@ -2,8 +2,10 @@
 
 `desired_status` returns the change to the part of the status this module owns (phase,
 observedGeneration, conditions); the status writer patches it only when it differs from what is stored,
-so an unchanged Job costs no write. Phases move forward only: a Running job whose pods go away (a Kueue
-preemption, a kubelet restart) stays Running, and a finished job never changes again.
+so an unchanged Job costs no write. Phases move forward, but for a queue: a Job created suspended for a
+queue (Kueue) is Queued until the queue unsuspends it (then Pending, Running), and a Job the queue suspends
+again after it was admitted is Preempted until it is admitted again; a Running job whose pods go away for
+another reason (a kubelet restart) stays Running, and a finished job never changes again.
 
 Condition types (metav1.Condition style, one per type; the names are stopline.vocabulary's):
 
@@ -16,6 +18,8 @@ Condition types (metav1.Condition style, one per type; the names are stopline.vo
 - ``StopRequested``: True from the moment a stop was decided (reason: the stop reason's type).
 - ``CheckpointTarget``: while Pending, whether spec.checkpoint.pvc's claim exists (pods wait for it).
 - ``MetricsAvailable``: whether the last scrapes of rank 0's /metrics worked (message: the error).
+- ``Admitted``: for a Job a queue holds: True once unsuspended (reason Admitted); False while suspended,
+  reason Queued (never admitted) or Preempted (admitted, then taken back), message the queue's own words.
 
 While a job is Stopping, the stop protocol (stopline.stopping) owns the phase: the Job finishing is how
 that stop ends, not a success, so this module leaves the phase alone.
@@ -25,19 +29,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from stopline.vocabulary import (
+    ADMITTED,
     ALL_RANKS_READY,
     CHECKPOINT_SAVED,
     CHILDREN_CREATED,
     CREATED,
     FAILED,
     FINISHED,
+    HELD_PHASES,
     INVALID_SPEC,
     JOB_COMPLETE,
     JOB_FAILED,
     PENDING,
+    PREEMPTED,
+    QUEUE_LABEL,
+    QUEUED,
     RUNNING,
     RUNNING_CONDITION,
     STOP_REQUESTED,
@@ -45,6 +55,7 @@ from stopline.vocabulary import (
     STOPPING,
     SUCCEEDED,
     TERMINAL_PHASES,
+    find_condition,
 )
 
 MAX_MESSAGE = 1024  # status.conditions[].message: long enough for an apiserver error, bounded for etcd
@@ -82,6 +93,22 @@ class Ending:
     stopped: Mapping[str, str] | None = None  # the decision the trainer stopped on (POST /stop), if any
 
 
+def seconds(text: object) -> float | None:
+    """An RFC 3339 timestamp of the status as seconds since the epoch; None when absent or not one."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def run_seconds(status: Mapping[str, Any]) -> float:
+    """status.runSeconds: how long the pods ran in admissions a queue took back (0 when never preempted)."""
+    value = status.get("runSeconds")
+    return float(value) if isinstance(value, int | float) and value >= 0 else 0.0
+
+
 def job_finished(job: Mapping[str, Any]) -> Condition | None:
     """The Job's terminal condition (Complete or Failed, status True), as a Finished condition."""
     for condition in job.get("status", {}).get("conditions") or []:
@@ -108,14 +135,17 @@ def desired_status(
     invalid_spec: str | None = None,
     checkpoint_target: Condition | None = None,
     ending: Ending | None = None,
+    queue_says: str | None = None,
+    now: float = 0.0,
 ) -> StatusChange:
     """Phase, observedGeneration and conditions for `training_job` given its Job (None: not created yet).
 
     `invalid_spec` is the parse error's message; `checkpoint_target` says whether the PVC exists (shown
     while Pending); `ending` is what the pods left once the Job finished: the checkpoint goes to
     status.checkpoint (a job run to the end shows its final weights too), a failure to the Finished
-    condition's message. A terminal phase is kept as it is: only a new generation updates
-    observedGeneration.
+    condition's message. `queue_says`: the queue's words on a suspended Job (its Workload's message,
+    already excerpted). `now`: for status.runSeconds when a preemption ends a run. A terminal phase is
+    kept as it is: only a new generation updates observedGeneration.
     """
     current: Mapping[str, Any] = training_job.get("status") or {}
     phase = current.get("phase") or PENDING
@@ -130,6 +160,14 @@ def desired_status(
         finished = job_finished(job)
         if finished is not None and ending is not None and ending.stopped and finished.reason == JOB_COMPLETE:
             return _stopped_unrecorded(training_job, ending, wanted, fields)
+        held = _held(current, phase, job, finished, queue_says, now)
+        if held is not None:
+            return StatusChange(
+                fields={**fields, **held.fields}, conditions=[*wanted, *held.conditions], phase=held.phase
+            )
+        if _queue_holds(job) or phase in HELD_PHASES:
+            wanted.append(Condition(ADMITTED, True, ADMITTED, "the queue admitted the Job: its pods may run"))
+            phase = PENDING if phase in HELD_PHASES else phase
         if finished is not None:
             phase = SUCCEEDED if finished.reason == JOB_COMPLETE else FAILED
             if ending is not None and ending.failure and phase == FAILED:
@@ -146,6 +184,45 @@ def desired_status(
         if checkpoint_target is not None and phase == PENDING:
             wanted.append(checkpoint_target)
     return StatusChange(fields=fields, conditions=wanted, phase=phase)
+
+
+def _queue_holds(job: Mapping[str, Any]) -> bool:
+    return bool((job["metadata"].get("labels") or {}).get(QUEUE_LABEL))
+
+
+def _held(
+    current: Mapping[str, Any],
+    phase: str,
+    job: Mapping[str, Any],
+    finished: Condition | None,
+    queue_says: str | None,
+    now: float,
+) -> StatusChange | None:
+    """Queued or Preempted while the Job is suspended (by a queue: stopline suspends only a job it stops).
+
+    Preempted once it was admitted before; the run the preemption ended adds to status.runSeconds, so
+    budgets count only time in which the pods ran.
+    """
+    if (job.get("spec") or {}).get("suspend") is not True or finished is not None:
+        return None
+    admitted = find_condition(current.get("conditions"), ADMITTED) or {}
+    was_admitted = phase in (RUNNING, PREEMPTED) or admitted.get("status") == "True"
+    held = PREEMPTED if was_admitted else QUEUED
+    default = (
+        "the queue took the Job's pods back (the trainers saved on SIGTERM); it runs again when re-admitted"
+        if held == PREEMPTED
+        else "waiting for the queue to admit the Job"
+    )
+    conditions = [Condition(ADMITTED, False, held, queue_says or default)]
+    fields: dict[str, Any] = {}
+    if phase == RUNNING:
+        running = find_condition(current.get("conditions"), RUNNING_CONDITION) or {}
+        since = seconds(running.get("lastTransitionTime")) if running.get("status") == "True" else None
+        ran = max(now - since, 0.0) if since is not None else 0.0
+        fields["runSeconds"] = round(run_seconds(current) + ran, 1)
+    if phase in (RUNNING, PENDING) and held == PREEMPTED:
+        conditions.append(Condition(RUNNING_CONDITION, False, PREEMPTED, "the queue suspended the Job"))
+    return StatusChange(fields=fields, conditions=conditions, phase=held)
 
 
 def _stopped_unrecorded(

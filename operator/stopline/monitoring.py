@@ -11,7 +11,17 @@ from collections.abc import Callable, Iterable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-from stopline.vocabulary import CANCELLED, FAILED, PENDING, RUNNING, STOPPED, STOPPING, SUCCEEDED
+from stopline.vocabulary import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    PREEMPTED,
+    QUEUED,
+    RUNNING,
+    STOPPED,
+    STOPPING,
+    SUCCEEDED,
+)
 
 TRAINING_JOBS = Gauge("stopline_training_jobs", "TrainingJobs the operator watches, by phase", ["phase"])
 STOPS = Counter("stopline_stops", "Stops begun, by the stop reason's type", ["reason"])
@@ -25,7 +35,7 @@ STATUS_WRITES = Counter("stopline_status_writes", "Patches of TrainingJob status
 GPU_SECONDS_SAVED = Counter(
     "stopline_gpu_seconds_saved", "Estimated GPU-seconds not spent: epochs left to maxEpochs at stop time"
 )
-PHASES = (PENDING, RUNNING, STOPPING, STOPPED, SUCCEEDED, FAILED, CANCELLED)
+PHASES = (QUEUED, PENDING, RUNNING, PREEMPTED, STOPPING, STOPPED, SUCCEEDED, FAILED, CANCELLED)
 
 
 def count_phases(phases: Iterable[str]) -> None:

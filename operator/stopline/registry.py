@@ -25,6 +25,7 @@ from stopline.vocabulary import (
     CANCEL_ANNOTATION,
     COMPLETION_INDEX_LABEL,
     JOB_LABEL,
+    QUEUE_LABEL,
     STOP_ANNOTATION,
     STUDY_LABEL,
     SUCCEEDED,
@@ -79,6 +80,7 @@ class JobView:
     controller_uid: str | None
     suspended: bool
     finished: bool  # Complete or Failed: it starts no pod again
+    queued: bool = False  # a queue (Kueue) admits it: it may unsuspend it again
 
 
 def job_view(job: Mapping[str, Any]) -> JobView:
@@ -94,6 +96,7 @@ def job_view(job: Mapping[str, Any]) -> JobView:
         controller_uid=controller_uid(metadata),
         suspended=spec.get("suspend") is True,
         finished=finished,
+        queued=bool((metadata.get("labels") or {}).get(QUEUE_LABEL)),
     )
 
 

@@ -31,16 +31,6 @@ def rfc3339(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def seconds(text: object) -> float | None:
-    """An RFC 3339 timestamp of the status as seconds since the epoch; None when absent or not one."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 Compose = Callable[[Mapping[str, Any]], StatusChange | None]
 
 

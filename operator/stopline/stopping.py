@@ -92,6 +92,7 @@ class StopView:
     job: JobView | None  # None: none seen (never created, gone, or its watch event not here yet)
     pods: Sequence[PodView]
     state: StopState = field(default_factory=StopState)
+    kept: Mapping[str, Any] | None = None  # status.checkpoint: saved before a queue preempted the job
 
     @property
     def job_at_rest(self) -> bool:
@@ -198,6 +199,8 @@ def next_step(view: StopView, now: float) -> Action:
     if failed:
         message = f"a rank exited with code {failed[0]} while stopping; the weights were not saved"
         return Conclude(Conclusion(FAILED, TRAINER_FAILED, message, warning=True))
+    if view.kept is not None and not view.pods:
+        return Conclude(_kept_checkpoint(view.kept))
     message = (
         "the trainer pods ended without reporting a checkpoint (no manifest in rank 0's termination message)"
         if view.pods
@@ -224,6 +227,15 @@ def _saved_checkpoint(pods: Sequence[PodView]) -> Conclusion | None:
     checkpoint = saved[1]
     message = f"weights saved at epoch {checkpoint['epoch']}, step {checkpoint['step']}: {checkpoint['uri']}"
     return Conclusion(STOPPED, CHECKPOINT_SAVED, message, checkpoint=checkpoint)
+
+
+def _kept_checkpoint(kept: Mapping[str, Any]) -> Conclusion:
+    """No pod runs (a queue holds the job): the weights its trainers saved when the queue preempted it."""
+    where = f"epoch {kept.get('epoch')}, step {kept.get('step')}: {kept.get('uri')}"
+    message = (
+        f"stopped while no pod ran; the last weights are those saved when the queue preempted it, at {where}"
+    )
+    return Conclusion(STOPPED, CHECKPOINT_SAVED, message, checkpoint=dict(kept))
 
 
 def conclusion_change(conclusion: Conclusion) -> StatusChange:
@@ -319,6 +331,7 @@ class StopDriver:
             job=tracked.job,
             pods=tracked.pods,
             state=self._states.setdefault(tracked.uid, StopState()),
+            kept=kept if isinstance(kept := tracked.status.get("checkpoint"), Mapping) else None,
         )
 
     async def signal_first(self, tracked: Tracked, reason: str, cause: Mapping[str, str]) -> None:
@@ -431,6 +444,7 @@ class StopDriver:
 
         written = await self.writer.write(*tracked.key, compose)
         self._states.pop(tracked.uid, None)
+        await release_from_queue(self.kube, tracked)
         if written is None:
             return None
         await self.kube.post_event(
@@ -439,6 +453,14 @@ class StopDriver:
         if verified is not None and not verified.status:
             await self.kube.post_event(written.training_job, verified.reason, verified.message, True)
         return conclusion
+
+
+async def release_from_queue(kube: Kube, tracked: Tracked) -> None:
+    """A stopped job's suspended Job that a queue (Kueue) holds is deleted; it has no pods. Kept, the queue
+    would admit it again (and stopline suspend it again) forever; deleted, its Workload goes with it."""
+    job = tracked.job
+    if job is not None and job.queued and job.suspended and not job.finished:
+        await kube.delete_job(*tracked.key, job.uid)
 
 
 def _listed(pods: Sequence[dict[str, Any]]) -> dict[str, PodView]:

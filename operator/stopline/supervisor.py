@@ -31,17 +31,18 @@ from stopline.criteria.decision import Decision
 from stopline.criteria.engine import evaluate
 from stopline.criteria.observation import Observation, Request, Samples
 from stopline.kube import Kube
-from stopline.lifecycle import Condition, StatusChange
+from stopline.lifecycle import Condition, StatusChange, run_seconds, seconds
 from stopline.metrics import prometheus
 from stopline.metrics.epochs import EpochsError, missed_epochs
 from stopline.metrics.exposition import TrainerReport
 from stopline.metrics.http import endpoint_url, excerpt
 from stopline.metrics.scrape import ScrapeError, scrape
 from stopline.progress import JobMemory, gpu_seconds_saved, progress_status
-from stopline.registry import Key, PodView, Registry, Tracked
-from stopline.status import StatusWriter, seconds
-from stopline.stopping import StopDriver
+from stopline.registry import Key, PodView, Registry, Tracked, saved_checkpoint, trainer_pods
+from stopline.status import StatusWriter
+from stopline.stopping import StopDriver, release_from_queue
 from stopline.vocabulary import (
+    ADMITTED,
     CANCEL_ANNOTATION,
     CANCELLED,
     CANCELLED_REASON,
@@ -49,9 +50,11 @@ from stopline.vocabulary import (
     EPOCHS_READ,
     EPOCHS_UNREAD,
     FAILED,
+    HELD_PHASES,
     MANUAL_TYPES,
     METRICS_AVAILABLE,
     PENDING,
+    PREEMPTED,
     RUNNING,
     RUNNING_CONDITION,
     SCRAPE_FAILED,
@@ -75,6 +78,7 @@ MAX_CONCURRENT = 256  # visits at once: each mostly waits on a pod or the apiser
 QUERIES_AT_ONCE = 8  # Prometheus answers read at once: each may hold up to 2 x 8 MiB while it is parsed
 SCRAPE_TIMEOUT_S = 5.0
 EPOCHS_PATH = "/epochs"  # the trainer's window of recent epochs (stopline_trainer.metrics.EpochWindow)
+PREEMPTIBLE = frozenset({PENDING, RUNNING, PREEMPTED})  # phases in which a queue may take the pods back
 FAILURES_BEFORE_CONDITION = 3  # one lost read is noise; three in a row is a condition worth showing
 
 Fetched = tuple[TrainerReport | None, str | None]  # a report, or why there is none
@@ -221,7 +225,10 @@ class Supervisor:
         epochs, missed = await self._epochs(tracked, spec, memory, report)
         promql, gpu_utilization = await self._live_inputs(tracked, spec)
         now = self.clock()
-        memory.failures = 0 if report is not None else memory.failures + 1
+        if report is not None or tracked.phase != RUNNING:
+            memory.failures = 0  # a job no pod runs for (a queue holds it) has no failed reads
+        else:
+            memory.failures += 1
         new_epoch = report is not None and memory.record(spec, epochs, report.epoch_seconds)
         observation = observe(tracked, spec, report, epochs, promql, gpu_utilization, now, self.registry)
         evaluation = evaluate(spec, memory.states, observation)
@@ -358,7 +365,7 @@ class Supervisor:
 
         def begin(body: Mapping[str, Any]) -> StatusChange | None:
             phase = (body.get("status") or {}).get("phase") or PENDING
-            if phase not in (PENDING, RUNNING):
+            if phase not in (PENDING, RUNNING) and phase not in HELD_PHASES:
                 return None
             return StatusChange(fields=opening, conditions=(requested,), phase=STOPPING)
 
@@ -387,14 +394,30 @@ class Supervisor:
         await self.stops.drive(tracked, began, str(reason.get("message") or "stop"), cause, cancel)
 
     async def keep_at_rest(self, key: Key) -> None:
-        """A stopped or cancelled TrainingJob's Job stays suspended: a queue (Kueue) that admits it again
-        by unsuspending it finds it suspended again at once, so its pods never train with nobody watching."""
+        """A stopped or cancelled TrainingJob's Job stays suspended, so its pods never train with nobody
+        watching; once suspended, one a queue (Kueue) holds is deleted (see stopping.release_from_queue)."""
         tracked = self.registry.get(key)
         if tracked is None or tracked.phase not in (STOPPED, CANCELLED, FAILED):
             return
         job = tracked.job
         if job is not None and not job.suspended and not job.finished:
             await self.kube.suspend_job(*key, job.uid)
+        await release_from_queue(self.kube, tracked)
+
+    async def keep_checkpoint(self, key: Key, pod: PodView) -> None:
+        """A trainer pod of a job whose Job a queue suspended (a preemption) saved on SIGTERM: its checkpoint
+        goes to status.checkpoint now, while the pod is still seen (the Job controller deletes it), so a
+        stop while Preempted ends with those weights. Only a newer checkpoint than the one shown."""
+        tracked = self.registry.get(key)
+        job = tracked.job if tracked is not None else None
+        if tracked is None or job is None or not job.suspended or tracked.phase not in PREEMPTIBLE:
+            return
+        saved = saved_checkpoint(trainer_pods([pod], job.uid))
+        shown = tracked.status.get("checkpoint")
+        if saved is None or (isinstance(shown, Mapping) and not _newer(saved[1], shown)):
+            return
+        change = StatusChange(fields={"checkpoint": saved[1]})
+        await self.writer.write(*key, lambda _: change, seen=tracked.training_job)
 
     async def _token(self, tracked: Tracked) -> str | None:
         """The job's stop token (its Secret), read once: while it runs, so a stop costs no extra read."""
@@ -425,13 +448,14 @@ def observe(
     return Observation(
         now=now,
         samples=epochs,
-        started_at=_started_at(tracked),
+        started_at=_started_at(tracked, now),
         step=report.step if report is not None else None,
         gpus=spec.gpus,
         gpu_utilization=gpu_utilization,
         promql=promql,
         cohort=registry.cohort(tracked, _cohort_study(spec)),
         answered=report is not None,
+        paused=tracked.phase in HELD_PHASES,
         stop=Request(STOP_ANNOTATION, stop) if stop is not None else None,
         cancel=Request(CANCEL_ANNOTATION, cancel) if cancel is not None else None,
     )
@@ -464,18 +488,31 @@ def _epochs_missed(tracked: Tracked, missed: str | None, epochs: Samples) -> tup
     return ()
 
 
+def _newer(checkpoint: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
+    step, shown = checkpoint.get("step"), than.get("step")
+    return not isinstance(shown, int) or (isinstance(step, int) and step > shown)
+
+
 def _wants_visit(tracked: Tracked) -> bool:
-    """Running and Stopping jobs; a Pending one only when someone annotated it (nothing to read yet)."""
+    """Running and Stopping jobs; Queued and Preempted ones too (their criteria's clocks pause, a budget
+    may already be spent); a Pending one only when someone annotated it (nothing to read yet)."""
     if tracked.spec is None or tracked.phase in TERMINAL_PHASES:
         return False
-    if tracked.phase in (RUNNING, STOPPING):
+    if tracked.phase in (RUNNING, STOPPING) or tracked.phase in HELD_PHASES:
         return True
     return tracked.phase == PENDING and tracked.asked_to_stop
 
 
-def _started_at(tracked: Tracked) -> float | None:
-    """When every rank was up (the Running condition), else when the TrainingJob was created."""
+def _started_at(tracked: Tracked, now: float) -> float | None:
+    """When the budget's clock started: when every rank was up (the Running condition), less the time the
+    pods ran before a queue preempted them (status.runSeconds); while a queue holds the job, the clock
+    stands still. A job no queue held counts from its creation until it runs."""
+    before = run_seconds(tracked.status)
     running = find_condition(tracked.status.get("conditions"), RUNNING_CONDITION)
     if running is not None and running.get("status") == "True":
-        return seconds(running.get("lastTransitionTime"))
-    return seconds(tracked.training_job["metadata"].get("creationTimestamp"))
+        since = seconds(running.get("lastTransitionTime"))
+        return since - before if since is not None else None
+    if tracked.phase in HELD_PHASES or find_condition(tracked.status.get("conditions"), ADMITTED):
+        return now - before
+    created = seconds(tracked.training_job["metadata"].get("creationTimestamp"))
+    return created - before if created is not None else None

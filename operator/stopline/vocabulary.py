@@ -12,6 +12,10 @@ from typing import Any
 # status.phase
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 STOPPING, STOPPED, CANCELLED = "Stopping", "Stopped", "Cancelled"
+# a queue (Kueue) holds the Job suspended: not admitted yet, or admitted and taken back (also the reasons
+# of the Admitted condition when False; it is True with reason Admitted)
+QUEUED, PREEMPTED = "Queued", "Preempted"
+HELD_PHASES = frozenset({QUEUED, PREEMPTED})
 TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED, STOPPED, CANCELLED})
 
 # status.conditions[].type
@@ -23,6 +27,7 @@ CHECKPOINT_TARGET = "CheckpointTarget"
 METRICS_AVAILABLE = "MetricsAvailable"
 EPOCHS_MISSED = "EpochsMissed"
 CHECKPOINT_VERIFIED = "CheckpointVerified"
+ADMITTED = "Admitted"  # whether the queue lets the Job run pods now
 
 # status.conditions[].reason (the stop's own reasons are the stop reason types of criteria.decision)
 CHILDREN_CREATED = "ChildrenCreated"
@@ -48,6 +53,10 @@ STOP_NOT_ACKNOWLEDGED = "StopNotAcknowledged"
 JOB_LABEL = "stopline.dev/job"  # on the Job, its pods and the Service: the TrainingJob's name
 STUDY_LABEL = "stopline.dev/study"  # on a TrainingJob: the sweep it belongs to, for the cohort rule
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"  # set by the Job controller: the rank
+# Kueue's labels: set on a TrainingJob, copied to its Job, which is then created suspended for Kueue to admit
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"
+QUEUE_LABELS = (QUEUE_LABEL, PRIORITY_CLASS_LABEL)
 
 # the container of the pod template that runs the trainer
 TRAINER_CONTAINER = "trainer"

@@ -13,7 +13,7 @@ from typing import Any
 
 from stopline import GROUP, KIND, VERSION
 from stopline.api import ObjectStoreTarget, PVCTarget, TrainingJobSpec
-from stopline.vocabulary import COMPLETION_INDEX_LABEL, JOB_LABEL, STUDY_LABEL, TRAINER_CONTAINER
+from stopline.vocabulary import COMPLETION_INDEX_LABEL, JOB_LABEL, QUEUE_LABEL, STUDY_LABEL, TRAINER_CONTAINER
 
 TOKEN_KEY = "token"
 MASTER_PORT = 29500
@@ -32,6 +32,12 @@ class Owner:
     namespace: str
     uid: str
     study: str | None = None
+    queue: tuple[tuple[str, str], ...] = ()  # Kueue's labels on the TrainingJob (QUEUE_LABELS), for its Job
+
+    @property
+    def queued(self) -> bool:
+        """A queue admits the Job: it is created suspended, and only the queue unsuspends it."""
+        return any(key == QUEUE_LABEL for key, _ in self.queue)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -137,7 +143,11 @@ def build_job(owner: Owner, spec: TrainingJobSpec) -> Manifest:
     }
     if replicas > 1:
         job_spec["completionMode"] = "Indexed"
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": owner.metadata(owner.name), "spec": job_spec}
+    job_metadata = owner.metadata(owner.name)
+    if owner.queued:
+        job_metadata["labels"] |= dict(owner.queue)
+        job_spec["suspend"] = True  # no pod before the queue admits it
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": job_metadata, "spec": job_spec}
 
 
 def _trainer_container(containers: list[Manifest]) -> Manifest:

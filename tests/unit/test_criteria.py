@@ -8,7 +8,8 @@ import math
 import pytest
 from specs import run_curve, spec
 
-from stopline.criteria import REASON_TYPES, CohortCurve, Observation, Request, evaluate
+from stopline.api import parse_duration
+from stopline.criteria import REASON_TYPES, CohortCurve, Observation, Request, evaluate, live
 
 LOSS = [1.0, 0.8, 0.7, 0.69, 0.695, 0.70, 0.71, 0.72, 0.73]
 
@@ -321,3 +322,14 @@ def test_state_of_another_kind_is_not_reused_after_a_spec_edit() -> None:
     assert (
         evaluate(after, result.states, Observation(now=1.0, samples={3: {"val_loss": 1.0}})).decision is None
     )
+
+
+def test_time_a_queue_holds_the_job_counts_for_no_clock() -> None:
+    """Preempted for an hour: Stale, GPUIdle and PromQL start afresh when the pods run again."""
+    stale_after = parse_duration("10m")
+    answered = live.evaluate_stale(stale_after, Observation(now=0.0, step=5), None)
+    paused = live.evaluate_stale(stale_after, Observation(now=60.0, paused=True), answered.state)
+    resumed = live.evaluate_stale(stale_after, Observation(now=3660.0, step=5), paused.state)
+    assert resumed.decision is None
+    unpaused = live.evaluate_stale(stale_after, Observation(now=3660.0, step=5), answered.state)
+    assert unpaused.decision is not None and unpaused.decision.type == "Stale"

@@ -11,12 +11,12 @@ T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z"
 
 
 def desired_status(
-    training_job: dict[str, Any], job: dict[str, Any] | None, now: str, **options: Any
+    training_job: dict[str, Any], job: dict[str, Any] | None, at: str, **options: Any
 ) -> dict[str, Any]:
-    """The status after the status writer applied lifecycle's change at `now`."""
+    """The status after the status writer applied lifecycle's change at `at`."""
     change = lifecycle.desired_status(training_job, job, **options)
     current = training_job.get("status") or {}
-    return {**current, **(patch_for(current, change, now) or {})}
+    return {**current, **(patch_for(current, change, at) or {})}
 
 
 def changed(current: dict[str, Any], desired: dict[str, Any]) -> bool:
@@ -146,3 +146,52 @@ def test_a_job_completed_on_an_unrecorded_stop_ends_stopped_for_that_reason() ->
     )
     assert types(status)["Finished"] == ("True", "CheckpointSaved")
     assert types(status)["StopRequested"] == ("True", "Patience")
+
+
+def queued_job(suspend: bool, **status: Any) -> dict[str, Any]:
+    """A Job a queue admits (Kueue's queue-name label), suspended or not."""
+    labels = {"kueue.x-k8s.io/queue-name": "team-a"}
+    return {"metadata": {"name": "tj", "labels": labels}, "spec": {"suspend": suspend}, "status": status}
+
+
+def test_a_queue_holds_the_job_queued_then_admits_it_and_takes_it_back_as_preempted() -> None:
+    words = "Kueue says: couldn't assign flavors to pod set main: insufficient unused quota"
+    queued = desired_status(training_job(), queued_job(True), T0, queue_says=words, now=0.0)
+    assert queued["phase"] == "Queued"
+    admitted = find(queued, "Admitted")
+    assert (admitted["status"], admitted["reason"], admitted["message"]) == ("False", "Queued", words)
+
+    starting = desired_status(training_job(status=queued), queued_job(False, active=1), T0, now=10.0)
+    assert starting["phase"] == "Pending"
+    assert types(starting)["Admitted"] == ("True", "Admitted")
+    running = desired_status(training_job(status=starting), queued_job(False, ready=1), T0, now=20.0)
+    assert running["phase"] == "Running"
+
+    # the queue suspends it again an hour after it started running: Preempted, and that hour is kept
+    preempted = desired_status(training_job(status=running), queued_job(True), T1, now=3600.0 + 1767225600)
+    assert preempted["phase"] == "Preempted"
+    assert types(preempted)["Admitted"] == ("False", "Preempted")
+    assert types(preempted)["Running"] == ("False", "Preempted")
+    assert preempted["runSeconds"] == 3600.0
+
+    # admitted again: Pending, then Running; the hour already run stays
+    again = desired_status(training_job(status=preempted), queued_job(False, ready=1), T1, now=0.0)
+    assert (again["phase"], again["runSeconds"]) == ("Running", 3600.0)
+    assert types(again)["Admitted"] == ("True", "Admitted")
+
+
+def test_a_job_preempted_before_its_pods_were_ready_is_preempted_not_queued() -> None:
+    queued = desired_status(training_job(), queued_job(True), T0, now=0.0)
+    starting = desired_status(training_job(status=queued), queued_job(False, active=1), T0, now=1.0)
+    again = desired_status(training_job(status=starting), queued_job(True), T0, now=2.0)
+    assert again["phase"] == "Preempted"
+    assert "runSeconds" not in again  # it never ran
+
+
+def test_a_queued_job_that_finishes_is_finished_not_held() -> None:
+    done = queued_job(True, conditions=[finished("Complete")])
+    assert desired_status(training_job(), done, T0, now=0.0)["phase"] == "Succeeded"
+
+
+def find(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == kind)

@@ -154,3 +154,18 @@ def test_cancel_kills_then_concludes_cancelled_whatever_the_pods_do() -> None:
     assert isinstance(next_step(view([pod()], cancel=True), now=0), Kill)
     assert isinstance(next_step(view([], cancel=True), now=0), Kill)
     assert concluded(next_step(view([pod()], cancel=True, killed=True), now=0)) == ("Cancelled", "Cancelled")
+
+
+def test_a_stop_while_a_queue_holds_the_job_ends_with_the_weights_saved_at_preemption() -> None:
+    """Preempted: no pod runs, the Job is suspended by the queue; the stop needs no signal and ends
+    Stopped with status.checkpoint (saved on SIGTERM at the preemption), or NoCheckpoint if never saved."""
+    kept = json.loads(MANIFEST)
+    held = view([], job=SUSPENDED_JOB)
+    assert isinstance(next_step(held, now=1), ReadChildren)
+    read = replace(held, state=StopState(children_read=True), kept=kept)
+    action = next_step(read, now=1)
+    assert concluded(action) == ("Stopped", "CheckpointSaved")
+    assert isinstance(action, Conclude) and action.conclusion.checkpoint == kept
+    assert "preempted" in action.conclusion.message
+    never_ran = replace(held, state=StopState(children_read=True))
+    assert concluded(next_step(never_ran, now=1)) == ("Stopped", "NoCheckpoint")

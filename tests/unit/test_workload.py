@@ -121,3 +121,16 @@ def test_token_secret_holds_the_token() -> None:
     secret = build_token_secret(OWNER, "s3cr3t")
     assert secret["stringData"] == {"token": "s3cr3t"}
     assert secret["metadata"]["name"] == "resnet-stopline-control"
+
+
+def test_a_trainingjob_with_a_queue_label_gets_a_suspended_job_with_the_queue_labels_only() -> None:
+    """Kueue admits the Job by unsuspending it: no pod starts before; the pods carry no queue label (Kueue
+    would take them for pods of its own to admit)."""
+    queue = (("kueue.x-k8s.io/queue-name", "team-a"), ("kueue.x-k8s.io/priority-class", "low"))
+    owner = Owner("tj", "ns", "uid-1", queue=queue)
+    job = build_job(owner, spec_of("gpu-patience-pvc.yaml"))
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "low"
+    assert not any(key.startswith("kueue.x-k8s.io/") for key in job["spec"]["template"]["metadata"]["labels"])
+    assert "suspend" not in build_job(OWNER, spec_of("gpu-patience-pvc.yaml"))["spec"]

@@ -38,6 +38,9 @@ def evaluate_stale(
     same step is hung; a source that does not answer (Prometheus down, a network fault) is an outage,
     shown as the MetricsAvailable condition, and its time is not counted."""
     state = StaleState.load(raw)
+    if observation.paused:
+        state.last = None
+        return Outcome(state.dump(), state.decision, "the queue holds the job: no pod runs (not counted)")
     if not observation.answered:
         state.last = None
         quiet = _minutes(state.quiet)
@@ -69,6 +72,9 @@ def evaluate_gpu_idle(
 ) -> Outcome:
     """Idle = utilisation below the bound AND no progress; an evaluation or a checkpoint phase advances."""
     state = GPUIdleState.load(raw)
+    if observation.paused:
+        state.idle_since = None
+        return Outcome(state.dump(), state.decision, "the queue holds the job: no GPU is held (not counted)")
     utilization, progress = observation.gpu_utilization, _progress(observation)
     if utilization is None:
         message = (
@@ -105,6 +111,9 @@ def evaluate_promql(
 ) -> Outcome:
     """The query's result is an input (observation.promql[name]); a failed query keeps the clock as it was."""
     state = PromQLState.load(raw)
+    if observation.paused:
+        state.since = None
+        return Outcome(state.dump(), state.decision, "the queue holds the job: not queried (not counted)")
     result = observation.promql.get(criterion.name)
     if result is None:
         return Outcome(state.dump(), state.decision, "no query result this time (query failed or not run)")

@@ -56,6 +56,8 @@ class Observation:
     promql: criterion name -> whether its query returned a non-empty result (absent: query failed).
     answered: whether the metric source answered with this job's report; a source that does not answer is
     a monitoring outage, not a hung trainer, so Stale does not count that time.
+    paused: a queue holds the job (Queued or Preempted): no pod runs, so the clocks of Stale, GPUIdle and
+    PromQL start afresh when it runs again (budgets see it through started_at).
     stop / cancel: a person's requests, when made.
     """
 
@@ -68,6 +70,7 @@ class Observation:
     promql: Mapping[str, bool] = field(default_factory=dict)
     cohort: tuple[CohortCurve, ...] = ()
     answered: bool = True
+    paused: bool = False
     stop: Request | None = None
     cancel: Request | None = None
 

@@ -20,14 +20,17 @@ from stopline.registry import controller_uid, pod_view, saved_checkpoint, traine
 from stopline.status import StatusWriter, Written
 from stopline.verify import verify_checkpoint
 from stopline.vocabulary import (
+    ADMITTED,
     CHECKPOINT_TARGET,
     CLAIM_FOUND,
     CLAIM_NOT_FOUND,
     CREATED,
     FAILED,
     FINISHED,
+    HELD_PHASES,
     JOB_LABEL,
     PENDING,
+    PREEMPTED,
     QUEUE_LABEL,
     QUEUE_LABELS,
     STOPPING,
@@ -213,5 +216,11 @@ async def announce(kube: Kube, written: Written | None) -> None:
         cause = written.condition(FINISHED) or written.condition(CREATED)
         reason, message = cause.get("reason", "Failed"), cause.get("message", "")
         await kube.post_event(written.training_job, reason, message, warning=True)
+    elif written.phase in HELD_PHASES:
+        message = written.condition(ADMITTED).get("message") or f"TrainingJob is {written.phase}"
+        warning = written.phase == PREEMPTED
+        await kube.post_event(written.training_job, written.phase, message, warning=warning)
+    elif written.phase_before in HELD_PHASES:
+        await kube.post_event(written.training_job, ADMITTED, "the queue admitted the Job: its pods start")
     elif written.phase != PENDING:
         await kube.post_event(written.training_job, written.phase, f"TrainingJob is {written.phase}")

@@ -36,6 +36,7 @@ class JobMemory:
     fed_epoch: int = 0  # the last epoch given to the engine: a read past fed_epoch + 1 missed epochs
     epoch_seconds: float | None = None
     failures: int = 0  # scrapes failed in a row
+    queue_read_at: float | None = None  # when the queue's words on a held job were last read
 
     @classmethod
     def seed(cls, status: Mapping[str, Any]) -> JobMemory:

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from stopline import monitoring
+from stopline import controller, monitoring
 from stopline.api import CohortCriterion, GPUIdleCriterion, PromQLCriterion, TrainingJobSpec
 from stopline.criteria.decision import Decision
 from stopline.criteria.engine import evaluate
@@ -79,6 +79,7 @@ QUERIES_AT_ONCE = 8  # Prometheus answers read at once: each may hold up to 2 x 
 SCRAPE_TIMEOUT_S = 5.0
 EPOCHS_PATH = "/epochs"  # the trainer's window of recent epochs (stopline_trainer.metrics.EpochWindow)
 PREEMPTIBLE = frozenset({PENDING, RUNNING, PREEMPTED})  # phases in which a queue may take the pods back
+QUEUE_READ_S = 120.0  # a held job's Workload is read this often once its words are shown
 FAILURES_BEFORE_CONDITION = 3  # one lost read is noise; three in a row is a condition worth showing
 
 Fetched = tuple[TrainerReport | None, str | None]  # a report, or why there is none
@@ -221,6 +222,8 @@ class Supervisor:
             memory = self._memory[tracked.uid] = JobMemory.seed(tracked.status)
         if tracked.phase == RUNNING:
             await self._token(tracked)
+        if tracked.phase in HELD_PHASES:
+            await self._read_queue(tracked, memory)
         report, error = fetched if fetched is not None else await self._scrape(tracked, spec)
         epochs, missed = await self._epochs(tracked, spec, memory, report)
         promql, gpu_utilization = await self._live_inputs(tracked, spec)
@@ -403,6 +406,18 @@ class Supervisor:
         if job is not None and not job.suspended and not job.finished:
             await self.kube.suspend_job(*key, job.uid)
         await release_from_queue(self.kube, tracked)
+
+    async def _read_queue(self, tracked: Tracked, memory: JobMemory) -> None:
+        """Why the queue still holds the job, in its own words (Kueue changes its Workload, not the Job, as
+        quota comes and goes): read at each visit until they are shown, then every QUEUE_READ_S."""
+        now = self.clock()
+        admitted = find_condition(tracked.status.get("conditions"), ADMITTED) or {}
+        shown = str(admitted.get("message") or "").startswith(controller.QUEUE_WORDS)
+        if shown and memory.queue_read_at is not None and now - memory.queue_read_at < QUEUE_READ_S:
+            return
+        memory.queue_read_at = now
+        written = await controller.sync_status(self.writer, *tracked.key)
+        await controller.announce(self.kube, written)
 
     async def keep_checkpoint(self, key: Key, pod: PodView) -> None:
         """A trainer pod of a job whose Job a queue suspended (a preemption) saved on SIGTERM: its checkpoint

@@ -50,8 +50,9 @@ def test_criteria_inherit_the_objective_unless_they_override_it() -> None:
     "path", sorted((REPO / "examples").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO / "examples"))
 )
 def test_examples_parse(path: Path) -> None:
-    manifests = [document for document in yaml.safe_load_all(path.read_text()) if document]
-    assert manifests
+    documents = [document for document in yaml.safe_load_all(path.read_text()) if document]
+    manifests = [document for document in documents if document.get("kind") == "TrainingJob"]
+    assert manifests or path.parent.name == "kueue"  # examples/kueue/queues.yaml: Kueue's own objects
     for manifest in manifests:
         assert api.parse_spec(manifest["spec"]).criteria, manifest["metadata"]["name"]
 

@@ -122,7 +122,7 @@ def test_the_operator_with_only_the_charts_rbac_stops_a_job_and_can_do_nothing_e
             # never the TrainingJob's spec or annotations: GitOps tools would see drift
             as_operator("annotate", "tj", SINGLE_NAME, "touched=yes"),
             as_operator("get", "secrets"),  # a token Secret is read by name, never listed
-            as_operator("delete", "job", SINGLE_NAME),
+            as_operator("delete", "secret", f"{SINGLE_NAME}-stopline-control"),  # jobs: a queue's only
             as_operator("create", "configmap", "x"),
         ]
         for refused in forbidden:

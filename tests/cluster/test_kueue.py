@@ -178,10 +178,11 @@ def test_a_high_priority_job_preempts_a_running_low_one_which_runs_again_after_i
 
     high = create(plane, namespace, gpu_job("high", queue, tmp_path / "high-done", "stopline-test-high"))
     wait_admitted_and_running(plane, namespace, "high")
-    # Kueue suspended the low Job; its pod got SIGTERM and is gone before the high one was admitted
+    # Kueue suspended the low Job; its pod got SIGTERM (it ended before the high one was admitted) and goes
     assert get_job(plane, namespace, "low")["spec"]["suspend"] is True
     assert kubelet.exit_code(namespace, preempted_pod) == -15
-    assert job_pods(plane, namespace, "low") == []
+    wait_until(lambda: job_pods(plane, namespace, "low") == [], DEADLINE_S, "the preempted pod deleted")
+    assert "failed" not in get_job(plane, namespace, "low")["status"]  # with backoffLimit 0 the Job goes on
     evicted = wait_workload(plane, namespace, low)
     show("the preempted Job", get_job(plane, namespace, "low"))
     show("the preempted Workload", evicted)

@@ -197,3 +197,36 @@ def test_a_high_priority_job_preempts_a_running_low_one_which_runs_again_after_i
     show("the re-admitted Workload", wait_workload(plane, namespace, low)["status"])
     (tmp_path / "low-done").touch()
     wait_completed(plane, namespace, "low")
+
+
+def test_suspending_an_admitted_job_does_not_stop_it_deactivating_its_workload_does(
+    control_plane: ControlPlane, kubelet: LocalKubelet, queue: str, namespace: str, tmp_path: Path
+) -> None:
+    """How a controller stops a Job that Kueue admitted: Kueue resumes a Job that someone else suspends while
+    its Workload is admitted (the pod gets SIGTERM and a new one starts); with `spec.active: false` on the
+    Workload Kueue suspends the Job itself and does not queue it again."""
+    plane = control_plane
+    job = create(plane, namespace, gpu_job("job", queue, tmp_path / "done"))
+    first_pod = wait_admitted_and_running(plane, namespace, "job")["metadata"]["name"]
+
+    plane.kubectl("patch", "job", "job", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+
+    def resumed_with_a_new_pod() -> bool:
+        pod = running_pod(plane, namespace, "job")
+        return bool(pod) and pod["metadata"]["name"] != first_pod
+
+    wait_until(resumed_with_a_new_pod, DEADLINE_S, "Kueue to resume the Job with a new pod")
+    assert get_job(plane, namespace, "job")["spec"]["suspend"] is False
+    assert kubelet.exit_code(namespace, first_pod) == -15
+
+    workload = wait_workload(plane, namespace, job)["metadata"]["name"]
+    deactivate = '{"spec":{"active":false}}'
+    plane.kubectl(
+        "patch", "workloads.kueue.x-k8s.io", workload, "-n", namespace, "--type=merge", "-p", deactivate
+    )
+    wait_until(lambda: job_pods(plane, namespace, "job") == [], DEADLINE_S, "the Job's pod deleted")
+    assert get_job(plane, namespace, "job")["spec"]["suspend"] is True
+    deactivated = wait_workload(plane, namespace, job)
+    show("the deactivated Workload's conditions", deactivated["status"]["conditions"])
+    assert condition(deactivated, "Evicted").get("reason") == "Deactivated"
+    assert condition(deactivated, "Requeued").get("status") == "False"

@@ -34,7 +34,7 @@ $(PY): pyproject.toml trainer-image/pyproject.toml local/pyproject.toml
 
 venv: $(PY) ## create .venv: stopline (dev, s3), stopline-trainer (torch, lightning, s3), stopline-local
 
-testenv: ## build kube-apiserver, kube-controller-manager, kubectl, etcd and helm into $(STOPLINE_TESTENV) (cached)
+testenv: ## build kube-apiserver, kube-controller-manager, kubectl, etcd, helm, versitygw, prometheus into $(STOPLINE_TESTENV) and the Kueue manager into ~/.cache/stopline/kueue (cached)
 	bash local/stopline_local/testenv/build.sh
 
 test: lint test-unit test-trainer test-cluster test-faults e2e ## everything CI runs: lint, unit, trainer, cluster, faults and e2e tests

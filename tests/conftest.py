@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from stopline_local.controlplane import REPO, ControlPlane
+from stopline_local.kueue import Kueue, running_kueue
 
 CRD = REPO / "crds" / "trainingjob.yaml"
 
@@ -43,3 +44,10 @@ def plane(crd_installed: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> Contr
     """The control plane, with KUBECONFIG pointing at it for kopf's login and the operator's client."""
     monkeypatch.setenv("KUBECONFIG", str(crd_installed.kubeconfig))
     return crd_installed
+
+
+@pytest.fixture(scope="module")
+def kueue(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueue]:
+    """A real Kueue manager for the tests of one module: its webhooks see every Job while it runs."""
+    with running_kueue(control_plane, tmp_path_factory.mktemp("kueue")) as running:
+        yield running

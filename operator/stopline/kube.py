@@ -31,6 +31,7 @@ MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 LOG_BYTES = 4096  # the last lines of a failed trainer's log: enough for a traceback's end
 WORKLOAD_VERSIONS = ("v1beta2", "v1beta1")  # Kueue's Workload API, newest first
+WORKLOAD_APIS = frozenset(f"kueue.x-k8s.io/{version}" for version in WORKLOAD_VERSIONS)
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"  # on the Workload Kueue makes for a Job: that Job's uid
 CONNECTIONS = 64  # concurrent requests to the apiserver; more visits than that wait for a connection
 
@@ -211,6 +212,17 @@ class Kube:
                 return []
             return [item for item in found.get("items") or [] if isinstance(item, dict)]
         return []
+
+    async def deactivate_workloads(self, namespace: str, job_uid: str) -> None:
+        """spec.active=false on Kueue's Workloads of the Job of that uid: Kueue then suspends the Job and
+        never admits it again. Suspending an admitted Job alone is undone by Kueue within a second."""
+        for workload in await self.list_workloads(namespace, job_uid):
+            api, name = workload.get("apiVersion"), (workload.get("metadata") or {}).get("name")
+            if api not in WORKLOAD_APIS or not isinstance(name, str):
+                continue
+            path = f"/apis/{api}/namespaces/{namespace}/workloads/{name}"
+            with suppress(ApiError):
+                await self._request("PATCH", path, {"spec": {"active": False}}, MERGE_PATCH)
 
     async def delete_job(self, namespace: str, name: str, uid: str) -> None:
         """Delete that Job object (its uid a precondition) and, in the background, its pods; a Job already

@@ -91,6 +91,7 @@ class Ending:
     failure: str | None = None  # e.g. "rank 1 exited with code 3; its last log lines: ..."
     verified: Condition | None = None  # CheckpointVerified, for a checkpoint on an object store
     stopped: Mapping[str, str] | None = None  # the decision the trainer stopped on (POST /stop), if any
+    last: tuple[int, float] | None = None  # rank 0's last epoch and its objective, from its pointer
 
 
 def seconds(text: object) -> float | None:
@@ -172,6 +173,8 @@ def desired_status(
             phase = SUCCEEDED if finished.reason == JOB_COMPLETE else FAILED
             if ending is not None and ending.failure and phase == FAILED:
                 finished = Condition(FINISHED, True, finished.reason, f"{finished.message}; {ending.failure}")
+            if ending is not None and ending.last is not None:
+                fields |= _last_epoch(current, *ending.last)
             if ending is not None and ending.checkpoint:
                 fields["checkpoint"] = dict(ending.checkpoint)
                 if ending.verified is not None:
@@ -184,6 +187,21 @@ def desired_status(
         if checkpoint_target is not None and phase == PENDING:
             wanted.append(checkpoint_target)
     return StatusChange(fields=fields, conditions=wanted, phase=phase)
+
+
+def _last_epoch(current: Mapping[str, Any], epoch: int, value: float) -> dict[str, Any]:
+    """status.curve and progress with the trainer's last epoch, when it ended before the operator read
+    it (kubectl get tj shows the epoch the job ended at, not the one before)."""
+    fields: dict[str, Any] = {}
+    progress = current.get("progress")
+    if isinstance(progress, Mapping) and isinstance(progress.get("epoch"), int) and progress["epoch"] < epoch:
+        fields["progress"] = {**progress, "epoch": epoch}
+    curve = list(current.get("curve") or [])
+    if len(curve) < epoch or curve[epoch - 1] is None:
+        curve += [None] * (epoch - len(curve))
+        curve[epoch - 1] = value
+        fields["curve"] = curve
+    return fields
 
 
 def _queue_holds(job: Mapping[str, Any]) -> bool:

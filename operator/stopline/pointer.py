@@ -8,10 +8,12 @@ that is not a pointer is None, never an exception.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from stopline.criteria.decision import REASON_TYPES
 
+MAX_EPOCH = 10_000  # status.curve's length
 CHECKPOINT_KEYS = ("uri", "epoch", "step", "bytes", "sha256", "savedAt")  # status.checkpoint's fields
 
 
@@ -29,6 +31,17 @@ def checkpoint_status(termination_message: str) -> dict[str, Any] | None:
     if pointer is None or not {"uri", "epoch", "step"} <= pointer.keys():
         return None
     return {key: pointer[key] for key in CHECKPOINT_KEYS if pointer.get(key) is not None}
+
+
+def last_value(termination_message: str) -> tuple[int, float] | None:
+    """The epoch of the pointer and the objective as reported in it (`value`), when the trainer gave it:
+    the last epoch of a job that ended between two reads is not lost from status.curve."""
+    pointer = _pointer(termination_message) or {}
+    epoch, value = pointer.get("epoch"), pointer.get("value")
+    if type(epoch) is not int or not 1 <= epoch <= MAX_EPOCH or type(value) not in (int, float):
+        return None
+    number = float(value)  # type: ignore[arg-type]  # an int or a float, checked above
+    return (epoch, number) if math.isfinite(number) else None
 
 
 def stop_cause(termination_message: str) -> dict[str, str] | None:

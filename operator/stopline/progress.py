@@ -33,7 +33,7 @@ class JobMemory:
     curve: list[float | None] = field(default_factory=list)
     best: dict[str, Any] | None = None
     written_epoch: int = 0
-    fed_epoch: int = 0  # the last epoch given to the engine: a read past fed_epoch + 1 missed epochs
+    fed_epoch: int = 0  # the last complete epoch given to the engine: a read past fed_epoch + 1 missed some
     epoch_seconds: float | None = None
     failures: int = 0  # scrapes failed in a row
     queue_read_at: float | None = None  # when the queue's words on a held job were last read
@@ -47,7 +47,7 @@ class JobMemory:
             curve=list(status.get("curve") or []),
             best=dict(status["best"]) if status.get("best") else None,
             written_epoch=written,
-            fed_epoch=written,
+            fed_epoch=max(written - 1, 0),  # the epoch written was still running then
         )
 
     def record(self, spec: TrainingJobSpec, epochs: Samples, epoch_seconds: float | None = None) -> bool:

@@ -415,8 +415,8 @@ class StopDriver:
         if view.job is None:
             await self._read_job(tracked)
         job = tracked.job
-        if job is not None and not job.suspended:
-            await self.kube.suspend_job(*tracked.key, job.uid)
+        if job is not None:
+            await hold(self.kube, tracked.key[0], job)
         view.state.suspended = True
 
     async def _conclude(
@@ -453,6 +453,15 @@ class StopDriver:
         if verified is not None and not verified.status:
             await self.kube.post_event(written.training_job, verified.reason, verified.message, True)
         return conclusion
+
+
+async def hold(kube: Kube, namespace: str, job: JobView) -> None:
+    """Suspend the Job so it starts no pod again; for one a queue (Kueue) admits, also deactivate its
+    Workload, else Kueue unsuspends it at once and the Job controller starts the pods again."""
+    if job.queued:  # first: Kueue then suspends the Job itself and does not undo the patch below
+        await kube.deactivate_workloads(namespace, job.uid)
+    if not job.suspended:
+        await kube.suspend_job(namespace, job.name, job.uid)
 
 
 async def release_from_queue(kube: Kube, tracked: Tracked) -> None:

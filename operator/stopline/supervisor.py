@@ -40,7 +40,7 @@ from stopline.metrics.scrape import ScrapeError, scrape
 from stopline.progress import JobMemory, gpu_seconds_saved, progress_status
 from stopline.registry import Key, PodView, Registry, Tracked, saved_checkpoint, trainer_pods
 from stopline.status import StatusWriter
-from stopline.stopping import StopDriver, release_from_queue
+from stopline.stopping import StopDriver, hold, release_from_queue
 from stopline.vocabulary import (
     ADMITTED,
     CANCEL_ANNOTATION,
@@ -233,6 +233,8 @@ class Supervisor:
         else:
             memory.failures += 1
         new_epoch = report is not None and memory.record(spec, epochs, report.epoch_seconds)
+        if report is not None:  # the epoch in progress is not complete: its values may still come
+            memory.fed_epoch = min(memory.fed_epoch, report.epoch - 1)
         observation = observe(tracked, spec, report, epochs, promql, gpu_utilization, now, self.registry)
         evaluation = evaluate(spec, memory.states, observation)
         memory.states = dict(evaluation.states)
@@ -269,21 +271,22 @@ class Supervisor:
         in between from the trainer's window; with why some are missing, if they are."""
         if report is None or report.epoch < 1:
             return {}, None
-        latest = {report.epoch: report.metrics}
-        if report.epoch <= memory.fed_epoch + 1:
+        latest = report.by_epoch()
+        first = min(latest, default=report.epoch)
+        if first <= memory.fed_epoch + 1:
             return latest, None
-        gap = f"epochs {memory.fed_epoch + 1} to {report.epoch - 1}"
+        gap = f"epochs {memory.fed_epoch + 1} to {first - 1}"
         pod = tracked.rank_zero()
         try:
             if pod is None:
                 raise EpochsError("no running pod of rank 0 to ask")
             url = endpoint_url(pod.ip or "", spec.metrics.port, EPOCHS_PATH)
             timeout = min(SCRAPE_TIMEOUT_S, spec.metrics.interval.seconds)
-            found = await missed_epochs(self.session, url, memory.fed_epoch, report.epoch, timeout)
+            found = await missed_epochs(self.session, url, memory.fed_epoch, first, timeout)
         except (EpochsError, ValueError) as error:
             log.info("TrainingJob %s/%s: %s not read: %s", *tracked.key, gap, error)
             return latest, f"{gap} were not read ({error}); the criteria skipped them"
-        missing = report.epoch - 1 - memory.fed_epoch - len(found)
+        missing = first - 1 - memory.fed_epoch - len(found)
         note = f"{missing} of {gap} were not in the trainer's window" if missing else None
         return found | latest, note
 
@@ -403,8 +406,8 @@ class Supervisor:
         if tracked is None or tracked.phase not in (STOPPED, CANCELLED, FAILED):
             return
         job = tracked.job
-        if job is not None and not job.suspended and not job.finished:
-            await self.kube.suspend_job(*key, job.uid)
+        if job is not None and not job.finished and not (job.suspended and not job.queued):
+            await hold(self.kube, key[0], job)
         await release_from_queue(self.kube, tracked)
 
     async def _read_queue(self, tracked: Tracked, memory: JobMemory) -> None:

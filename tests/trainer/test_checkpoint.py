@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,26 @@ def test_resume_false_starts_fresh_from_a_folder_with_a_checkpoint(
     with Run(run_config(tmp_path, folder), handle_signals=False) as run:
         resumed = run.resume()  # the default: the same folder resumes
     assert resumed is not None and resumed.manifest.epoch == 5
+
+
+def test_a_resumed_trainer_serves_the_epochs_it_saved_before_it_was_stopped(tmp_path: Path) -> None:
+    """A queue preempts the pod: epochs the operator had not read yet go with the checkpoint, and the
+    resumed trainer's GET /epochs serves them, each with its own values and nothing added."""
+    folder = tmp_path / "ckpt"
+    with Run(run_config(tmp_path, folder), handle_signals=False) as first:
+        for epoch in (1, 2, 3):
+            first.report(epoch, epoch * 10, train_loss=1.0 / epoch)
+            first.report(epoch, epoch * 10, val_loss=2.0 / epoch)
+        first.report(4, 35, train_loss=0.2)  # preempted mid-epoch 4
+        first.save({"w": torch.zeros(2)})
+    with Run(run_config(tmp_path, folder), handle_signals=False) as resumed:
+        assert resumed.resume() is not None
+        url = f"http://127.0.0.1:{resumed.server.port}/epochs?after=1"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            served = json.loads(answer.read())
+    epochs = {record["epoch"]: record["metrics"] for record in served["epochs"]}
+    assert epochs == {
+        2: {"train_loss": 0.5, "val_loss": 1.0},
+        3: {"train_loss": 1 / 3, "val_loss": 2 / 3},
+        4: {"train_loss": 0.2},
+    }

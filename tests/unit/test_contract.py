@@ -179,11 +179,25 @@ def test_the_operator_reads_the_trainers_own_exposition(tmp_path: Path) -> None:
         exposition.EPOCH,
         exposition.STEP,
         exposition.METRIC,
+        exposition.METRIC_EPOCH,
         exposition.EPOCH_SECONDS,
         exposition.STOP_REQUESTED,
         exposition.CHECKPOINT_INFO,
     }
     assert operator_reads <= served
+
+
+def test_a_validation_value_belongs_to_the_epoch_it_was_reported_in_not_the_next(tmp_path: Path) -> None:
+    """Read while epoch 4 runs, val_loss is still epoch 3's: the operator files it under epoch 3, so no
+    criterion takes it for epoch 4's (and epoch 4's own value counts when it comes)."""
+    with Run(trainer_config(tmp_path), handle_signals=False) as run:
+        run.report(3, 300, train_loss=0.5)
+        run.report(3, 300, val_loss=0.25)
+        run.report(4, 301, train_loss=0.4)
+        with urllib.request.urlopen(f"http://127.0.0.1:{run.server.port}/metrics", timeout=5) as scrape:
+            report = parse_exposition(scrape.read().decode())
+    assert report.epoch == 4
+    assert report.by_epoch() == {3: {"val_loss": 0.25}, 4: {"train_loss": 0.4}}
 
 
 def status_checkpoint_keys() -> set[str]:

@@ -31,6 +31,7 @@ from .storage.local import temp_target
 log = logging.getLogger(__name__)
 
 FORMAT = "torch.save"
+RESUMED_EPOCHS = 64  # epoch records a manifest carries for the resumed trainer's GET /epochs
 LAST = "last.json"
 BEST = "best.json"
 BLOB_PREFIX = "ckpt-"
@@ -57,6 +58,10 @@ class Manifest:
     namespace: str = ""
     stop_reason: str | None = None
     stop: dict[str, str] | None = None  # the operator's decision this save followed (type, criterion)
+    # the last epochs' records (GET /epochs), so a trainer resumed after a preemption still serves the
+    # epochs the operator had not read before the pod was taken away
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    value: float | None = None  # the objective as reported in `epoch` (None: not reported in it yet)
 
     def to_json(self) -> bytes:
         doc = {
@@ -75,6 +80,10 @@ class Manifest:
         }
         if self.stop:
             doc["stop"] = self.stop
+        if self.epochs:
+            doc["epochs"] = self.epochs
+        if self.value is not None:
+            doc["value"] = self.value
         return json.dumps(doc, sort_keys=True, allow_nan=False).encode() + b"\n"
 
     def termination_message(self) -> bytes:
@@ -94,6 +103,8 @@ class Manifest:
             "sha256": self.sha256,
             "savedAt": self.saved_at,
         }
+        if self.value is not None:
+            doc["value"] = self.value  # the last epoch's objective: a job that ends between two reads
         if self.stop:
             doc["stop"] = self.stop
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
@@ -115,6 +126,8 @@ class Manifest:
             namespace=d.get("namespace", ""),
             stop_reason=d.get("stopReason"),
             stop=d.get("stop") if isinstance(d.get("stop"), dict) else None,
+            epochs=[e for e in d.get("epochs") or [] if isinstance(e, dict)][-RESUMED_EPOCHS:],
+            value=float(d["value"]) if isinstance(d.get("value"), int | float) else None,
         )
 
     @property
@@ -187,6 +200,8 @@ class Checkpointer:
         metrics: Mapping[str, float],
         stop_reason: str | None,
         stop: dict[str, str] | None = None,
+        epochs: list[dict[str, Any]] | None = None,
+        value: float | None = None,
     ) -> Manifest:
         self.saves += 1
         name = f"{self.blob_prefix}e{epoch:06d}-s{step:09d}-{uuid.uuid4().hex[:8]}.pt"
@@ -211,6 +226,8 @@ class Checkpointer:
             namespace=self.namespace,
             stop_reason=stop_reason,
             stop=stop,
+            epochs=list(epochs or [])[-RESUMED_EPOCHS:],
+            value=value if value is not None and math.isfinite(value) else None,
         )
         if self.keep_best and self._improves(manifest):
             self._write_manifest(BEST, manifest)

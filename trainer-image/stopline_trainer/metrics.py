@@ -58,6 +58,29 @@ class EpochWindow:
             if epoch in self._records:
                 self._records[epoch]["seconds"] = seconds
 
+    def value(self, epoch: int, name: str) -> float | None:
+        """The metric as reported in that epoch; None when it was not (yet), or is not a number."""
+        with self._lock:
+            found = self._records.get(epoch, {}).get("metrics", {}).get(name)
+        return float(found) if isinstance(found, int | float) else None
+
+    def snapshot(self, last: int) -> list[dict[str, Any]]:
+        """Copies of the last `last` records, for the checkpoint manifest."""
+        with self._lock:
+            records = list(self._records.values())[-last:]
+        return [{**record, "metrics": dict(record["metrics"])} for record in records]
+
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """Records a resumed trainer's checkpoint carried: the operator may not have read them before the
+        previous pod was taken away. Malformed ones (a manifest is a file on shared storage) are skipped."""
+        with self._lock:
+            for record in records:
+                epoch, metrics = record.get("epoch"), record.get("metrics")
+                if isinstance(epoch, int) and epoch >= 1 and isinstance(metrics, dict):
+                    self._records[epoch] = {**record, "metrics": dict(list(metrics.items())[:MAX_METRICS])}
+            ordered = sorted(self._records.items())[-self._size :]
+            self._records = OrderedDict(ordered)
+
     def after(self, epoch: int) -> bytes:
         """JSON of the epochs after `epoch`, oldest first, at most PAGE_EPOCHS of them; `oldest` says how far
         back the window goes, so a reader knows which epochs are gone."""
@@ -76,6 +99,12 @@ class TrainerMetrics:
         self.epoch = Gauge("stopline_epoch", "Current epoch (counted from 1).", registry=r)
         self.step = Gauge("stopline_step", "Current global optimiser step.", registry=r)
         self.metric = Gauge("stopline_metric", "Latest value of each reported metric.", ["name"], registry=r)
+        self.metric_epoch = Gauge(
+            "stopline_metric_epoch",
+            "The epoch each metric was last reported in: its stopline_metric value belongs to that epoch.",
+            ["name"],
+            registry=r,
+        )
         self.epoch_duration = Gauge(
             "stopline_epoch_duration_seconds", "Wall time of the last completed epoch.", registry=r
         )
@@ -88,11 +117,16 @@ class TrainerMetrics:
         self.epochs = EpochWindow()
 
     def observe(self, epoch: int, step: int, values: dict[str, float]) -> None:
+        self.show(epoch, step, values)
+        self.epochs.record(epoch, step, values)
+
+    def show(self, epoch: int, step: int, values: dict[str, float]) -> None:
+        """The gauges only: a resumed trainer shows where it is without adding to the epoch records."""
         self.epoch.set(epoch)
         self.step.set(step)
         for name, value in values.items():
             self.metric.labels(name=name).set(value)  # NaN/Inf exported as is: divergence criteria read them
-        self.epochs.record(epoch, step, values)
+            self.metric_epoch.labels(name=name).set(epoch)
 
     @property
     def checkpoint(self) -> Info:

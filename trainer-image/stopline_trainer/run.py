@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from . import distributed
-from .checkpoint import Checkpoint, Checkpointer, Manifest
+from .checkpoint import RESUMED_EPOCHS, Checkpoint, Checkpointer, Manifest
 from .config import Config
 from .control import StopFlag, install_signal_handlers
 from .metrics import TrainerMetrics
@@ -132,6 +132,8 @@ class Run:
             metrics=self.last_metrics if metrics is None else metrics,
             stop_reason=self.stop_reason,
             stop=self.flag.cause if self.flag.is_set() else None,
+            epochs=self.metrics.epochs.snapshot(RESUMED_EPOCHS),
+            value=self.metrics.epochs.value(self.epoch if epoch is None else epoch, self.config.objective),
         )
         self.last_manifest = manifest
         self.metrics.checkpoint.info(
@@ -167,7 +169,12 @@ class Run:
         ckpt = self._ckpt().load()
         if ckpt is not None:
             m = ckpt.manifest
-            self.report(m.epoch, m.step, **{k: v for k, v in m.metrics.items() if v is not None})
+            metrics = {k: float(v) for k, v in m.metrics.items() if v is not None}
+            self.metrics.epochs.restore(m.epochs)
+            self.epoch, self.step = m.epoch, m.step
+            self._epoch_started = time.monotonic()
+            self.last_metrics.update(metrics)
+            self.metrics.show(m.epoch, m.step, metrics)
             log.info("stopline: resuming from %s (epoch %d step %d)", m.uri, m.epoch, m.step)
         return ckpt
 

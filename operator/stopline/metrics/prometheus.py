@@ -16,7 +16,16 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
-from stopline.metrics.exposition import EPOCH, EPOCH_SECONDS, METRIC, STEP, TrainerReport, count
+from stopline.metrics.exposition import (
+    EPOCH,
+    EPOCH_SECONDS,
+    METRIC,
+    METRIC_EPOCH,
+    STEP,
+    TrainerReport,
+    count,
+    metric_epochs_of,
+)
 from stopline.metrics.http import QUERY_MAX_BYTES, FetchError, excerpt, fetch, message
 
 JOB_LABEL = "stopline_job"
@@ -135,7 +144,7 @@ def trainer_query(keys: Iterable[Key]) -> str:
     """One selector for the trainer series of every job in `keys`."""
     names = sorted({_literal(name) for _, name in keys})
     namespaces = sorted({_literal(namespace) for namespace, _ in keys})
-    series = "|".join((EPOCH, STEP, METRIC, EPOCH_SECONDS))
+    series = "|".join((EPOCH, STEP, METRIC, METRIC_EPOCH, EPOCH_SECONDS))
     return f'{{__name__=~"{series}",{JOB_LABEL}=~"{"|".join(names)}",namespace=~"{"|".join(namespaces)}"}}'
 
 
@@ -146,9 +155,13 @@ def reports(samples: Sequence[Sample]) -> dict[Key, TrainerReport]:
         labels = sample.labels
         if labels.get("rank", "0") != "0" or JOB_LABEL not in labels or "namespace" not in labels:
             continue
-        values = by_job.setdefault((labels["namespace"], labels[JOB_LABEL]), {"series": {}, "metrics": {}})
+        values = by_job.setdefault(
+            (labels["namespace"], labels[JOB_LABEL]), {"series": {}, "metrics": {}, "epochs": {}}
+        )
         if labels.get("__name__") == METRIC and "name" in labels:
             values["metrics"][labels["name"]] = sample.value
+        elif labels.get("__name__") == METRIC_EPOCH and "name" in labels:
+            values["epochs"][labels["name"]] = sample.value
         else:
             values["series"][labels.get("__name__", "")] = sample.value
     found = {}
@@ -162,6 +175,7 @@ def reports(samples: Sequence[Sample]) -> dict[Key, TrainerReport]:
                 step=step,
                 metrics=values["metrics"],
                 epoch_seconds=seconds if seconds is not None and math.isfinite(seconds) else None,
+                metric_epochs=metric_epochs_of(values["metrics"], values["epochs"]),
             )
     return found
 

@@ -1,0 +1,257 @@
+"""TrainingJobs queued, preempted and resumed by a real Kueue manager, with real torch trainers.
+
+The queue's ClusterQueue holds one `nvidia.com/gpu`, so one job runs at a time. Each story is one of the
+Kueue issue: a second job waits Queued; a high-priority job preempts a low one, which saves on SIGTERM,
+shows Preempted, then resumes and finishes with every epoch once and its weights loaded back; a stop
+while queued; a stop while preempted; the operator restarted while a job is preempted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+
+from e2e.support import CLAIM, DEADLINE_S, load_weights, training_job
+from operatorharness import apply, condition, events, get, operator, status
+from stopline_local.controlplane import ControlPlane, wait_until
+from stopline_local.kubelet import LocalKubelet
+from stopline_local.kueue import (
+    GPU,
+    PRIORITY_LABEL,
+    QUEUE_LABEL,
+    Kueue,
+    cluster_queue,
+    local_queue,
+    resource_flavor,
+    workload_priority_class,
+)
+
+pytestmark = pytest.mark.e2e
+
+QUEUE = "gpus"
+LOW, HIGH = "stopline-test-low", "stopline-test-high"
+EPOCH_S = ("--steps-per-epoch", "10", "--sleep-per-step", "0.05")  # ~0.5 s an epoch on a shared core
+
+
+def queued(name: str, epochs: int, priority: str = LOW, **spec: Any) -> dict[str, Any]:
+    """The example trainer as a TrainingJob for the test queue: one GPU requested, read every second."""
+    job = training_job(name, args=("--epochs", str(epochs), *EPOCH_S))
+    job["metadata"]["labels"] = {QUEUE_LABEL: QUEUE, PRIORITY_LABEL: priority}
+    job["spec"].update(maxEpochs=epochs, **spec)
+    job["spec"]["metrics"]["interval"] = "1s"
+    trainer = job["spec"]["template"]["spec"]["containers"][0]
+    trainer["resources"] = {"requests": {GPU: "1"}, "limits": {GPU: "1"}}
+    return job
+
+
+@pytest.fixture
+def queues(plane: ControlPlane, namespace: str, kubelet: LocalKubelet, kueue: Kueue) -> ControlPlane:
+    """A LocalQueue on a ClusterQueue of one GPU, and the checkpoint claim."""
+    resource_flavor(plane, "default")
+    cluster_queue(plane, f"gpus-{namespace}", gpus=1)
+    local_queue(plane, namespace, QUEUE, f"gpus-{namespace}")
+    workload_priority_class(plane, LOW, 100)
+    workload_priority_class(plane, HIGH, 1000)
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": CLAIM},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    apply(plane, namespace, claim)
+    return plane
+
+
+@pytest.fixture
+def queue_story(queues: ControlPlane, namespace: str) -> Iterator[ControlPlane]:
+    """The queues, and the operator watching the test's namespace."""
+    with operator(namespace):
+        yield queues
+
+
+def phase(plane: ControlPlane, namespace: str, name: str) -> str:
+    return str(status(plane, namespace, name).get("phase"))
+
+
+def wait_phase(
+    plane: ControlPlane, namespace: str, name: str, *phases: str, kueue: Kueue | None = None
+) -> None:
+    wait_until(
+        lambda: phase(plane, namespace, name) in phases,
+        DEADLINE_S,
+        f"{name} to be {' or '.join(phases)}",
+        details=lambda: f"{status(plane, namespace, name)}\n{kueue.log_tail() if kueue else ''}",
+    )
+
+
+def epoch_reached(plane: ControlPlane, namespace: str, name: str, epoch: int) -> None:
+    wait_until(
+        lambda: status(plane, namespace, name).get("progress", {}).get("epoch", 0) >= epoch,
+        DEADLINE_S,
+        f"{name}: epoch {epoch} in status.progress",
+    )
+
+
+def jobs(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
+    return list(json.loads(plane.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"])
+
+
+LOGGED = re.compile(r"epoch (\d+) step \d+ val_loss ([0-9.e+-]+)")
+
+
+def trainer_curve(kubelet: LocalKubelet, namespace: str, name: str) -> dict[int, float]:
+    """val_loss by epoch as the example trainer logged it, from every pod the job had."""
+    logs = (kubelet.root / "logs").glob(f"{namespace}_{name}-*.log")
+    return {int(epoch): float(value) for log in logs for epoch, value in LOGGED.findall(log.read_text())}
+
+
+def reasons(plane: ControlPlane, namespace: str, name: str) -> set[str]:
+    return {event["reason"] for event in events(plane, namespace, name)}
+
+
+def test_a_second_job_waits_queued_with_kueues_words_until_the_first_ends(
+    queue_story: ControlPlane, namespace: str, kubelet: LocalKubelet, kueue: Kueue
+) -> None:
+    plane = queue_story
+    apply(plane, namespace, queued("first", epochs=6))
+    wait_phase(plane, namespace, "first", "Running", "Succeeded", kueue=kueue)
+    apply(plane, namespace, queued("second", epochs=3))
+    wait_until(
+        lambda: "Kueue says" in condition(get(plane, namespace, "tj", "second"), "Admitted")["message"],
+        DEADLINE_S,
+        "second: Kueue's words in the Admitted condition",
+        details=lambda: str(status(plane, namespace, "second")),
+    )
+    waiting = get(plane, namespace, "tj", "second")
+    assert waiting["status"]["phase"] == "Queued"
+    assert condition(waiting, "Admitted")["reason"] == "Queued"
+    assert "second" not in {
+        pod["metadata"]["labels"].get("stopline.dev/job") for pod in _pods(plane, namespace)
+    }
+    wait_phase(plane, namespace, "first", "Succeeded", kueue=kueue)
+    wait_phase(plane, namespace, "second", "Succeeded", kueue=kueue)
+    assert {"Queued", "Admitted"} <= reasons(plane, namespace, "second")
+
+
+def _pods(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
+    return list(get(plane, namespace, "pods")["items"])
+
+
+def test_a_preempted_job_saves_waits_and_resumes_to_the_end_with_every_epoch_once(
+    queue_story: ControlPlane, namespace: str, kubelet: LocalKubelet, kueue: Kueue
+) -> None:
+    plane = queue_story
+    epochs = 20
+    apply(
+        plane,
+        namespace,
+        queued("low", epochs=epochs, criteria=[{"name": "budget", "budget": {"maxDuration": "1h"}}]),
+    )
+    epoch_reached(plane, namespace, "low", 3)
+    apply(plane, namespace, queued("high", epochs=3, priority=HIGH))
+    wait_phase(plane, namespace, "low", "Preempted", kueue=kueue)
+    wait_until(
+        lambda: "checkpoint" in status(plane, namespace, "low"),
+        DEADLINE_S,
+        "low: the checkpoint saved on SIGTERM in status.checkpoint",
+    )
+    preempted = get(plane, namespace, "tj", "low")
+    at_preemption = preempted["status"]["progress"]["epoch"]
+    saved = preempted["status"]["checkpoint"]
+    admitted = condition(preempted, "Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("False", "Preempted")
+    assert condition(preempted, "Running")["status"] == "False"
+    wait_phase(plane, namespace, "high", "Succeeded", kueue=kueue)
+    wait_phase(plane, namespace, "low", "Succeeded", kueue=kueue)
+    finished = get(plane, namespace, "tj", "low")
+    curve = finished["status"]["curve"]
+    print(
+        f"low: preempted at epoch {at_preemption}, saved at epoch {saved['epoch']} step {saved['step']}; "
+        f"epochs lost to the preemption: {at_preemption - saved['epoch']} (a stop mid-epoch finishes that "
+        f"epoch after resuming); ran {finished['status'].get('runSeconds')} s before it"
+    )
+    assert finished["status"]["progress"]["epoch"] == epochs
+    # each epoch once, with the value the trainer logged for that epoch (both pods' logs: before and
+    # after the preemption); a validation value read during the next epoch is still its own epoch's
+    logged = trainer_curve(kubelet, namespace, "low")
+    assert sorted(logged) == list(range(1, epochs + 1)), logged
+    assert curve == pytest.approx([logged[epoch] for epoch in range(1, epochs + 1)], abs=6e-6)  # %.5f
+    assert finished["status"]["runSeconds"] > 0
+    assert finished["status"]["checkpoint"]["step"] > saved["step"]  # the final weights, after the resume
+    load_weights(finished["status"]["checkpoint"], kubelet.claim_folder(namespace, CLAIM) / "runs" / "low")
+    assert {"Preempted", "Admitted"} <= reasons(plane, namespace, "low")
+    assert "Stopped" not in reasons(plane, namespace, "low")
+
+
+def test_a_stop_while_queued_ends_at_once_and_the_job_is_never_admitted(
+    queue_story: ControlPlane, namespace: str, kubelet: LocalKubelet, kueue: Kueue
+) -> None:
+    plane = queue_story
+    apply(plane, namespace, queued("first", epochs=8))
+    wait_phase(plane, namespace, "first", "Running", kueue=kueue)
+    apply(plane, namespace, queued("waiting", epochs=3))
+    wait_phase(plane, namespace, "waiting", "Queued", kueue=kueue)
+    plane.kubectl("annotate", "tj", "waiting", "-n", namespace, "stopline.dev/stop=not needed after all")
+    wait_phase(plane, namespace, "waiting", "Stopped", kueue=kueue)
+    stopped = get(plane, namespace, "tj", "waiting")
+    assert condition(stopped, "Finished")["reason"] == "NoCheckpoint"
+    assert stopped["status"]["stopReason"]["type"] == "Manual"
+    wait_until(
+        lambda: "waiting" not in {job["metadata"]["name"] for job in jobs(plane, namespace)},
+        DEADLINE_S,
+        "the stopped job's Job to be deleted (so Kueue drops its Workload)",
+    )
+    wait_phase(plane, namespace, "first", "Succeeded", kueue=kueue)
+    assert phase(plane, namespace, "waiting") == "Stopped"
+    assert not any(
+        pod["metadata"]["labels"].get("stopline.dev/job") == "waiting" for pod in _pods(plane, namespace)
+    )
+
+
+def test_a_stop_while_preempted_ends_with_the_weights_saved_at_the_preemption(
+    queue_story: ControlPlane, namespace: str, kubelet: LocalKubelet, kueue: Kueue
+) -> None:
+    plane = queue_story
+    apply(plane, namespace, queued("low", epochs=40))
+    epoch_reached(plane, namespace, "low", 2)
+    apply(plane, namespace, queued("high", epochs=12, priority=HIGH))
+    wait_phase(plane, namespace, "low", "Preempted", kueue=kueue)
+    wait_until(lambda: "checkpoint" in status(plane, namespace, "low"), DEADLINE_S, "low: checkpoint")
+    plane.kubectl("annotate", "tj", "low", "-n", namespace, "stopline.dev/stop=enough")
+    wait_phase(plane, namespace, "low", "Stopped", kueue=kueue)
+    stopped = get(plane, namespace, "tj", "low")
+    assert condition(stopped, "Finished")["reason"] == "CheckpointSaved"
+    load_weights(stopped["status"]["checkpoint"], kubelet.claim_folder(namespace, CLAIM) / "runs" / "low")
+    wait_until(
+        lambda: "low" not in {job["metadata"]["name"] for job in jobs(plane, namespace)},
+        DEADLINE_S,
+        "the stopped job's Job to be deleted",
+    )
+    wait_phase(plane, namespace, "high", "Succeeded", kueue=kueue)
+    assert phase(plane, namespace, "low") == "Stopped"
+
+
+def test_an_operator_restarted_while_a_job_is_preempted_resumes_it_to_the_end(
+    queues: ControlPlane, namespace: str, kubelet: LocalKubelet, kueue: Kueue
+) -> None:
+    plane = queues
+    epochs = 12
+    with ExitStack() as first:
+        first.enter_context(operator(namespace))
+        apply(plane, namespace, queued("low", epochs=epochs))
+        epoch_reached(plane, namespace, "low", 2)
+        apply(plane, namespace, queued("high", epochs=6, priority=HIGH))
+        wait_phase(plane, namespace, "low", "Preempted", kueue=kueue)
+    # no operator while the high job runs; a new one takes over
+    with operator(namespace):
+        wait_phase(plane, namespace, "high", "Succeeded", kueue=kueue)
+        wait_phase(plane, namespace, "low", "Succeeded", kueue=kueue)
+    finished = get(plane, namespace, "tj", "low")
+    assert finished["status"]["progress"]["epoch"] == epochs
+    assert len(finished["status"]["curve"]) == epochs
+    load_weights(finished["status"]["checkpoint"], kubelet.claim_folder(namespace, CLAIM) / "runs" / "low")

@@ -15,7 +15,7 @@ from stopline import lifecycle
 from stopline.api import PVCTarget, SpecError, TrainingJobSpec, parse_spec
 from stopline.kube import Kube, Manifest
 from stopline.metrics.http import excerpt
-from stopline.pointer import last_value, stop_cause
+from stopline.pointer import last_values, stop_cause
 from stopline.registry import controller_uid, pod_view, saved_checkpoint, trainer_pods
 from stopline.status import StatusWriter, Written
 from stopline.verify import verify_checkpoint
@@ -125,7 +125,7 @@ async def _ending(
     saved = saved_checkpoint(pods)
     checkpoint = saved[1] if saved is not None else None
     stopped = stop_cause(saved[0].message) if saved is not None else None
-    last = last_value(saved[0].message) if saved is not None else None
+    last = last_values(saved[0].message) if saved is not None else {}
     failed = next((pod for pod in pods if pod.exit_code not in (None, 0)), None)
     failure = None
     if failed is not None:

@@ -91,7 +91,7 @@ class Ending:
     failure: str | None = None  # e.g. "rank 1 exited with code 3; its last log lines: ..."
     verified: Condition | None = None  # CheckpointVerified, for a checkpoint on an object store
     stopped: Mapping[str, str] | None = None  # the decision the trainer stopped on (POST /stop), if any
-    last: tuple[int, float] | None = None  # rank 0's last epoch and its objective, from its pointer
+    last: Mapping[int, float] = field(default_factory=dict)  # rank 0's last epochs' objective (pointer)
 
 
 def seconds(text: object) -> float | None:
@@ -173,8 +173,8 @@ def desired_status(
             phase = SUCCEEDED if finished.reason == JOB_COMPLETE else FAILED
             if ending is not None and ending.failure and phase == FAILED:
                 finished = Condition(FINISHED, True, finished.reason, f"{finished.message}; {ending.failure}")
-            if ending is not None and ending.last is not None:
-                fields |= _last_epoch(current, *ending.last)
+            if ending is not None and ending.last:
+                fields |= _last_epochs(current, ending.last)
             if ending is not None and ending.checkpoint:
                 fields["checkpoint"] = dict(ending.checkpoint)
                 if ending.verified is not None:
@@ -189,17 +189,20 @@ def desired_status(
     return StatusChange(fields=fields, conditions=wanted, phase=phase)
 
 
-def _last_epoch(current: Mapping[str, Any], epoch: int, value: float) -> dict[str, Any]:
-    """status.curve and progress with the trainer's last epoch, when it ended before the operator read
-    it (kubectl get tj shows the epoch the job ended at, not the one before)."""
+def _last_epochs(current: Mapping[str, Any], last: Mapping[int, float]) -> dict[str, Any]:
+    """status.curve and progress with the trainer's last epochs, those it ended before the operator read
+    them (kubectl get tj shows the epoch the job ended at, not one before); epochs read are kept."""
     fields: dict[str, Any] = {}
+    final = max(last)
     progress = current.get("progress")
-    if isinstance(progress, Mapping) and isinstance(progress.get("epoch"), int) and progress["epoch"] < epoch:
-        fields["progress"] = {**progress, "epoch": epoch}
+    if isinstance(progress, Mapping) and isinstance(progress.get("epoch"), int) and progress["epoch"] < final:
+        fields["progress"] = {**progress, "epoch": final}
     curve = list(current.get("curve") or [])
-    if len(curve) < epoch or curve[epoch - 1] is None:
-        curve += [None] * (epoch - len(curve))
+    curve += [None] * (final - len(curve))
+    missing = {epoch: value for epoch, value in last.items() if curve[epoch - 1] is None}
+    for epoch, value in missing.items():
         curve[epoch - 1] = value
+    if missing:
         fields["curve"] = curve
     return fields
 

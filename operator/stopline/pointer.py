@@ -14,6 +14,7 @@ from typing import Any
 from stopline.criteria.decision import REASON_TYPES
 
 MAX_EPOCH = 10_000  # status.curve's length
+MAX_TAIL = 8  # the trainer's TAIL_EPOCHS
 CHECKPOINT_KEYS = ("uri", "epoch", "step", "bytes", "sha256", "savedAt")  # status.checkpoint's fields
 
 
@@ -33,15 +34,21 @@ def checkpoint_status(termination_message: str) -> dict[str, Any] | None:
     return {key: pointer[key] for key in CHECKPOINT_KEYS if pointer.get(key) is not None}
 
 
-def last_value(termination_message: str) -> tuple[int, float] | None:
-    """The epoch of the pointer and the objective as reported in it (`value`), when the trainer gave it:
-    the last epoch of a job that ended between two reads is not lost from status.curve."""
-    pointer = _pointer(termination_message) or {}
-    epoch, value = pointer.get("epoch"), pointer.get("value")
-    if type(epoch) is not int or not 1 <= epoch <= MAX_EPOCH or type(value) not in (int, float):
-        return None
-    number = float(value)  # type: ignore[arg-type]  # an int or a float, checked above
-    return (epoch, number) if math.isfinite(number) else None
+def last_values(termination_message: str) -> dict[int, float]:
+    """The objective of the trainer's last epochs (`tail`: [[epoch, value], ...], at most MAX_TAIL), so
+    the epochs of a job that ended between two reads are not lost from status.curve; malformed pairs and
+    non-finite values are left out."""
+    tail = (_pointer(termination_message) or {}).get("tail")
+    found: dict[int, float] = {}
+    for pair in tail[-MAX_TAIL:] if isinstance(tail, list) else []:
+        if not isinstance(pair, list) or len(pair) != 2:
+            continue
+        epoch, value = pair
+        if type(epoch) is int and 1 <= epoch <= MAX_EPOCH and type(value) in (int, float):
+            number = float(value)
+            if math.isfinite(number):
+                found[epoch] = number
+    return found
 
 
 def stop_cause(termination_message: str) -> dict[str, str] | None:

@@ -172,8 +172,9 @@ def test_a_preempted_job_saves_waits_and_resumes_to_the_end_with_every_epoch_onc
     curve = finished["status"]["curve"]
     print(
         f"low: preempted at epoch {at_preemption}, saved at epoch {saved['epoch']} step {saved['step']}; "
-        f"epochs lost to the preemption: {at_preemption - saved['epoch']} (a stop mid-epoch finishes that "
-        f"epoch after resuming); ran {finished['status'].get('runSeconds')} s before it"
+        f"epochs lost to the preemption: {max(at_preemption - saved['epoch'], 0)} (saved at the step the "
+        f"SIGTERM came; a stop mid-epoch finishes that epoch after resuming); "
+        f"ran {finished['status'].get('runSeconds')} s before it"
     )
     assert finished["status"]["progress"]["epoch"] == epochs
     # each epoch once, with the value the trainer logged for that epoch (both pods' logs: before and
@@ -255,3 +256,26 @@ def test_an_operator_restarted_while_a_job_is_preempted_resumes_it_to_the_end(
     assert finished["status"]["progress"]["epoch"] == epochs
     assert len(finished["status"]["curve"]) == epochs
     load_weights(finished["status"]["checkpoint"], kubelet.claim_folder(namespace, CLAIM) / "runs" / "low")
+
+
+def test_a_cancel_of_a_running_job_stays_cancelled_though_kueue_admitted_it(
+    queue_story: ControlPlane, namespace: str, kubelet: LocalKubelet, kueue: Kueue
+) -> None:
+    """The cancel suspends the Job Kueue admitted: stopline deactivates its Workload first, else Kueue
+    unsuspends it within a second and the Job controller starts a new trainer pod."""
+    plane = queue_story
+    apply(plane, namespace, queued("running", epochs=60))
+    epoch_reached(plane, namespace, "running", 2)
+    first_pods = {pod["metadata"]["uid"] for pod in _pods(plane, namespace)}
+    plane.kubectl("annotate", "tj", "running", "-n", namespace, "stopline.dev/cancel=wrong data")
+    wait_phase(plane, namespace, "running", "Cancelled", kueue=kueue)
+    apply(plane, namespace, queued("next", epochs=2))  # runs once the quota is free: Kueue let go
+    wait_phase(plane, namespace, "next", "Succeeded", kueue=kueue)
+    again = [
+        pod
+        for pod in _pods(plane, namespace)
+        if pod["metadata"]["labels"].get("stopline.dev/job") == "running"
+        and pod["metadata"]["uid"] not in first_pods
+    ]
+    assert not again, "Kueue started the cancelled job's pods again"
+    assert phase(plane, namespace, "running") == "Cancelled"

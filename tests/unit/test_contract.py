@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stopline.api import parse_spec
 from stopline.metrics import exposition
 from stopline.metrics.exposition import parse_exposition
-from stopline.pointer import checkpoint_status, stop_cause
+from stopline.pointer import checkpoint_status, last_values, stop_cause
 from stopline.workload import Owner, build_job, build_token_secret
 from stopline_local.controlplane import REPO
 from stopline_trainer import Config, Run
@@ -226,6 +226,20 @@ def test_rank_zeros_termination_message_becomes_status_checkpoint(tmp_path: Path
     assert datetime.fromisoformat(status["savedAt"]).tzinfo is not None  # a date-time the CRD accepts
     kept = json.loads(Path(manifest.uri).with_name("last.json").read_bytes())
     assert kept["stopReason"].startswith("promql: up == 0") and len(kept["metrics"]) == 80
+
+
+def test_the_last_epochs_objective_rides_in_the_pointer_for_a_job_that_ends_between_reads(
+    tmp_path: Path,
+) -> None:
+    with Run(trainer_config(tmp_path), handle_signals=False) as run:
+        for epoch in range(1, 13):
+            run.report(epoch, epoch * 10, train_loss=1.0)
+            run.report(epoch, epoch * 10, val_loss=1.0 / epoch)
+        run.report(13, 121, train_loss=1.0)  # epoch 13 has no val_loss yet
+        run.save({"weights": torch.ones(2)})
+    message = (tmp_path / "termination-log").read_text()
+    assert last_values(message) == {epoch: 1.0 / epoch for epoch in range(5, 13)}  # the last 8
+    assert len(message) < 1024
 
 
 def test_another_ranks_termination_message_is_no_checkpoint(tmp_path: Path) -> None:

@@ -198,11 +198,11 @@ def find(status: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def test_a_job_that_ends_between_two_reads_keeps_its_last_epoch_in_the_curve() -> None:
-    """The trainer reported epoch 3's value, saved and exited before the next read: rank 0's pointer
-    carries it, so status.curve ends at epoch 3, not 2; an epoch already read is left as it was."""
-    ending = lifecycle.Ending(checkpoint={"uri": "/c/e3.pt", "epoch": 3, "step": 30}, last=(3, 0.25))
+    """The trainer finished epochs 2 and 3, saved and exited before the next read: rank 0's pointer
+    carries their values, so status.curve ends at epoch 3 with both; an epoch already read is kept."""
+    ending = lifecycle.Ending(checkpoint={"uri": "/c/e3.pt", "epoch": 3, "step": 30}, last={2: 0.4, 3: 0.25})
     done = job(conditions=[finished("Complete")])
-    before = {"curve": [0.5, 0.4], "progress": {"epoch": 2, "step": 20}}
+    before = {"curve": [0.5, None], "progress": {"epoch": 2, "step": 20}}
     status = desired_status(training_job(status=before), done, T0, ending=ending)
     assert (status["phase"], status["curve"]) == ("Succeeded", [0.5, 0.4, 0.25])
     assert status["progress"] == {"epoch": 3, "step": 20}

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "torch.save"
 RESUMED_EPOCHS = 64  # epoch records a manifest carries for the resumed trainer's GET /epochs
+TAIL_EPOCHS = 8  # the last epochs' objective in rank 0's pointer
 LAST = "last.json"
 BEST = "best.json"
 BLOB_PREFIX = "ckpt-"
@@ -61,7 +62,9 @@ class Manifest:
     # the last epochs' records (GET /epochs), so a trainer resumed after a preemption still serves the
     # epochs the operator had not read before the pod was taken away
     epochs: list[dict[str, Any]] = field(default_factory=list)
-    value: float | None = None  # the objective as reported in `epoch` (None: not reported in it yet)
+    # the objective of the last epochs that reported it, [[epoch, value], ...]: in rank 0's pointer, so a
+    # job whose last epochs ended between two of the operator's reads keeps them in status.curve
+    tail: list[list[float]] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         doc = {
@@ -82,8 +85,8 @@ class Manifest:
             doc["stop"] = self.stop
         if self.epochs:
             doc["epochs"] = self.epochs
-        if self.value is not None:
-            doc["value"] = self.value
+        if self.tail:
+            doc["tail"] = self.tail
         return json.dumps(doc, sort_keys=True, allow_nan=False).encode() + b"\n"
 
     def termination_message(self) -> bytes:
@@ -103,8 +106,8 @@ class Manifest:
             "sha256": self.sha256,
             "savedAt": self.saved_at,
         }
-        if self.value is not None:
-            doc["value"] = self.value  # the last epoch's objective: a job that ends between two reads
+        if self.tail:
+            doc["tail"] = self.tail  # under 200 bytes: TAIL_EPOCHS pairs
         if self.stop:
             doc["stop"] = self.stop
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
@@ -127,7 +130,7 @@ class Manifest:
             stop_reason=d.get("stopReason"),
             stop=d.get("stop") if isinstance(d.get("stop"), dict) else None,
             epochs=[e for e in d.get("epochs") or [] if isinstance(e, dict)][-RESUMED_EPOCHS:],
-            value=float(d["value"]) if isinstance(d.get("value"), int | float) else None,
+            tail=[t for t in d.get("tail") or [] if isinstance(t, list)][-TAIL_EPOCHS:],
         )
 
     @property
@@ -201,7 +204,7 @@ class Checkpointer:
         stop_reason: str | None,
         stop: dict[str, str] | None = None,
         epochs: list[dict[str, Any]] | None = None,
-        value: float | None = None,
+        tail: list[list[float]] | None = None,
     ) -> Manifest:
         self.saves += 1
         name = f"{self.blob_prefix}e{epoch:06d}-s{step:09d}-{uuid.uuid4().hex[:8]}.pt"
@@ -227,7 +230,7 @@ class Checkpointer:
             stop_reason=stop_reason,
             stop=stop,
             epochs=list(epochs or [])[-RESUMED_EPOCHS:],
-            value=value if value is not None and math.isfinite(value) else None,
+            tail=[[epoch, value] for epoch, value in (tail or []) if math.isfinite(value)][-TAIL_EPOCHS:],
         )
         if self.keep_best and self._improves(manifest):
             self._write_manifest(BEST, manifest)

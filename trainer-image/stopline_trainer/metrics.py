@@ -58,11 +58,15 @@ class EpochWindow:
             if epoch in self._records:
                 self._records[epoch]["seconds"] = seconds
 
-    def value(self, epoch: int, name: str) -> float | None:
-        """The metric as reported in that epoch; None when it was not (yet), or is not a number."""
+    def tail(self, name: str, last: int) -> list[list[float]]:
+        """[[epoch, value], ...] of the last `last` epochs that reported the metric as a number."""
         with self._lock:
-            found = self._records.get(epoch, {}).get("metrics", {}).get(name)
-        return float(found) if isinstance(found, int | float) else None
+            found = [
+                [epoch, float(value)]
+                for epoch, record in self._records.items()
+                if isinstance(value := record["metrics"].get(name), int | float)
+            ]
+        return found[-last:]
 
     def snapshot(self, last: int) -> list[dict[str, Any]]:
         """Copies of the last `last` records, for the checkpoint manifest."""

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from . import distributed
-from .checkpoint import RESUMED_EPOCHS, Checkpoint, Checkpointer, Manifest
+from .checkpoint import RESUMED_EPOCHS, TAIL_EPOCHS, Checkpoint, Checkpointer, Manifest
 from .config import Config
 from .control import StopFlag, install_signal_handlers
 from .metrics import TrainerMetrics
@@ -133,7 +133,7 @@ class Run:
             stop_reason=self.stop_reason,
             stop=self.flag.cause if self.flag.is_set() else None,
             epochs=self.metrics.epochs.snapshot(RESUMED_EPOCHS),
-            value=self.metrics.epochs.value(self.epoch if epoch is None else epoch, self.config.objective),
+            tail=self.metrics.epochs.tail(self.config.objective, TAIL_EPOCHS),
         )
         self.last_manifest = manifest
         self.metrics.checkpoint.info(

@@ -17,6 +17,9 @@ Samples = Mapping[int, Mapping[str, float]]
 class CohortCurve:
     """Another job of the same study: its curve of `metric`, epoch -> value; non-finite values are dropped.
 
+    stopped: it ended without succeeding (Stopped, Failed, Cancelled). completed: it ran to its end
+    (Succeeded), so its last value is a final value; the forecast criterion learns only from those.
+
     Running averages are precomputed once, because the cohort rule reads them for every epoch of every job.
     """
 
@@ -24,6 +27,7 @@ class CohortCurve:
     metric: str
     values: Mapping[int, float]
     stopped: bool = False
+    completed: bool = False
     running_average: Mapping[int, float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

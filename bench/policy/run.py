@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import matplotlib
 import optuna
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
@@ -40,7 +41,6 @@ from stopline.replay import Curve, replay_job
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = Path(__file__).resolve().parent / "out"
-RECOMMENDED = [{"name": "forecast", "forecast": {"probability": 0.05}}]  # examples/recommended-policy.yaml
 SAFE_REGRET = 0.5  # % of the sweep's best final metric: the acceptance bound of the front table
 
 
@@ -253,11 +253,12 @@ def settings(ray: bool) -> list[Setting]:
     ]
     out += [
         Setting(
-            "stopline forecast",
-            f"probability {p}{' (default, recommended)' if p == 0.05 else ''}",
-            partial(ours, [{"name": "f", "forecast": {"probability": p}}]),
+            f"stopline forecast, similarity {similarity}",
+            f"probability {p}{' (defaults, recommended)' if (p, similarity) == (0.03, 0.5) else ''}",
+            partial(ours, [{"name": "f", "forecast": {"probability": p, "similarity": similarity}}]),
         )
-        for p in (0.02, 0.05, 0.1, 0.2)
+        for similarity, probabilities in ((0.5, (0.003, 0.01, 0.03, 0.1, 0.3)), (1, (0.01, 0.03, 0.1)))
+        for p in probabilities
     ]
     return out
 
@@ -344,7 +345,8 @@ def front_plot(rows: list[Row], title: str, path: Path) -> None:
     families: dict[str, list[Row]] = {}
     for row in rows:
         families.setdefault(row.setting.family, []).append(row)
-    for family, members in families.items():
+    colours = matplotlib.colormaps["tab20"]
+    for index, (family, members) in enumerate(families.items()):
         members.sort(key=lambda r: r.saved_mean)
         ours_family = family.startswith("stopline")
         axes.plot(
@@ -353,6 +355,7 @@ def front_plot(rows: list[Row], title: str, path: Path) -> None:
             marker="o" if ours_family else "s",
             linewidth=2.5 if ours_family else 1.2,
             label=family,
+            color=colours(index % 20),
         )
     axes.axhline(SAFE_REGRET, color="grey", linestyle="--", linewidth=1)
     axes.axvline(70, color="grey", linestyle=":", linewidth=1)
@@ -373,7 +376,7 @@ def main() -> None:
     parser.add_argument("--max-configs", type=int, default=0, help="a seeded sample of N configs per task")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--half", choices=("a", "b"), help="only every other task (a: 1st, 3rd, ...)")
-    parser.add_argument("--only", default="", help="only the families whose name contains this text")
+    parser.add_argument("--only", default="", help="only the settings whose 'family knob' has this text")
     parser.add_argument("--plot", type=Path, default=OUT / "front.png")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -394,8 +397,9 @@ def main() -> None:
             "  Ray Tune's ASHAScheduler left out: ray[tune] is not installed (pip install -e '.[bench-ray]')"
         )
     TASKS[:] = tasks
+    wanted = args.only.lower()
     SETTINGS[:] = [
-        s for s in settings(ray) if args.only.lower() in s.family.lower() or s.family == "no stopping"
+        s for s in settings(ray) if wanted in f"{s.family} {s.knob}".lower() or s.family == "no stopping"
     ]
     pairs = [(s, t) for s in range(len(SETTINGS)) for t in range(len(TASKS))]
     results: dict[int, list[tuple[Task, TaskScore]]] = {s: [] for s in range(len(SETTINGS))}
@@ -408,6 +412,22 @@ def main() -> None:
             else:
                 results[s].append((TASKS[t], result))
     rows = [summarise(SETTINGS[s], results[s], seconds[s]) for s in range(len(SETTINGS)) if results[s]]
+    OUT.mkdir(exist_ok=True)
+    with (OUT / "tasks.csv").open("w", newline="") as handle:  # per task, for hold-out checks
+        writer = csv.writer(handle)
+        writer.writerow(["family", "knob", "task", "saved", "regret_percent"])
+        for s, scored in results.items():
+            for task, result in sorted(scored, key=lambda pair: pair[0].name):
+                saved = 1 - result.run / result.available
+                writer.writerow(
+                    [
+                        SETTINGS[s].family,
+                        SETTINGS[s].knob,
+                        task.name,
+                        f"{saved:.6f}",
+                        f"{result.regret * 100:.6f}",
+                    ]
+                )
     print(
         "\n| policy | knob | saved (mean of tasks) | saved (pooled) | regret mean | regret max (worst task) "
         f"| tasks > {SAFE_REGRET}% | CPU s |\n|" + "---|" * 8
@@ -425,7 +445,9 @@ def main() -> None:
         print(f"  {family}: " + (f"{best.saved_mean:.1%} ({best.setting.knob})" if best else "none"))
     sample = f", {args.max_configs} configs per task" if args.max_configs else ""
     front_plot(rows, f"Stop policies on {len(tasks)} real sweeps ({total} curves{sample})", args.plot)
-    print(f"\nplot: {args.plot}  (total {time.monotonic() - started:.0f} s wall)")
+    print(
+        f"\nplot: {args.plot}; per task: {OUT / 'tasks.csv'}  (total {time.monotonic() - started:.0f} s wall)"
+    )
 
 
 if __name__ == "__main__":

@@ -171,17 +171,18 @@ ForecastReference = Literal["best", "percentile", "target"]
 
 @dataclass(frozen=True)
 class ForecastCriterion:
-    """Learning-curve forecast: the job's final value predicted from its own level and how the study's
-    finished jobs went on from the same level; stop when P(final beats the reference) < probability."""
+    """Learning-curve forecast: the job's final value predicted from how the study's finished jobs whose
+    curves were like its own went on; stop when P(final beats the reference) < probability."""
 
     name: str
     metric: str
     mode: Mode
     study: str | None = None
-    probability: float = 0.05
+    probability: float = 0.03
     reference: ForecastReference = "best"
     percentile: float = 10.0
     target: float | None = None
+    similarity: float = 0.5
     neighbours: int = 20
     min_jobs: int = 5
     warmup_epochs: int = 0
@@ -688,6 +689,7 @@ FORECAST_FIELDS = (
     "reference",
     "percentile",
     "target",
+    "similarity",
     "neighbours",
     "minJobs",
     "warmupEpochs",
@@ -724,10 +726,11 @@ def _forecast(name: str, fields: _Fields, objective: Objective) -> ForecastCrite
         study=fields.optional_string("study", max_length=63),
         probability=fields.number("probability", 0, 0.5, exclusive=True)
         if fields.has("probability")
-        else 0.05,
+        else 0.03,
         reference=reference,
         percentile=fields.number("percentile", 0, 100) if fields.has("percentile") else 10.0,
         target=target,
+        similarity=fields.number("similarity", 0, 100, exclusive=True) if fields.has("similarity") else 0.5,
         neighbours=(fields.integer("neighbours", 1, MAX_NEIGHBOURS) if fields.has("neighbours") else 20),
         min_jobs=fields.integer("minJobs", 1, 10000) if fields.has("minJobs") else 5,
         warmup_epochs=_warmup(fields),

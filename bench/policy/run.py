@@ -377,6 +377,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--half", choices=("a", "b"), help="only every other task (a: 1st, 3rd, ...)")
     parser.add_argument("--only", default="", help="only the settings whose 'family knob' has this text")
+    parser.add_argument("--skip", default="", help="leave out the families whose name has this text")
     parser.add_argument("--plot", type=Path, default=OUT / "front.png")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -397,9 +398,12 @@ def main() -> None:
             "  Ray Tune's ASHAScheduler left out: ray[tune] is not installed (pip install -e '.[bench-ray]')"
         )
     TASKS[:] = tasks
-    wanted = args.only.lower()
+    wanted, unwanted = args.only.lower(), args.skip.lower()
     SETTINGS[:] = [
-        s for s in settings(ray) if wanted in f"{s.family} {s.knob}".lower() or s.family == "no stopping"
+        s
+        for s in settings(ray)
+        if s.family == "no stopping"
+        or (wanted in f"{s.family} {s.knob}".lower() and not (unwanted and unwanted in s.family.lower()))
     ]
     pairs = [(s, t) for s in range(len(SETTINGS)) for t in range(len(TASKS))]
     results: dict[int, list[tuple[Task, TaskScore]]] = {s: [] for s in range(len(SETTINGS))}

@@ -69,7 +69,7 @@ def test_forecast_stops_a_job_whose_like_never_beat_the_best_and_says_so_in_word
     assert decision is not None and (decision.type, decision.epoch, decision.value) == ("Forecast", 1, 2.0)
     assert decision.message == (
         "forecast: val_loss would end near 0.95 (80% of 11 finished jobs that were like it imply 0.85 to "
-        "1.15); the chance it beats 0.5 (the best final value of 21 ended jobs) is under 0.1%, under the "
+        "1.15); the chance it beats 0.5 (the best final value of 21 ended jobs) is under 0.1%, below the "
         "3.0% bound"
     )
 

@@ -171,7 +171,7 @@ def evaluate(
                 f"forecast: {criterion.metric} would end near {fmt(result.predicted)} (80% of "
                 f"{result.peers} finished jobs that were like it imply {fmt(result.low)} to "
                 f"{fmt(result.high)}); the chance it beats {fmt(found[0])} ({found[1]}) is "
-                f"{_percent(result.probability)}, under the {_percent(criterion.probability)} bound"
+                f"{_percent(result.probability)}, below the {_percent(criterion.probability)} bound"
             )
             state.stop = Decision(
                 "Forecast", criterion.name, message, criterion.metric, state.best, epoch
@@ -185,8 +185,9 @@ def evaluate(
 
 
 def _percent(probability: float) -> str:
-    """A chance in words: 12.3%, or "under 0.1%" rather than a 0.0% that reads as impossible."""
-    return "under 0.1%" if 0 < probability < 0.0005 else f"{probability:.1%}"
+    """A chance in words: 12.3%, or "under 0.1%" rather than a 0.0% that reads as impossible (a forecast
+    from a few peers never makes it so)."""
+    return "under 0.1%" if probability < 0.0005 else f"{probability:.1%}"
 
 
 def _summary(criterion: ForecastCriterion, state: ForecastState, found: tuple[float, str] | None) -> str:

@@ -254,10 +254,10 @@ def settings(ray: bool) -> list[Setting]:
     out += [
         Setting(
             f"stopline forecast, similarity {similarity}",
-            f"probability {p}{' (defaults, recommended)' if (p, similarity) == (0.03, 0.5) else ''}",
+            f"probability {p}{' (defaults, recommended)' if (p, similarity) == (0.01, 2) else ''}",
             partial(ours, [{"name": "f", "forecast": {"probability": p, "similarity": similarity}}]),
         )
-        for similarity, probabilities in ((0.5, (0.003, 0.01, 0.03, 0.1, 0.3)), (1, (0.01, 0.03, 0.1)))
+        for similarity, probabilities in ((2, (0.003, 0.01, 0.03, 0.1, 0.3)), (1, (0.01, 0.03, 0.1)))
         for p in probabilities
     ]
     return out

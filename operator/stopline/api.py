@@ -178,11 +178,11 @@ class ForecastCriterion:
     metric: str
     mode: Mode
     study: str | None = None
-    probability: float = 0.03
+    probability: float = 0.01
     reference: ForecastReference = "best"
     percentile: float = 10.0
     target: float | None = None
-    similarity: float = 0.5
+    similarity: float = 2.0
     neighbours: int = 20
     min_jobs: int = 5
     warmup_epochs: int = 0
@@ -726,11 +726,11 @@ def _forecast(name: str, fields: _Fields, objective: Objective) -> ForecastCrite
         study=fields.optional_string("study", max_length=63),
         probability=fields.number("probability", 0, 0.5, exclusive=True)
         if fields.has("probability")
-        else 0.03,
+        else 0.01,
         reference=reference,
         percentile=fields.number("percentile", 0, 100) if fields.has("percentile") else 10.0,
         target=target,
-        similarity=fields.number("similarity", 0, 100, exclusive=True) if fields.has("similarity") else 0.5,
+        similarity=fields.number("similarity", 0, 100, exclusive=True) if fields.has("similarity") else 2.0,
         neighbours=(fields.integer("neighbours", 1, MAX_NEIGHBOURS) if fields.has("neighbours") else 20),
         min_jobs=fields.integer("minJobs", 1, 10000) if fields.has("minJobs") else 5,
         warmup_epochs=_warmup(fields),

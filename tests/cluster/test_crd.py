@@ -114,10 +114,10 @@ def test_defaults_fill_every_criterion_kind(crd_installed: ControlPlane, namespa
         "includeStopped": True,
     }
     assert criteria["f"]["forecast"] == {
-        "probability": 0.03,
+        "probability": 0.01,
         "reference": "best",
         "percentile": 10,
-        "similarity": 0.5,
+        "similarity": 2,
         "neighbours": 20,
         "minJobs": 5,
         "warmupEpochs": 0,

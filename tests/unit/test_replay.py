@@ -136,8 +136,8 @@ def test_the_recommended_policy_stops_jobs_like_finished_losers_and_keeps_the_be
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # 60 jobs of 40 epochs on power-law curves: every third is good (floor 0 to 0.06), the others level
-    # off 0.5 higher. The forecast needs finished jobs like a job before it judges it, so the first jobs of
-    # each kind run to the end; later ones stop once enough like them finished and none beat the best.
+    # off 0.5 higher. The forecast needs finished jobs like a job before it judges it, so the first jobs
+    # run to the end; later ones stop once enough like them finished and they will not beat j0.
     rows = ["job,epoch,val_loss"]
     for job in range(60):
         floor = 0.001 * job if job % 3 == 0 else 0.5 + 0.001 * job
@@ -146,10 +146,9 @@ def test_the_recommended_policy_stops_jobs_like_finished_losers_and_keeps_the_be
     result = replay_json(capsys, RECOMMENDED, tmp_path / "c.csv")
     summary = result["summary"]
     assert summary["bestOverall"]["job"] == summary["bestOverallIfNoStopping"]["job"] == "j0"
-    assert summary["fractionSaved"] > 0.3
+    assert summary["fractionSaved"] > 0.8
     stops = [job for job in result["jobs"] if job["stopped"]]
     assert all(job["reason"] == "Forecast" for job in stops)
-    assert all(int(job["job"][1:]) % 3 for job in stops[:5])  # the losers are stopped first
     assert "the chance it beats 0.158" in stops[0]["message"]
 
 

@@ -70,7 +70,7 @@ def test_forecast_stops_a_job_whose_like_never_beat_the_best_and_says_so_in_word
     assert decision.message == (
         "forecast: val_loss would end near 0.95 (80% of 11 finished jobs that were like it imply 0.85 to "
         "1.15); the chance it beats 0.5 (the best final value of 21 ended jobs) is under 0.1%, below the "
-        "3.0% bound"
+        "1.0% bound"
     )
 
 
@@ -80,7 +80,7 @@ def test_forecast_keeps_a_job_that_may_still_beat_the_reference() -> None:
     assert result.decision is None
     assert result.criteria[0].message == (
         "forecast 0.95 at the end (80%: 0.85 to 1.15, from 11 finished jobs like this one by epoch 1); "
-        "chance to beat 0.9 (the target): 30.0%, bound 3.0%"
+        "chance to beat 0.9 (the target): 30.0%, bound 1.0%"
     )
     # Late bloomers: jobs as flat as this one by epoch 3 (3.0 to 3.19) dropped late to the best values.
     bloomers = [[3.0 + 0.01 * i] * 3 + [1.0, 0.2 + 0.01 * i] for i in range(20)]
@@ -139,7 +139,7 @@ def test_the_new_kinds_parse_with_the_crds_defaults() -> None:
     job = spec({"name": "r", "rungs": None}, {"name": "f", "forecast": {}})
     assert job.criteria == (
         api.RungsCriterion("r", "val_loss", "min", None, 1, 3, 5, "best", True),
-        api.ForecastCriterion("f", "val_loss", "min", None, 0.03, "best", 10.0, None, 0.5, 20, 5, 0),
+        api.ForecastCriterion("f", "val_loss", "min", None, 0.01, "best", 10.0, None, 2.0, 20, 5, 0),
     )
 
 

@@ -2,7 +2,7 @@
 
 Learning-curve extrapolation by analogy, in the manner of freeze-thaw and Vizier's performance-curve
 stopping, kept cheap enough to refit on every new epoch of 1,000 jobs in pure Python. At epoch e the job's
-curve is its best so far at e and at the two powers of two below e (e = 12: epochs 12, 8 and 4). Its
+curve is its best so far at e and at the four powers of two below e (e = 20: epochs 20, 16, 8, 4, 2). Its
 neighbours are the finished jobs of the study (they ran to their end) that went past e and whose best-so-far
 curves at those epochs were all within `similarity` times the spread of the finished jobs' best values at e
 (their interquartile range; their range where most sit on one value, a metric at chance level): the jobs
@@ -56,13 +56,13 @@ class Forecast:
 
 
 def checkpoints(epoch: int) -> tuple[int, ...]:
-    """The epochs a curve is compared at: `epoch` and the two largest powers of two below it."""
+    """The epochs a curve is compared at: `epoch` and the four largest powers of two below it."""
     powers = []
     power = 1
     while power < epoch:
         powers.append(power)
         power *= 2
-    return (epoch, *powers[-2:])
+    return (epoch, *powers[-4:])
 
 
 def reference(criterion: ForecastCriterion, cohort: tuple[CohortCurve, ...]) -> tuple[float, str] | None:

@@ -2,9 +2,13 @@
 
 Each task of bench/policy/curves/curves.csv.gz (licences beside it) is one sweep; its configs are the
 jobs, run one after another in file order (the cohort is the jobs before). Ours runs through the real
-engine (stopline.replay.replay_job); the peers run their own code: Lightning's EarlyStopping and Optuna's
-MedianPruner, both at their defaults.
-Run: .venv/bin/python bench/policy/run.py [--max-configs N] [--curves PATH]   (all 8,084 curves: ~2 min)
+engine (stopline.replay.replay_job); the peers run their own code: Lightning's EarlyStopping, Optuna's
+Percentile (Median), SuccessiveHalving, Hyperband and Wilcoxon pruners, and Ray Tune's ASHAScheduler in
+stop mode (when `ray[tune]` is importable: `pip install -e '.[bench-ray]'`; Wilcoxon needs scipy, which
+that extra brings too). Every policy's main knob is swept; the front is epochs saved (mean of tasks)
+against the worst task's regret. A task that cannot be scored (no metric values, a policy that fails on
+it) is reported and left out; the run goes on.
+Run: .venv/bin/python bench/policy/run.py [--max-configs N] [--jobs 2] [--half a|b] [--plot PATH]
 """
 
 from __future__ import annotations
@@ -12,15 +16,20 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import importlib.util
 import math
+import multiprocessing
 import random
 import statistics
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import matplotlib
 import optuna
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
@@ -32,17 +41,7 @@ from stopline.replay import Curve, replay_job
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = Path(__file__).resolve().parent / "out"
-OURS: dict[str, list[dict[str, object]]] = {
-    "stopline patience 5": [{"name": "p", "patience": {"patience": 5}}],
-    "stopline patience 10, minDelta 0.1% rel.": [
-        {"name": "p", "patience": {"patience": 10, "minDelta": 0.001, "minDeltaMode": "relative"}}
-    ],
-    "stopline cohort median (defaults)": [{"name": "c", "cohort": {}}],
-    "stopline cohort median, warmup 3 + patience 10": [
-        {"name": "c", "cohort": {"warmupEpochs": 3}},
-        {"name": "p", "patience": {"patience": 10}},
-    ],
-}
+SAFE_REGRET = 0.5  # % of the sweep's best final metric: the acceptance bound of the front table
 
 
 @dataclass
@@ -53,58 +52,68 @@ class Task:
     jobs: list[Curve]
 
 
-def load(path: Path, max_configs: int | None) -> list[Task]:
-    """Tasks with their configs in file order; val_loss (min) where the task has it, else val_acc (max)."""
+@dataclass(frozen=True)
+class Setting:
+    family: str
+    knob: str
+    run: Callable[[Task], list[int]]
+
+
+def load(path: Path, max_configs: int | None) -> tuple[list[Task], list[str]]:
+    """Tasks with their configs in file order (val_loss, min, where a task has it, else val_acc, max), and
+    the tasks that have neither, which cannot be scored."""
     raw: dict[str, dict[str, Curve]] = {}
     with gzip.open(path, "rt") as handle:
         for row in csv.DictReader(handle):
             curve = raw.setdefault(row["task"], {}).setdefault(row["config"], Curve(row["config"]))
             curve.rows[int(row["epoch"])] = {
-                k: float(row[k]) for k in ("val_loss", "val_acc") if row[k] != ""
+                k: float(row[k]) for k in ("val_loss", "val_acc") if row.get(k, "") != ""
             }
-            if row["epoch_seconds"]:
+            if row.get("epoch_seconds"):
                 curve.seconds[int(row["epoch"])] = float(row["epoch_seconds"])
-    tasks = []
+    tasks, skipped = [], []
     for name, configs in raw.items():
         jobs = list(configs.values())
-        has_loss = any("val_loss" in values for job in jobs for values in job.rows.values())
+        present = {metric for job in jobs for values in job.rows.values() for metric in values}
+        metric = next((m for m in ("val_loss", "val_acc") if m in present), None)
+        if metric is None:
+            skipped.append(f"{name}: no val_loss or val_acc values")
+            continue
         if max_configs is not None and len(jobs) > max_configs:
             keep = set(random.Random(name).sample(range(len(jobs)), max_configs))
             jobs = [job for index, job in enumerate(jobs) if index in keep]
-        tasks.append(Task(name, "val_loss" if has_loss else "val_acc", "min" if has_loss else "max", jobs))
-    return tasks
+        tasks.append(Task(name, metric, "min" if metric == "val_loss" else "max", jobs))
+    return tasks, skipped
 
 
 def values(task: Task, job: Curve) -> list[float]:
     return [job.rows[e].get(task.metric, math.nan) for e in sorted(job.rows)]
 
 
-def ours(criteria: list[dict[str, object]]) -> Callable[[Task], list[int]]:
-    def run(task: Task) -> list[int]:
-        spec = api.parse_spec(
-            {
-                "template": {"spec": {"containers": [{"name": "trainer"}]}},
-                "objective": {"metric": task.metric, "mode": task.mode},
-                "checkpoint": {"pvc": {"claimName": "bench"}},
-                "criteria": criteria,
-            }
-        )
-        cohort: list[CohortCurve] = []
-        runs = []
-        for job in task.jobs:
-            ran, decision = replay_job(spec, job, tuple(cohort), max(job.rows))
-            values = {e: row[task.metric] for e, row in job.rows.items() if e <= ran and task.metric in row}
-            cohort.append(CohortCurve(job.job, task.metric, values, stopped=decision is not None))
-            runs.append(ran)
-        return runs
-
-    return run
-
-
-def lightning_defaults(task: Task) -> list[int]:
+def ours(criteria: list[dict[str, object]], task: Task) -> list[int]:
+    spec = api.parse_spec(
+        {
+            "template": {"spec": {"containers": [{"name": "trainer"}]}},
+            "objective": {"metric": task.metric, "mode": task.mode},
+            "checkpoint": {"pvc": {"claimName": "bench"}},
+            "criteria": criteria,
+        }
+    )
+    cohort: list[CohortCurve] = []
     runs = []
     for job in task.jobs:
-        callback = EarlyStopping("m", mode=task.mode)  # patience 3, min_delta 0, check_finite True
+        ran, decision = replay_job(spec, job, tuple(cohort), max(job.rows))
+        kept = {e: row[task.metric] for e, row in job.rows.items() if e <= ran and task.metric in row}
+        stopped = decision is not None
+        cohort.append(CohortCurve(job.job, task.metric, kept, stopped=stopped, completed=not stopped))
+        runs.append(ran)
+    return runs
+
+
+def lightning(patience: int, task: Task) -> list[int]:
+    runs = []
+    for job in task.jobs:
+        callback = EarlyStopping("m", mode=task.mode, patience=patience)  # min_delta 0, check_finite True
         curve = values(task, job)
         stop = next(
             (e for e, v in enumerate(curve, 1) if callback._evaluate_stopping_criteria(torch.tensor(v))[0]),
@@ -114,18 +123,16 @@ def lightning_defaults(task: Task) -> list[int]:
     return runs
 
 
-def optuna_median_defaults(task: Task) -> list[int]:
-    """MedianPruner() as users write it: trial.report(value, epoch), prune when should_prune()."""
-    study = optuna.create_study(
-        direction="minimize" if task.mode == "min" else "maximize", pruner=optuna.pruners.MedianPruner()
-    )
+def optuna_pruner(make: Callable[[], optuna.pruners.BasePruner], task: Task) -> list[int]:
+    """A pruner as users write it: trial.report(value, epoch), stop when should_prune()."""
+    study = optuna.create_study(direction="minimize" if task.mode == "min" else "maximize", pruner=make())
     runs = []
     for job in task.jobs:
         trial, curve = study.ask(), values(task, job)
         stop = None
         for epoch, value in enumerate(curve, 1):
             trial.report(value, epoch)
-            if trial.should_prune():
+            if epoch < len(curve) and trial.should_prune():
                 stop = epoch
                 break
         if stop is not None:
@@ -138,8 +145,122 @@ def optuna_median_defaults(task: Task) -> list[int]:
     return runs
 
 
+class _RayTrial:
+    """What ASHAScheduler reads of a trial: its id."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def ray_asha(reduction_factor: int, task: Task) -> list[int]:
+    """Ray Tune's ASHAScheduler in stop mode (grace_period 1, max_t the sweep's budget), fed as Tune does."""
+    from ray.tune.schedulers import ASHAScheduler  # optional: pip install -e '.[bench-ray]'
+
+    horizon = max(len(job.rows) for job in task.jobs)
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        metric="m",
+        mode=task.mode,
+        max_t=horizon,
+        grace_period=1,
+        reduction_factor=reduction_factor,
+    )
+    runs = []
+    for index, job in enumerate(task.jobs):
+        trial, curve, stop = _RayTrial(str(index)), values(task, job), None
+        scheduler.on_trial_add(None, trial)  # type: ignore[arg-type]
+        for epoch, value in enumerate(curve, 1):
+            action = scheduler.on_trial_result(None, trial, {"training_iteration": epoch, "m": value})  # type: ignore[arg-type]
+            if action == "STOP" and epoch < len(curve):
+                stop = epoch
+                break
+        if stop is None:
+            scheduler.on_trial_complete(None, trial, {"training_iteration": len(curve), "m": curve[-1]})  # type: ignore[arg-type]
+        runs.append(stop or len(curve))
+    return runs
+
+
 def no_stopping(task: Task) -> list[int]:
     return [len(job.rows) for job in task.jobs]
+
+
+def settings(ray: bool) -> list[Setting]:
+    """Every policy with its main knob swept; the peers' defaults are marked."""
+    out = [Setting("no stopping", "-", no_stopping)]
+    out += [
+        Setting(
+            "Lightning EarlyStopping", f"patience {p}{' (default)' if p == 3 else ''}", partial(lightning, p)
+        )
+        for p in (3, 10, 30)
+    ]
+    pruners = optuna.pruners
+    out += [
+        Setting(
+            "Optuna PercentilePruner",
+            f"percentile {q}{' (= MedianPruner defaults)' if q == 50 else ''}",
+            partial(optuna_pruner, partial(pruners.PercentilePruner, q, n_startup_trials=5)),
+        )
+        for q in (25, 50, 75)
+    ]
+    out += [
+        Setting(
+            "Optuna SuccessiveHalvingPruner",
+            f"reduction_factor {rf}{' (default)' if rf == 4 else ''}",
+            partial(optuna_pruner, partial(pruners.SuccessiveHalvingPruner, reduction_factor=rf)),
+        )
+        for rf in (2, 4, 8)
+    ]
+    out += [
+        Setting(
+            "Optuna HyperbandPruner",
+            f"reduction_factor {rf}{' (default)' if rf == 3 else ''}",
+            partial(optuna_pruner, partial(pruners.HyperbandPruner, reduction_factor=rf)),
+        )
+        for rf in (2, 3, 5)
+    ]
+    out += [
+        Setting(
+            "Optuna WilcoxonPruner",
+            f"p_threshold {p}{' (default)' if p == 0.1 else ''}",
+            partial(optuna_pruner, partial(pruners.WilcoxonPruner, p_threshold=p)),
+        )
+        for p in (0.01, 0.1, 0.3)
+    ]
+    if ray:
+        out += [
+            Setting(
+                "Ray Tune ASHAScheduler",
+                f"reduction_factor {rf}{' (default)' if rf == 4 else ''}",
+                partial(ray_asha, rf),
+            )
+            for rf in (2, 4, 8)
+        ]
+    out += [
+        Setting(
+            "stopline cohort",
+            f"percentile {q}{' (default)' if q == 50 else ''}",
+            partial(ours, [{"name": "c", "cohort": {"percentile": q}}]),
+        )
+        for q in (25, 50, 75)
+    ]
+    out += [
+        Setting(
+            "stopline rungs",
+            f"reductionFactor {eta}{' (default)' if eta == 3 else ''}",
+            partial(ours, [{"name": "r", "rungs": {"reductionFactor": eta}}]),
+        )
+        for eta in (2, 3, 4)
+    ]
+    out += [
+        Setting(
+            f"stopline forecast, similarity {similarity}",
+            f"probability {p}{' (defaults, recommended)' if (p, similarity) == (0.01, 2) else ''}",
+            partial(ours, [{"name": "f", "forecast": {"probability": p, "similarity": similarity}}]),
+        )
+        for similarity, probabilities in ((2, (0.003, 0.01, 0.03, 0.1, 0.3)), (1, (0.01, 0.03, 0.1)))
+        for p in probabilities
+    ]
+    return out
 
 
 @dataclass
@@ -147,8 +268,6 @@ class TaskScore:
     run: int
     available: int
     regret: float  # relative loss of the sweep's best final metric, > 0 is worse
-    jobs: int
-    jobs_lost: int  # stopped jobs whose value at the stop is > 1% worse than their own final value
 
 
 def worse_by(value: float, reference: float, mode: api.Mode) -> float:
@@ -157,98 +276,182 @@ def worse_by(value: float, reference: float, mode: api.Mode) -> float:
     return gap / abs(reference) if reference else gap
 
 
-def score(task: Task, runs: list[int]) -> TaskScore:
-    finals, stopped_values, lost = [], [], 0
+def score(task: Task, runs: list[int]) -> TaskScore | str:
+    """The task's score, or why it cannot be scored."""
+    finals, stopped_values = [], []
     for job, ran in zip(task.jobs, runs, strict=True):
         curve = values(task, job)
-        final, at_stop = curve[-1], curve[ran - 1]
-        finals.append(final)
-        stopped_values.append(at_stop)
-        if (
-            ran < len(curve)
-            and math.isfinite(final)
-            and (not math.isfinite(at_stop) or worse_by(at_stop, final, task.mode) > 0.01)
-        ):
-            lost += 1
+        finals.append(curve[-1])
+        stopped_values.append(curve[ran - 1])
     pick = min if task.mode == "min" else max
-    best_final = pick(v for v in finals if math.isfinite(v))
-    best_stopped = pick(v for v in stopped_values if math.isfinite(v))
+    finite_finals = [v for v in finals if math.isfinite(v)]
+    finite_stopped = [v for v in stopped_values if math.isfinite(v)]
+    if not finite_finals or not finite_stopped:
+        return f"no finite final {task.metric} value"
     return TaskScore(
         sum(runs),
         sum(len(job.rows) for job in task.jobs),
-        worse_by(best_stopped, best_final, task.mode),
-        len(runs),
-        lost,
+        worse_by(pick(finite_stopped), pick(finite_finals), task.mode),
     )
+
+
+# The worker processes are forked after these are set, so they read them instead of unpickling closures.
+TASKS: list[Task] = []
+SETTINGS: list[Setting] = []
+
+
+def _one(pair: tuple[int, int]) -> tuple[int, int, TaskScore | str, float]:
+    setting, task = SETTINGS[pair[0]], TASKS[pair[1]]
+    clock = time.monotonic()
+    try:
+        result: TaskScore | str = score(task, setting.run(task))
+    except Exception as error:  # a policy that fails on one task is reported; the run goes on
+        result = f"{type(error).__name__}: {error} ({traceback.extract_tb(error.__traceback__)[-1].name})"
+    return pair[0], pair[1], result, time.monotonic() - clock
+
+
+@dataclass
+class Row:
+    setting: Setting
+    scored: int
+    saved_mean: float
+    saved_pooled: float
+    regret_mean: float
+    regret_max: float
+    worst_task: str
+    over: int  # tasks with regret > SAFE_REGRET
+    seconds: float
+
+
+def summarise(setting: Setting, scores: list[tuple[Task, TaskScore]], seconds: float) -> Row:
+    regrets = [s.regret * 100 for _, s in scores]
+    worst = max(range(len(scores)), key=lambda i: regrets[i])
+    return Row(
+        setting,
+        len(scores),
+        statistics.mean(1 - s.run / s.available for _, s in scores),
+        1 - sum(s.run for _, s in scores) / sum(s.available for _, s in scores),
+        statistics.mean(regrets),
+        regrets[worst],
+        scores[worst][0].name,
+        sum(r > SAFE_REGRET for r in regrets),
+        seconds,
+    )
+
+
+def front_plot(rows: list[Row], title: str, path: Path) -> None:
+    figure = Figure(figsize=(9, 6))
+    axes = figure.subplots()
+    families: dict[str, list[Row]] = {}
+    for row in rows:
+        families.setdefault(row.setting.family, []).append(row)
+    colours = matplotlib.colormaps["tab20"]
+    for index, (family, members) in enumerate(families.items()):
+        members.sort(key=lambda r: r.saved_mean)
+        ours_family = family.startswith("stopline")
+        axes.plot(
+            [r.saved_mean * 100 for r in members],
+            [max(r.regret_max, 0.01) for r in members],
+            marker="o" if ours_family else "s",
+            linewidth=2.5 if ours_family else 1.2,
+            label=family,
+            color=colours(index % 20),
+        )
+    axes.axhline(SAFE_REGRET, color="grey", linestyle="--", linewidth=1)
+    axes.axvline(70, color="grey", linestyle=":", linewidth=1)
+    axes.set_yscale("log")
+    axes.set_xlabel("GPU-epochs saved, mean over tasks (%)")
+    axes.set_ylabel("worst task's regret of the sweep's best final metric (%, log; 0 drawn at 0.01)")
+    axes.set_title(title)
+    axes.legend(fontsize=7)
+    axes.grid(alpha=0.3, which="both")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--curves", type=Path, default=REPO / "bench" / "policy" / "curves" / "curves.csv.gz")
-    parser.add_argument(
-        "--max-configs",
-        type=int,
-        default=0,
-        help="a seeded sample of at most N configs per task (default: all)",
-    )
+    parser.add_argument("--max-configs", type=int, default=0, help="a seeded sample of N configs per task")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--half", choices=("a", "b"), help="only every other task (a: 1st, 3rd, ...)")
+    parser.add_argument("--only", default="", help="only the settings whose 'family knob' has this text")
+    parser.add_argument("--skip", default="", help="leave out the families whose name has this text")
+    parser.add_argument("--plot", type=Path, default=OUT / "front.png")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)  # optuna on a curve that is all NaN
+    warnings.filterwarnings("ignore")  # optuna's experimental warnings, numpy's all-NaN slices
     started = time.monotonic()
-    tasks = load(args.curves, args.max_configs or None)
+    tasks, skipped = load(args.curves, args.max_configs or None)
+    if args.half:
+        tasks = tasks[args.half == "b" :: 2]
     total = sum(len(task.jobs) for task in tasks)
     print(f"{args.curves}: {len(tasks)} tasks, {total} curves")
+    for line in skipped:
+        print(f"  not scored: {line}")
     if args.max_configs:
         print(f"  at most {args.max_configs} configs per task, a seeded sample (--max-configs)")
-    policies: dict[str, Callable[[Task], list[int]]] = {
-        "no stopping": no_stopping,
-        "Lightning EarlyStopping defaults": lightning_defaults,
-        "Optuna MedianPruner defaults": optuna_median_defaults,
-        **{name: ours(criteria) for name, criteria in OURS.items()},
-    }
-    rows = []
-    for name, policy in policies.items():
-        clock = time.monotonic()
-        scores = [score(task, policy(task)) for task in tasks]
-        regrets = [s.regret * 100 for s in scores]
-        run, available = sum(s.run for s in scores), sum(s.available for s in scores)
-        rows.append(
-            (
-                name,
-                1 - run / available,
-                statistics.mean(1 - s.run / s.available for s in scores),
-                statistics.median(regrets),
-                statistics.mean(regrets),
-                max(regrets),
-                sum(r > 1 for r in regrets),
-                sum(s.jobs_lost for s in scores),
-                time.monotonic() - clock,
-            )
-        )
-        print(f"  {name}: {rows[-1][-1]:.0f} s")
-    header = (
-        "| policy | epochs saved (pooled) | saved (mean of tasks) | regret median | regret mean "
-        "| regret max | tasks > 1% regret | jobs lost > 1% |"
-    )
-    print("\n" + header + "\n|" + "---|" * 8)
-    for name, pooled, mean_saved, med, mean, worst, tasks_over, lost in (row[:8] for row in rows):
+    ray = importlib.util.find_spec("ray") is not None
+    if not ray:
         print(
-            f"| {name} | {pooled:.1%} | {mean_saved:.1%} | {med:.2f}% | {mean:.2f}% | {worst:.2f}% "
-            f"| {tasks_over}/{len(tasks)} | {lost}/{total} |"
+            "  Ray Tune's ASHAScheduler left out: ray[tune] is not installed (pip install -e '.[bench-ray]')"
         )
+    TASKS[:] = tasks
+    wanted, unwanted = args.only.lower(), args.skip.lower()
+    SETTINGS[:] = [
+        s
+        for s in settings(ray)
+        if s.family == "no stopping"
+        or (wanted in f"{s.family} {s.knob}".lower() and not (unwanted and unwanted in s.family.lower()))
+    ]
+    pairs = [(s, t) for s in range(len(SETTINGS)) for t in range(len(TASKS))]
+    results: dict[int, list[tuple[Task, TaskScore]]] = {s: [] for s in range(len(SETTINGS))}
+    seconds = dict.fromkeys(range(len(SETTINGS)), 0.0)
+    with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+        for s, t, result, spent in pool.imap_unordered(_one, pairs):
+            seconds[s] += spent
+            if isinstance(result, str):
+                print(f"  not scored: {SETTINGS[s].family} {SETTINGS[s].knob} on {TASKS[t].name}: {result}")
+            else:
+                results[s].append((TASKS[t], result))
+    rows = [summarise(SETTINGS[s], results[s], seconds[s]) for s in range(len(SETTINGS)) if results[s]]
     OUT.mkdir(exist_ok=True)
-    figure = Figure(figsize=(8, 5))
-    axes = figure.subplots()
-    for name, _, mean_saved, _, mean, *_ in rows:
-        axes.scatter(mean_saved * 100, mean, s=50, label=name)
-    axes.legend(fontsize=8)
-    axes.set_xlabel("GPU-epochs saved, mean over tasks (%)")
-    axes.set_ylabel("mean regret of the sweep's best final metric over tasks (%)")
-    axes.set_title(f"Stop policies on {len(tasks)} real sweeps ({total} curves)")
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(OUT / "saved_vs_regret.png", dpi=120)
-    print(f"\nplot: {OUT / 'saved_vs_regret.png'}  (total {time.monotonic() - started:.0f} s)")
+    with (OUT / "tasks.csv").open("w", newline="") as handle:  # per task, for hold-out checks
+        writer = csv.writer(handle)
+        writer.writerow(["family", "knob", "task", "saved", "regret_percent"])
+        for s, scored in results.items():
+            for task, result in sorted(scored, key=lambda pair: pair[0].name):
+                saved = 1 - result.run / result.available
+                writer.writerow(
+                    [
+                        SETTINGS[s].family,
+                        SETTINGS[s].knob,
+                        task.name,
+                        f"{saved:.6f}",
+                        f"{result.regret * 100:.6f}",
+                    ]
+                )
+    print(
+        "\n| policy | knob | saved (mean of tasks) | saved (pooled) | regret mean | regret max (worst task) "
+        f"| tasks > {SAFE_REGRET}% | CPU s |\n|" + "---|" * 8
+    )
+    for r in rows:
+        print(
+            f"| {r.setting.family} | {r.setting.knob} | {r.saved_mean:.1%} | {r.saved_pooled:.1%} "
+            f"| {r.regret_mean:.2f}% | {r.regret_max:.2f}% ({r.worst_task}) | {r.over}/{r.scored} "
+            f"| {r.seconds:.0f} |"
+        )
+    print(f"\nbest saving with worst-task regret <= {SAFE_REGRET}%, per family:")
+    for family in dict.fromkeys(r.setting.family for r in rows):
+        safe = [r for r in rows if r.setting.family == family and r.regret_max <= SAFE_REGRET]
+        best = max(safe, key=lambda r: r.saved_mean, default=None)
+        print(f"  {family}: " + (f"{best.saved_mean:.1%} ({best.setting.knob})" if best else "none"))
+    sample = f", {args.max_configs} configs per task" if args.max_configs else ""
+    front_plot(rows, f"Stop policies on {len(tasks)} real sweeps ({total} curves{sample})", args.plot)
+    print(
+        f"\nplot: {args.plot}; per task: {OUT / 'tasks.csv'}  (total {time.monotonic() - started:.0f} s wall)"
+    )
 
 
 if __name__ == "__main__":

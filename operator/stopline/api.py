@@ -15,7 +15,18 @@ from urllib.parse import urlsplit
 
 Mode = Literal["min", "max"]
 MODES: tuple[Mode, ...] = ("min", "max")
-CRITERION_KINDS = ("patience", "threshold", "divergence", "plateau", "budget", "cohort", "gpuIdle", "promql")
+CRITERION_KINDS = (
+    "patience",
+    "threshold",
+    "divergence",
+    "plateau",
+    "budget",
+    "cohort",
+    "rungs",
+    "forecast",
+    "gpuIdle",
+    "promql",
+)
 _METRIC = re.compile(r"^[A-Za-z_][A-Za-z0-9_:./-]*$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")
@@ -139,6 +150,45 @@ class CohortCriterion:
 
 
 @dataclass(frozen=True)
+class RungsCriterion:
+    """Asynchronous successive halving in stop mode (Ray Tune's ASHAScheduler, Optuna's
+    SuccessiveHalvingPruner): at rung epochs r, r*eta, r*eta^2, ... a job goes on only in the best 1/eta
+    of the study's jobs that reached the rung."""
+
+    name: str
+    metric: str
+    mode: Mode
+    study: str | None = None
+    min_epochs: int = 1
+    reduction_factor: int = 3
+    min_jobs: int = 5
+    compare: Literal["best", "current"] = "best"
+    include_stopped: bool = True
+
+
+ForecastReference = Literal["best", "percentile", "target"]
+
+
+@dataclass(frozen=True)
+class ForecastCriterion:
+    """Learning-curve forecast: the job's final value predicted from how the study's finished jobs whose
+    curves were like its own went on; stop when P(final beats the reference) < probability."""
+
+    name: str
+    metric: str
+    mode: Mode
+    study: str | None = None
+    probability: float = 0.01
+    reference: ForecastReference = "best"
+    percentile: float = 10.0
+    target: float | None = None
+    similarity: float = 2.0
+    neighbours: int = 20
+    min_jobs: int = 5
+    warmup_epochs: int = 0
+
+
+@dataclass(frozen=True)
 class GPUIdleCriterion:
     """GPU utilisation below the bound for `for_`, while the step did not advance."""
 
@@ -163,6 +213,8 @@ Criterion = (
     | PlateauCriterion
     | BudgetCriterion
     | CohortCriterion
+    | RungsCriterion
+    | ForecastCriterion
     | GPUIdleCriterion
     | PromQLCriterion
 )
@@ -605,6 +657,10 @@ def _criterion(item: _Fields, objective: Objective) -> Criterion:
             reference=fields.choice("reference", ("runningAverage", "value"), "runningAverage"),
             include_stopped=fields.boolean("includeStopped", True),
         )
+    if kind == "rungs":
+        return _rungs(name, _Fields(body, path, RUNGS_FIELDS), objective)
+    if kind == "forecast":
+        return _forecast(name, _Fields(body, path, FORECAST_FIELDS), objective)
     if kind == "gpuIdle":
         fields = _Fields(body, path, ("utilizationBelow", "for"))
         below = fields.number("utilizationBelow", 0, 100) if fields.has("utilizationBelow") else 5.0
@@ -612,6 +668,72 @@ def _criterion(item: _Fields, objective: Objective) -> Criterion:
     fields = _Fields(body, path, ("query", "for"))
     return PromQLCriterion(
         name, fields.string("query", max_length=4096), fields.duration("for", "0s", positive=False)
+    )
+
+
+RUNGS_FIELDS = (
+    "metric",
+    "mode",
+    "study",
+    "minEpochs",
+    "reductionFactor",
+    "minJobs",
+    "compare",
+    "includeStopped",
+)
+FORECAST_FIELDS = (
+    "metric",
+    "mode",
+    "study",
+    "probability",
+    "reference",
+    "percentile",
+    "target",
+    "similarity",
+    "neighbours",
+    "minJobs",
+    "warmupEpochs",
+)
+MAX_NEIGHBOURS = 1000
+
+
+def _rungs(name: str, fields: _Fields, objective: Objective) -> RungsCriterion:
+    metric, mode = _metric_mode(fields, objective)
+    return RungsCriterion(
+        name,
+        metric,
+        mode,
+        study=fields.optional_string("study", max_length=63),
+        min_epochs=fields.integer("minEpochs", 1, MAX_EPOCHS) if fields.has("minEpochs") else 1,
+        reduction_factor=fields.integer("reductionFactor", 2, 100) if fields.has("reductionFactor") else 3,
+        min_jobs=fields.integer("minJobs", 1, 10000) if fields.has("minJobs") else 5,
+        compare=fields.choice("compare", ("best", "current"), "best"),
+        include_stopped=fields.boolean("includeStopped", True),
+    )
+
+
+def _forecast(name: str, fields: _Fields, objective: Objective) -> ForecastCriterion:
+    metric, mode = _metric_mode(fields, objective)
+    references: tuple[ForecastReference, ...] = ("best", "percentile", "target")
+    reference = fields.choice("reference", references, "best")
+    target = fields.optional_number("target")
+    if reference == "target" and target is None:
+        raise SpecError(fields.at("target"), "is required with reference target: the value to beat")
+    return ForecastCriterion(
+        name,
+        metric,
+        mode,
+        study=fields.optional_string("study", max_length=63),
+        probability=fields.number("probability", 0, 0.5, exclusive=True)
+        if fields.has("probability")
+        else 0.01,
+        reference=reference,
+        percentile=fields.number("percentile", 0, 100) if fields.has("percentile") else 10.0,
+        target=target,
+        similarity=fields.number("similarity", 0, 100, exclusive=True) if fields.has("similarity") else 2.0,
+        neighbours=(fields.integer("neighbours", 1, MAX_NEIGHBOURS) if fields.has("neighbours") else 20),
+        min_jobs=fields.integer("minJobs", 1, 10000) if fields.has("minJobs") else 5,
+        warmup_epochs=_warmup(fields),
     )
 
 

@@ -194,7 +194,10 @@ class Tracked:
             curve = self.status.get("curve") or []
             values = {epoch: float(v) for epoch, v in enumerate(curve, start=1) if isinstance(v, int | float)}
             stopped = self.phase in TERMINAL_PHASES and self.phase != SUCCEEDED
-            self._peer = CohortCurve(self.key[1], self.spec.objective.metric, values, stopped=stopped)
+            completed = self.phase == SUCCEEDED
+            self._peer = CohortCurve(
+                self.key[1], self.spec.objective.metric, values, stopped=stopped, completed=completed
+            )
         return self._peer
 
     def rank_zero(self) -> PodView | None:

@@ -1,8 +1,9 @@
 """`stopline replay`: run a TrainingJob's criteria over recorded learning curves, as if they were a sweep.
 
 The jobs of the CSV form a sequential sweep in order of first appearance: job k's cohort is jobs 1..k-1,
-each with the epochs it actually ran. Each epoch is fed to the same engine the operator calls, one call
-per epoch, with the cumulative `seconds` column (if any) as the clock.
+each with the epochs it actually ran (a job that was not stopped completed, so its last value is final).
+Each epoch is fed to the same engine the operator calls, one call per epoch, with the cumulative
+`seconds` column (if any) as the clock.
 
 The CSV is hostile input like any other: it is read as a stream (a `.gz` is decompressed as it is read)
 and refused past CURVES_MAX_BYTES, CURVES_MAX_LINES or a line of LINE_MAX_BYTES. Epochs are ASCII integers
@@ -443,7 +444,8 @@ def replay(job_file: Path, curves_file: Path) -> Replay:
         isinstance(c, api.BudgetCriterion) and (c.max_duration or c.max_gpu_hours) for c in spec.criteria
     ):
         notes.append(f"no {SECONDS!r} values: maxDuration and maxGPUHours were not replayed")
-    cohort_metrics = {c.metric for c in spec.criteria if isinstance(c, api.CohortCriterion)}
+    peer_kinds = api.CohortCriterion | api.RungsCriterion | api.ForecastCriterion
+    cohort_metrics = {c.metric for c in spec.criteria if isinstance(c, peer_kinds)}
     results: list[JobResult] = []
     cohort: list[CohortCurve] = []
     for curve in curves:
@@ -461,7 +463,8 @@ def replay(job_file: Path, curves_file: Path) -> Replay:
         )
         for metric in cohort_metrics:
             values = {e: row[metric] for e, row in curve.rows.items() if e <= run and metric in row}
-            cohort.append(CohortCurve(curve.job, metric, values, stopped=decision is not None))
+            stopped = decision is not None
+            cohort.append(CohortCurve(curve.job, metric, values, stopped=stopped, completed=not stopped))
     return Replay(str(job_file), objective.metric, objective.mode, tuple(results), tuple(notes))
 
 

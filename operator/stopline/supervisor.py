@@ -26,7 +26,14 @@ from typing import Any
 import aiohttp
 
 from stopline import controller, monitoring
-from stopline.api import CohortCriterion, GPUIdleCriterion, PromQLCriterion, TrainingJobSpec
+from stopline.api import (
+    CohortCriterion,
+    ForecastCriterion,
+    GPUIdleCriterion,
+    PromQLCriterion,
+    RungsCriterion,
+    TrainingJobSpec,
+)
 from stopline.criteria.decision import Decision
 from stopline.criteria.engine import evaluate
 from stopline.criteria.observation import Observation, Request, Samples
@@ -491,8 +498,9 @@ def _metrics_availability(tracked: Tracked, memory: JobMemory, error: str | None
 
 
 def _cohort_study(spec: TrainingJobSpec) -> str | None:
-    """spec.criteria[].cohort.study when a cohort criterion names one; else the job's study label."""
-    named = (c.study for c in spec.criteria if isinstance(c, CohortCriterion) and c.study)
+    """The study a cohort, rungs or forecast criterion names, if any; else the job's study label."""
+    peer_kinds = CohortCriterion | RungsCriterion | ForecastCriterion
+    named = (c.study for c in spec.criteria if isinstance(c, peer_kinds) and c.study)
     return next(named, None)
 
 

@@ -88,6 +88,8 @@ def test_defaults_fill_every_criterion_kind(crd_installed: ControlPlane, namespa
         {"name": "d", "divergence": {"value": 10}},
         {"name": "pl", "plateau": {"maxRelativeChange": 0.01}},
         {"name": "c", "cohort": {}},
+        {"name": "r", "rungs": {}},
+        {"name": "f", "forecast": {}},
         {"name": "g", "gpuIdle": {}},
         {"name": "q", "promql": {"query": "up == 0"}},
     ]
@@ -110,6 +112,22 @@ def test_defaults_fill_every_criterion_kind(crd_installed: ControlPlane, namespa
         "compare": "best",
         "reference": "runningAverage",
         "includeStopped": True,
+    }
+    assert criteria["r"]["rungs"] == {
+        "minEpochs": 1,
+        "reductionFactor": 3,
+        "minJobs": 5,
+        "compare": "best",
+        "includeStopped": True,
+    }
+    assert criteria["f"]["forecast"] == {
+        "probability": 0.01,
+        "reference": "best",
+        "percentile": 10,
+        "similarity": 2,
+        "neighbours": 20,
+        "minJobs": 5,
+        "warmupEpochs": 0,
     }
     assert criteria["g"]["gpuIdle"] == {"utilizationBelow": 5, "for": "15m"}
     assert criteria["q"]["promql"]["for"] == "0s"
@@ -161,6 +179,18 @@ INVALID = {
     "percentile-150": (
         _set("spec.criteria", [{"name": "median", "cohort": {"percentile": 150}}]),
         ["spec.criteria[0].cohort.percentile", "should be less than or equal to 100"],
+    ),
+    "rungs-halving-by-1": (
+        _set("spec.criteria", [{"name": "asha", "rungs": {"reductionFactor": 1}}]),
+        ["spec.criteria[0].rungs.reductionFactor", "should be greater than or equal to 2"],
+    ),
+    "forecast-probability-0.6": (
+        _set("spec.criteria", [{"name": "fc", "forecast": {"probability": 0.6}}]),
+        ["spec.criteria[0].forecast.probability", "should be less than or equal to 0.5"],
+    ),
+    "forecast-target-without-value": (
+        _set("spec.criteria", [{"name": "fc", "forecast": {"reference": "target"}}]),
+        ["spec.criteria[0].forecast", "set target: reference target needs the value to beat"],
     ),
     "duration-in-words": (
         _set("spec.metrics", {"interval": "5 minutes"}),

@@ -78,7 +78,7 @@ def test_examples_parse(path: Path) -> None:
         (
             {"criteria": [{"name": "x", "patience": {}, "threshold": {"value": 1}}]},
             "spec.criteria[0]: must set exactly one kind of patience, threshold, divergence, plateau, "
-            "budget, cohort, gpuIdle or promql; found patience and threshold",
+            "budget, cohort, rungs, forecast, gpuIdle or promql; found patience and threshold",
         ),
         ({"criteria": [{"name": "x", "median": {}}]}, "spec.criteria[0].median: unknown field"),
         (

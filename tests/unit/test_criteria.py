@@ -17,7 +17,7 @@ LOSS = [1.0, 0.8, 0.7, 0.69, 0.695, 0.70, 0.71, 0.72, 0.73]
 def test_reason_types_are_the_crds_enum() -> None:
     assert REASON_TYPES == (
         "Patience", "Threshold", "Divergence", "NonFinite", "Plateau", "Budget",
-        "Cohort", "GPUIdle", "PromQL", "Stale", "Manual", "Cancelled",
+        "Cohort", "Rungs", "Forecast", "GPUIdle", "PromQL", "Stale", "Manual", "Cancelled",
     )  # fmt: skip
 
 

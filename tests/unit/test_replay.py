@@ -105,7 +105,12 @@ def test_max_epochs_caps_what_a_job_would_have_run(
     assert (result["jobs"][0]["epochsRun"], result["jobs"][0]["epochsAvailable"]) == (6, 6)
 
 
-@pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
+RECOMMENDED = REPO / "examples" / "recommended-policy.yaml"  # learns from a study's finished jobs: below
+
+
+@pytest.mark.parametrize(
+    "example", sorted(set((REPO / "examples").glob("*.yaml")) - {RECOMMENDED}), ids=lambda p: p.name
+)
 def test_examples_replay_on_curves(example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Ten jobs: the odd ones are clearly worse and flatten early, so the cohort rule and patience both bite.
     rows = ["job,epoch,val_loss,val_accuracy,train_loss,seconds"]
@@ -125,6 +130,26 @@ def test_examples_replay_on_curves(example: Path, tmp_path: Path, capsys: pytest
     assert (
         result["summary"]["bestOverall"]["job"] == result["summary"]["bestOverallIfNoStopping"]["job"] == "j0"
     )
+
+
+def test_the_recommended_policy_stops_jobs_like_finished_losers_and_keeps_the_best(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 60 jobs of 40 epochs on power-law curves: every third is good (floor 0 to 0.06), the others level
+    # off 0.5 higher. The forecast needs finished jobs like a job before it judges it, so the first jobs
+    # run to the end; later ones stop once enough like them finished and they will not beat j0.
+    rows = ["job,epoch,val_loss"]
+    for job in range(60):
+        floor = 0.001 * job if job % 3 == 0 else 0.5 + 0.001 * job
+        rows += [f"j{job},{epoch},{floor + epoch**-0.5:.5f}" for epoch in range(1, 41)]
+    (tmp_path / "c.csv").write_text("\n".join(rows))
+    result = replay_json(capsys, RECOMMENDED, tmp_path / "c.csv")
+    summary = result["summary"]
+    assert summary["bestOverall"]["job"] == summary["bestOverallIfNoStopping"]["job"] == "j0"
+    assert summary["fractionSaved"] > 0.8
+    stops = [job for job in result["jobs"] if job["stopped"]]
+    assert all(job["reason"] == "Forecast" for job in stops)
+    assert "the chance it beats 0.158" in stops[0]["message"]
 
 
 def real_slice(task_prefix: str, configs: int) -> list[dict[str, str]]:

@@ -14,6 +14,8 @@ ReasonType = Literal[
     "Plateau",
     "Budget",
     "Cohort",
+    "Rungs",
+    "Forecast",
     "GPUIdle",
     "PromQL",
     "Stale",

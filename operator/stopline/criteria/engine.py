@@ -7,7 +7,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from stopline import api
-from stopline.criteria import budget, cohort, divergence, live, patience, plateau, threshold
+from stopline.criteria import (
+    budget,
+    cohort,
+    divergence,
+    forecast,
+    live,
+    patience,
+    plateau,
+    rungs,
+    threshold,
+)
 from stopline.criteria.decision import Decision, JSONState, Outcome
 from stopline.criteria.observation import Observation
 
@@ -41,6 +51,8 @@ _EVALUATORS: Mapping[type, Callable[..., Outcome]] = {
     api.PlateauCriterion: plateau.evaluate,
     api.BudgetCriterion: budget.evaluate,
     api.CohortCriterion: cohort.evaluate,
+    api.RungsCriterion: rungs.evaluate,
+    api.ForecastCriterion: forecast.evaluate,
     api.GPUIdleCriterion: live.evaluate_gpu_idle,
     api.PromQLCriterion: live.evaluate_promql,
 }

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import Literal
 
 # Metric values by epoch (epochs count from 1): {epoch: {metric name: value}}. A mapping, so a sample that
 # arrives twice is one sample; evaluators also remember the last epoch they consumed, so calling them
@@ -17,14 +18,22 @@ Samples = Mapping[int, Mapping[str, float]]
 class CohortCurve:
     """Another job of the same study: its curve of `metric`, epoch -> value; non-finite values are dropped.
 
-    Running averages are precomputed once, because the cohort rule reads them for every epoch of every job.
+    stopped: it ended without succeeding (Stopped, Failed, Cancelled). completed: it ran to its end
+    (Succeeded), so its last value is a final value; the forecast criterion learns only from those.
+
+    Running averages, running minima and maxima (the best so far, either way) and the last epoch are
+    precomputed once, because the cohort and forecast rules read them for every epoch of every job.
     """
 
     job: str
     metric: str
     values: Mapping[int, float]
     stopped: bool = False
+    completed: bool = False
     running_average: Mapping[int, float] = field(init=False, repr=False, compare=False)
+    running_min: Mapping[int, float] = field(init=False, repr=False, compare=False)
+    running_max: Mapping[int, float] = field(init=False, repr=False, compare=False)
+    last: int | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "values", {e: v for e, v in self.values.items() if math.isfinite(v)})
@@ -35,6 +44,13 @@ class CohortCurve:
             for count, (epoch, total) in enumerate(zip(epochs, sums, strict=True), start=1)
         }
         object.__setattr__(self, "running_average", averages)
+        values = [self.values[epoch] for epoch in epochs]
+        object.__setattr__(self, "running_min", dict(zip(epochs, accumulate(values, min), strict=True)))
+        object.__setattr__(self, "running_max", dict(zip(epochs, accumulate(values, max), strict=True)))
+        object.__setattr__(self, "last", epochs[-1] if epochs else None)
+
+    def best_so_far(self, mode: Literal["min", "max"]) -> Mapping[int, float]:
+        return self.running_min if mode == "min" else self.running_max
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,121 @@
+"""Rungs: asynchronous successive halving in stop mode (ASHA; Li et al. 2020, Ray Tune's ASHAScheduler,
+Optuna's SuccessiveHalvingPruner).
+
+Rung epochs are r, r*eta, r*eta^2, ... (r = minEpochs, eta = reductionFactor). At a rung the job goes on only
+when it is in the best 1/eta of the jobs that reached that rung: its value there (compare=current, as Ray
+and Optuna do) or its best so far (compare=best) against the other jobs' values at the rung, the cut being
+the same percentile Ray computes (numpy's linear method). Between rungs nothing is judged, so a job is
+compared a handful of times in its life. A rung judged without minJobs peers waits, as in the cohort
+rule, and is judged again when the peers catch up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from stopline.api import RungsCriterion
+from stopline.criteria.decision import Decision, Outcome
+from stopline.criteria.observation import CohortCurve, Observation
+from stopline.criteria.percentile import percentile
+from stopline.criteria.state import EpochState, fmt, is_better, status_line
+
+WAITING = 8
+
+
+@dataclass
+class RungsState(EpochState):
+    KIND: ClassVar[str] = "rungs"
+    best: float | None = None
+    cut: float | None = None
+    rung: int | None = None
+    jobs: int = 0
+    waiting: list[list[float]] = field(default_factory=list)  # [rung epoch, value compared] short of peers
+
+
+def is_rung(epoch: int, criterion: RungsCriterion) -> bool:
+    """Whether epoch is r * eta^k for some k >= 0."""
+    rung = criterion.min_epochs
+    while rung < epoch:
+        rung *= criterion.reduction_factor
+    return rung == epoch
+
+
+def next_rung(epoch: int, criterion: RungsCriterion) -> int:
+    rung = criterion.min_epochs
+    while rung <= epoch:
+        rung *= criterion.reduction_factor
+    return rung
+
+
+def _peers(criterion: RungsCriterion, cohort: tuple[CohortCurve, ...], epoch: int) -> list[float]:
+    return [
+        curve.values[epoch]
+        for curve in cohort
+        if curve.metric == criterion.metric
+        and epoch in curve.values
+        and (criterion.include_stopped or not curve.stopped)
+    ]
+
+
+def _judge(
+    criterion: RungsCriterion, state: RungsState, cohort: tuple[CohortCurve, ...], epoch: int, mine: float
+) -> bool:
+    """Compare at rung `epoch`; False when fewer than minJobs peers reached it (nothing compared)."""
+    values = _peers(criterion, cohort, epoch)
+    state.jobs, state.rung = len(values), epoch
+    if len(values) < criterion.min_jobs:
+        state.cut = None
+        return False
+    keep = 100 / criterion.reduction_factor
+    state.cut = cut = percentile(values, keep if criterion.mode == "min" else 100 - keep)
+    if is_better(cut, mine, criterion.mode):
+        what = "best" if criterion.compare == "best" else "value"
+        message = (
+            f"{criterion.metric} {what} {fmt(mine)} at rung epoch {epoch} is not in the best "
+            f"1/{criterion.reduction_factor} of the {len(values)} other jobs that reached it "
+            f"(the cut is {fmt(cut)})"
+        )
+        state.stop = Decision("Rungs", criterion.name, message, criterion.metric, mine, epoch).as_status()
+    return True
+
+
+def evaluate(
+    criterion: RungsCriterion, observation: Observation, raw: Mapping[str, object] | None
+) -> Outcome:
+    state = RungsState.load(raw)
+    judged_now = set()
+    for epoch, value in state.finite_values(observation.samples, criterion.metric):
+        if state.best is None or is_better(value, state.best, criterion.mode):
+            state.best = value
+        if not is_rung(epoch, criterion):
+            continue
+        judged_now.add(epoch)
+        mine = state.best if criterion.compare == "best" else value
+        if not _judge(criterion, state, observation.cohort, epoch, mine):
+            state.waiting = [*state.waiting, [epoch, mine]][-WAITING:]
+        if state.stop is not None:
+            break
+    for entry in list(state.waiting):
+        if state.stop is not None:
+            break
+        epoch, mine = int(entry[0]), entry[1]
+        if epoch not in judged_now and _judge(criterion, state, observation.cohort, epoch, mine):
+            state.waiting.remove(entry)
+    best = fmt(state.best if state.best is not None else math.nan)
+    upcoming = f"next rung at epoch {next_rung(state.epoch, criterion)}"
+    if state.cut is not None:
+        cut = fmt(state.cut)
+        summary = f"best {best}; at rung {state.rung} the cut was {cut} from {state.jobs} jobs; {upcoming}"
+    elif state.rung is not None:
+        summary = (
+            f"{state.jobs} other jobs reached rung {state.rung}; {criterion.min_jobs} needed to compare; "
+            f"{upcoming}"
+        )
+    else:
+        summary = f"best {best}; {upcoming}"
+    return Outcome(
+        state.dump(), state.decision, status_line(observation.samples, state, criterion.metric, summary)
+    )

@@ -132,4 +132,7 @@ main() { # a function, so bash has read the whole file before it runs: editing i
   echo "testenv: ready in $((SECONDS - started))s, $(du -sh "$BIN" | cut -f1) of binaries in $BIN"
 }
 
-main "$@"
+# sourced by build-node.sh for k8s_build and step; run, it builds the testenv
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi

@@ -24,15 +24,16 @@ mirror() { # the first Debian archive this machine's apt is configured with
   echo "$uri"
 }
 
-in_root() { # in_root ROOTFS CMD...: run CMD chrooted in ROOTFS with /proc, /dev and the host's DNS
+in_root() { # in_root ROOTFS CMD...: run CMD chrooted in ROOTFS with /proc, /dev, this machine's DNS and CAs
   local root=$1; shift
-  cp /etc/resolv.conf "$root/etc/resolv.conf"
   unshare --mount --fork bash -c '
     root=$1; shift
     mount --make-rprivate /
     mount -t proc proc "$root/proc"
     mount --rbind /dev "$root/dev"
-    exec chroot "$root" "$@"' _ "$root" "$@"
+    mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
+    mount --bind /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+    exec chroot "$root" env PIP_CERT=/etc/ssl/certs/ca-certificates.crt "$@"' _ "$root" "$@"
 }
 
 build_python() {
@@ -55,7 +56,7 @@ build_torch() {
   local dir="$IMAGES/torch"
   rm -rf "$dir" && mkdir -p "$dir" "$IMAGES/wheels"
   # downloaded here by the host's pip, so the index settings of this machine apply; installed offline
-  python3 -m pip download --quiet --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 \
+  python3 -m pip download --quiet --only-binary=:all: \
     -d "$IMAGES/wheels" "torch==$TORCH_VERSION"
   cp -a "$IMAGES/python/rootfs" "$dir/rootfs.tmp"
   mkdir -p "$dir/rootfs.tmp/wheels"

@@ -46,6 +46,11 @@ BASE_PATH = "/opt/python/bin:" + oci.DEFAULT_PATH  # the bases' venv first, like
 OPERATOR_IMAGE = os.environ.get("OPERATOR_IMAGE", "ghcr.io/stopline-dev/operator:0.1.0")
 TRAINER_IMAGE = os.environ.get("TRAINER_IMAGE", "ghcr.io/stopline-dev/trainer:0.1.0")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# which Dockerfile, named how, on which base
+PLANS = {
+    "operator": (REPO / "operator" / "Dockerfile", OPERATOR_IMAGE, "stopline-base/python"),
+    "trainer": (REPO / "trainer-image" / "Dockerfile", TRAINER_IMAGE, "stopline-base/torch"),
+}
 ARG_REFERENCE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 
 
@@ -283,12 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("which", nargs="*", default=["operator", "trainer"], choices=["operator", "trainer"])
     parser.add_argument("--no-load", action="store_true", help="only write the archives")
     options = parser.parse_args(argv)
-    plans = {
-        "operator": (REPO / "operator" / "Dockerfile", OPERATOR_IMAGE, "stopline-base/python"),
-        "trainer": (REPO / "trainer-image" / "Dockerfile", TRAINER_IMAGE, "stopline-base/torch"),
-    }
     for which in options.which:
-        dockerfile, tag, base = plans[which]
+        dockerfile, tag, base = PLANS[which]
         started = time.monotonic()
         archive = build_image(dockerfile, tag, {"BASE": base}, IMAGES / "out" / f"{which}.tar")
         print(f"images: {tag} built in {time.monotonic() - started:.0f}s -> {archive}", flush=True)

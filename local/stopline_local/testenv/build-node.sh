@@ -6,8 +6,11 @@
 #   coredns                        from github.com/coredns/coredns via the Go module proxy
 #   pause                          local/stopline_local/testenv/pause.go: the sandbox image's only file
 #   containerd, containerd-shim-runc-v2, ctr, runc
-#                                  Debian 12's packages (containerd 1.6.20, runc 1.1.5), unpacked, not installed:
-#                                  kubelet 1.34 speaks CRI v1 only, which containerd serves since 1.6
+#                                  Debian 12's packages (containerd 1.6.20, runc 1.1.5), unpacked, not installed.
+#                                  kubelet 1.34 speaks CRI v1 only, which containerd serves since 1.6; it asks
+#                                  for RuntimeConfig (the cgroup driver) first, which 1.6 does not implement
+#                                  ("Unimplemented"), and falls back to its own cgroupDriver. A later kubelet
+#                                  that requires RuntimeConfig needs containerd 2 (from the Go module proxy).
 #
 # Output: $STOPLINE_NODEENV (default ~/.cache/stopline/node/<k8s>-cni<cni>-coredns<coredns>)/bin.
 # The control plane's binaries come from build.sh ($STOPLINE_TESTENV). A step whose binary exists is skipped.
@@ -15,6 +18,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=build.sh
 source "$here/build.sh"
+STEP_PREFIX=nodeenv
 
 CNI_VERSION="${CNI_VERSION:-1.9.0}"
 COREDNS_VERSION="${COREDNS_VERSION:-1.14.7}"

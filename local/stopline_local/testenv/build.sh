@@ -22,15 +22,16 @@ WORK="$TESTENV/build"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
 started=$SECONDS
+STEP_PREFIX=testenv
 step() { # step NAME OUTPUT FUNCTION: run FUNCTION unless OUTPUT exists, print its duration
   local name=$1 out=$2 fn=$3 t0=$SECONDS
   if [[ -x "$out" ]]; then
-    printf 'testenv: %-24s cached  %s\n' "$name" "$out"
+    printf '%s: %-24s cached  %s\n' "$STEP_PREFIX" "$name" "$out"
     return
   fi
-  printf 'testenv: %-24s building ...\n' "$name"
+  printf '%s: %-24s building ...\n' "$STEP_PREFIX" "$name"
   "$fn"
-  printf 'testenv: %-24s built in %ss  %s\n' "$name" $((SECONDS - t0)) "$out"
+  printf '%s: %-24s built in %ss  %s\n' "$STEP_PREFIX" "$name" $((SECONDS - t0)) "$out"
 }
 
 k8s_module() { # a throwaway module requiring k8s.io/kubernetes, staging modules replaced by their v0.X.Y releases

@@ -21,7 +21,7 @@ export OPERATOR_IMAGE TRAINER_IMAGE KIND_CLUSTER HELM KUBECTL RELEASE DEPLOY_NAM
 # run one marked tier of tests/; a tier that has no test files yet says so instead of failing
 tier = if compgen -G 'tests/$(1)/test_*.py' >/dev/null; then $(PYTEST) -m $(1) tests/$(1); else echo "$(1): no tests yet"; fi
 
-.PHONY: help venv testenv testenv-node images-base cluster cluster-down test test-unit test-trainer test-cluster test-faults e2e lint helm-lint demo up bench-operator bench-checkpoint images kind-up kind-down kind-e2e deploy undeploy
+.PHONY: help venv testenv testenv-node images-base cluster cluster-down test-node test-node-if-warm test test-unit test-trainer test-cluster test-faults e2e lint helm-lint demo up bench-operator bench-checkpoint images kind-up kind-down kind-e2e deploy undeploy
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -45,6 +45,14 @@ images-base: ## the images' bases without a registry: Debian minbase + python3.1
 
 cluster: $(PY) testenv-node ## a real one-node cluster (containerd, kubelet, CNI, CoreDNS) as root, until Ctrl-C
 	$(PY) -m stopline_local.node
+
+test-node: $(PY) testenv-node images-base ## as root: the real node, images built here, helm install, the stories in containers
+	$(call tier,node)
+
+# CI runs the node tier only when its cache is warm: cold, its builds alone take ~45 min on 2 cores
+test-node-if-warm: $(PY)
+	if $(PY) -c 'import sys; from stopline_local.node import warm; sys.exit(0 if warm() else 1)'; then \
+	  $(MAKE) test-node; else echo "node: cache cold, tier skipped (make testenv-node images-base warms it)"; fi
 
 cluster-down: ## stop the cluster `make cluster` runs (as its Ctrl-C does)
 	$(PY) -c 'import json, os, signal; from stopline_local.node import NODE_STATE; os.kill(json.loads(NODE_STATE.read_text())["pid"], signal.SIGTERM)'

@@ -93,6 +93,14 @@ def node_binary(name: str) -> Path:
     return path
 
 
+def warm() -> bool:
+    """Whether the node's binaries and the images' bases are built (CI runs the node tier only then)."""
+    from stopline_local.images import IMAGES
+
+    built = all(os.access(NODEENV / "bin" / name, os.X_OK) for name in ("kubelet", "coredns", "containerd"))
+    return built and (IMAGES / "torch" / "rootfs").is_dir() and os.geteuid() == 0
+
+
 def run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:

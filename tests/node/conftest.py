@@ -19,12 +19,6 @@ from stopline_local.node import Node
 RELEASE_NAMESPACE = "stopline-system"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/node/" in str(item.path):
-            item.add_marker(pytest.mark.node)
-
-
 @pytest.fixture(scope="session")
 def node() -> Iterator[Node]:
     started = Node().start(say=lambda line: print(f"node: {line}", flush=True))

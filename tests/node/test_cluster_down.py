@@ -12,8 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from stopline_local.controlplane import REPO, TESTENV, wait_until
 from stopline_local.node import NODE_IP, NODE_STATE, kubepods_cgroups
+
+pytestmark = pytest.mark.node
 
 SLEEPER = {
     "apiVersion": "v1",

@@ -3,17 +3,12 @@ and stopline installed with `helm install` and stopping a TrainingJob whose trai
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
-import torch
+import pytest
 
 from nodeharness import Pod, apply, container_id, logs, wait_pod_phase
-from stopline_local.controlplane import wait_until
 from stopline_local.node import CLUSTER_DOMAIN, Node
 
-CHECKPOINT_MOUNT = "/stopline/checkpoints"  # where the operator mounts the claim in a trainer pod
+pytestmark = pytest.mark.node
 
 
 def python_pod(name: str, image: str, code: str, **spec: object) -> Pod:
@@ -71,97 +66,3 @@ def test_coredns_resolves_pod_names_under_a_headless_service(
 
 def test_helm_install_brings_the_operator_pod_to_ready(installed: str) -> None:
     assert installed
-
-
-def test_a_patience_criterion_stops_a_trainer_in_a_container_and_torch_loads_its_weights(
-    node: Node, installed: str, trainer_image: str, namespace: str, tmp_path: Path
-) -> None:
-    volume = node.root / "volumes" / namespace
-    volume.mkdir(parents=True)
-    os.chmod(volume, 0o777)  # the trainer runs as uid 10001
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"checkpoints-{namespace}"},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": "",
-            "hostPath": {"path": str(volume), "type": "Directory"},
-            "claimRef": {"namespace": namespace, "name": "checkpoints"},
-        },
-    }
-    node.kubectl("apply", "-f", "-", input=json.dumps(pv))
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "checkpoints"},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": "",
-            "volumeName": f"checkpoints-{namespace}",
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    job = {
-        "apiVersion": "stopline.dev/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": "patience"},
-        "spec": {
-            "maxEpochs": 60,
-            "template": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "trainer",
-                            "image": trainer_image,
-                            "imagePullPolicy": "Never",
-                            "args": [
-                                "--epochs",
-                                "60",
-                                "--steps-per-epoch",
-                                "20",
-                                "--sleep-per-step",
-                                "0.1",
-                                "--hidden",
-                                "64",
-                            ],
-                        }
-                    ]
-                }
-            },
-            "objective": {"metric": "val_loss", "mode": "min"},
-            "metrics": {"interval": "2s"},
-            "criteria": [
-                {
-                    "name": "impatient",
-                    "patience": {
-                        "patience": 2,
-                        "minDelta": 0.5,
-                        "minDeltaMode": "relative",
-                        "warmupEpochs": 1,
-                    },
-                }
-            ],
-            "checkpoint": {"pvc": {"claimName": "checkpoints", "path": "runs/patience"}},
-            "stopPolicy": {"gracePeriod": "2m"},
-        },
-    }
-    apply(node, namespace, claim, job)
-
-    def stopped() -> Pod:
-        found = node.kubectl("get", "tj", "-n", namespace, "patience", "-o", "json")
-        status = json.loads(found.stdout).get("status", {})
-        assert status.get("phase") not in ("Failed", "Succeeded"), status
-        return status if status.get("phase") == "Stopped" else {}
-
-    status = wait_until(
-        stopped, 600, "TrainingJob Stopped", interval=1, retry_on=(), details=node.describe_pods
-    )
-    pods = json.loads(node.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
-    trainer = next(pod for pod in pods if pod["metadata"]["name"].startswith("patience"))
-    assert container_id(trainer).startswith("containerd://")
-    uri = str(status["checkpoint"]["uri"])
-    path = volume / uri.removeprefix("file://").removeprefix(CHECKPOINT_MOUNT).lstrip("/")
-    weights = torch.load(path, map_location="cpu", weights_only=False)
-    assert weights, f"{path} holds no weights"

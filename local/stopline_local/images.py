@@ -285,10 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("which", nargs="*", default=["operator", "trainer"], choices=["operator", "trainer"])
+    parser.add_argument("which", nargs="*", help=f"some of {sorted(PLANS)} (default: both)")
     parser.add_argument("--no-load", action="store_true", help="only write the archives")
     options = parser.parse_args(argv)
-    for which in options.which:
+    unknown = set(options.which) - set(PLANS)
+    if unknown:
+        parser.error(f"no image named {sorted(unknown)}; known: {sorted(PLANS)}")
+    for which in options.which or sorted(PLANS):
         dockerfile, tag, base = PLANS[which]
         started = time.monotonic()
         archive = build_image(dockerfile, tag, {"BASE": base}, IMAGES / "out" / f"{which}.tar")

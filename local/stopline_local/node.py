@@ -563,14 +563,17 @@ state = "{folder / "state"}"
 def instructions(node: Node) -> str:
     setup = [
         (f"export KUBECONFIG={shlex.quote(str(node.kubeconfig))}", "an admin kubeconfig"),
-        (f'export PATH={shlex.quote(str(TESTENV / "bin"))}:"$PATH"', "kubectl and helm of the testenv"),
+        (
+            f'export PATH={shlex.quote(str(TESTENV / "bin"))}:{shlex.quote(str(NODEENV / "bin"))}:"$PATH"',
+            "kubectl, helm, ctr",
+        ),
         (f"cd {shlex.quote(str(REPO))}", "the chart's and the examples' paths start here"),
     ]
     tries = [
         ("kubectl get nodes -o wide", f"{NODE_NAME}, Ready, containerd"),
         ("make images", "build the operator and trainer images here and load them into this node"),
         ("make deploy", "the CRD, then `helm install` of the chart with the operator image"),
-        (f"ctr --address {shlex.quote(str(node.socket))} -n k8s.io images ls", "the images on the node"),
+        (f"ctr --address {shlex.quote(str(node.socket))} -n k8s.io images ls", "the images in containerd"),
     ]
     width = max(len(command) for command, _ in setup + tries) + 2
     lines = "\n".join(f"  {command:<{width}}# {why}" for command, why in setup)

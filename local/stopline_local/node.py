@@ -101,7 +101,7 @@ def warm() -> bool:
     return built and (IMAGES / "torch" / "rootfs").is_dir() and os.geteuid() == 0
 
 
-def run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(*argv: str, check: bool = True, timeout: float | None = 60) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
@@ -521,7 +521,8 @@ state = "{folder / "state"}"
             run("ip", "addr", "del", f"{self.addresses.pop()}/32", "dev", "lo", check=False)
         self.plane.stop()  # deletes its folder, under ours
         NODE_STATE.unlink(missing_ok=True)
-        run("rm", "-rf", "--one-file-system", str(self.root), check=False)
+        # no deadline: containerd's store holds the images, gigabytes with torch's (over a minute here)
+        run("rm", "-rf", "--one-file-system", str(self.root), check=False, timeout=None)
 
     def _remove_containers(self) -> None:
         """Kill every task (pod containers and sandboxes), then delete them and their containers, so the

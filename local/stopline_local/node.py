@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,6 +85,10 @@ class MissingNodeenv(RuntimeError):
     """A binary of the node is not built."""
 
 
+class NodeRunning(RuntimeError):
+    """Another node (or what one left) is on this machine."""
+
+
 def node_binary(name: str) -> Path:
     path = NODEENV / "bin" / name
     if not os.access(path, os.X_OK):
@@ -127,7 +132,10 @@ def kubepods_cgroups() -> list[Path]:
 
 
 def _cgroup_empty(cgroup: Path) -> bool:
-    return not (cgroup / "cgroup.procs").read_text().strip()
+    try:
+        return not (cgroup / "cgroup.procs").read_text().strip()
+    except FileNotFoundError:  # removed already (the kubelet's own cleanup)
+        return True
 
 
 def pause_image(work: Path) -> Path:
@@ -240,6 +248,7 @@ class Node:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     addresses: list[str] = field(default_factory=list)  # put on `lo` by start()
     kubelet_args: list[str] = field(default_factory=list)  # appended: a test's extra flags
+    owns_host: bool = False  # set once start() found no other node: stop() then cleans the host's side too
 
     def __post_init__(self) -> None:
         self.plane = ControlPlane(
@@ -285,6 +294,8 @@ class Node:
             raise PermissionError("the real node needs root: containers, mounts, a bridge, addresses on lo")
         for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "kubelet", "kube-scheduler"):
             node_binary(name)
+        self._refuse_a_second_node()
+        self.owns_host = True
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         try:
             for address in (NODE_IP, DNS_IP):
@@ -321,6 +332,26 @@ class Node:
             self.stop()
             raise
         return self
+
+    def _refuse_a_second_node(self) -> None:
+        """One node per machine (fixed addresses, the kubelet's cgroups): refuse to start beside another one,
+        or its leftovers, before touching anything, so that this one's stop() cannot tear the other down."""
+        on_lo = run("ip", "-o", "addr", "show", "dev", "lo").stdout
+        found = [
+            what
+            for what, there in (
+                (f"{NODE_IP} on lo", f" {NODE_IP}/" in on_lo),
+                (str(NODE_STATE), NODE_STATE.exists()),
+                (f"the bridge {BRIDGE}", run("ip", "link", "show", BRIDGE, check=False).returncode == 0),
+                ("kubepods cgroups", bool(kubepods_cgroups())),
+            )
+            if there
+        ]
+        if found:
+            shutil.rmtree(self.root, ignore_errors=True)  # nothing of ours in it yet
+            raise NodeRunning(
+                f"another node runs here or left these behind: {', '.join(found)}; stop it first"
+            )
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         with self.log(name).open("wb") as log:
@@ -510,17 +541,20 @@ state = "{folder / "state"}"
         if "containerd" in self.processes:
             self._remove_containers()
             stop_process(self.processes.pop("containerd"), STOP_GRACE_S)
-        self._kill_pod_cgroups()
-        self._kill_shims()
+        if self.owns_host:
+            self._kill_pod_cgroups()
+            self._kill_shims()
         for point in mounts_under(self.root):
             if run("umount", point, check=False).returncode != 0:
                 run("umount", "--lazy", point, check=False)
-        if run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
+        if self.owns_host and run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
             run("ip", "link", "delete", BRIDGE, check=False)
         while self.addresses:
             run("ip", "addr", "del", f"{self.addresses.pop()}/32", "dev", "lo", check=False)
         self.plane.stop()  # deletes its folder, under ours
-        NODE_STATE.unlink(missing_ok=True)
+        if self.owns_host:
+            NODE_STATE.unlink(missing_ok=True)
+            self.owns_host = False
         # no deadline: containerd's store holds the images, gigabytes with torch's (over a minute here)
         run("rm", "-rf", "--one-file-system", str(self.root), check=False, timeout=None)
 
@@ -544,7 +578,8 @@ state = "{folder / "state"}"
                     os.kill(int(pid), signal.SIGKILL)
         for cgroup in kubepods_cgroups():
             wait_until(functools.partial(_cgroup_empty, cgroup), 10, f"{cgroup} empty")
-            cgroup.rmdir()
+            with contextlib.suppress(FileNotFoundError):
+                cgroup.rmdir()
 
     def _kill_shims(self) -> None:
         """A shim whose task could not be deleted outlives containerd: find it by our socket in its argv."""
@@ -594,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C even where it started with SIGINT ignored (a shell's background job), which Python keeps
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def say(line: str) -> None:
         print(f"cluster: {line}", flush=True)

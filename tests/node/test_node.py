@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nodeharness import Pod, apply, container_id, logs, wait_pod_phase
-from stopline_local.node import CLUSTER_DOMAIN, Node
+from stopline_local.node import CLUSTER_DOMAIN, Node, NodeRunning
 
 pytestmark = pytest.mark.node
 
@@ -66,3 +66,15 @@ def test_coredns_resolves_pod_names_under_a_headless_service(
 
 def test_helm_install_brings_the_operator_pod_to_ready(installed: str) -> None:
     assert installed
+
+
+def test_a_second_node_refuses_to_start_and_leaves_the_running_one_alone(node: Node) -> None:
+    second = Node()
+    with pytest.raises(NodeRunning, match="another node runs here"):
+        second.start(say=lambda _: None)
+    assert not second.root.exists()
+    ready = node.kubectl(
+        "get", "node", "-o", 'jsonpath={.items[0].status.conditions[?(@.type=="Ready")].status}'
+    )
+    assert ready.stdout == "True"
+    assert node.ctr("tasks", "list", "--quiet").stdout.split(), "the running node's containers were killed"

@@ -33,7 +33,8 @@ in_root() { # in_root ROOTFS CMD...: run CMD chrooted in ROOTFS with /proc, /dev
     mount --rbind /dev "$root/dev"
     mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
     mount --bind /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
-    exec chroot "$root" env PIP_CERT=/etc/ssl/certs/ca-certificates.crt "$@"' _ "$root" "$@"
+    exec chroot "$root" env -i PATH=/opt/python/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+      PIP_CERT=/etc/ssl/certs/ca-certificates.crt "$@"' _ "$root" "$@"
 }
 
 build_python() {
@@ -55,12 +56,12 @@ build_python() {
 build_torch() {
   local dir="$IMAGES/torch"
   rm -rf "$dir" && mkdir -p "$dir" "$IMAGES/wheels"
-  # downloaded here by the host's pip, so the index settings of this machine apply; installed offline
-  python3 -m pip download --quiet --only-binary=:all: \
-    -d "$IMAGES/wheels" "torch==$TORCH_VERSION"
   cp -a "$IMAGES/python/rootfs" "$dir/rootfs.tmp"
   mkdir -p "$dir/rootfs.tmp/wheels"
   mount --bind "$IMAGES/wheels" "$dir/rootfs.tmp/wheels"
+  # downloaded by the base's own pip (its python, its platform) into the kept folder, then installed from it
+  in_root "$dir/rootfs.tmp" /opt/python/bin/pip download --quiet --no-cache-dir --only-binary=:all: -d /wheels \
+    "torch==$TORCH_VERSION" || { umount "$dir/rootfs.tmp/wheels"; return 1; }
   in_root "$dir/rootfs.tmp" /opt/python/bin/pip install --quiet --no-cache-dir --no-index --find-links /wheels \
     "torch==$TORCH_VERSION" || { umount "$dir/rootfs.tmp/wheels"; return 1; }
   umount "$dir/rootfs.tmp/wheels"

@@ -21,7 +21,7 @@ export OPERATOR_IMAGE TRAINER_IMAGE KIND_CLUSTER HELM KUBECTL RELEASE DEPLOY_NAM
 # run one marked tier of tests/; a tier that has no test files yet says so instead of failing
 tier = if compgen -G 'tests/$(1)/test_*.py' >/dev/null; then $(PYTEST) -m $(1) tests/$(1); else echo "$(1): no tests yet"; fi
 
-.PHONY: help venv testenv test test-unit test-trainer test-cluster test-faults e2e lint helm-lint demo up bench-operator bench-checkpoint images kind-up kind-down kind-e2e deploy undeploy
+.PHONY: help venv testenv testenv-node images-base cluster cluster-down test-node test-node-if-warm test test-unit test-trainer test-cluster test-faults e2e lint helm-lint demo up bench-operator bench-checkpoint images kind-up kind-down kind-e2e deploy undeploy
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -36,6 +36,26 @@ venv: $(PY) ## create .venv: stopline (dev, s3), stopline-trainer (torch, lightn
 
 testenv: ## build kube-apiserver, kube-controller-manager, kubectl, etcd, helm, versitygw, prometheus into $(STOPLINE_TESTENV) and the Kueue manager into ~/.cache/stopline/kueue (cached)
 	bash local/stopline_local/testenv/build.sh
+
+testenv-node: testenv ## build kubelet, kube-scheduler, CNI plugins, CoreDNS, pause; unpack containerd and runc (cached)
+	bash local/stopline_local/testenv/build-node.sh
+
+images-base: ## the images' bases without a registry: Debian minbase + python3.11 venv, + torch (cached)
+	bash local/stopline_local/testenv/build-base.sh
+
+cluster: $(PY) testenv-node ## a real one-node cluster (containerd, kubelet, CNI, CoreDNS) as root, until Ctrl-C
+	$(PY) -m stopline_local.node
+
+test-node: $(PY) testenv-node images-base ## as root: the real node, images built here, helm install, the stories in containers
+	$(call tier,node)
+
+# CI runs the node tier only when its cache is warm: cold, its builds alone take ~45 min on 2 cores
+test-node-if-warm: $(PY)
+	if $(PY) -c 'import sys; from stopline_local.node import warm; sys.exit(0 if warm() else 1)'; then \
+	  $(MAKE) test-node; else echo "node: cache cold, tier skipped (make testenv-node images-base warms it)"; fi
+
+cluster-down: ## stop the cluster `make cluster` runs (as its Ctrl-C does)
+	$(PY) -c 'import json, os, signal; from stopline_local.node import NODE_STATE; os.kill(json.loads(NODE_STATE.read_text())["pid"], signal.SIGTERM)'
 
 test: lint test-unit test-trainer test-cluster test-faults e2e ## everything CI runs: lint, unit, trainer, cluster, faults and e2e tests
 
@@ -76,9 +96,15 @@ bench-operator: $(PY) testenv ## the operator at N jobs (BENCH_JOBS), scrape and
 bench-checkpoint: $(PY) testenv ## POST /stop to weights durable vs dd / a plain S3 upload, ~3 MB and ~1 GB: bench/checkpoint/out
 	$(PY) bench/checkpoint/run.py
 
-images: ## docker build the operator and trainer images as $(OPERATOR_IMAGE) and $(TRAINER_IMAGE)
-	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
-	docker build -f trainer-image/Dockerfile -t $(TRAINER_IMAGE) .
+# With a Docker engine: docker build. Without one: the same Dockerfiles built here on bases made by
+# images-base, and loaded into the node of `make cluster`.
+images: ## build the operator and trainer images as $(OPERATOR_IMAGE) and $(TRAINER_IMAGE) (Docker, or here)
+	if command -v docker >/dev/null && docker info >/dev/null 2>&1; then \
+	  docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) . && \
+	  docker build -f trainer-image/Dockerfile -t $(TRAINER_IMAGE) .; \
+	else \
+	  $(MAKE) images-base && $(PY) -m stopline_local.images; \
+	fi
 
 kind-up: ## create the kind cluster $(KIND_CLUSTER) (kept if it exists)
 	kind get clusters | grep -qx '$(KIND_CLUSTER)' || kind create cluster --name $(KIND_CLUSTER) --wait 120s

@@ -106,7 +106,20 @@ class ControlPlane:
     apiserver_args: list[str] = field(default_factory=list)  # appended: a benchmark's audit log, say
     controller_manager_args: list[str] = field(default_factory=list)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    apiserver_port: int = 0
+    apiserver_port: int = 0  # 0: a free one
+    # where the apiserver binds and what it advertises; the real node (stopline_local.node) puts it on the
+    # `kubernetes` Service's ClusterIP, port 443, so pods reach it without kube-proxy
+    address: str = "127.0.0.1"
+    service_cluster_ip_range: str = "10.0.0.0/24"  # allocated in etcd only; nothing routes to it
+    # no node lifecycle without a real kubelet: it would taint and evict the local kubelet's node; the real
+    # node needs it (it lifts the not-ready taint the kubelet registers with)
+    disabled_controllers: tuple[str, ...] = (
+        "nodeipam",
+        "nodelifecycle",
+        "cloud-node-lifecycle",
+        "service",
+        "route",
+    )
 
     @property
     def kubeconfig(self) -> Path:
@@ -114,7 +127,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.address}:{self.apiserver_port}"
 
     def start(self, timeout: float = 120) -> ControlPlane:
         binaries = {name: built_binary(name) for name in ("etcd", "kube-apiserver", "kubectl")}
@@ -168,7 +181,7 @@ class ControlPlane:
         wait_until(healthy, timeout, "etcd /health")
 
     def _start_apiserver(self, apiserver: Path, timeout: float) -> None:
-        self.apiserver_port = free_port()
+        self.apiserver_port = self.apiserver_port or free_port()
         certs = self.root / "certs"
         certs.mkdir()
         sa_key = certs / "sa.key"
@@ -183,13 +196,13 @@ class ControlPlane:
             [
                 str(apiserver),
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={certs}",
                 f"--token-auth-file={tokens}",
                 "--authorization-mode=RBAC",
-                "--service-cluster-ip-range=10.0.0.0/24",  # allocated in etcd only; nothing routes to it
+                f"--service-cluster-ip-range={self.service_cluster_ip_range}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={sa_key}",
                 f"--service-account-signing-key-file={sa_key}",
@@ -222,7 +235,7 @@ class ControlPlane:
                 f"--secure-port={free_port()}",
                 "--leader-elect=false",
                 f"--service-account-private-key-file={self.sa_key}",
-                "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route",
+                "--controllers=*," + ",".join(f"-{name}" for name in self.disabled_controllers),
                 "--v=1",
                 *self.controller_manager_args,
             ],

@@ -26,15 +26,16 @@ WORK="$TESTENV/build"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
 started=$SECONDS
+STEP_PREFIX=testenv
 step() { # step NAME OUTPUT FUNCTION: run FUNCTION unless OUTPUT exists, print its duration
   local name=$1 out=$2 fn=$3 t0=$SECONDS
   if [[ -x "$out" ]]; then
-    printf 'testenv: %-24s cached  %s\n' "$name" "$out"
+    printf '%s: %-24s cached  %s\n' "$STEP_PREFIX" "$name" "$out"
     return
   fi
-  printf 'testenv: %-24s building ...\n' "$name"
+  printf '%s: %-24s building ...\n' "$STEP_PREFIX" "$name"
   "$fn"
-  printf 'testenv: %-24s built in %ss  %s\n' "$name" $((SECONDS - t0)) "$out"
+  printf '%s: %-24s built in %ss  %s\n' "$STEP_PREFIX" "$name" $((SECONDS - t0)) "$out"
 }
 
 k8s_module() { # a throwaway module requiring k8s.io/kubernetes, staging modules replaced by their v0.X.Y releases
@@ -175,4 +176,7 @@ main() { # a function, so bash has read the whole file before it runs: editing i
   echo "testenv: ready in $((SECONDS - started))s, $(du -sh "$BIN" | cut -f1) of binaries in $BIN"
 }
 
-main "$@"
+# sourced by build-node.sh for k8s_build and step; run, it builds the testenv
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi

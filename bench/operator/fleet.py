@@ -143,6 +143,7 @@ class Fleet:
         )
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/epochs", self._epochs)
         app.router.add_post("/stop", self._stop)
         app.router.add_route("*", "/api/v1/query", self._query)
         self._runner = web.AppRunner(app, access_log=None)
@@ -232,6 +233,13 @@ class Fleet:
     async def _metrics(self, request: web.Request) -> web.Response:
         _, _, text = self._job_of(request).report(time.time())
         return web.Response(body=text, content_type="text/plain")
+
+    async def _epochs(self, request: web.Request) -> web.Response:
+        """The trainer's window of recent epochs (its EpochWindow), as the real trainer serves it."""
+        job = self._job_of(request)
+        job.report(time.time())
+        after = int(request.query.get("after") or 0)
+        return web.Response(body=job.metrics.epochs.after(after), content_type="application/json")
 
     async def _stop(self, request: web.Request) -> web.Response:
         job = self._job_of(request)

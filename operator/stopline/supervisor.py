@@ -241,7 +241,7 @@ class Supervisor:
             memory.failures += 1
         new_epoch = report is not None and memory.record(spec, epochs, report.epoch_seconds)
         if report is not None:  # the epoch in progress is not complete: its values may still come
-            memory.fed_epoch = min(memory.fed_epoch, report.epoch - 1)
+            memory.fed_epoch = max(min(memory.fed_epoch, report.epoch - 1), 0)
         observation = observe(tracked, spec, report, epochs, promql, gpu_utilization, now, self.registry)
         evaluation = evaluate(spec, memory.states, observation)
         memory.states = dict(evaluation.states)

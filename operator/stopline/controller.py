@@ -31,7 +31,6 @@ from stopline.vocabulary import (
     JOB_LABEL,
     PENDING,
     PREEMPTED,
-    QUEUE_LABEL,
     QUEUE_LABELS,
     STOPPING,
     STUDY_LABEL,
@@ -140,8 +139,7 @@ async def _ending(
 async def _queue_says(kube: Kube, job: Manifest) -> str | None:
     """Why a queue holds the Job, in the words of its Kueue Workload (excerpted: Kueue's text names other
     jobs); None while the Job runs, when no queue manages it, or when no Workload says anything yet."""
-    labels = job["metadata"].get("labels") or {}
-    if not labels.get(QUEUE_LABEL) or (job.get("spec") or {}).get("suspend") is not True:
+    if not lifecycle.queue_holds(job) or (job.get("spec") or {}).get("suspend") is not True:
         return None
     for workload in await kube.list_workloads(job["metadata"]["namespace"], str(job["metadata"].get("uid"))):
         words = workload_words(workload)

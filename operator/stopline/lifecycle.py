@@ -166,7 +166,7 @@ def desired_status(
             return StatusChange(
                 fields={**fields, **held.fields}, conditions=[*wanted, *held.conditions], phase=held.phase
             )
-        if _queue_holds(job) or phase in HELD_PHASES:
+        if queue_holds(job) or phase in HELD_PHASES:
             wanted.append(Condition(ADMITTED, True, ADMITTED, "the queue admitted the Job: its pods may run"))
             phase = PENDING if phase in HELD_PHASES else phase
         if finished is not None:
@@ -207,7 +207,8 @@ def _last_epochs(current: Mapping[str, Any], last: Mapping[int, float]) -> dict[
     return fields
 
 
-def _queue_holds(job: Mapping[str, Any]) -> bool:
+def queue_holds(job: Mapping[str, Any]) -> bool:
+    """A queue (Kueue) admits this Job: it carries the queue-name label stopline copied onto it."""
     return bool((job["metadata"].get("labels") or {}).get(QUEUE_LABEL))
 
 

@@ -20,12 +20,12 @@ from typing import Any
 
 from stopline.api import SpecError, TrainingJobSpec, parse_spec
 from stopline.criteria.observation import CohortCurve
+from stopline.lifecycle import queue_holds
 from stopline.pointer import checkpoint_status
 from stopline.vocabulary import (
     CANCEL_ANNOTATION,
     COMPLETION_INDEX_LABEL,
     JOB_LABEL,
-    QUEUE_LABEL,
     STOP_ANNOTATION,
     STUDY_LABEL,
     SUCCEEDED,
@@ -96,7 +96,7 @@ def job_view(job: Mapping[str, Any]) -> JobView:
         controller_uid=controller_uid(metadata),
         suspended=spec.get("suspend") is True,
         finished=finished,
-        queued=bool((metadata.get("labels") or {}).get(QUEUE_LABEL)),
+        queued=queue_holds(job),
     )
 
 

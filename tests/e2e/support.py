@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from operatorharness import pods
+from operatorharness import apply, pods
 from stopline_local.controlplane import ControlPlane, wait_until
 from trainer.support import assert_reproduces_outputs, verify_blob
 
@@ -48,6 +48,17 @@ def training_job(
             "stopPolicy": {"gracePeriod": "60s"},
         },
     }
+
+
+def apply_claim(plane: ControlPlane, namespace: str) -> None:
+    """The checkpoint claim the examples mount (the local kubelet backs it with a folder)."""
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": CLAIM},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    apply(plane, namespace, claim)
 
 
 def load_weights(manifest: dict[str, Any], folder: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from e2e.support import CLAIM, DEADLINE_S, load_weights, training_job
+from e2e.support import CLAIM, DEADLINE_S, apply_claim, load_weights, training_job
 from operatorharness import apply, condition, events, get, operator, status
 from stopline_local.controlplane import ControlPlane, wait_until
 from stopline_local.kubelet import LocalKubelet
@@ -57,13 +57,7 @@ def queues(plane: ControlPlane, namespace: str, kubelet: LocalKubelet, kueue: Ku
     local_queue(plane, namespace, QUEUE, f"gpus-{namespace}")
     workload_priority_class(plane, LOW, 100)
     workload_priority_class(plane, HIGH, 1000)
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": CLAIM},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-    }
-    apply(plane, namespace, claim)
+    apply_claim(plane, namespace)
     return plane
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from e2e.support import CLAIM, DEADLINE_S, load_weights, terminated_pods, training_job
+from e2e.support import CLAIM, DEADLINE_S, apply_claim, load_weights, terminated_pods, training_job
 from operatorharness import apply, condition, events, get, operator, pods, status
 from stopline_local.controlplane import ControlPlane, wait_until
 from stopline_local.kubelet import LocalKubelet
@@ -73,13 +73,7 @@ def weights_load_back(kubelet: LocalKubelet, namespace: str, stopped: dict[str, 
 @pytest.fixture
 def story(plane: ControlPlane, namespace: str, kubelet: LocalKubelet) -> Iterator[ControlPlane]:
     """The operator watching the test's namespace, with the checkpoint claim the examples use."""
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": CLAIM},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-    }
-    apply(plane, namespace, claim)
+    apply_claim(plane, namespace)
     with operator(namespace):
         yield plane
 

@@ -58,6 +58,18 @@ def phase_is(plane: ControlPlane, namespace: str, name: str, phase: str) -> Call
     return lambda: status(plane, namespace, name).get("phase") == phase
 
 
+def epoch_read(
+    plane: ControlPlane, namespace: str, epoch: int, name: str = SINGLE_NAME
+) -> Callable[[], bool]:
+    """The operator wrote this epoch's progress, or is already stopping."""
+
+    def check() -> bool:
+        current = status(plane, namespace, name)
+        return bool(current.get("phase") == "Stopping" or current.get("progress", {}).get("epoch") == epoch)
+
+    return check
+
+
 def events(plane: ControlPlane, namespace: str, name: str, type_: str | None = None) -> list[Any]:
     selector = f"involvedObject.name={name},involvedObject.kind=TrainingJob"
     if type_:
@@ -150,9 +162,12 @@ class StandInTrainer:
         self.server.close()
 
 
-def checkpoint_message(epoch: int, step: int, uri: str, stop: dict[str, str] | None = None) -> str:
+def checkpoint_message(
+    epoch: int, step: int, uri: str, stop: dict[str, str] | None = None, tail: list[list[float]] | None = None
+) -> str:
     """Rank 0's termination message after a save, made by stopline_trainer's own Manifest; `stop`: the
-    operator's decision it followed (sent with POST /stop)."""
+    operator's decision it followed (sent with POST /stop); `tail`: the last epochs' objective, [[epoch,
+    value], ...], as the trainer keeps it."""
     manifest = Manifest(
         uri=uri,
         epoch=epoch,
@@ -162,6 +177,7 @@ def checkpoint_message(epoch: int, step: int, uri: str, stop: dict[str, str] | N
         saved_at="2026-11-22T12:00:00Z",
         world_size=1,
         stop=stop,
+        tail=tail or [],
     )
     return manifest.termination_message().decode()
 

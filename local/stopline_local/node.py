@@ -473,8 +473,8 @@ state = "{folder / "state"}"
         )
 
     def kubelet_configuration(self, folder: Path) -> dict[str, object]:
-        """cgroup v1 (this machine's layout) with the cgroupfs driver; no eviction and no image garbage
-        collection: an image removed here could not be pulled back."""
+        """cgroup v1 (this machine's layout) with the cgroupfs driver; no eviction (a test machine's disk is
+        whatever CI gives) and no image garbage collection: an image removed here could not be pulled back."""
         return {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
@@ -493,7 +493,21 @@ state = "{folder / "state"}"
             "clusterDNS": [DNS_IP],
             "podLogsDir": str(folder / "pod-logs"),
             "volumePluginDir": str(folder / "volume-plugins"),
-            "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+            # "0%" switches a signal off (kubelet's parseThresholdStatement); a signal left out is off too
+            # (mergeDefaultEvictionSettings is false), but naming each says so. CI's machine once reported
+            # DiskPressure with thresholds of 1% and the node evicted the operator before it started.
+            "evictionHard": {
+                signal: "0%"
+                for signal in (
+                    "memory.available",
+                    "nodefs.available",
+                    "nodefs.inodesFree",
+                    "imagefs.available",
+                    "imagefs.inodesFree",
+                    "containerfs.available",
+                    "containerfs.inodesFree",
+                )
+            },
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
             "serializeImagePulls": False,

@@ -13,7 +13,6 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -28,6 +27,7 @@ from operatorharness import (
     checkpoint_message,
     condition,
     control_token,
+    epoch_read,
     event_posted,
     events,
     exists,
@@ -66,16 +66,6 @@ def play_epochs(
         if status(plane, namespace, SINGLE_NAME).get("phase") == "Stopping":
             return epoch
     raise AssertionError(f"no stop after {len(epochs)} epochs: {status(plane, namespace, SINGLE_NAME)}")
-
-
-def epoch_read(plane: ControlPlane, namespace: str, epoch: int) -> Callable[[], bool]:
-    """The operator wrote this epoch's progress, or is already stopping."""
-
-    def check() -> bool:
-        current = status(plane, namespace, SINGLE_NAME)
-        return bool(current.get("phase") == "Stopping" or current.get("progress", {}).get("epoch") == epoch)
-
-    return check
 
 
 def finish_with_checkpoint(plane: ControlPlane, namespace: str, pod: str, epoch: int) -> dict[str, Any]:

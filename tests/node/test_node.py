@@ -3,10 +3,12 @@ and stopline installed with `helm install` and stopping a TrainingJob whose trai
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from nodeharness import Pod, apply, container_id, logs, wait_pod_phase
-from stopline_local.node import CLUSTER_DOMAIN, Node, NodeRunning
+from stopline_local.node import CLUSTER_DOMAIN, NODE_NAME, Node, NodeRunning
 
 pytestmark = pytest.mark.node
 
@@ -78,3 +80,18 @@ def test_a_second_node_refuses_to_start_and_leaves_the_running_one_alone(node: N
     )
     assert ready.stdout == "True"
     assert node.ctr("tasks", "list", "--quiet").stdout.split(), "the running node's containers were killed"
+
+
+def test_the_kubelet_evicts_nothing_whatever_the_disk_of_the_machine_running_the_tests(node: Node) -> None:
+    """A CI machine's disk can be nearly full: with any disk threshold on, the kubelet set DiskPressure and
+    evicted the operator's pod before it started (every story then waited for a pod that never ran)."""
+    configz = node.kubectl("get", "--raw", f"/api/v1/nodes/{NODE_NAME}/proxy/configz")
+    thresholds = json.loads(configz.stdout)["kubeletconfig"].get("evictionHard", {})
+    assert {signal: value for signal, value in thresholds.items() if value not in ("0%", "100%")} == {}
+    conditions = node.kubectl("get", "node", NODE_NAME, "-o", "json")
+    pressure = [
+        condition["type"]
+        for condition in json.loads(conditions.stdout)["status"]["conditions"]
+        if condition["type"].endswith("Pressure") and condition["status"] == "True"
+    ]
+    assert pressure == []

@@ -7,12 +7,18 @@ TrainingJobs of the example torch trainer, one of them with a hopeless learning 
 live, and ends with each job's stop reason, best metric and checkpoint, and the epochs saved. Ctrl-C or the
 end stops every process it started.
 
+Then the recommended sweep policy (examples/recommended-policy.yaml): its forecast needs five finished jobs
+like a job before it judges it, more than four jobs give, so it is shown on a recorded sweep instead, the
+first 40 jobs of AlgoPerf's WMT sweep (bench/policy/curves), as `stopline replay` runs it.
+
     .venv/bin/python -m stopline_local.demo [--timeout 300]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
 import json
 import signal
 import sys
@@ -22,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from stopline import replay
 from stopline_local.cluster import LocalCluster
 from stopline_local.controlplane import REPO
 
@@ -29,6 +36,9 @@ NAMESPACE = "demo"
 SWEEP = REPO / "examples" / "local" / "demo-sweep.yaml"
 TERMINAL = ("Stopped", "Succeeded", "Failed", "Cancelled")
 POLL_S = 3
+RECOMMENDED = REPO / "examples" / "recommended-policy.yaml"
+RECORDED = REPO / "bench" / "policy" / "curves" / "curves.csv.gz"
+RECORDED_SWEEP = ("algoperf_v05/wmt_pytorch", 40)  # a sweep of val_loss, the recommended objective
 
 
 def _interrupt(signum: int, _: FrameType | None) -> None:
@@ -92,6 +102,35 @@ def summary(jobs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def recorded_sweep(folder: Path) -> Path:
+    """The recorded sweep's first jobs, as a curves file `stopline replay` reads (job, epoch, val_loss)."""
+    task, jobs = RECORDED_SWEEP
+    out = folder / f"{task.replace('/', '-')}-first-{jobs}.csv"
+    seen: set[str] = set()
+    with gzip.open(RECORDED, "rt") as source, out.open("w", newline="") as sink:
+        rows = csv.writer(sink)
+        rows.writerow(["job", "epoch", "val_loss"])
+        for row in csv.DictReader(source):
+            if row["task"] != task:
+                if seen:
+                    break
+                continue
+            if row["config"] not in seen and len(seen) == jobs:
+                break
+            seen.add(row["config"])
+            rows.writerow([row["config"], row["epoch"], row["val_loss"]])
+    return out
+
+
+def show_recommended_policy(folder: Path) -> None:
+    curves = recorded_sweep(folder)
+    say(
+        f"the recommended policy on a recorded sweep: stopline replay --job {RECOMMENDED.relative_to(REPO)} "
+        f"--curves {curves}\n"
+    )
+    print(replay.render_table(replay.replay(RECOMMENDED, curves)), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m stopline_local.demo",
@@ -123,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             say(f"not finished after {args.timeout:.0f}s")
             return 1
         print(summary(jobs), flush=True)
+        print(flush=True)
+        show_recommended_policy(volumes)
         return 0
     except KeyboardInterrupt:
         print("\ndemo: interrupted, cleaning up", flush=True)

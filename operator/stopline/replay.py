@@ -141,6 +141,34 @@ class Replay:
                 winner = (job, best)
         return winner
 
+    def regret(self) -> float | None:
+        """How much worse the best value the sweep kept is than the best it would have had without
+        stopping, relative to the latter (docs/policy.md's regret, on best values): 0 when no stop cost it."""
+        kept, unstopped = self.best_overall(stopping=True), self.best_overall(stopping=False)
+        if kept is None or unstopped is None:
+            return None
+        gap = kept[1].value - unstopped[1].value
+        gap = gap if self.mode == "min" else -gap
+        return gap / abs(unstopped[1].value) if unstopped[1].value else gap
+
+    def verdict(self) -> str | None:
+        """In words, whether the stops cost the sweep its best model, and which stop did."""
+        regret, kept, unstopped = (
+            self.regret(),
+            self.best_overall(stopping=True),
+            self.best_overall(stopping=False),
+        )
+        if regret is None or kept is None or unstopped is None:
+            return None
+        if regret <= 0:
+            return f"the stops kept the sweep's best ({unstopped[0]}): no stopped job would have beaten it"
+        lost = next(result for result in self.results if result.job == unstopped[0])
+        return (
+            f"the stops lost the sweep's best: {lost.job} was stopped at epoch {lost.epochs_run} and "
+            f"would have reached {unstopped[1].value:.6g}; the best kept, {kept[1].value:.6g}, is "
+            f"{regret:.2%} worse"
+        )
+
     def as_json(self) -> dict[str, object]:
         def overall(stopping: bool) -> dict[str, object] | None:
             found = self.best_overall(stopping=stopping)
@@ -155,6 +183,7 @@ class Replay:
                 "fractionSaved": round(self.fraction_saved, 6),
                 "bestOverall": overall(True),
                 "bestOverallIfNoStopping": overall(False),
+                "regret": None if (regret := self.regret()) is None else round(regret, 6),
             },
         }
 
@@ -501,5 +530,7 @@ def render_table(result: Replay) -> str:
             lines.append(
                 f"{label}: {result.metric} {found[1].value:.6g} ({found[0]}, epoch {found[1].epoch})"
             )
+    verdict = result.verdict()
+    lines += [verdict] if verdict else []
     lines += [f"note: {note}" for note in result.notes]
     return "\n".join(lines)

@@ -28,6 +28,9 @@ def test_the_demo_prints_each_jobs_stop_and_leaves_no_process_behind() -> None:
     assert "lr-1e-7: Stopped" in summary and "Cohort (median)" in summary, summary
     assert "/15; " in summary, "the summary reads maxEpochs from the applied TrainingJobs"
     assert "epochs saved" in summary or "saved (" in summary
+    policy = out[out.index("demo: the recommended policy on a recorded sweep") :]
+    assert "Forecast" in policy and "40 jobs, " in policy
+    assert "the stops kept the sweep's best" in policy, policy[-2000:]
     assert out.rstrip().endswith("demo: every process stopped")
     root = next(line for line in out.splitlines() if line.startswith("demo: starting")).split(" in ")[-1]
     left = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout

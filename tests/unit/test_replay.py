@@ -82,6 +82,7 @@ def test_json_reports_each_job_and_the_sweep(tmp_path: Path, capsys: pytest.Capt
         "jobs": 3, "epochsRun": 8, "epochsAvailable": 10, "fractionSaved": 0.2,
         "bestOverall": {"job": "a", "metric": "val_loss", "value": 0.7, "epoch": 3},
         "bestOverallIfNoStopping": {"job": "c", "metric": "val_loss", "value": 0.5, "epoch": 3},
+        "regret": 0.4,
     }  # fmt: skip
 
 
@@ -94,6 +95,10 @@ def test_table_is_readable_and_says_what_replay_cannot_do(
     assert out.splitlines()[0].split() == ["job", "stop", "epochs", "reason", "criterion", "best", "val_loss"]
     assert "b    3     3/4     Patience  impatient" in out
     assert "3 jobs, 8 of 10 epochs run, 20.0% saved" in out
+    assert (
+        "the stops lost the sweep's best: c was stopped at epoch 2 and would have reached 0.5; "
+        "the best kept, 0.7, is 40.00% worse"
+    ) in out
     assert "stale, gpuIdle and promql criteria cannot fire in replay" in out
 
 
@@ -150,6 +155,11 @@ def test_the_recommended_policy_stops_jobs_like_finished_losers_and_keeps_the_be
     stops = [job for job in result["jobs"] if job["stopped"]]
     assert all(job["reason"] == "Forecast" for job in stops)
     assert "the chance it beats 0.158" in stops[0]["message"]
+    assert summary["regret"] == 0
+    assert main(["replay", "--job", str(RECOMMENDED), "--curves", str(tmp_path / "c.csv")]) == 0
+    assert (
+        "the stops kept the sweep's best (j0): no stopped job would have beaten it" in capsys.readouterr().out
+    )
 
 
 def real_slice(task_prefix: str, configs: int) -> list[dict[str, str]]:

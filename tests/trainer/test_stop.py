@@ -33,8 +33,6 @@ def test_http_stop_saves_weights_that_load(start_trainer: StartTrainer, tmp_path
         202,
         {"stopping": True, "reason": "manual: enough", "rank": 0},
     )
-    status, body = t.post_stop({"reason": "again"})  # idempotent: still accepted, first reason kept
-    assert (status, body["reason"]) == (202, "manual: enough")
 
     assert t.wait_exit() == 0, t.log()
     manifest, state = read_local_checkpoint(ckpt)
@@ -45,6 +43,30 @@ def test_http_stop_saves_weights_that_load(start_trainer: StartTrainer, tmp_path
     assert_points_at(t.termination_log, manifest)
     assert_reproduces_outputs(state)
     assert sorted(p.name for p in ckpt.iterdir()) == sorted(["last.json", Path(manifest["uri"]).name])
+
+
+def test_a_second_stop_while_the_first_is_saving_is_accepted_and_the_first_reason_kept(
+    start_trainer: StartTrainer, tmp_path: Path
+) -> None:
+    """An operator that retries POST /stop (its answer was lost) must not change what the save records.
+    The stop's save is held midway, so the trainer is still serving when the retry comes."""
+    ckpt, pause = tmp_path / "ckpt", tmp_path / "pause"
+    t = start_trainer(
+        *SLOW,
+        "--save-every",
+        "0",
+        env={"STOPLINE_CHECKPOINT_URI": str(ckpt), "STOPLINE_FAULT_PAUSE_SAVE": f"1:{pause}"},
+    )
+    t.wait_metric("stopline_step", 3)
+    assert t.post_stop({"reason": "manual: enough"})[0] == 202
+    wait_until(lambda: (pause / "paused").exists(), "the stop's save to start", on_fail=t.log)
+    status, body = t.post_stop({"reason": "again"})
+    assert (status, body["stopping"], body["reason"]) == (202, True, "manual: enough")
+    (pause / "resume").touch()
+
+    assert t.wait_exit() == 0, t.log()
+    manifest, _ = read_local_checkpoint(ckpt)
+    assert manifest["stopReason"] == "manual: enough"
 
 
 def test_wrong_token_is_refused_and_sigterm_stops_even_when_signalled_again_during_the_save(

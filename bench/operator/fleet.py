@@ -40,8 +40,11 @@ SAVE_S = 0.5  # how long the stand-in "saves" before its pod reports the checkpo
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 
 
-def checkpoint_message(job: str, namespace: str, epoch: int, uri: str) -> str:
-    """Rank 0's termination message after its save, made by stopline_trainer's own Manifest."""
+def checkpoint_message(
+    job: str, namespace: str, epoch: int, uri: str, tail: list[list[float]] | None = None
+) -> str:
+    """Rank 0's termination message after its save, made by stopline_trainer's own Manifest; `tail`: the
+    objective of the last epochs, as a trainer that ran to its end leaves it."""
     manifest = Manifest(
         uri=uri,
         epoch=epoch,
@@ -52,6 +55,7 @@ def checkpoint_message(job: str, namespace: str, epoch: int, uri: str) -> str:
         world_size=1,
         job=job,
         namespace=namespace,
+        tail=tail or [],
     )
     return manifest.termination_message().decode()
 
@@ -72,6 +76,7 @@ class StandInJob:
     pod: str | None = None
     running_since: float | None = None  # epoch 1 ends epoch_s after this
     cross_after: float | None = None  # the benchmark's "cross the threshold from now on"
+    finish_at: int | None = None  # a job that runs to its end: exits 0 after this epoch, unasked
     stop_received: float | None = None
     stopped_epoch: int | None = None
     _exposition: tuple[int, float, bytes] | None = None  # (epoch, value, text) last served
@@ -111,7 +116,10 @@ class StandInJob:
         epoch = self.epoch(now)
         value = self.objective(epoch)
         if self._exposition is None or self._exposition[:2] != (epoch, value):
-            self.metrics.observe(epoch, epoch * STEPS_PER_EPOCH, {OBJECTIVE: value})
+            # every epoch since the last read, in order, as a trainer observes each one it ends
+            first = self._exposition[0] + 1 if self._exposition is not None else 1
+            for each in range(min(first, epoch), epoch + 1):
+                self.metrics.observe(each, each * STEPS_PER_EPOCH, {OBJECTIVE: self.objective(each)})
             self._exposition = (epoch, value, self.metrics.exposition())
         return self._exposition
 
@@ -132,8 +140,8 @@ class Fleet:
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a listening socket per pod
 
-    def add(self, index: int, name: str) -> None:
-        job = StandInJob(name, address(index), self.epoch_s)
+    def add(self, index: int, name: str, epoch_s: float | None = None, finish_at: int | None = None) -> None:
+        job = StandInJob(name, address(index), epoch_s or self.epoch_s, finish_at=finish_at)
         self.jobs[name] = job
         self.by_ip[job.ip] = job
 
@@ -216,10 +224,19 @@ class Fleet:
         await asyncio.sleep(SAVE_S)
         epoch = job.stopped_epoch or 0
         uri = f"file:///checkpoints/{job.name}/epoch-{epoch}.pt"
+        tail = [[e, job.objective(e)] for e in range(max(1, epoch - 7), epoch + 1)]
         assert job.pod is not None
         await self._patch_pod(
-            job.pod, terminated_status(checkpoint_message(job.name, self.namespace, epoch, uri))
+            job.pod, terminated_status(checkpoint_message(job.name, self.namespace, epoch, uri, tail))
         )
+
+    def _read(self, job: StandInJob, now: float) -> tuple[int, float, bytes]:
+        """What the pod serves now; a job past its last epoch ends, as a trainer that ran to its end."""
+        reported = job.report(now)
+        if job.finish_at is not None and job.stop_received is None and reported[0] >= job.finish_at:
+            job.stopped_epoch, job.stop_received = job.finish_at, now
+            self._spawn(self._terminate(job))
+        return reported
 
     # -- the pods' HTTP ----------------------------------------------------------------------------------
 
@@ -231,13 +248,13 @@ class Fleet:
         return job
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        _, _, text = self._job_of(request).report(time.time())
+        _, _, text = self._read(self._job_of(request), time.time())
         return web.Response(body=text, content_type="text/plain")
 
     async def _epochs(self, request: web.Request) -> web.Response:
         """The trainer's window of recent epochs (its EpochWindow), as the real trainer serves it."""
         job = self._job_of(request)
-        job.report(time.time())
+        self._read(job, time.time())
         after = int(request.query.get("after") or 0)
         return web.Response(body=job.metrics.epochs.after(after), content_type="application/json")
 
@@ -265,7 +282,7 @@ class Fleet:
         for job in self.jobs.values():
             if job.running_since is None or not names.fullmatch(job.name):
                 continue
-            epoch, value, _ = job.report(now)
+            epoch, value, _ = self._read(job, now)
             labels = {"namespace": self.namespace, "stopline_job": job.name, "rank": "0"}
             series = {
                 "stopline_epoch": ({}, epoch),

@@ -47,6 +47,12 @@ NAMESPACE = "stopline-bench"
 OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:stopline"
 API = f"/apis/stopline.dev/v1alpha1/namespaces/{NAMESPACE}/trainingjobs"
 STUDY_SIZE = 50  # jobs per stopline.dev/study label: sweeps, as platform teams run them
+# --forecast: each study first runs this many jobs to their end (fast epochs), for the forecast to fit on
+FINISHED_PER_STUDY = 10
+FINISHED_EPOCH_S, FINISHED_EPOCHS = 0.5, 20
+# --forecast's reference: a val_loss every job beats (the stand-in's never exceeds 1), so the forecast is
+# fitted at each new epoch of every job and never stops one: the stops stay the threshold's, as measured
+NEVER_MISSED = 2.0
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 AUDIT_POLICY = f"""apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -58,24 +64,26 @@ rules:
 """
 
 
-def training_job(index: int, port: int, interval_s: float, prometheus: str | None) -> dict[str, Any]:
+def training_job(
+    name: str, study: int, port: int, interval_s: float, prometheus: str | None, forecast: bool
+) -> dict[str, Any]:
     metrics: dict[str, Any] = {"port": port, "interval": f"{interval_s:g}s"}
     if prometheus:
         metrics["prometheus"] = {"url": prometheus}
+    criteria: list[dict[str, Any]] = [{"name": "good-enough", "threshold": {"value": THRESHOLD}}]
+    if forecast:
+        criteria.append({"name": "forecast", "forecast": {"reference": "target", "target": NEVER_MISSED}})
     return {
         "apiVersion": "stopline.dev/v1alpha1",
         "kind": "TrainingJob",
-        "metadata": {
-            "name": f"bench-{index:05d}",
-            "labels": {"stopline.dev/study": f"sweep-{index // STUDY_SIZE:03d}"},
-        },
+        "metadata": {"name": name, "labels": {"stopline.dev/study": f"sweep-{study:03d}"}},
         "spec": {
             "maxEpochs": 1000,
             "template": {"spec": {"containers": [{"name": "trainer", "image": "trainer:bench"}]}},
             "objective": {"metric": OBJECTIVE, "mode": "min"},
-            "criteria": [{"name": "good-enough", "threshold": {"value": THRESHOLD}}],
+            "criteria": criteria,
             "metrics": metrics,
-            "checkpoint": {"pvc": {"claimName": "checkpoints", "path": f"bench-{index:05d}"}},
+            "checkpoint": {"pvc": {"claimName": "checkpoints", "path": name}},
         },
     }
 
@@ -268,6 +276,14 @@ async def measure(plane: ControlPlane, jobs: int, source: str, args: argparse.Na
     fleet = Fleet(plane.server, ADMIN_TOKEN, NAMESPACE, port, args.epoch)
     for index in range(jobs):
         fleet.add(index, f"bench-{index:05d}")
+    studies = -(-jobs // STUDY_SIZE)
+    finished = (
+        [(f"done-{study:03d}-{k:02d}", study) for study in range(studies) for k in range(FINISHED_PER_STUDY)]
+        if args.forecast
+        else []
+    )
+    for index, (name, _) in enumerate(finished, start=jobs):
+        fleet.add(index, name, epoch_s=FINISHED_EPOCH_S, finish_at=FINISHED_EPOCHS)
     await fleet.start()
     prometheus = None
     if source == "promql":
@@ -282,8 +298,20 @@ async def measure(plane: ControlPlane, jobs: int, source: str, args: argparse.Na
     watches = [asyncio.create_task(fleet.run_pods()), asyncio.create_task(cluster.watch_phases())]
     try:
         await wait_healthy(session, operator.port)
+        if finished:
+            say(f"{source} N={jobs}: {len(finished)} jobs run to their end first, for the forecast")
+            await cluster.create_all(
+                [training_job(name, study, port, args.interval, prometheus, True) for name, study in finished]
+            )
+            await cluster.wait_for_phase("Succeeded", len(finished), args.deadline, "finished jobs")
+        measured = [job for job in fleet.jobs.values() if job.finish_at is None]
         say(f"{source} N={jobs}: creating TrainingJobs")
-        manifests = [training_job(index, port, args.interval, prometheus) for index in range(jobs)]
+        manifests = [
+            training_job(
+                f"bench-{index:05d}", index // STUDY_SIZE, port, args.interval, prometheus, args.forecast
+            )
+            for index in range(jobs)
+        ]
         cpu_before_start, began = operator.cpu_seconds(), time.time()
         await cluster.create_all(manifests)
         created_s = time.time() - began
@@ -293,28 +321,36 @@ async def measure(plane: ControlPlane, jobs: int, source: str, args: argparse.Na
         await asyncio.sleep(2 * args.epoch)
 
         window_began, cpu_began, others_began = time.time(), operator.cpu_seconds(), machine_cpu(plane)
-        epochs_began = sum(job.epoch(window_began) for job in fleet.jobs.values())
+        epochs_began = sum(job.epoch(window_began) for job in measured)
         rss_samples = []
         while time.time() - window_began < args.steady:
             await asyncio.sleep(min(5.0, args.steady))
             rss_samples.append(operator.memory_mib("VmRSS"))
         window_ended, cpu_ended, others_ended = time.time(), operator.cpu_seconds(), machine_cpu(plane)
-        epochs = sum(job.epoch(window_ended) for job in fleet.jobs.values()) - epochs_began
+        epochs = sum(job.epoch(window_ended) for job in measured) - epochs_began
         minutes = (window_ended - window_began) / 60
         say(f"  steady {window_ended - window_began:.0f}s: {(cpu_ended - cpu_began) / minutes:.1f} CPU s/min")
+        if finished:  # what the forecast of one measured job says: that it was fitted, on how many jobs
+            first = json.loads(
+                plane.kubectl("get", "tj", "bench-00000", "-n", NAMESPACE, "-o", "json").stdout
+            )
+            lines = [
+                c.get("message", "") for c in first["status"].get("criteria", []) if c["name"] == "forecast"
+            ]
+            say(f"  bench-00000's forecast: {lines[0] if lines else 'none'}")
 
         crossing_began, cpu_crossing = time.time(), operator.cpu_seconds()
-        for index, job in enumerate(fleet.jobs.values()):
+        for index, job in enumerate(measured):
             job.cross_after = crossing_began + args.spread * index / jobs
         deadline = crossing_began + args.spread + args.deadline
-        while time.time() < deadline and any(job.stop_received is None for job in fleet.jobs.values()):
+        while time.time() < deadline and any(job.stop_received is None for job in measured):
             await asyncio.sleep(0.5)
         stop_all_s = await cluster.wait_for_phase("Stopped", jobs, args.deadline, "stop")
         stopping_minutes = (time.time() - crossing_began) / 60
         stopping_cpu = (operator.cpu_seconds() - cpu_crossing) / stopping_minutes
         latencies = [
             job.stop_received - job.sample_available
-            for job in fleet.jobs.values()
+            for job in measured
             if job.stop_received is not None and job.sample_available is not None
         ]
         audit = audit_counts(plane.root / "audit.log", window_began, window_ended)
@@ -322,6 +358,7 @@ async def measure(plane: ControlPlane, jobs: int, source: str, args: argparse.Na
             signal_p50, signal_p99 = histogram_quantiles(await response.text(), (0.5, 0.99))
         return {
             "source": source,
+            "criteria": "threshold+forecast" if args.forecast else "threshold",
             "jobs": jobs,
             "interval_s": args.interval,
             "epoch_s": args.epoch,
@@ -373,6 +410,7 @@ async def wait_healthy(session: aiohttp.ClientSession, port: int, deadline_s: fl
 
 COLUMNS = {
     "source": "read path",
+    "criteria": "criteria",
     "epoch_s": "epoch (s)",
     "jobs": "jobs",
     "start_s": "start N (s)",
@@ -391,16 +429,17 @@ COLUMNS = {
 def table(results: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS.values()) + " |", "|" + "---|" * len(COLUMNS)]
     for result in results:
-        lines.append("| " + " | ".join(str(result[key]) for key in COLUMNS) + " |")
+        lines.append("| " + " | ".join(str(result.get(key, "threshold")) for key in COLUMNS) + " |")
     return "\n".join(lines)
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     figure = Figure(figsize=(13, 3.8), layout="constrained")
     latency, cpu, rss = figure.subplots(1, 3)
-    for source, epoch in sorted({(result["source"], result["epoch_s"]) for result in results}):
-        rows = sorted((r for r in results if _run_key(r)[::2] == (source, epoch)), key=lambda r: r["jobs"])
-        label = f"{source}, {epoch:g}s epochs"
+    for line in sorted({_line(result) for result in results}):
+        source, epoch, criteria = line
+        rows = sorted((r for r in results if _line(r) == line), key=lambda r: r["jobs"])
+        label = f"{source}, {epoch:g}s epochs" + ("" if criteria == "threshold" else f", {criteria}")
         jobs = [row["jobs"] for row in rows]
         latency.plot(jobs, [row["latency_p99_s"] for row in rows], "o-", label=f"{label} p99")
         latency.plot(jobs, [row["latency_p50_s"] for row in rows], "o--", label=f"{label} p50")
@@ -420,8 +459,13 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def _run_key(result: dict[str, Any]) -> tuple[str, int, float]:
-    return result["source"], result["jobs"], result["epoch_s"]
+def _line(result: dict[str, Any]) -> tuple[str, float, str]:
+    """One line of the plot: the runs of a read path, epoch length and criteria, over N."""
+    return result["source"], result["epoch_s"], result.get("criteria", "threshold")
+
+
+def _run_key(result: dict[str, Any]) -> tuple[str, int, float, str]:
+    return result["source"], result["jobs"], result["epoch_s"], result.get("criteria", "threshold")
 
 
 def save(result: dict[str, Any], out: Path) -> list[dict[str, Any]]:
@@ -446,6 +490,11 @@ def main() -> int:
     parser.add_argument("--steady", type=float, default=60, help="steady window, s (default: 60)")
     parser.add_argument("--spread", type=float, default=60, help="crossings spread over, s (default: 60)")
     parser.add_argument("--deadline", type=float, default=600, help="longest wait for a phase, s")
+    parser.add_argument(
+        "--forecast",
+        action="store_true",
+        help=f"every job also carries a forecast, fitted each epoch ({FINISHED_PER_STUDY} ended per study)",
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="results folder (default: bench/operator/out)")
     args = parser.parse_args()
     for source in args.source.split(","):

@@ -49,10 +49,11 @@ cluster: $(PY) testenv-node ## a real one-node cluster (containerd, kubelet, CNI
 test-node: $(PY) testenv-node images-base ## as root: the real node, images built here, helm install, the stories in containers
 	$(call tier,node)
 
-# CI runs the node tier only when its cache is warm: cold, its builds alone take ~45 min on 2 cores
+# CI runs the node tier only when its cache is warm (cold, its builds alone take ~45 min on 2 cores) and
+# the disk has room for a run (stopline_local.node.ROOM_NEEDED)
 test-node-if-warm: $(PY)
-	if $(PY) -c 'import sys; from stopline_local.node import warm; sys.exit(0 if warm() else 1)'; then \
-	  $(MAKE) test-node; else echo "node: cache cold, tier skipped (make testenv-node images-base warms it)"; fi
+	reason=$$($(PY) -c 'from stopline_local.node import why_not_run; print(why_not_run() or "")') && \
+	if [ -z "$$reason" ]; then $(MAKE) test-node; else echo "node: tier skipped: $$reason"; fi
 
 cluster-down: ## stop the cluster `make cluster` runs (as its Ctrl-C does)
 	$(PY) -c 'import json, os, signal; from stopline_local.node import NODE_STATE; os.kill(json.loads(NODE_STATE.read_text())["pid"], signal.SIGTERM)'

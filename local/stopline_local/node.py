@@ -98,12 +98,31 @@ def node_binary(name: str) -> Path:
     return path
 
 
+# The disk a node run takes at its peak, under the temporary folder: containerd's content store and its
+# unpacked snapshots of the two images hold 5.9 GB each (measured). A disk that fills mid-run fails every
+# story: CI's machine first reported DiskPressure, then "no space left on device" importing the trainer.
+ROOM_NEEDED = 13 * 2**30
+
+
 def warm() -> bool:
     """Whether the node's binaries and the images' bases are built (CI runs the node tier only then)."""
     from stopline_local.images import IMAGES
 
     built = all(os.access(NODEENV / "bin" / name, os.X_OK) for name in ("kubelet", "coredns", "containerd"))
     return built and (IMAGES / "torch" / "rootfs").is_dir() and os.geteuid() == 0
+
+
+def why_not_run() -> str | None:
+    """Why CI skips the node tier on this machine (cold caches, not root, too little disk), or None."""
+    if not warm():
+        return "cache cold or not root (make testenv-node images-base warms it, as root)"
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if free < ROOM_NEEDED:
+        return (
+            f"{free / 2**30:.1f} GiB free under {tempfile.gettempdir()}, a node run needs "
+            f"{ROOM_NEEDED / 2**30:.0f} GiB (its images' layers, stored and unpacked)"
+        )
+    return None
 
 
 def run(*argv: str, check: bool = True, timeout: float | None = 60) -> subprocess.CompletedProcess[str]:

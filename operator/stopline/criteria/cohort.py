@@ -9,35 +9,32 @@ the cut is the 75th numeric percentile). With compare=best, reference=value and 
 takes exactly the decisions of optuna.pruners.PercentilePruner (see tests/unit/test_equivalence_optuna.py).
 
 Jobs of a sweep run side by side, so when this job reaches epoch e its peers are often still at e-1 (their
-status is written a moment later). An epoch judged without minJobs peers waits (the last WAITING of them,
-kept in the state) and is judged again on every later call, as the peers catch up; otherwise a job in
-lock-step with its peers would never be compared. In a replay the peers are complete: nothing waits.
+status is written a moment later). An epoch judged without minJobs peers waits (state.PeerWaitState) and is
+judged again on every later call, as the peers catch up; otherwise a job in lock-step with its peers
+would never be compared. In a replay the peers are complete: nothing waits.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 from stopline.api import CohortCriterion
 from stopline.criteria.decision import Decision, Outcome
 from stopline.criteria.observation import CohortCurve, Observation
 from stopline.criteria.percentile import percentile
-from stopline.criteria.state import EpochState, fmt, is_better, status_line
-
-WAITING = 8
+from stopline.criteria.state import PeerWaitState, fmt, is_better, status_line
 
 
 @dataclass
-class CohortState(EpochState):
+class CohortState(PeerWaitState):
     KIND: ClassVar[str] = "cohort"
     best: float | None = None
     best_epoch: int | None = None
     cut: float | None = None
-    jobs: int = 0
-    waiting: list[list[float]] = field(default_factory=list)  # [epoch, value, best] short of peers
+    jobs: int = 0  # waiting entries: [epoch, value, best]
 
 
 def references(criterion: CohortCriterion, cohort: tuple[CohortCurve, ...], epoch: int) -> list[float]:
@@ -94,15 +91,13 @@ def evaluate(
             continue
         judged_now.add(epoch)
         if not _judge(criterion, state, observation.cohort, epoch, value, state.best):
-            state.waiting = [*state.waiting, [epoch, value, state.best]][-WAITING:]
+            state.wait([epoch, value, state.best])
         if state.stop is not None:
             break
-    for entry in list(state.waiting):
-        if state.stop is not None:
-            break
-        epoch, value, best = int(entry[0]), entry[1], entry[2]
-        if epoch not in judged_now and _judge(criterion, state, observation.cohort, epoch, value, best):
-            state.waiting.remove(entry)
+    state.judge_waiting(
+        judged_now,
+        lambda entry: _judge(criterion, state, observation.cohort, int(entry[0]), entry[1], entry[2]),
+    )
     if state.cut is not None:
         summary = (
             f"best {fmt(state.best if state.best is not None else math.nan)}; "

@@ -13,26 +13,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 from stopline.api import RungsCriterion
 from stopline.criteria.decision import Decision, Outcome
 from stopline.criteria.observation import CohortCurve, Observation
 from stopline.criteria.percentile import percentile
-from stopline.criteria.state import EpochState, fmt, is_better, status_line
-
-WAITING = 8
+from stopline.criteria.state import PeerWaitState, fmt, is_better, status_line
 
 
 @dataclass
-class RungsState(EpochState):
+class RungsState(PeerWaitState):
     KIND: ClassVar[str] = "rungs"
     best: float | None = None
     cut: float | None = None
     rung: int | None = None
-    jobs: int = 0
-    waiting: list[list[float]] = field(default_factory=list)  # [rung epoch, value compared] short of peers
+    jobs: int = 0  # waiting entries: [rung epoch, value compared]
 
 
 def is_rung(epoch: int, criterion: RungsCriterion) -> bool:
@@ -95,15 +92,12 @@ def evaluate(
         judged_now.add(epoch)
         mine = state.best if criterion.compare == "best" else value
         if not _judge(criterion, state, observation.cohort, epoch, mine):
-            state.waiting = [*state.waiting, [epoch, mine]][-WAITING:]
+            state.wait([epoch, mine])
         if state.stop is not None:
             break
-    for entry in list(state.waiting):
-        if state.stop is not None:
-            break
-        epoch, mine = int(entry[0]), entry[1]
-        if epoch not in judged_now and _judge(criterion, state, observation.cohort, epoch, mine):
-            state.waiting.remove(entry)
+    state.judge_waiting(
+        judged_now, lambda entry: _judge(criterion, state, observation.cohort, int(entry[0]), entry[1])
+    )
     best = fmt(state.best if state.best is not None else math.nan)
     upcoming = f"next rung at epoch {next_rung(state.epoch, criterion)}"
     if state.cut is not None:

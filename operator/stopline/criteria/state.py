@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from stopline.api import Mode
@@ -93,6 +93,30 @@ class EpochState(State):
         """EMA with `weight` on the newest value; the first value starts the average."""
         self.ema = value if self.ema is None or weight is None else weight * value + (1 - weight) * self.ema
         return self.ema
+
+
+WAITING = 8  # epochs kept waiting for peers; the oldest is dropped past this
+
+
+@dataclass
+class PeerWaitState(EpochState):
+    """What the criteria that compare with the study's other jobs share (cohort, rungs): jobs of a sweep run
+    side by side, so an epoch judged before minJobs peers reached it waits, with what it compared, and is
+    judged again on each later call as the peers catch up."""
+
+    waiting: list[list[float]] = field(default_factory=list)  # [epoch, what it compared, ...]
+
+    def wait(self, entry: list[float]) -> None:
+        self.waiting = [*self.waiting, entry][-WAITING:]
+
+    def judge_waiting(self, judged_now: set[int], judge: Callable[[list[float]], bool]) -> None:
+        """Judge the waiting epochs not judged on this call, oldest first, until one stops the job; those
+        compared (`judge` returned True) stop waiting."""
+        for entry in list(self.waiting):
+            if self.stop is not None:
+                break
+            if int(entry[0]) not in judged_now and judge(entry):
+                self.waiting.remove(entry)
 
 
 def pending(samples: Samples, after: int, metric: str) -> Iterator[tuple[int, float]]:

@@ -144,20 +144,12 @@ class Replay:
     def regret(self) -> float | None:
         """How much worse the best value the sweep kept is than the best it would have had without
         stopping, relative to the latter (docs/policy.md's regret, on best values): 0 when no stop cost it."""
-        kept, unstopped = self.best_overall(stopping=True), self.best_overall(stopping=False)
-        if kept is None or unstopped is None:
-            return None
-        gap = kept[1].value - unstopped[1].value
-        gap = gap if self.mode == "min" else -gap
-        return gap / abs(unstopped[1].value) if unstopped[1].value else gap
+        return _regret(self.best_overall(stopping=True), self.best_overall(stopping=False), self.mode)
 
     def verdict(self) -> str | None:
         """In words, whether the stops cost the sweep its best model, and which stop did."""
-        regret, kept, unstopped = (
-            self.regret(),
-            self.best_overall(stopping=True),
-            self.best_overall(stopping=False),
-        )
+        kept, unstopped = self.best_overall(stopping=True), self.best_overall(stopping=False)
+        regret = _regret(kept, unstopped, self.mode)
         if regret is None or kept is None or unstopped is None:
             return None
         if regret <= 0:
@@ -186,6 +178,16 @@ class Replay:
                 "regret": None if (regret := self.regret()) is None else round(regret, 6),
             },
         }
+
+
+def _regret(
+    kept: tuple[str, Best] | None, unstopped: tuple[str, Best] | None, mode: api.Mode
+) -> float | None:
+    if kept is None or unstopped is None:
+        return None
+    gap = kept[1].value - unstopped[1].value
+    gap = gap if mode == "min" else -gap
+    return gap / abs(unstopped[1].value) if unstopped[1].value else gap
 
 
 def _best_json(best: Best | None) -> dict[str, object] | None:

@@ -429,7 +429,8 @@ COLUMNS = {
 def table(results: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS.values()) + " |", "|" + "---|" * len(COLUMNS)]
     for result in results:
-        lines.append("| " + " | ".join(str(result.get(key, "threshold")) for key in COLUMNS) + " |")
+        row = result | {"criteria": _criteria(result)}
+        lines.append("| " + " | ".join(str(row[key]) for key in COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -461,11 +462,16 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 def _line(result: dict[str, Any]) -> tuple[str, float, str]:
     """One line of the plot: the runs of a read path, epoch length and criteria, over N."""
-    return result["source"], result["epoch_s"], result.get("criteria", "threshold")
+    return result["source"], result["epoch_s"], _criteria(result)
 
 
 def _run_key(result: dict[str, Any]) -> tuple[str, int, float, str]:
-    return result["source"], result["jobs"], result["epoch_s"], result.get("criteria", "threshold")
+    return result["source"], result["jobs"], result["epoch_s"], _criteria(result)
+
+
+def _criteria(result: dict[str, Any]) -> str:
+    """The run's criteria; runs saved before --forecast existed had only the threshold."""
+    return str(result.get("criteria", "threshold"))
 
 
 def save(result: dict[str, Any], out: Path) -> list[dict[str, Any]]:

@@ -181,16 +181,14 @@ def next_step(view: StopView, now: float) -> Action:
             return Wait()  # pods that are not serving yet: a SIGTERM before the trainer handles it kills it
     if not view.job_at_rest and (state.signalled is None or state.signalled.acknowledged == 0):
         return Suspend(unacknowledged=True)
-    if view.active:
-        if now - view.began_at < view.grace_period_s:
-            return Wait()
-        if not state.killed:
-            return Kill()
+    if state.killed:  # even when the deleted pods are already gone from the view: they never saved
         message = (
             f"the trainer did not exit within gracePeriod ({view.grace_period_s:g}s) after the stop signal; "
             "its pods were deleted and the weights were not saved"
         )
         return Conclude(Conclusion(FAILED, GRACE_PERIOD_EXPIRED, message, warning=True))
+    if view.active:
+        return Wait() if now - view.began_at < view.grace_period_s else Kill()
     if not state.children_read:
         return ReadChildren()
     if not view.job_at_rest:

@@ -129,6 +129,14 @@ def test_running_pods_are_waited_for_until_the_grace_period_then_killed_and_fail
     assert isinstance(action, Conclude) and "the weights were not saved" in action.conclusion.message
 
 
+def test_killed_pods_already_gone_from_the_view_still_fail_for_the_grace_period() -> None:
+    """The pod's DELETED event can land while the driver awaits the delete: the pods are gone, but they
+    were killed, not ended without a checkpoint (seen as "Stopped, no trainer pod ran" in a CI run)."""
+    acked = Signalled(1, 0, 0)
+    gone = view([], job=SUSPENDED_JOB, signalled=acked, killed=True, suspended=True, children_read=True)
+    assert concluded(next_step(gone, now=GRACE_S)) == ("Failed", "GracePeriodExpired")
+
+
 def test_pods_that_ended_without_a_manifest_conclude_only_once_listed_and_the_job_at_rest() -> None:
     ended = [pod(0, "Succeeded", 0, "not json")]
     acked = Signalled(1, 0, 0)

@@ -27,9 +27,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from stopline.workload import JOB_LABEL
+from stopline.vocabulary import JOB_LABEL
 from stopline_local.kubelet import terminated_status
-from stopline_trainer.checkpoint import Manifest
+from stopline_trainer.checkpoint import TAIL_EPOCHS, Manifest
 from stopline_trainer.control import StopFlag
 from stopline_trainer.metrics import TrainerMetrics
 
@@ -224,7 +224,7 @@ class Fleet:
         await asyncio.sleep(SAVE_S)
         epoch = job.stopped_epoch or 0
         uri = f"file:///checkpoints/{job.name}/epoch-{epoch}.pt"
-        tail = [[e, job.objective(e)] for e in range(max(1, epoch - 7), epoch + 1)]
+        tail = [[e, job.objective(e)] for e in range(max(1, epoch - TAIL_EPOCHS + 1), epoch + 1)]
         assert job.pod is not None
         await self._patch_pod(
             job.pod, terminated_status(checkpoint_message(job.name, self.namespace, epoch, uri, tail))

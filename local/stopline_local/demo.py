@@ -102,14 +102,11 @@ def summary(jobs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def recorded_sweep(folder: Path) -> Path:
-    """The recorded sweep's first jobs, as a curves file `stopline replay` reads (job, epoch, val_loss)."""
-    task, jobs = RECORDED_SWEEP
-    out = folder / f"{task.replace('/', '-')}-first-{jobs}.csv"
+def first_jobs(task: str, jobs: int) -> list[dict[str, str]]:
+    """The rows of a recorded task's first `jobs` configs in file order (the file is sorted by task)."""
+    rows: list[dict[str, str]] = []
     seen: set[str] = set()
-    with gzip.open(RECORDED, "rt") as source, out.open("w", newline="") as sink:
-        rows = csv.writer(sink)
-        rows.writerow(["job", "epoch", "val_loss"])
+    with gzip.open(RECORDED, "rt") as source:
         for row in csv.DictReader(source):
             if row["task"] != task:
                 if seen:
@@ -118,7 +115,18 @@ def recorded_sweep(folder: Path) -> Path:
             if row["config"] not in seen and len(seen) == jobs:
                 break
             seen.add(row["config"])
-            rows.writerow([row["config"], row["epoch"], row["val_loss"]])
+            rows.append(row)
+    return rows
+
+
+def recorded_sweep(folder: Path) -> Path:
+    """The recorded sweep's first jobs, as a curves file `stopline replay` reads (job, epoch, val_loss)."""
+    task, jobs = RECORDED_SWEEP
+    out = folder / f"{task.replace('/', '-')}-first-{jobs}.csv"
+    with out.open("w", newline="") as sink:
+        rows = csv.writer(sink)
+        rows.writerow(["job", "epoch", "val_loss"])
+        rows.writerows([row["config"], row["epoch"], row["val_loss"]] for row in first_jobs(task, jobs))
     return out
 
 

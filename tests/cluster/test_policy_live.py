@@ -29,6 +29,7 @@ from operatorharness import (
 )
 from stopline import replay
 from stopline_local.controlplane import ControlPlane, wait_until
+from stopline_trainer.checkpoint import TAIL_EPOCHS
 
 pytestmark = pytest.mark.cluster
 
@@ -66,7 +67,7 @@ def run_job(plane: ControlPlane, namespace: str, name: str, values: list[float])
                 terminate(plane, namespace, pod, checkpoint_message(epoch, epoch * 100, uri))
                 wait_until(phase_is(plane, namespace, name, "Stopped"), WAIT_S, f"{name} Stopped")
                 return dict(status(plane, namespace, name))
-        tail = [[epoch, value] for epoch, value in enumerate(values, start=1)][-8:]
+        tail = [[epoch, value] for epoch, value in enumerate(values, start=1)][-TAIL_EPOCHS:]
         terminate(plane, namespace, pod, checkpoint_message(len(values), len(values) * 100, uri, tail=tail))
         wait_until(phase_is(plane, namespace, name, "Succeeded"), WAIT_S, f"{name} Succeeded")
         return dict(status(plane, namespace, name))

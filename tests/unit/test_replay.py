@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import gzip
 import io
@@ -16,9 +15,9 @@ from typing import Any
 import pytest
 
 from stopline.cli import main
+from stopline_local.demo import first_jobs
 
 REPO = Path(__file__).resolve().parents[2]
-REAL_CURVES = REPO / "bench" / "policy" / "curves" / "curves.csv.gz"
 JOB = """\
 apiVersion: stopline.dev/v1alpha1
 kind: TrainingJob
@@ -162,26 +161,8 @@ def test_the_recommended_policy_stops_jobs_like_finished_losers_and_keeps_the_be
     )
 
 
-def real_slice(task_prefix: str, configs: int) -> list[dict[str, str]]:
-    """The first `configs` curves of the first task named task_prefix... (the file is sorted by task)."""
-    rows: list[dict[str, str]] = []
-    seen: list[str] = []
-    with gzip.open(REAL_CURVES, "rt") as handle:
-        for row in csv.DictReader(handle):
-            if not row["task"].startswith(task_prefix):
-                if rows:
-                    break
-                continue
-            if row["config"] not in seen:
-                if len(seen) == configs:
-                    break
-                seen.append(row["config"])
-            rows.append(row)
-    return rows
-
-
 def test_replay_on_real_curves_saves_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rows = real_slice("algoperf_v05/imagenet_resnet_jax", 12)
+    rows = first_jobs("algoperf_v05/imagenet_resnet_jax", 12)
     out = io.StringIO()
     out.write("job,epoch,val_loss,val_acc,seconds\n")
     for row in rows:

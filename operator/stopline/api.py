@@ -312,7 +312,12 @@ class _Fields:
             raise SpecError(self.at(key), "is required")
         return self.raw[key]
 
-    def integer(self, key: str, minimum: int, maximum: int | None = None) -> int:
+    def integer(
+        self, key: str, minimum: int, maximum: int | None = None, *, default: int | None = None
+    ) -> int:
+        """The integer at key within the bounds; `default` when the field is absent (else it is required)."""
+        if default is not None and not self.has(key):
+            return default
         value = self._required(key)
         bounds = f">= {minimum}" if maximum is None else f"within {minimum}..{maximum}"
         if isinstance(value, bool) or not isinstance(value, int):
@@ -325,8 +330,16 @@ class _Fields:
         return self.integer(key, minimum, maximum) if self.has(key) else None
 
     def number(
-        self, key: str, minimum: float | None = None, maximum: float | None = None, *, exclusive: bool = False
+        self,
+        key: str,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        *,
+        exclusive: bool = False,
+        default: float | None = None,
     ) -> float:
+        if default is not None and not self.has(key):
+            return default
         value = self._required(key)
         bound = [f"> {minimum}" if exclusive else f">= {minimum}"] if minimum is not None else []
         bound += [f"<= {maximum}"] if maximum is not None else []
@@ -343,7 +356,16 @@ class _Fields:
     ) -> float | None:
         return self.number(key, minimum, maximum, exclusive=exclusive) if self.has(key) else None
 
-    def string(self, key: str, pattern: re.Pattern[str] | None = None, max_length: int = 1 << 20) -> str:
+    def string(
+        self,
+        key: str,
+        pattern: re.Pattern[str] | None = None,
+        max_length: int = 1 << 20,
+        *,
+        default: str | None = None,
+    ) -> str:
+        if default is not None and not self.has(key):
+            return default
         value = self._required(key)
         if not isinstance(value, str) or not value:
             raise SpecError(self.at(key), f"must be a non-empty string, got {_show(value)}")
@@ -437,7 +459,7 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
             "stopPolicy",
         ),
     )
-    replicas = fields.integer("replicas", 1, 1024) if fields.has("replicas") else 1
+    replicas = fields.integer("replicas", 1, 1024, default=1)
     objective = _objective(fields)
     metrics = _metrics(fields.child("metrics", ("port", "path", "interval", "staleAfter", "prometheus")))
     criteria = _criteria(fields, objective)
@@ -490,8 +512,8 @@ def _metrics(fields: _Fields | None) -> Metrics:
         return Metrics()
     prometheus = fields.child("prometheus", ("url",))
     return Metrics(
-        port=fields.integer("port", 1, 65535) if fields.has("port") else 8000,
-        path=fields.string("path", re.compile("^/"), 1024) if fields.has("path") else "/metrics",
+        port=fields.integer("port", 1, 65535, default=8000),
+        path=fields.string("path", re.compile("^/"), 1024, default="/metrics"),
         interval=fields.duration("interval", "15s", at_least="1s"),
         stale_after=fields.duration("staleAfter", "15m", at_most="168h"),
         prometheus_url=_prometheus_url(prometheus) if prometheus is not None else None,
@@ -580,8 +602,8 @@ def _criterion(item: _Fields, objective: Objective) -> Criterion:
             name,
             metric,
             mode,
-            patience=fields.integer("patience", 1, 100000) if fields.has("patience") else 3,
-            min_delta=fields.number("minDelta", 0, 1_000_000_000_000) if fields.has("minDelta") else 0.0,
+            patience=fields.integer("patience", 1, 100000, default=3),
+            min_delta=fields.number("minDelta", 0, 1_000_000_000_000, default=0.0),
             min_delta_mode=fields.choice("minDeltaMode", ("absolute", "relative"), "absolute"),
             warmup_epochs=_warmup(fields),
             smoothing=_smoothing(fields),
@@ -617,7 +639,7 @@ def _criterion(item: _Fields, objective: Objective) -> Criterion:
             metric,
             mode,
             max_relative_change=fields.number("maxRelativeChange", 0, exclusive=True),
-            window=fields.integer("window", 2, 10000) if fields.has("window") else 5,
+            window=fields.integer("window", 2, 10000, default=5),
             warmup_epochs=_warmup(fields),
             smoothing=_smoothing(fields),
         )
@@ -650,8 +672,8 @@ def _criterion(item: _Fields, objective: Objective) -> Criterion:
             metric,
             mode,
             study=fields.optional_string("study", max_length=63),
-            percentile=fields.number("percentile", 0, 100) if fields.has("percentile") else 50.0,
-            min_jobs=fields.integer("minJobs", 1, 10000) if fields.has("minJobs") else 5,
+            percentile=fields.number("percentile", 0, 100, default=50.0),
+            min_jobs=fields.integer("minJobs", 1, 10000, default=5),
             warmup_epochs=_warmup(fields),
             compare=fields.choice("compare", ("best", "current"), "best"),
             reference=fields.choice("reference", ("runningAverage", "value"), "runningAverage"),
@@ -663,7 +685,7 @@ def _criterion(item: _Fields, objective: Objective) -> Criterion:
         return _forecast(name, _Fields(body, path, FORECAST_FIELDS), objective)
     if kind == "gpuIdle":
         fields = _Fields(body, path, ("utilizationBelow", "for"))
-        below = fields.number("utilizationBelow", 0, 100) if fields.has("utilizationBelow") else 5.0
+        below = fields.number("utilizationBelow", 0, 100, default=5.0)
         return GPUIdleCriterion(name, below, fields.duration("for", "15m"))
     fields = _Fields(body, path, ("query", "for"))
     return PromQLCriterion(
@@ -704,9 +726,9 @@ def _rungs(name: str, fields: _Fields, objective: Objective) -> RungsCriterion:
         metric,
         mode,
         study=fields.optional_string("study", max_length=63),
-        min_epochs=fields.integer("minEpochs", 1, MAX_EPOCHS) if fields.has("minEpochs") else 1,
-        reduction_factor=fields.integer("reductionFactor", 2, 100) if fields.has("reductionFactor") else 3,
-        min_jobs=fields.integer("minJobs", 1, 10000) if fields.has("minJobs") else 5,
+        min_epochs=fields.integer("minEpochs", 1, MAX_EPOCHS, default=1),
+        reduction_factor=fields.integer("reductionFactor", 2, 100, default=3),
+        min_jobs=fields.integer("minJobs", 1, 10000, default=5),
         compare=fields.choice("compare", ("best", "current"), "best"),
         include_stopped=fields.boolean("includeStopped", True),
     )
@@ -724,27 +746,25 @@ def _forecast(name: str, fields: _Fields, objective: Objective) -> ForecastCrite
         metric,
         mode,
         study=fields.optional_string("study", max_length=63),
-        probability=fields.number("probability", 0, 0.5, exclusive=True)
-        if fields.has("probability")
-        else 0.01,
+        probability=fields.number("probability", 0, 0.5, exclusive=True, default=0.01),
         reference=reference,
-        percentile=fields.number("percentile", 0, 100) if fields.has("percentile") else 10.0,
+        percentile=fields.number("percentile", 0, 100, default=10.0),
         target=target,
-        similarity=fields.number("similarity", 0, 100, exclusive=True) if fields.has("similarity") else 2.0,
-        neighbours=(fields.integer("neighbours", 1, MAX_NEIGHBOURS) if fields.has("neighbours") else 20),
-        min_jobs=fields.integer("minJobs", 1, 10000) if fields.has("minJobs") else 5,
+        similarity=fields.number("similarity", 0, 100, exclusive=True, default=2.0),
+        neighbours=fields.integer("neighbours", 1, MAX_NEIGHBOURS, default=20),
+        min_jobs=fields.integer("minJobs", 1, 10000, default=5),
         warmup_epochs=_warmup(fields),
     )
 
 
 def _metric_mode(fields: _Fields, objective: Objective) -> tuple[str, Mode]:
     """Every criterion's metric and mode default to spec.objective."""
-    metric = fields.string("metric", _METRIC, 128) if fields.has("metric") else objective.metric
+    metric = fields.string("metric", _METRIC, 128, default=objective.metric)
     return metric, fields.choice("mode", MODES, objective.mode)
 
 
 def _warmup(fields: _Fields) -> int:
-    return fields.integer("warmupEpochs", 0, MAX_EPOCHS) if fields.has("warmupEpochs") else 0
+    return fields.integer("warmupEpochs", 0, MAX_EPOCHS, default=0)
 
 
 def _smoothing(fields: _Fields) -> float | None:

@@ -462,6 +462,14 @@ async def hold(kube: Kube, namespace: str, job: JobView) -> None:
         await kube.suspend_job(namespace, job.name, job.uid)
 
 
+def every_rank_exited(pods: Sequence[PodView], replicas: int) -> bool:
+    """Each rank's trainer exited and none runs: the Job (restartPolicy Never, backoffLimit 0) starts no
+    pod again and completes or fails by itself. The kubelet reports a container's exit before it moves the
+    pod to a terminal phase; suspended in between, the Job would have those pods deleted, logs and all."""
+    exited = {pod.rank for pod in pods if pod.exit_code is not None}
+    return len(exited) >= replicas and not any(pod.active for pod in pods)
+
+
 async def release_from_queue(kube: Kube, tracked: Tracked) -> None:
     """A stopped job's suspended Job that a queue (Kueue) holds is deleted; it has no pods. Kept, the queue
     would admit it again (and stopline suspend it again) forever; deleted, its Workload goes with it."""

@@ -47,7 +47,7 @@ from stopline.metrics.scrape import ScrapeError, scrape
 from stopline.progress import JobMemory, gpu_seconds_saved, progress_status
 from stopline.registry import Key, PodView, Registry, Tracked, saved_checkpoint, trainer_pods
 from stopline.status import StatusWriter
-from stopline.stopping import StopDriver, hold, release_from_queue
+from stopline.stopping import StopDriver, every_rank_exited, hold, release_from_queue
 from stopline.vocabulary import (
     ADMITTED,
     CANCEL_ANNOTATION,
@@ -408,12 +408,14 @@ class Supervisor:
 
     async def keep_at_rest(self, key: Key) -> None:
         """A stopped or cancelled TrainingJob's Job stays suspended, so its pods never train with nobody
-        watching; once suspended, one a queue (Kueue) holds is deleted (see stopping.release_from_queue)."""
+        watching; once suspended, one a queue (Kueue) holds is deleted (see stopping.release_from_queue).
+        One whose every rank exited is left to finish by itself, its pods kept for `kubectl logs`."""
         tracked = self.registry.get(key)
         if tracked is None or tracked.phase not in (STOPPED, CANCELLED, FAILED):
             return
-        job = tracked.job
-        if job is not None and not job.finished and not (job.suspended and not job.queued):
+        job, spec = tracked.job, tracked.spec
+        finishing = spec is not None and every_rank_exited(tracked.pods, spec.replicas)
+        if job is not None and not job.finished and not (job.suspended and not job.queued) and not finishing:
             await hold(self.kube, key[0], job)
         await release_from_queue(self.kube, tracked)
 

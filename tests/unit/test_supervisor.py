@@ -210,6 +210,44 @@ def test_a_stopped_jobs_job_unsuspended_by_a_queue_is_suspended_again() -> None:
     run(scenario)
 
 
+def exited_pod(job: str, rank: int, phase: str = "Running") -> dict[str, Any]:
+    """A trainer pod of the Job `job` whose container exited 0; phase Running is how the kubelet reports it
+    until it has torn the pod down (status_manager.mergePodStatus delays the terminal phase)."""
+    references = [{"kind": "Job", "name": job, "uid": f"job-{job}", "controller": True}]
+    labels = {"stopline.dev/job": job, "batch.kubernetes.io/job-completion-index": str(rank)}
+    metadata = {"name": f"{job}-{rank}", "namespace": "ns", "uid": f"pod-{job}-{rank}", "labels": labels}
+    terminated = {"exitCode": 0, "reason": "Completed"}
+    statuses = [{"name": "trainer", "state": {"terminated": terminated}}]
+    return {
+        "metadata": metadata | {"ownerReferences": references},
+        "status": {"phase": phase, "containerStatuses": statuses},
+    }
+
+
+def test_a_stopped_jobs_job_whose_every_rank_exited_is_left_to_complete_with_its_pods() -> None:
+    """Suspending it in the kubelet's window (exit reported, phase still Running) had the Job controller
+    delete both ranks' pods, and their termination records with them (a real node's DDP story in CI)."""
+
+    async def scenario() -> None:
+        registry = Registry()
+        kube = StandInKube(registry)
+        kube.put("TrainingJob", training_job("ddp", phase="Stopped", replicas=2))
+        kube.put("Job", batch_job("ddp"))
+        registry.observe_pod(exited_pod("ddp", 0))
+        async with supervising(kube, registry) as supervisor:
+            await supervisor.keep_at_rest(("ns", "ddp"))  # rank 1 still runs: held
+            assert ("suspend_job", "ddp", "job-ddp") in kube.calls
+            job = kube.objects[("Job", "ns", "ddp")]
+            job["spec"]["suspend"] = False  # as before the hold, now with every rank exited
+            kube.put("Job", job)
+            registry.observe_pod(exited_pod("ddp", 1))
+            kube.calls.clear()
+            await supervisor.keep_at_rest(("ns", "ddp"))
+        assert not [call for call in kube.calls if call[0] in ("suspend_job", "delete_pod")], kube.calls
+
+    run(scenario)
+
+
 def poisoned_prometheus(good: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     """Prometheus answering one good trainer series and, for another tenant, series that are not one."""
 

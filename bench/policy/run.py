@@ -125,7 +125,10 @@ def lightning(patience: int, task: Task) -> list[int]:
 
 def optuna_pruner(make: Callable[[], optuna.pruners.BasePruner], task: Task) -> list[int]:
     """A pruner as users write it: trial.report(value, epoch), stop when should_prune()."""
-    study = optuna.create_study(direction="minimize" if task.mode == "min" else "maximize", pruner=make())
+    direction = "minimize" if task.mode == "min" else "maximize"
+    # Hyperband puts a trial in a bracket by a hash of the study's name: a fixed name, the same brackets
+    # in every run (optuna's default name is random).
+    study = optuna.create_study(study_name=task.name, direction=direction, pruner=make())
     runs = []
     for job in task.jobs:
         trial, curve = study.ask(), values(task, job)
@@ -182,6 +185,17 @@ def ray_asha(reduction_factor: int, task: Task) -> list[int]:
 
 def no_stopping(task: Task) -> list[int]:
     return [len(job.rows) for job in task.jobs]
+
+
+# (reductionFactor, minEpochs, minJobs, compare), chosen on the sample's grid in docs/policy.md
+RUNGS_TUNED = (
+    (4, 3, 3, "best"),
+    (8, 4, 2, "current"),
+    (12, 1, 1, "current"),
+    (16, 1, 1, "current"),
+    (4, 1, 1, "current"),  # Ray Tune's ASHAScheduler rule at its default reduction_factor
+    (8, 1, 1, "current"),
+)
 
 
 def settings(ray: bool) -> list[Setting]:
@@ -250,6 +264,29 @@ def settings(ray: bool) -> list[Setting]:
             partial(ours, [{"name": "r", "rungs": {"reductionFactor": eta}}]),
         )
         for eta in (2, 3, 4)
+    ]
+    # Rungs judged sooner (minEpochs) or with fewer peers (minJobs): the front between the peers' 6% and
+    # 30% worst-task regret. minJobs 1 with compare=current is Ray Tune's ASHAScheduler rule.
+    out += [
+        Setting(
+            "stopline rungs, tuned",
+            f"reductionFactor {eta}, minEpochs {first}, minJobs {jobs}, compare {compare}",
+            partial(
+                ours,
+                [
+                    {
+                        "name": "r",
+                        "rungs": {
+                            "reductionFactor": eta,
+                            "minEpochs": first,
+                            "minJobs": jobs,
+                            "compare": compare,
+                        },
+                    }
+                ],
+            ),
+        )
+        for eta, first, jobs, compare in RUNGS_TUNED
     ]
     out += [
         Setting(
@@ -337,6 +374,31 @@ def summarise(setting: Setting, scores: list[tuple[Task, TaskScore]], seconds: f
         sum(r > SAFE_REGRET for r in regrets),
         seconds,
     )
+
+
+def ahead_of_peers(rows: list[Row]) -> list[str]:
+    """For every peer setting, the stopline setting that saves the most at no more worst-task regret, and
+    whether that is ahead of the peer: it saves more, or as much for less regret."""
+    ours_rows = [r for r in rows if r.setting.family.startswith("stopline")]
+    lines = []
+    for peer in rows:
+        if peer.setting.family.startswith("stopline") or peer.setting.family == "no stopping":
+            continue
+        within = [r for r in ours_rows if r.regret_max <= peer.regret_max]
+        best = max(within, key=lambda r: r.saved_mean, default=None)
+        name = f"{peer.setting.family} {peer.setting.knob} ({peer.saved_mean:.1%}, {peer.regret_max:.2f}%)"
+        if best is None:
+            lines.append(f"not ahead of {name}: no stopline setting within {peer.regret_max:.2f}%")
+            continue
+        ahead = best.saved_mean > peer.saved_mean or (
+            best.saved_mean >= peer.saved_mean and best.regret_max < peer.regret_max
+        )
+        verdict = "ahead of" if ahead else "not ahead of"
+        lines.append(
+            f"{verdict} {name}: {best.setting.family} {best.setting.knob} saves {best.saved_mean:.1%} "
+            f"for {best.regret_max:.2f}%"
+        )
+    return lines
 
 
 def front_plot(rows: list[Row], title: str, path: Path) -> None:
@@ -447,6 +509,11 @@ def main() -> None:
         safe = [r for r in rows if r.setting.family == family and r.regret_max <= SAFE_REGRET]
         best = max(safe, key=lambda r: r.saved_mean, default=None)
         print(f"  {family}: " + (f"{best.saved_mean:.1%} ({best.setting.knob})" if best else "none"))
+    print(
+        "\nstopline against each peer setting (ahead: at the peer's worst-task regret or less it saves more):"
+    )
+    for line in ahead_of_peers(rows):
+        print(f"  {line}")
     sample = f", {args.max_configs} configs per task" if args.max_configs else ""
     front_plot(rows, f"Stop policies on {len(tasks)} real sweeps ({total} curves{sample})", args.plot)
     print(

@@ -1,0 +1,46 @@
+"""bench/policy's verdict on each peer setting: ahead when stopline saves more at no more regret."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "policy" / "run.py"
+
+
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("policy_bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_peer_setting_is_judged_against_the_best_stopline_setting_within_its_regret() -> None:
+    run = bench()
+
+    def row(family: str, knob: str, saved: float, worst: float) -> object:
+        return run.Row(run.Setting(family, knob, run.no_stopping), 37, saved, saved, 0.0, worst, "t", 0, 0.0)
+
+    rows = [
+        row("no stopping", "-", 0.0, 0.0),
+        row("Optuna HyperbandPruner", "reduction_factor 2", 0.677, 7.20),
+        row("Optuna WilcoxonPruner", "p_threshold 0.01", 0.544, 5.15),
+        row("Optuna SuccessiveHalvingPruner", "reduction_factor 8", 0.897, 14.11),
+        row("Optuna PercentilePruner", "percentile 50", 0.80, 7.62),
+        row("stopline forecast", "probability 0.1", 0.342, 1.46),
+        row("stopline rungs", "a", 0.758, 6.05),
+        row("stopline rungs", "b", 0.893, 7.89),
+        row("stopline rungs", "c", 0.80, 6.0),
+    ]
+    verdicts = run.ahead_of_peers(rows)
+    assert len(verdicts) == 4  # the peers only
+    hyperband, wilcoxon, halving, percentile = verdicts
+    assert hyperband.startswith("ahead of Optuna HyperbandPruner") and "rungs c saves 80.0%" in hyperband
+    assert wilcoxon.startswith("not ahead of Optuna WilcoxonPruner")
+    assert "forecast probability 0.1" in wilcoxon
+    assert halving.startswith("not ahead of Optuna SuccessiveHalvingPruner")  # 89.3% < 89.7%
+    assert percentile.startswith("ahead of Optuna PercentilePruner")  # as much (80%) for less regret (6%)

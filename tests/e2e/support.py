@@ -81,5 +81,15 @@ def terminated_pods(plane: ControlPlane, namespace: str, name: str, count: int) 
         ]
         return len(found) == count
 
-    wait_until(all_ended, DEADLINE_S, f"{count} pod(s) of {name} to end")
+    def seen() -> str:
+        """Each pod's phase, whether it is being deleted and its container states, for the timeout."""
+        lines = [
+            f"{pod['metadata']['name']}: phase {pod['status'].get('phase')}, "
+            f"deleting {bool(pod['metadata'].get('deletionTimestamp'))}, "
+            f"containers {pod['status'].get('containerStatuses')}"
+            for pod in pods(plane, namespace, name)
+        ]
+        return "\n".join(lines) or "no pods"
+
+    wait_until(all_ended, DEADLINE_S, f"{count} pod(s) of {name} to end", details=seen)
     return found

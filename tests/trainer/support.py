@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -21,6 +20,7 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from scripts import load_script
 from stopline_local.controlplane import REPO, T, free_port
 from stopline_local.controlplane import wait_until as poll
 
@@ -36,11 +36,7 @@ def wait_until(check: Callable[[], T], what: str, on_fail: Callable[[], str] | N
 
 def load_example() -> ModuleType:
     """The example trainer as a module, for make_model() and probe_input()."""
-    spec = importlib.util.spec_from_file_location("stopline_example_train", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "stopline_example_train")
 
 
 class Endpoint:

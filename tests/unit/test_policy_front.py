@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
+
+from scripts import load_script
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "policy" / "run.py"
 
 
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("policy_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH, "policy_bench")
 
 
 def test_each_peer_setting_is_judged_against_the_best_stopline_setting_within_its_regret() -> None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import yaml
+
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATOR = REPO / "docs" / "crd_reference.py"
@@ -19,12 +19,7 @@ CRD = REPO / "crds" / "trainingjob.yaml"
 
 def load_generator() -> ModuleType:
     """docs/ is no package: load the script from its path, as `python docs/crd_reference.py` would."""
-    spec = importlib.util.spec_from_file_location("crd_reference", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_script(GENERATOR, "crd_reference")
 
 
 def spec_paths(path: str, schema: dict[str, Any]) -> Iterator[str]:

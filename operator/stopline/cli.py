@@ -17,9 +17,17 @@ from stopline import replay
 
 
 def _replay(args: argparse.Namespace) -> int:
-    result = replay.replay(args.job, args.curves)
+    progress = _progress if sys.stderr.isatty() else None
+    result = replay.replay(args.job, args.curves, task=args.task, progress=progress)
     print(json.dumps(result.as_json(), indent=2) if args.json else replay.render_table(result))
     return 0
+
+
+def _progress(done: int, total: int) -> None:
+    """A long replay (thousands of jobs) counts its jobs on the terminal, one line rewritten in place."""
+    if done % 25 == 0 or done == total:
+        end = "\n" if done == total else ""
+        print(f"\rstopline replay: {done}/{total} jobs replayed", end=end, file=sys.stderr, flush=True)
 
 
 def _operator(args: argparse.Namespace) -> int:
@@ -86,7 +94,11 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         required=True,
         metavar="CURVES.csv",
-        help="CSV (or .csv.gz) with the header job,epoch,<metric>,... and an optional seconds column",
+        help="CSV (or .csv.gz) with the header job,epoch,<metric>,... and an optional seconds column; "
+        "or task,config,epoch,<metric>,...[,epoch_seconds], each task a sweep of its own",
+    )
+    replay_command.add_argument(
+        "--task", metavar="TASK", help="replay only this task's sweep (a file with a task column)"
     )
     replay_command.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a table"

@@ -5,6 +5,10 @@ each with the epochs it actually ran (a job that was not stopped completed, so i
 Each epoch is fed to the same engine the operator calls, one call per epoch, with the cumulative
 `seconds` column (if any) as the clock.
 
+A job is named by a `job` column, or by `config` as public curve collections name it; with a `task`
+column, each task is a sweep of its own (a config is unique within its task only), replayed and summed
+up on its own, then over all tasks as docs/policy.md does. `epoch_seconds` is read as `seconds`.
+
 The CSV is hostile input like any other: it is read as a stream (a `.gz` is decompressed as it is read)
 and refused past CURVES_MAX_BYTES, CURVES_MAX_LINES or a line of LINE_MAX_BYTES. Epochs are ASCII integers
 1..EPOCH_MAX; `seconds` (per epoch) a finite decimal in 0..EPOCH_SECONDS_MAX; metric cells a decimal
@@ -34,6 +38,10 @@ from stopline.criteria import CohortCurve, Decision, Observation, evaluate
 from stopline.criteria.state import is_better
 
 SECONDS = "seconds"
+TASK = "task"
+SAFE_REGRET = 0.005  # a sweep that lost more than 0.5% of its best is counted, as docs/policy.md does
+JOB_COLUMNS = ("job", "config")  # the first one the header has names the jobs
+SECONDS_COLUMNS = (SECONDS, "epoch_seconds")
 MiB = 1 << 20
 # A TrainingJob the apiserver accepts is under 1.5 MiB (its object size limit).
 JOB_MAX_BYTES = 2 * MiB
@@ -74,6 +82,7 @@ class Curve:
     """One job of the file: metric values by epoch, and the seconds each epoch took (when recorded)."""
 
     job: str
+    task: str | None = None
     rows: dict[int, dict[str, float]] = field(default_factory=dict)
     seconds: dict[int, float] = field(default_factory=dict)
 
@@ -110,12 +119,13 @@ class JobResult:
 
 
 @dataclass(frozen=True)
-class Replay:
-    job_file: str
+class Sweep:
+    """The jobs of one task (of the whole file, without a task column), replayed in order."""
+
+    task: str | None
     metric: str
     mode: api.Mode
     results: tuple[JobResult, ...]
-    notes: tuple[str, ...]
 
     @property
     def epochs_run(self) -> int:
@@ -175,9 +185,59 @@ class Replay:
                 "fractionSaved": round(self.fraction_saved, 6),
                 "bestOverall": overall(True),
                 "bestOverallIfNoStopping": overall(False),
-                "regret": None if (regret := self.regret()) is None else round(regret, 6),
+                "regret": _rounded(self.regret()),
             },
         }
+
+
+@dataclass(frozen=True)
+class Replay:
+    """One sweep, or one per task; over tasks, the figures docs/policy.md's front uses."""
+
+    job_file: str
+    metric: str
+    mode: api.Mode
+    sweeps: tuple[Sweep, ...]
+    notes: tuple[str, ...]
+    by_task: bool
+
+    def worst_task(self) -> tuple[str, float] | None:
+        regrets = [
+            (sweep.task or "", regret) for sweep in self.sweeps if (regret := sweep.regret()) is not None
+        ]
+        return max(regrets, key=lambda pair: pair[1]) if regrets else None
+
+    def tasks_over(self, regret: float) -> int:
+        return sum(1 for sweep in self.sweeps if (lost := sweep.regret()) is not None and lost > regret)
+
+    def mean_saved(self) -> float:
+        """Saved per task, averaged: each sweep weighs the same however long its curves."""
+        return sum(sweep.fraction_saved for sweep in self.sweeps) / len(self.sweeps) if self.sweeps else 0.0
+
+    def as_json(self) -> dict[str, object]:
+        if not self.by_task:
+            return self.sweeps[0].as_json()
+        worst = self.worst_task()
+        run = sum(sweep.epochs_run for sweep in self.sweeps)
+        available = sum(sweep.epochs_available for sweep in self.sweeps)
+        return {
+            "tasks": [{"task": sweep.task} | sweep.as_json() for sweep in self.sweeps],
+            "summary": {
+                "tasks": len(self.sweeps),
+                "jobs": sum(len(sweep.results) for sweep in self.sweeps),
+                "epochsRun": run,
+                "epochsAvailable": available,
+                "fractionSaved": round(1 - run / available, 6) if available else 0.0,
+                "fractionSavedMeanOfTasks": round(self.mean_saved(), 6),
+                "regretMax": _rounded(worst[1] if worst else None),
+                "worstTask": worst[0] if worst else None,
+                "tasksOverHalfPercent": self.tasks_over(SAFE_REGRET),
+            },
+        }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def _regret(
@@ -319,50 +379,65 @@ def _rows(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
 
 
 def load_curves(path: Path, needed: str) -> tuple[list[Curve], list[str]]:
-    """Curves by job in order of first appearance, and the metric columns; `needed` must be a column."""
+    """Curves by (task, job) in order of first appearance, and the metric columns; `needed` must be one."""
     with _open(path) as stream:
         return _parse_curves(path, _rows(path, _lines(path, stream)), needed)
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What each column of the header is: the job's name, its task (optional), epoch, seconds, metrics."""
+
+    columns: list[str]
+    job: str
+    task: str | None
+    seconds: str | None
+    metrics: list[str]
 
 
 def _parse_curves(
     path: Path, rows: Iterator[tuple[int, list[str]]], needed: str
 ) -> tuple[list[Curve], list[str]]:
-    header_line, header = next(rows, (1, []))
-    if not any(cell.strip() for cell in header):
+    header_line, cells = next(rows, (1, []))
+    if not any(cell.strip() for cell in cells):
         raise ReplayError(f"{path}: empty file; expected a header line job,epoch,<metric>,... and rows")
-    columns = [cell.strip() for cell in header]
-    _check_header(path, header_line, columns, needed)
-    metrics = [column for column in columns if column not in ("job", "epoch", SECONDS)]
-    curves: dict[str, Curve] = {}
-    first_line: dict[tuple[str, int], int] = {}
+    header = _header(path, header_line, [cell.strip() for cell in cells], needed)
+    curves: dict[tuple[str | None, str], Curve] = {}
+    first_line: dict[tuple[str | None, str, int], int] = {}
     for line, row in rows:
-        if len(row) != len(columns):
+        if len(row) != len(header.columns):
             raise ReplayError(
-                f"{path}: line {line}: {len(row)} cells, the header has {len(columns)}; fix the row"
+                f"{path}: line {line}: {len(row)} cells, the header has {len(header.columns)}; fix the row"
             )
-        cells = dict(zip(columns, (cell.strip() for cell in row), strict=True))
-        epoch = _epoch(path, line, cells["epoch"])
-        curve = curves.get(cells["job"])
+        cells_by = dict(zip(header.columns, (cell.strip() for cell in row), strict=True))
+        epoch = _epoch(path, line, cells_by["epoch"])
+        task = _name(path, line, header.task, cells_by[header.task]) if header.task else None
+        key = (task, cells_by[header.job])
+        curve = curves.get(key)
         if curve is None:
-            curve = curves[cells["job"]] = _curve(path, line, cells["job"])
-        if (curve.job, epoch) in first_line:
+            curve = curves[key] = Curve(_name(path, line, header.job, key[1]), task)
+        if (task, curve.job, epoch) in first_line:
+            where = f"task {task!r} " if task is not None else ""
             raise ReplayError(
-                f"{path}: line {line}: job {curve.job!r} epoch {epoch} already appeared on line "
-                f"{first_line[curve.job, epoch]}; keep one row per job and epoch"
+                f"{path}: line {line}: {where}{header.job} {curve.job!r} epoch {epoch} already appeared on "
+                f"line {first_line[task, curve.job, epoch]}; keep one row per {header.job} and epoch"
             )
-        first_line[curve.job, epoch] = line
+        first_line[task, curve.job, epoch] = line
         curve.rows[epoch] = {
-            metric: _metric(path, line, metric, cells[metric]) for metric in metrics if cells[metric] != ""
+            metric: _metric(path, line, metric, cells_by[metric])
+            for metric in header.metrics
+            if cells_by[metric] != ""
         }
-        if cells.get(SECONDS, "") != "":
-            curve.seconds[epoch] = _seconds(path, line, cells[SECONDS])
+        if header.seconds and cells_by[header.seconds] != "":
+            curve.seconds[epoch] = _seconds(path, line, header.seconds, cells_by[header.seconds])
     if not curves:
         raise ReplayError(f"{path}: no rows after the header; add one row per job and epoch")
-    return list(curves.values()), metrics
+    return list(curves.values()), header.metrics
 
 
-def _check_header(path: Path, line: int, columns: list[str], needed: str) -> None:
-    """Each column named once (a repeated name would silently merge), and job, epoch, `needed` present."""
+def _header(path: Path, line: int, columns: list[str], needed: str) -> _Header:
+    """Each column named once (a repeated name would silently merge), and a job column, epoch and
+    `needed` present."""
     numbers: dict[str, int] = {}
     for number, column in enumerate(columns, start=1):
         if column in numbers:
@@ -371,22 +446,29 @@ def _check_header(path: Path, line: int, columns: list[str], needed: str) -> Non
                 "give each column its own name"
             )
         numbers[column] = number
-    for column in ("job", "epoch", needed):
+    job = next((column for column in JOB_COLUMNS if column in numbers), None)
+    for column in (job or "job", "epoch", needed):
         if column not in numbers:
             raise ReplayError(
                 f"{path}: line {line}: missing column {column!r}; the header must be job,epoch,<metric>,... "
-                f"with the objective metric {needed!r} among the metrics (found: {','.join(columns)})"
+                f"(or task,config,epoch,<metric>,...) with the objective metric {needed!r} among the "
+                f"metrics (found: {','.join(columns)})"
             )
+    assert job is not None
+    task = TASK if TASK in numbers else None
+    seconds = next((column for column in SECONDS_COLUMNS if column in numbers), None)
+    roles = {job, "epoch", task, seconds}
+    return _Header(columns, job, task, seconds, [column for column in columns if column not in roles])
 
 
-def _curve(path: Path, line: int, job: str) -> Curve:
-    """A new job's curve; its name is printed in the table, so it must be plain text."""
-    if not job.isprintable():
+def _name(path: Path, line: int, column: str, name: str) -> str:
+    """A job's or task's name; it is printed in the table, so it must be plain text."""
+    if not name.isprintable():
         raise ReplayError(
-            f"{path}: line {line}: column 'job' is {job!r}, with a control or invisible character; "
-            "write job names as plain text (the table prints them)"
+            f"{path}: line {line}: column {column!r} is {name!r}, with a control or invisible character; "
+            f"write {column} names as plain text (the table prints them)"
         )
-    return Curve(job)
+    return name
 
 
 def _epoch(path: Path, line: int, text: str) -> int:
@@ -411,12 +493,12 @@ def _metric(path: Path, line: int, column: str, text: str) -> float:
     )
 
 
-def _seconds(path: Path, line: int, text: str) -> float:
+def _seconds(path: Path, line: int, column: str, text: str) -> float:
     """The seconds an epoch took: finite and not negative, or the budget's clock would never add up."""
     fix = f"write the seconds the epoch took, from 0 to {EPOCH_SECONDS_MAX:.0f}, or leave the cell empty"
-    seconds = _decimal(path, line, SECONDS, text, fix)
+    seconds = _decimal(path, line, column, text, fix)
     if not 0 <= seconds <= EPOCH_SECONDS_MAX:
-        raise ReplayError(f"{path}: line {line}: column {SECONDS!r} is {text!r}, out of range; {fix}")
+        raise ReplayError(f"{path}: line {line}: column {column!r} is {text!r}, out of range; {fix}")
     return seconds
 
 
@@ -460,10 +542,29 @@ def replay_job(
     return available, None
 
 
-def replay(job_file: Path, curves_file: Path) -> Replay:
+def replay(
+    job_file: Path,
+    curves_file: Path,
+    task: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Replay:
+    """Replay the job's criteria over the file's sweeps (only `task`'s when given); `progress` hears the
+    jobs replayed so far and the total after each job."""
     spec = load_job(job_file)
     objective = spec.objective
     curves, metrics = load_curves(curves_file, objective.metric)
+    by_task = any(curve.task is not None for curve in curves)
+    if task is not None:
+        if not by_task:
+            raise ReplayError(
+                f"{curves_file}: no column {TASK!r}, so --task {task!r} names nothing; drop --task"
+            )
+        chosen = [curve for curve in curves if curve.task == task]
+        if not chosen:
+            names = list(dict.fromkeys(str(curve.task) for curve in curves))
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise ReplayError(f"{curves_file}: no task {task!r}; the file has {shown}")
+        curves = chosen
     notes = [NOT_REPLAYED]
     for criterion in spec.criteria:
         metric = getattr(criterion, "metric", None)
@@ -475,6 +576,31 @@ def replay(job_file: Path, curves_file: Path) -> Replay:
         isinstance(c, api.BudgetCriterion) and (c.max_duration or c.max_gpu_hours) for c in spec.criteria
     ):
         notes.append(f"no {SECONDS!r} values: maxDuration and maxGPUHours were not replayed")
+    tasks: dict[str | None, list[Curve]] = {}
+    for curve in curves:
+        tasks.setdefault(curve.task, []).append(curve)
+    done = itertools.count(1)
+
+    def replayed() -> None:
+        if progress is not None:
+            progress(next(done), len(curves))
+
+    sweeps = tuple(_sweep(spec, name, members, replayed) for name, members in tasks.items())
+    for sweep in sweeps:
+        if all(result.best_if_no_stopping is None for result in sweep.results):
+            where = f"task {sweep.task}" if sweep.task is not None else curves_file.name
+            notes.append(
+                f"{where}: no {objective.metric} values, so no job there was judged on the objective; "
+                "replay it with a job whose objective is a metric it has"
+            )
+    return Replay(str(job_file), objective.metric, objective.mode, sweeps, tuple(notes), by_task)
+
+
+def _sweep(
+    spec: api.TrainingJobSpec, task: str | None, curves: list[Curve], replayed: Callable[[], None]
+) -> Sweep:
+    """One sweep: each job judged against the ones before it, with the epochs they ran."""
+    objective = spec.objective
     peer_kinds = api.CohortCriterion | api.RungsCriterion | api.ForecastCriterion
     cohort_metrics = {c.metric for c in spec.criteria if isinstance(c, peer_kinds)}
     results: list[JobResult] = []
@@ -496,12 +622,35 @@ def replay(job_file: Path, curves_file: Path) -> Replay:
             values = {e: row[metric] for e, row in curve.rows.items() if e <= run and metric in row}
             stopped = decision is not None
             cohort.append(CohortCurve(curve.job, metric, values, stopped=stopped, completed=not stopped))
-    return Replay(str(job_file), objective.metric, objective.mode, tuple(results), tuple(notes))
+        replayed()
+    return Sweep(task, objective.metric, objective.mode, tuple(results))
 
 
 def render_table(result: Replay) -> str:
-    """A table a person reads: one row per job, the stop messages, then the sweep summary."""
-    header = ("job", "stop", "epochs", "reason", "criterion", f"best {result.metric}")
+    """A table a person reads: per sweep one row per job, the stop messages and the sweep's summary;
+    with tasks, the summary over them; then what replay cannot do."""
+    lines: list[str] = []
+    for sweep in result.sweeps:
+        if result.by_task:
+            lines += [f"== task {sweep.task} ({len(sweep.results)} jobs)"]
+        lines += [*_sweep_table(sweep), ""]
+    worst = result.worst_task()
+    if result.by_task:
+        lines.append(
+            f"{_count(len(result.sweeps), 'task')}: {result.mean_saved():.1%} of epochs saved (mean of tasks)"
+            + (
+                f", worst task's regret {worst[1]:.2%} ({worst[0]}), {result.tasks_over(SAFE_REGRET)} over "
+                f"{SAFE_REGRET:.1%}"
+                if worst
+                else ""
+            )
+        )
+    lines += [f"note: {note}" for note in result.notes]
+    return "\n".join(lines)
+
+
+def _sweep_table(sweep: Sweep) -> list[str]:
+    header = ("job", "stop", "epochs", "reason", "criterion", f"best {sweep.metric}")
     rows = [
         (
             job.job,
@@ -511,28 +660,28 @@ def render_table(result: Replay) -> str:
             job.decision.criterion if job.decision else "-",
             f"{job.best.value:.6g} (epoch {job.best.epoch})" if job.best else "-",
         )
-        for job in result.results
+        for job in sweep.results
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in [header, *rows]
     ]
-    stops = [f"  {job.job}: {job.decision.message}" for job in result.results if job.decision]
+    stops = [f"  {job.job}: {job.decision.message}" for job in sweep.results if job.decision]
     if stops:
         lines += ["", "why:", *stops]
     lines += [
         "",
-        f"{len(result.results)} jobs, {result.epochs_run} of {result.epochs_available} epochs run, "
-        f"{result.fraction_saved:.1%} saved",
+        f"{len(sweep.results)} jobs, {sweep.epochs_run} of {sweep.epochs_available} epochs run, "
+        f"{sweep.fraction_saved:.1%} saved",
     ]
     for label, stopping in (("best with stopping", True), ("best without stopping", False)):
-        found = result.best_overall(stopping=stopping)
+        found = sweep.best_overall(stopping=stopping)
         if found:
-            lines.append(
-                f"{label}: {result.metric} {found[1].value:.6g} ({found[0]}, epoch {found[1].epoch})"
-            )
-    verdict = result.verdict()
-    lines += [verdict] if verdict else []
-    lines += [f"note: {note}" for note in result.notes]
-    return "\n".join(lines)
+            lines.append(f"{label}: {sweep.metric} {found[1].value:.6g} ({found[0]}, epoch {found[1].epoch})")
+    verdict = sweep.verdict()
+    return lines + ([verdict] if verdict else [])
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"

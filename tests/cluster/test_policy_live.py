@@ -91,7 +91,7 @@ def test_forecast_and_rungs_stop_live_where_stopline_replay_of_the_recorded_curv
         rows.writerow(["job", "epoch", "val_loss"])
         for name in SWEEP:
             rows.writerows([name, epoch, value] for epoch, value in enumerate(live[name]["curve"], start=1))
-    replayed = {result.job: result for result in replay.replay(job_file, curves_file).results}
+    replayed = {result.job: result for result in replay.replay(job_file, curves_file).sweeps[0].results}
 
     def live_decision(current: dict[str, Any]) -> tuple[object, ...] | None:
         if current["phase"] == "Succeeded":

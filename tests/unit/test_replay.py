@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import io
 import json
 import re
 import subprocess
@@ -161,25 +160,74 @@ def test_the_recommended_policy_stops_jobs_like_finished_losers_and_keeps_the_be
     )
 
 
+PUBLIC_HEADER = "task,config,epoch,val_loss,val_acc,train_loss,epoch_seconds\n"
+
+
+def public_rows(task: str, jobs: int) -> str:
+    """A recorded task's first jobs as the public curves file has them: task,config,...,epoch_seconds."""
+    return "".join(
+        ",".join(row[column] for column in PUBLIC_HEADER.strip().split(",")) + "\n"
+        for row in first_jobs(task, jobs)
+    )
+
+
 def test_replay_on_real_curves_saves_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rows = first_jobs("algoperf_v05/imagenet_resnet_jax", 12)
-    out = io.StringIO()
-    out.write("job,epoch,val_loss,val_acc,seconds\n")
-    for row in rows:
-        out.write(
-            f"{row['config']},{row['epoch']},{row['val_loss']},{row['val_acc']},{row['epoch_seconds']}\n"
-        )
     job = JOB.replace("maxEpochs: 6", "maxEpochs: 1000").replace(
         "- {name: impatient, patience: {patience: 2}}\n  - {name: hour, budget: {maxDuration: 1h}}",
         "- {name: median, cohort: {minJobs: 3, warmupEpochs: 5}}\n"
         "  - {name: patience, patience: {patience: 10}}",
     )
-    result = replay_json(capsys, *write(tmp_path, job=job, curves=out.getvalue()))
-    summary = result["summary"]
-    assert summary["jobs"] == 12
+    curves = PUBLIC_HEADER + public_rows("algoperf_v05/imagenet_resnet_jax", 12)
+    result = replay_json(capsys, *write(tmp_path, job=job, curves=curves))
+    (sweep,) = result["tasks"]
+    summary = sweep["summary"]
+    assert (sweep["task"], summary["jobs"]) == ("algoperf_v05/imagenet_resnet_jax", 12)
     assert summary["epochsRun"] < summary["epochsAvailable"]
-    assert {job["reason"] for job in result["jobs"] if job["stopped"]} <= {"Cohort", "Patience"}
+    assert {job["reason"] for job in sweep["jobs"] if job["stopped"]} <= {"Cohort", "Patience"}
     assert summary["bestOverall"]["value"] <= summary["bestOverallIfNoStopping"]["value"] * 1.05
+
+
+def test_each_task_of_a_public_curves_file_is_a_sweep_of_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Curve collections name a job by config, unique within its task only (both tasks have r0000...), and
+    # record epoch_seconds: each task is replayed alone, as if it were the only one in the file.
+    job = RECOMMENDED.read_text().replace("{metric: val_loss, mode: min}", "{metric: val_acc, mode: max}")
+    tasks = ("baker2018/metaqnn_cifar10", "baker2018/resnet_cifar10")
+    both = replay_json(
+        capsys, *write(tmp_path, job=job, curves=PUBLIC_HEADER + "".join(public_rows(t, 40) for t in tasks))
+    )
+    assert [sweep["task"] for sweep in both["tasks"]] == list(tasks)
+    for task, sweep in zip(tasks, both["tasks"], strict=True):
+        alone_file = tmp_path / f"{task.replace('/', '-')}.csv"
+        alone_file.write_text(PUBLIC_HEADER + public_rows(task, 40))
+        alone = replay_json(capsys, tmp_path / "job.yaml", alone_file)["tasks"][0]
+        assert sweep == alone
+        assert [job["job"] for job in sweep["jobs"]] == [f"r{n:04d}" for n in range(40)]
+    saved = [sweep["summary"]["fractionSaved"] for sweep in both["tasks"]]
+    assert all(fraction > 0 for fraction in saved)
+    summary = both["summary"]
+    assert (summary["tasks"], summary["jobs"]) == (2, 80)
+    assert summary["fractionSavedMeanOfTasks"] == pytest.approx(sum(saved) / 2, abs=1e-6)
+    regrets = {sweep["task"]: sweep["summary"]["regret"] for sweep in both["tasks"]}
+    assert summary["regretMax"] == max(regrets.values())
+    assert regrets[summary["worstTask"]] == summary["regretMax"]
+    # --task replays one of them; the table heads each sweep with its task and ends with the summary.
+    assert main(["replay", "--job", str(tmp_path / "job.yaml"), "--curves", str(tmp_path / "curves.csv"),
+                 "--task", tasks[1]]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.startswith(f"== task {tasks[1]} (40 jobs)\n")
+    assert tasks[0] not in out
+    assert re.search(r"^1 task: \d+\.\d% of epochs saved \(mean of tasks\), worst task's regret", out, re.M)
+
+
+def test_epoch_seconds_is_the_clock_of_a_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    curves = "task,config,epoch,val_loss,epoch_seconds\n" + "".join(
+        f"t,c{job},{epoch},{1 / epoch},1500\n" for job in range(2) for epoch in range(1, 6)
+    )
+    result = replay_json(capsys, *write(tmp_path, curves=curves))
+    # 25 min epochs against the 1h budget: each job stops after its third epoch (75 min).
+    assert [(job["reason"], job["stopEpoch"]) for job in result["tasks"][0]["jobs"]] == [("Budget", 3)] * 2
 
 
 BAD_JOB_KIND = JOB.replace("patience: {patience: 2}", "median: {percentile: 50}")
@@ -258,6 +306,19 @@ SECONDS_RULE = "write the seconds the epoch took, from 0 to 1000000000"
             r"line 132: not valid CSV \(field larger than field limit \(131072\)\); check the quotes",
         ),
         (JOB, HEADER.encode() + b"a,1,0.5,60\nb\xff,1,0.5,60\n", r"line 3: not UTF-8 text \(invalid start"),
+        # The public curves format: task and config name a curve; either may repeat in the other.
+        (
+            JOB,
+            "task,config,epoch,val_loss\nt,a,1,0.5\nu,a,1,0.5\nt,a,1,0.4\n",
+            r"line 4: task 't' config 'a' epoch 1 already appeared on line 2; keep one row per config",
+        ),
+        (JOB, "task,config,epoch,val_loss\nt\x1b[2J,a,1,0.5\n", r"line 2: column 'task' is 't\\x1b\[2J'"),
+        (JOB, "task,epoch,val_loss\nt,1,0.5\n", r"line 1: missing column 'job'; .*or task,config,epoch"),
+        (
+            JOB,
+            "config,epoch,val_loss,epoch_seconds\na,1,0.5,-1\n",
+            r"line 2: column 'epoch_seconds' is '-1', out of range",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -397,3 +458,29 @@ def test_a_reader_that_leaves_early_is_no_error(tmp_path: Path) -> None:
         stderr = child.stderr.read()
         assert child.wait(timeout=60) == 0, stderr
     assert stderr == b""
+
+
+@pytest.mark.parametrize(
+    ("curves", "task", "error"),
+    [
+        (PUBLIC_HEADER + "t,a,1,0.5,,,60\n", "u", r"curves.csv: no task 'u'; the file has t$"),
+        (CURVES, "t", r"curves.csv: no column 'task', so --task 't' names nothing; drop --task$"),
+    ],
+)
+def test_a_task_the_file_lacks_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], curves: str, task: str, error: str
+) -> None:
+    job_file, curves_file = write(tmp_path, curves=curves)
+    assert main(["replay", "--job", str(job_file), "--curves", str(curves_file), "--task", task]) == 2
+    assert re.search(error, capsys.readouterr().err.rstrip("\n"))
+
+
+def test_a_task_without_the_objective_metric_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    curves = PUBLIC_HEADER + "t,a,1,0.5,,,60\nu,a,1,,0.4,,60\n"
+    job_file, curves_file = write(tmp_path, curves=curves)
+    assert main(["replay", "--job", str(job_file), "--curves", str(curves_file)]) == 0
+    out = capsys.readouterr().out
+    assert "note: task u: no val_loss values, so no job there was judged on the objective" in out
+    assert "task t:" not in out

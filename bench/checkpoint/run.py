@@ -12,7 +12,7 @@ the local S3 server, versitygw, whose objects land on that same disk), in one ru
    it only after the weights are durable (fsync, rename, fsync of the folder; or CompleteMultipartUpload);
 4. the baseline for the manifest's byte count, right after, on the same disk or server:
    `dd if=/dev/zero bs=4M conv=fsync` into the same folder; for s3, a plain boto3 upload_file of a file of
-   that size, multipart with the trainer's part size, one part at a time like the trainer.
+   that size, multipart with the trainer's part size and as many parts at once as the trainer sends.
 
 "save s" is Run.save's own time by its log line: stop→durable less the wait for the step in progress.
 "stop→exit s" adds the process's exit, after which the kubelet reads the termination message. Figures
@@ -46,6 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stopline_local.controlplane import free_port, stop_process
 from stopline_local.s3server import S3Server, running_s3_server
+from stopline_trainer.storage.s3 import PARTS_IN_FLIGHT
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "trainer-image" / "examples" / "train.py"
@@ -246,8 +247,10 @@ def measure_s3(workdir: Path, s3: S3Server, hidden: int, deadline_s: float) -> R
     size = int(manifest["bytes"])
     source = workdir / "upload-source"
     dd(source, size)
-    # multipart from the first byte, one part at a time, parts the trainer's size: what the trainer does
-    config = TransferConfig(multipart_threshold=1, multipart_chunksize=PART_SIZE, use_threads=False)
+    # multipart from the first byte, parts the trainer's size, as many at once: what the trainer does
+    config = TransferConfig(
+        multipart_threshold=1, multipart_chunksize=PART_SIZE, max_concurrency=PARTS_IN_FLIGHT
+    )
     started = time.monotonic()
     client.upload_file(str(source), BUCKET, f"{prefix}/upload", Config=config)
     baseline_s = time.monotonic() - started

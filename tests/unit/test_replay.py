@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from stopline import replay
 from stopline.cli import main
 from stopline_local.demo import first_jobs
 
@@ -484,3 +485,11 @@ def test_a_task_without_the_objective_metric_is_named(
     out = capsys.readouterr().out
     assert "note: task u: no val_loss values, so no job there was judged on the objective" in out
     assert "task t:" not in out
+
+
+def test_progress_hears_every_job_of_every_task(tmp_path: Path) -> None:
+    curves = PUBLIC_HEADER + "".join(f"{task},c{job},1,0.5,,,60\n" for task in "tu" for job in range(3))
+    job_file, curves_file = write(tmp_path, curves=curves)
+    heard: list[tuple[int, int]] = []
+    replay.replay(job_file, curves_file, progress=lambda done, total: heard.append((done, total)))
+    assert heard == [(done, 6) for done in range(1, 7)]

@@ -32,6 +32,7 @@ from pathlib import Path
 import matplotlib
 import optuna
 import torch
+import yaml
 from lightning.pytorch.callbacks import EarlyStopping
 from matplotlib.figure import Figure
 
@@ -87,7 +88,20 @@ def load(path: Path, max_configs: int | None) -> tuple[list[Task], list[str]]:
 
 
 def values(task: Task, job: Curve) -> list[float]:
+    """What every policy is fed, epoch by epoch: a cell the source left empty is NaN, as a trainer whose
+    evaluation failed reports it."""
     return [job.rows[e].get(task.metric, math.nan) for e in sorted(job.rows)]
+
+
+# A NaN or infinite objective stops the job in every stopline setting, as it does in the recommended
+# policy: Lightning's EarlyStopping (check_finite) and Optuna's pruners (at a rung) stop it by themselves.
+DIVERGED: dict[str, object] = {"name": "diverged", "divergence": {}}
+RECOMMENDED_POLICY = REPO / "examples" / "recommended-policy.yaml"
+
+
+def recommended_criteria() -> list[dict[str, object]]:
+    criteria: list[dict[str, object]] = yaml.safe_load(RECOMMENDED_POLICY.read_text())["spec"]["criteria"]
+    return criteria
 
 
 def ours(criteria: list[dict[str, object]], task: Task) -> list[int]:
@@ -102,8 +116,10 @@ def ours(criteria: list[dict[str, object]], task: Task) -> list[int]:
     cohort: list[CohortCurve] = []
     runs = []
     for job in task.jobs:
-        ran, decision = replay_job(spec, job, tuple(cohort), max(job.rows))
-        kept = {e: row[task.metric] for e, row in job.rows.items() if e <= ran and task.metric in row}
+        epochs = zip(sorted(job.rows), values(task, job), strict=True)
+        fed = Curve(job.job, rows={epoch: {task.metric: value} for epoch, value in epochs})
+        ran, decision = replay_job(spec, fed, tuple(cohort), max(job.rows))
+        kept = {e: row[task.metric] for e, row in fed.rows.items() if e <= ran}  # NaN: dropped as live
         stopped = decision is not None
         cohort.append(CohortCurve(job.job, task.metric, kept, stopped=stopped, completed=not stopped))
         runs.append(ran)
@@ -191,6 +207,9 @@ def no_stopping(task: Task) -> list[int]:
 RUNGS_TUNED = (
     (4, 3, 3, "best"),
     (8, 4, 2, "current"),
+    (3, 2, 2, "best"),
+    (6, 1, 2, "current"),
+    (12, 1, 2, "best"),
     (12, 1, 1, "current"),
     (16, 1, 1, "current"),
     (4, 1, 1, "current"),  # Ray Tune's ASHAScheduler rule at its default reduction_factor
@@ -253,7 +272,7 @@ def settings(ray: bool) -> list[Setting]:
         Setting(
             "stopline cohort",
             f"percentile {q}{' (default)' if q == 50 else ''}",
-            partial(ours, [{"name": "c", "cohort": {"percentile": q}}]),
+            partial(ours, [{"name": "c", "cohort": {"percentile": q}}, DIVERGED]),
         )
         for q in (25, 50, 75)
     ]
@@ -261,7 +280,7 @@ def settings(ray: bool) -> list[Setting]:
         Setting(
             "stopline rungs",
             f"reductionFactor {eta}{' (default)' if eta == 3 else ''}",
-            partial(ours, [{"name": "r", "rungs": {"reductionFactor": eta}}]),
+            partial(ours, [{"name": "r", "rungs": {"reductionFactor": eta}}, DIVERGED]),
         )
         for eta in (2, 3, 4)
     ]
@@ -282,7 +301,8 @@ def settings(ray: bool) -> list[Setting]:
                             "minJobs": jobs,
                             "compare": compare,
                         },
-                    }
+                    },
+                    DIVERGED,
                 ],
             ),
         )
@@ -292,7 +312,12 @@ def settings(ray: bool) -> list[Setting]:
         Setting(
             f"stopline forecast, similarity {similarity}",
             f"probability {p}{' (defaults, recommended)' if (p, similarity) == (0.01, 2) else ''}",
-            partial(ours, [{"name": "f", "forecast": {"probability": p, "similarity": similarity}}]),
+            partial(
+                ours,
+                recommended_criteria()
+                if (p, similarity) == (0.01, 2)
+                else [{"name": "f", "forecast": {"probability": p, "similarity": similarity}}, DIVERGED],
+            ),
         )
         for similarity, probabilities in ((2, (0.003, 0.01, 0.03, 0.1, 0.3)), (1, (0.01, 0.03, 0.1)))
         for p in probabilities

@@ -39,3 +39,18 @@ def test_each_peer_setting_is_judged_against_the_best_stopline_setting_within_it
     assert "forecast probability 0.1" in wilcoxon
     assert halving.startswith("not ahead of Optuna SuccessiveHalvingPruner")  # 89.3% < 89.7%
     assert percentile.startswith("ahead of Optuna PercentilePruner")  # as much (80%) for less regret (6%)
+
+
+def test_the_benchs_recommended_row_is_the_example_and_every_stopline_setting_stops_a_nan_job() -> None:
+    run = bench()
+    criteria = run.recommended_criteria()
+    assert [c["forecast"] for c in criteria if "forecast" in c] == [{"probability": 0.01, "similarity": 2}]
+    assert [c["divergence"] for c in criteria if "divergence" in c] == [{}]
+    assert len(criteria) == 2  # the label "probability 0.01 (defaults, recommended)" holds
+    task = run.Task("t", "val_loss", "min", [])
+    for job, rows in (("good", {1: 1.0, 2: 0.5, 3: 0.4}), ("diverged", {1: 0.9, 2: None, 3: 0.1})):
+        cells = {e: ({} if v is None else {"val_loss": v}) for e, v in rows.items()}  # an empty cell
+        task.jobs.append(run.Curve(job, rows=cells))
+    for setting in run.settings(ray=False):
+        if setting.family.startswith("stopline"):
+            assert setting.run(task) == [3, 2], f"{setting.family} {setting.knob}"

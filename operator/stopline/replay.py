@@ -630,12 +630,13 @@ def render_table(result: Replay) -> str:
     """A table a person reads: per sweep one row per job, the stop messages and the sweep's summary;
     with tasks, the summary over them; then what replay cannot do."""
     lines: list[str] = []
-    for sweep in result.sweeps:
-        if result.by_task:
-            lines += [f"== task {sweep.task} ({len(sweep.results)} jobs)"]
-        lines += [*_sweep_table(sweep), ""]
+    for number, sweep in enumerate(result.sweeps):
+        lines += [""] if number else []
+        lines += [f"== task {sweep.task} ({len(sweep.results)} jobs)"] if result.by_task else []
+        lines += _sweep_table(sweep)
     worst = result.worst_task()
     if result.by_task:
+        lines.append("")
         lines.append(
             f"{_count(len(result.sweeps), 'task')}: {result.mean_saved():.1%} of epochs saved (mean of tasks)"
             + (

@@ -217,6 +217,10 @@ RUNGS_TUNED = (
 )
 
 
+# (probability, similarity, cohort percentile), chosen on the sample's grid in docs/policy.md
+FORECAST_AND_COHORT = ((0.1, 1, 85), (0.1, 1, 90), (0.1, 2, 90))
+
+
 def settings(ray: bool) -> list[Setting]:
     """Every policy with its main knob swept; the peers' defaults are marked."""
     out = [Setting("no stopping", "-", no_stopping)]
@@ -321,6 +325,23 @@ def settings(ray: bool) -> list[Setting]:
         )
         for similarity, probabilities in ((2, (0.003, 0.01, 0.03, 0.1, 0.3)), (1, (0.01, 0.03, 0.1)))
         for p in probabilities
+    ]
+    # Either stops: the forecast, or the cohort rule keeping all but the worst tenth or sixth (percentile
+    # 90/85): the front between the forecast's 1.5% and the rungs' 6% worst-task regret.
+    out += [
+        Setting(
+            "stopline forecast + cohort",
+            f"probability {p}, similarity {similarity}, cohort percentile {q}",
+            partial(
+                ours,
+                [
+                    {"name": "f", "forecast": {"probability": p, "similarity": similarity}},
+                    {"name": "c", "cohort": {"percentile": q}},
+                    DIVERGED,
+                ],
+            ),
+        )
+        for p, similarity, q in FORECAST_AND_COHORT
     ]
     return out
 

@@ -27,7 +27,7 @@ import itertools
 import math
 import re
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -378,10 +378,12 @@ def _rows(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
             yield reader.line_num, row
 
 
-def load_curves(path: Path, needed: str) -> tuple[list[Curve], list[str]]:
-    """Curves by (task, job) in order of first appearance, and the metric columns; `needed` must be one."""
+def load_curves(path: Path, needed: str, used: Collection[str] = ()) -> tuple[list[Curve], list[str]]:
+    """Curves by (task, job) in order of first appearance, and the metric columns; `needed` must be one.
+    Only `needed` and the `used` columns are read as numbers: another column (a learning-rate schedule's
+    name, a note) is not what the criteria watch, so its text is left alone."""
     with _open(path) as stream:
-        return _parse_curves(path, _rows(path, _lines(path, stream)), needed)
+        return _parse_curves(path, _rows(path, _lines(path, stream)), needed, {needed, *used})
 
 
 @dataclass(frozen=True)
@@ -396,7 +398,7 @@ class _Header:
 
 
 def _parse_curves(
-    path: Path, rows: Iterator[tuple[int, list[str]]], needed: str
+    path: Path, rows: Iterator[tuple[int, list[str]]], needed: str, used: set[str]
 ) -> tuple[list[Curve], list[str]]:
     header_line, cells = next(rows, (1, []))
     if not any(cell.strip() for cell in cells):
@@ -426,7 +428,7 @@ def _parse_curves(
         curve.rows[epoch] = {
             metric: _metric(path, line, metric, cells_by[metric])
             for metric in header.metrics
-            if cells_by[metric] != ""
+            if metric in used and cells_by[metric] != ""
         }
         if header.seconds and cells_by[header.seconds] != "":
             curve.seconds[epoch] = _seconds(path, line, header.seconds, cells_by[header.seconds])
@@ -552,7 +554,8 @@ def replay(
     jobs replayed so far and the total after each job."""
     spec = load_job(job_file)
     objective = spec.objective
-    curves, metrics = load_curves(curves_file, objective.metric)
+    watched = {metric for criterion in spec.criteria if (metric := getattr(criterion, "metric", None))}
+    curves, metrics = load_curves(curves_file, objective.metric, watched)
     by_task = any(curve.task is not None for curve in curves)
     if task is not None:
         if not by_task:

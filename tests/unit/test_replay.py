@@ -493,3 +493,21 @@ def test_progress_hears_every_job_of_every_task(tmp_path: Path) -> None:
     heard: list[tuple[int, int]] = []
     replay.replay(job_file, curves_file, progress=lambda done, total: heard.append((done, total)))
     assert heard == [(done, 6) for done in range(1, 7)]
+
+
+def test_columns_no_criterion_watches_may_hold_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A sweep's export often carries its hyperparameters: only the objective and the metrics the criteria
+    # watch are read as numbers.
+    curves = "job,epoch,val_loss,schedule,seconds\n" + "".join(
+        f"{job},{epoch},{1 / epoch},cosine warm-up,60\n" for job in "ab" for epoch in range(1, 4)
+    )
+    result = replay_json(capsys, *write(tmp_path, curves=curves))
+    assert [job["epochsRun"] for job in result["jobs"]] == [3, 3]
+    watched = JOB.replace(
+        "{name: impatient, patience: {patience: 2}}", "{name: t, threshold: {metric: schedule, value: 1}}"
+    )
+    job_file, curves_file = write(tmp_path, job=watched, curves=curves)
+    assert main(["replay", "--job", str(job_file), "--curves", str(curves_file)]) == 2
+    assert "line 2: column 'schedule' is 'cosine warm-up', not a number" in capsys.readouterr().err

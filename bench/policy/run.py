@@ -220,6 +220,16 @@ RUNGS_TUNED = (
 # (probability, similarity, cohort percentile), chosen on the sample's grid in docs/policy.md
 FORECAST_AND_COHORT = ((0.1, 1, 85), (0.1, 1, 90), (0.1, 2, 90))
 
+# (reductionFactor, minEpochs, minJobs, compare) with cut=rank, chosen on all curves (docs/policy.md)
+RUNGS_RANK = ((3, 1, 2, "best"), (5, 1, 2, "best"), (4, 1, 2, "current"), (5, 1, 1, "best"))
+# forecast probabilities beside rungs 5/1/2/best by rank: it stops between the rungs (25 to 125 epochs)
+RANK_AND_FORECAST = (0.1, 0.3)
+
+
+def rungs(eta: int, first: int, jobs: int, compare: str, cut: str = "quantile") -> dict[str, object]:
+    knobs = {"reductionFactor": eta, "minEpochs": first, "minJobs": jobs, "compare": compare, "cut": cut}
+    return {"name": "r", "rungs": knobs}
+
 
 def settings(ray: bool) -> list[Setting]:
     """Every policy with its main knob swept; the peers' defaults are marked."""
@@ -294,23 +304,30 @@ def settings(ray: bool) -> list[Setting]:
         Setting(
             "stopline rungs, tuned",
             f"reductionFactor {eta}, minEpochs {first}, minJobs {jobs}, compare {compare}",
-            partial(
-                ours,
-                [
-                    {
-                        "name": "r",
-                        "rungs": {
-                            "reductionFactor": eta,
-                            "minEpochs": first,
-                            "minJobs": jobs,
-                            "compare": compare,
-                        },
-                    },
-                    DIVERGED,
-                ],
-            ),
+            partial(ours, [rungs(eta, first, jobs, compare), DIVERGED]),
         )
         for eta, first, jobs, compare in RUNGS_TUNED
+    ]
+    # The cut by rank (Optuna's, the ASHA paper's: the best floor(n/eta), this job counted) is stricter
+    # than Ray's quantile: more saved at the same rungs, and the thrifty end of the front.
+    out += [
+        Setting(
+            "stopline rungs, cut rank",
+            f"reductionFactor {eta}, minEpochs {first}, minJobs {jobs}, compare {compare}",
+            partial(ours, [rungs(eta, first, jobs, compare, "rank"), DIVERGED]),
+        )
+        for eta, first, jobs, compare in RUNGS_RANK
+    ]
+    out += [
+        Setting(
+            "stopline rungs, cut rank + forecast",
+            f"reductionFactor 5, minEpochs 1, minJobs 2, compare best; forecast probability {p}",
+            partial(
+                ours,
+                [rungs(5, 1, 2, "best", "rank"), {"name": "f", "forecast": {"probability": p}}, DIVERGED],
+            ),
+        )
+        for p in RANK_AND_FORECAST
     ]
     out += [
         Setting(

@@ -163,6 +163,7 @@ class RungsCriterion:
     reduction_factor: int = 3
     min_jobs: int = 5
     compare: Literal["best", "current"] = "best"
+    cut: Literal["quantile", "rank"] = "quantile"
     include_stopped: bool = True
 
 
@@ -701,6 +702,7 @@ RUNGS_FIELDS = (
     "reductionFactor",
     "minJobs",
     "compare",
+    "cut",
     "includeStopped",
 )
 FORECAST_FIELDS = (
@@ -730,6 +732,7 @@ def _rungs(name: str, fields: _Fields, objective: Objective) -> RungsCriterion:
         reduction_factor=fields.integer("reductionFactor", 2, 100, default=3),
         min_jobs=fields.integer("minJobs", 1, 10000, default=5),
         compare=fields.choice("compare", ("best", "current"), "best"),
+        cut=fields.choice("cut", ("quantile", "rank"), "quantile"),
         include_stopped=fields.boolean("includeStopped", True),
     )
 

@@ -118,6 +118,7 @@ def test_defaults_fill_every_criterion_kind(crd_installed: ControlPlane, namespa
         "reductionFactor": 3,
         "minJobs": 5,
         "compare": "best",
+        "cut": "quantile",
         "includeStopped": True,
     }
     assert criteria["f"]["forecast"] == {

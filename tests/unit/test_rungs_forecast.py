@@ -53,6 +53,26 @@ def test_rungs_compare_the_best_so_far_by_default_and_count_from_the_best_end_fo
     assert stopped is not None and stopped.epoch == 1
 
 
+def test_rungs_rank_cut_keeps_only_the_best_floor_n_over_eta_counting_this_job() -> None:
+    # Rung 1, eta 4, three peers at 1, 2 and 3. The quantile cut (25th percentile of the others) is 1.5,
+    # so 1.2 goes on; ranked with the others, 1.2 is 2nd of 4 and only floor(4/4) = 1 is kept.
+    others = peers([1.0], [2.0], [3.0])
+    rungs = {"reductionFactor": 4, "minJobs": 1, "compare": "current"}
+    quantile = spec({"name": "asha", "rungs": rungs})
+    assert run_curve(quantile, [1.2], cohort=others)[0].decision is None
+    rank = spec({"name": "asha", "rungs": {**rungs, "cut": "rank"}})
+    stopped = run_curve(rank, [1.2], cohort=others)[0].decision
+    assert stopped is not None and (stopped.type, stopped.epoch) == ("Rungs", 1)
+    assert "is not among the best 1 of the 4 jobs that reached it, this one counted (the cut is 1)" in (
+        stopped.message
+    )
+    assert run_curve(rank, [0.9], cohort=others)[0].decision is None  # the best goes on
+    # Eight peers: 9 jobs, floor(9/4) = 2 kept: the second best goes on, the third stops.
+    eight = peers(*[[1.0 + i] for i in range(8)])
+    assert run_curve(rank, [1.5], cohort=eight)[0].decision is None
+    assert run_curve(rank, [2.5], cohort=eight)[0].decision is not None
+
+
 def line(start: float, end: float, epochs: int = 10) -> list[float]:
     return [start + (end - start) * (e - 1) / (epochs - 1) for e in range(1, epochs + 1)]
 
@@ -138,7 +158,7 @@ def test_forecast_is_the_same_when_called_again_without_a_new_epoch() -> None:
 def test_the_new_kinds_parse_with_the_crds_defaults() -> None:
     job = spec({"name": "r", "rungs": None}, {"name": "f", "forecast": {}})
     assert job.criteria == (
-        api.RungsCriterion("r", "val_loss", "min", None, 1, 3, 5, "best", True),
+        api.RungsCriterion("r", "val_loss", "min", None, 1, 3, 5, "best", "quantile", True),
         api.ForecastCriterion("f", "val_loss", "min", None, 0.01, "best", 10.0, None, 2.0, 20, 5, 0),
     )
 
@@ -155,6 +175,7 @@ def test_the_new_kinds_parse_with_the_crds_defaults() -> None:
             "spec.criteria[0].rungs.minEpochs: must be an integer within 1..1000000",
         ),
         ({"rungs": {"eta": 3}}, "spec.criteria[0].rungs.eta: unknown field"),
+        ({"rungs": {"cut": "median"}}, "spec.criteria[0].rungs.cut: must be one of quantile, rank"),
         (
             {"forecast": {"probability": 0}},
             "spec.criteria[0].forecast.probability: must be a number > 0 and <= 0.5",

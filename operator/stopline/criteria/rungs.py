@@ -3,10 +3,12 @@ Optuna's SuccessiveHalvingPruner).
 
 Rung epochs are r, r*eta, r*eta^2, ... (r = minEpochs, eta = reductionFactor). At a rung the job goes on only
 when it is in the best 1/eta of the jobs that reached that rung: its value there (compare=current, as Ray
-and Optuna do) or its best so far (compare=best) against the other jobs' values at the rung, the cut being
-the same percentile Ray computes (numpy's linear method). Between rungs nothing is judged, so a job is
-compared a handful of times in its life. A rung judged without minJobs peers waits, as in the cohort
-rule, and is judged again when the peers catch up.
+and Optuna do) or its best so far (compare=best) against the other jobs' values at the rung. The cut is
+the percentile Ray computes (cut=quantile: numpy's linear method) or Optuna's and the ASHA paper's count
+(cut=rank: the best floor(n/eta) of the n jobs at the rung, this one counted, at least one; stricter when
+n/eta is not whole). Between rungs nothing is judged, so a job is compared a handful of times in its life.
+A rung judged without minJobs peers waits, as in the cohort rule, and is judged again when the peers
+catch up.
 """
 
 from __future__ import annotations
@@ -66,13 +68,20 @@ def _judge(
     if len(values) < criterion.min_jobs:
         state.cut = None
         return False
-    keep = 100 / criterion.reduction_factor
-    state.cut = cut = percentile(values, keep if criterion.mode == "min" else 100 - keep)
+    if criterion.cut == "rank":
+        ranked = sorted([*values, mine], reverse=criterion.mode == "max")
+        kept = max(1, len(ranked) // criterion.reduction_factor)
+        cut = ranked[kept - 1]
+        among = f"among the best {kept} of the {len(ranked)} jobs that reached it, this one counted"
+    else:
+        keep = 100 / criterion.reduction_factor
+        cut = percentile(values, keep if criterion.mode == "min" else 100 - keep)
+        among = f"in the best 1/{criterion.reduction_factor} of the {len(values)} other jobs that reached it"
+    state.cut = cut
     if is_better(cut, mine, criterion.mode):
         what = "best" if criterion.compare == "best" else "value"
         message = (
-            f"{criterion.metric} {what} {fmt(mine)} at rung epoch {epoch} is not in the best "
-            f"1/{criterion.reduction_factor} of the {len(values)} other jobs that reached it "
+            f"{criterion.metric} {what} {fmt(mine)} at rung epoch {epoch} is not {among} "
             f"(the cut is {fmt(cut)})"
         )
         state.stop = Decision("Rungs", criterion.name, message, criterion.metric, mine, epoch).as_status()

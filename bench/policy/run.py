@@ -231,6 +231,23 @@ def rungs(eta: int, first: int, jobs: int, compare: str, cut: str = "quantile") 
     return {"name": "r", "rungs": knobs}
 
 
+# Optuna's pruners: (class, the knob swept, its values, its default, how the default is marked, fixed
+# keyword arguments)
+OPTUNA_KNOBS: tuple[tuple[str, str, tuple[float, ...], float, str, dict[str, int]], ...] = (
+    (
+        "PercentilePruner",
+        "percentile",
+        (25, 50, 75),
+        50,
+        " (= MedianPruner defaults)",
+        {"n_startup_trials": 5},
+    ),
+    ("SuccessiveHalvingPruner", "reduction_factor", (2, 4, 8), 4, " (default)", {}),
+    ("HyperbandPruner", "reduction_factor", (2, 3, 5), 3, " (default)", {}),
+    ("WilcoxonPruner", "p_threshold", (0.01, 0.1, 0.3), 0.1, " (default)", {}),
+)
+
+
 def settings(ray: bool) -> list[Setting]:
     """Every policy with its main knob swept; the peers' defaults are marked."""
     out = [Setting("no stopping", "-", no_stopping)]
@@ -240,38 +257,14 @@ def settings(ray: bool) -> list[Setting]:
         )
         for p in (3, 10, 30)
     ]
-    pruners = optuna.pruners
     out += [
         Setting(
-            "Optuna PercentilePruner",
-            f"percentile {q}{' (= MedianPruner defaults)' if q == 50 else ''}",
-            partial(optuna_pruner, partial(pruners.PercentilePruner, q, n_startup_trials=5)),
+            f"Optuna {pruner}",
+            f"{knob} {value}{mark if value == default else ''}",
+            partial(optuna_pruner, partial(getattr(optuna.pruners, pruner), **{knob: value}, **fixed)),
         )
-        for q in (25, 50, 75)
-    ]
-    out += [
-        Setting(
-            "Optuna SuccessiveHalvingPruner",
-            f"reduction_factor {rf}{' (default)' if rf == 4 else ''}",
-            partial(optuna_pruner, partial(pruners.SuccessiveHalvingPruner, reduction_factor=rf)),
-        )
-        for rf in (2, 4, 8)
-    ]
-    out += [
-        Setting(
-            "Optuna HyperbandPruner",
-            f"reduction_factor {rf}{' (default)' if rf == 3 else ''}",
-            partial(optuna_pruner, partial(pruners.HyperbandPruner, reduction_factor=rf)),
-        )
-        for rf in (2, 3, 5)
-    ]
-    out += [
-        Setting(
-            "Optuna WilcoxonPruner",
-            f"p_threshold {p}{' (default)' if p == 0.1 else ''}",
-            partial(optuna_pruner, partial(pruners.WilcoxonPruner, p_threshold=p)),
-        )
-        for p in (0.01, 0.1, 0.3)
+        for pruner, knob, values, default, mark, fixed in OPTUNA_KNOBS
+        for value in values
     ]
     if ray:
         out += [

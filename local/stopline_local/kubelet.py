@@ -9,7 +9,7 @@ the Job controller completes or fails the Job. What a container runtime would gi
   the repository root.
 - the env is the container's env with `valueFrom` resolved (fieldRef, secretKeyRef through the API), plus
   STOPLINE_BIND_ADDRESS=<pod IP> and STOPLINE_TERMINATION_LOG=<a file per pod>, whose content becomes the
-  terminated state's message, like /dev/termination-log.
+  terminated state's message (its last 4096 bytes at most), like /dev/termination-log.
 - every pod gets its own IP on loopback (127.0.0.2 upward; Linux routes 127/8 to lo). An env value
   `<hostname>.<subdomain>` (another pod's name under the Job's headless Service, e.g. MASTER_ADDR=job-0.job)
   is rewritten to that pod's IP; IPs are keyed by hostname, so rank 0's IP is known before rank 0 starts.
@@ -60,6 +60,21 @@ Pod = dict[str, Any]
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+MAX_TERMINATION_MESSAGE = 4096  # the kubelet's kubecontainer.MaxContainerTerminationMessageLength
+
+
+def termination_message(path: Path) -> str:
+    """What a kubelet reports of a container's termination-log: at most its last 4096 bytes (tail.ReadAtMost),
+    "" when there is none; a process cannot make the local kubelet read a file of any size."""
+    try:
+        with path.open("rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(0, size - MAX_TERMINATION_MESSAGE))
+            return log.read(MAX_TERMINATION_MESSAGE).decode(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def terminated_status(
@@ -523,7 +538,7 @@ class LocalKubelet:
             self.exit_codes[pod.namespace, pod.name] = code
         if self.stopping.is_set():
             return
-        message = pod.termination_log.read_text(errors="replace") if pod.termination_log.exists() else ""
+        message = termination_message(pod.termination_log)
         exit_code = code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as runtimes say
         ended = terminated_status(
             message, exit_code, pod.container, started_at=pod.started_at, finished_at=_now()

@@ -222,7 +222,7 @@ FORECAST_AND_COHORT = ((0.1, 1, 85), (0.1, 1, 90), (0.1, 2, 90))
 
 # (reductionFactor, minEpochs, minJobs, compare) with cut=rank, chosen on all curves (docs/policy.md)
 RUNGS_RANK = ((3, 1, 2, "best"), (5, 1, 2, "best"), (4, 1, 2, "current"), (5, 1, 1, "best"))
-# forecast probabilities beside rungs 5/1/2/best by rank: it stops between the rungs (25 to 125 epochs)
+# forecast probabilities beside rungs 5/1/2/best by rank: it also stops between the rungs 1, 5, 25, 125
 RANK_AND_FORECAST = (0.1, 0.3)
 
 

@@ -280,6 +280,12 @@ class TrainingJobSpec:
             per_pod += int(count) if isinstance(count, int | str) and _GPU_COUNT.fullmatch(str(count)) else 0
         return self.replicas * max(per_pod, 1)
 
+    @property
+    def watched_metrics(self) -> frozenset[str]:
+        """The objective's metric and every metric a criterion watches: the metrics this spec reads."""
+        watched = (getattr(criterion, "metric", None) for criterion in self.criteria)
+        return frozenset({self.objective.metric, *(name for name in watched if isinstance(name, str))})
+
 
 _GPU_COUNT = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() takes "²", which int() refuses
 

@@ -92,9 +92,7 @@ def progress_status(
 def shown_metrics(spec: TrainingJobSpec, metrics: Mapping[str, float]) -> dict[str, float | None]:
     """status.progress.metrics: the names the trainer chose are remote text, so the spec's own metrics
     come first, then other well-formed names in order, MAX_SHOWN_METRICS in all."""
-    used = {spec.objective.metric} | {
-        name for criterion in spec.criteria if isinstance(name := getattr(criterion, "metric", None), str)
-    }
+    used = spec.watched_metrics
     names = [name for name in metrics if name in used]
     names += sorted(name for name in metrics if name not in used and _METRIC_NAME.fullmatch(name))
     return {name: _json_number(metrics[name]) for name in names[:MAX_SHOWN_METRICS]}

@@ -554,8 +554,7 @@ def replay(
     jobs replayed so far and the total after each job."""
     spec = load_job(job_file)
     objective = spec.objective
-    watched = {metric for criterion in spec.criteria if (metric := getattr(criterion, "metric", None))}
-    curves, metrics = load_curves(curves_file, objective.metric, watched)
+    curves, metrics = load_curves(curves_file, objective.metric, spec.watched_metrics)
     by_task = any(curve.task is not None for curve in curves)
     if task is not None:
         if not by_task:

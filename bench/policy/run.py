@@ -203,8 +203,10 @@ def no_stopping(task: Task) -> list[int]:
     return [len(job.rows) for job in task.jobs]
 
 
-# (reductionFactor, minEpochs, minJobs, compare), chosen on the sample's grid in docs/policy.md
-RUNGS_TUNED = (
+Rungs = tuple[int, int, int, str]  # (reductionFactor, minEpochs, minJobs, compare)
+
+# chosen on the sample's grid in docs/policy.md
+RUNGS_TUNED: tuple[Rungs, ...] = (
     (4, 3, 3, "best"),
     (8, 4, 2, "current"),
     (3, 2, 2, "best"),
@@ -220,15 +222,27 @@ RUNGS_TUNED = (
 # (probability, similarity, cohort percentile), chosen on the sample's grid in docs/policy.md
 FORECAST_AND_COHORT = ((0.1, 1, 85), (0.1, 1, 90), (0.1, 2, 90))
 
-# (reductionFactor, minEpochs, minJobs, compare) with cut=rank, chosen on all curves (docs/policy.md)
-RUNGS_RANK = ((3, 1, 2, "best"), (5, 1, 2, "best"), (4, 1, 2, "current"), (5, 1, 1, "best"))
-# forecast probabilities beside rungs 5/1/2/best by rank: it also stops between the rungs 1, 5, 25, 125
+# with cut=rank, chosen on all curves (docs/policy.md)
+RUNGS_RANK: tuple[Rungs, ...] = (
+    (3, 1, 2, "best"),
+    (5, 1, 2, "best"),
+    (4, 1, 2, "current"),
+    (5, 1, 1, "best"),
+)
+# the rank setting the forecast goes beside, and its probabilities: it also stops between the rungs
+RANK_BESIDE_FORECAST: Rungs = (5, 1, 2, "best")
 RANK_AND_FORECAST = (0.1, 0.3)
 
 
-def rungs(eta: int, first: int, jobs: int, compare: str, cut: str = "quantile") -> dict[str, object]:
+def rungs(setting: Rungs, cut: str = "quantile") -> dict[str, object]:
+    eta, first, jobs, compare = setting
     knobs = {"reductionFactor": eta, "minEpochs": first, "minJobs": jobs, "compare": compare, "cut": cut}
     return {"name": "r", "rungs": knobs}
+
+
+def rungs_knob(setting: Rungs) -> str:
+    eta, first, jobs, compare = setting
+    return f"reductionFactor {eta}, minEpochs {first}, minJobs {jobs}, compare {compare}"
 
 
 # Optuna's pruners: (class, the knob swept, its values, its default, how the default is marked, fixed
@@ -296,28 +310,32 @@ def settings(ray: bool) -> list[Setting]:
     out += [
         Setting(
             "stopline rungs, tuned",
-            f"reductionFactor {eta}, minEpochs {first}, minJobs {jobs}, compare {compare}",
-            partial(ours, [rungs(eta, first, jobs, compare), DIVERGED]),
+            rungs_knob(setting),
+            partial(ours, [rungs(setting), DIVERGED]),
         )
-        for eta, first, jobs, compare in RUNGS_TUNED
+        for setting in RUNGS_TUNED
     ]
     # The cut by rank (Optuna's, the ASHA paper's: the best floor(n/eta), this job counted) is stricter
     # than Ray's quantile: more saved at the same rungs, and the thrifty end of the front.
     out += [
         Setting(
             "stopline rungs, cut rank",
-            f"reductionFactor {eta}, minEpochs {first}, minJobs {jobs}, compare {compare}",
-            partial(ours, [rungs(eta, first, jobs, compare, "rank"), DIVERGED]),
+            rungs_knob(setting),
+            partial(ours, [rungs(setting, "rank"), DIVERGED]),
         )
-        for eta, first, jobs, compare in RUNGS_RANK
+        for setting in RUNGS_RANK
     ]
     out += [
         Setting(
             "stopline rungs, cut rank + forecast",
-            f"reductionFactor 5, minEpochs 1, minJobs 2, compare best; forecast probability {p}",
+            f"{rungs_knob(RANK_BESIDE_FORECAST)}; forecast probability {p}",
             partial(
                 ours,
-                [rungs(5, 1, 2, "best", "rank"), {"name": "f", "forecast": {"probability": p}}, DIVERGED],
+                [
+                    rungs(RANK_BESIDE_FORECAST, "rank"),
+                    {"name": "f", "forecast": {"probability": p}},
+                    DIVERGED,
+                ],
             ),
         )
         for p in RANK_AND_FORECAST

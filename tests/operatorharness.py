@@ -58,6 +58,16 @@ def phase_is(plane: ControlPlane, namespace: str, name: str, phase: str) -> Call
     return lambda: status(plane, namespace, name).get("phase") == phase
 
 
+def stop_recorded(plane: ControlPlane, namespace: str, name: str = SINGLE_NAME) -> Any:
+    """The status once the operator wrote the stop (phase Stopping). POST /stop goes out before that write,
+    so a trainer that got the stop does not mean the status says so yet."""
+    return wait_until(
+        lambda: (current := status(plane, namespace, name)).get("phase") == "Stopping" and current,
+        WAIT_S,
+        f"{name}: phase Stopping",
+    )
+
+
 def epoch_read(
     plane: ControlPlane, namespace: str, epoch: int, name: str = SINGLE_NAME
 ) -> Callable[[], bool]:

@@ -40,6 +40,7 @@ from operatorharness import (
     running_trainer,
     set_pod_status,
     status,
+    stop_recorded,
     terminate,
 )
 from stopline.api import parse_spec
@@ -121,7 +122,7 @@ def test_a_criterion_met_stops_the_trainer_and_the_checkpoint_lands_in_status(
     with operator(namespace), running_trainer(plane, namespace, training_job) as (trainer, pod):
         last = play_epochs(plane, namespace, trainer, epochs)
         wait_until(lambda: trainer.stop_reason, WAIT_S, "the trainer's POST /stop")
-        stopping = status(plane, namespace, SINGLE_NAME)
+        stopping = stop_recorded(plane, namespace)
         assert stopping["stopReason"]["type"] == reason
         assert stopping["stopReason"]["criterion"] == criterion["name"]
         assert stopping["stopReason"]["message"] == trainer.stop_reason
@@ -168,7 +169,7 @@ def test_kubectl_annotate_stop_stops_with_the_annotations_words(
         plane.kubectl("annotate", "tj", SINGLE_NAME, "-n", namespace, f"stopline.dev/stop={value}")
         wait_until(lambda: trainer.stop_reason, WAIT_S, "the trainer's POST /stop")
         assert trainer.stop_reason == message
-        reason = status(plane, namespace, SINGLE_NAME)["stopReason"]
+        reason = stop_recorded(plane, namespace)["stopReason"]
         assert (reason["type"], reason["criterion"], reason["message"]) == (
             "Manual",
             "stopline.dev/stop",
@@ -398,7 +399,7 @@ def test_the_cohort_rule_stops_a_job_worse_than_the_median_of_its_study(
                 plane, namespace, trainer, [{"val_loss": 0.9}, {"val_loss": 0.8}, {"val_loss": 0.7}]
             )
             wait_until(lambda: trainer.stop_reason, WAIT_S, "the trainer's POST /stop")
-            reason = status(plane, namespace, SINGLE_NAME)["stopReason"]
+            reason = stop_recorded(plane, namespace)["stopReason"]
             assert (reason["type"], reason["criterion"], reason["epoch"]) == ("Cohort", "median", last)
             assert last == 1  # worse than every peer's running average from the first epoch on
             finish_with_checkpoint(plane, namespace, pod, last)

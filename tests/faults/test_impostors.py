@@ -27,6 +27,7 @@ from operatorharness import (
     running_trainer,
     set_pod_status,
     status,
+    stop_recorded,
     terminate,
 )
 from stopline_local.controlplane import ControlPlane, wait_until
@@ -78,6 +79,7 @@ def test_an_impostor_pod_gets_no_scrape_no_token_and_no_say_in_the_checkpoint(
 
         plane.kubectl("annotate", "tj", SINGLE_NAME, "-n", namespace, "stopline.dev/stop=enough")
         wait_until(lambda: victim.stop_reason == "enough", WAIT_S, "the victim's POST /stop")
+        stop_recorded(plane, namespace)
         terminate(plane, namespace, "aaa-impostor", checkpoint_message(9, 900, ATTACKER_URI))
         holds(
             lambda: status(plane, namespace, SINGLE_NAME)["phase"] == "Stopping",

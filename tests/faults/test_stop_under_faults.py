@@ -31,6 +31,7 @@ from operatorharness import (
     reserve_address,
     running_trainer,
     status,
+    stop_recorded,
     terminate,
 )
 from stopline_local.controlplane import ControlPlane, wait_until
@@ -64,6 +65,7 @@ def test_an_operator_restarted_before_its_watches_sync_concludes_from_the_pods_i
             trainer.report(1, 100, val_loss=1.0)
             plane.kubectl("annotate", "tj", SINGLE_NAME, "-n", namespace, "stopline.dev/stop=enough")
             wait_until(lambda: trainer.stop_reason == "enough", WAIT_S, "the trainer's POST /stop")
+            stop_recorded(plane, namespace)  # the job this test restarts is one recorded as Stopping
             first_operator.close()
     terminate(plane, namespace, pod, checkpoint_message(1, 100, URI))  # saved and exited meanwhile
 

@@ -22,6 +22,7 @@ from stopline.verify import verify_checkpoint
 from stopline.vocabulary import (
     ADMITTED,
     CHECKPOINT_TARGET,
+    CHECKPOINT_VERIFIED,
     CLAIM_FOUND,
     CLAIM_NOT_FOUND,
     CREATED,
@@ -32,6 +33,7 @@ from stopline.vocabulary import (
     PENDING,
     PREEMPTED,
     QUEUE_LABELS,
+    STOPPED,
     STOPPING,
     STUDY_LABEL,
     TERMINAL_PHASES,
@@ -208,13 +210,22 @@ async def sync_status(
 
 
 async def announce(kube: Kube, written: Written | None) -> None:
-    """One Event per phase change: Normal for progress, Warning with the cause for a failure."""
+    """One Event per phase change: Normal for progress, Warning with the cause for a failure. A stop
+    concluded here (the trainers stopped before the operator recorded it) says CheckpointSaved, as one
+    the stop driver concludes does, and warns when the checkpoint could not be verified."""
     if written is None or written.phase == written.phase_before:
         return
     if written.phase == FAILED:
         cause = written.condition(FINISHED) or written.condition(CREATED)
         reason, message = cause.get("reason", "Failed"), cause.get("message", "")
         await kube.post_event(written.training_job, reason, message, warning=True)
+    elif written.phase == STOPPED:
+        finished = written.condition(FINISHED)
+        reason, message = finished.get("reason", STOPPED), finished.get("message", "TrainingJob is Stopped")
+        await kube.post_event(written.training_job, reason, message, warning=False)
+        verified = written.condition(CHECKPOINT_VERIFIED)
+        if verified.get("status") == "False":
+            await kube.post_event(written.training_job, verified["reason"], verified.get("message", ""), True)
     elif written.phase in HELD_PHASES:
         message = written.condition(ADMITTED).get("message") or f"TrainingJob is {written.phase}"
         warning = written.phase == PREEMPTED

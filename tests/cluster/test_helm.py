@@ -22,6 +22,7 @@ from operatorharness import (
     phase_is,
     running_trainer,
     status,
+    stop_recorded,
     terminate,
 )
 from stopline.api import parse_spec
@@ -111,6 +112,7 @@ def test_the_operator_with_only_the_charts_rbac_stops_a_job_and_can_do_nothing_e
             trainer.report(1, 100, val_loss=1.0)
             plane.kubectl("annotate", "tj", SINGLE_NAME, "-n", namespace, "stopline.dev/stop=enough")
             wait_until(lambda: trainer.stop_reason, WAIT_S, "the trainer's POST /stop")
+            stop_recorded(plane, namespace)
             terminate(plane, namespace, pod, checkpoint_message(1, 100, "/ckpt/step-000100.pt"))
             wait_until(phase_is(plane, namespace, SINGLE_NAME, "Stopped"), WAIT_S, "phase Stopped")
         assert status(plane, namespace, SINGLE_NAME)["checkpoint"]["uri"] == "/ckpt/step-000100.pt"

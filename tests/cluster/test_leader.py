@@ -38,6 +38,7 @@ from operatorharness import (
     phase_is,
     running_trainer,
     status,
+    stop_recorded,
     terminate,
 )
 from stopline.leader import Elector, LeaseClient, Timings
@@ -493,6 +494,7 @@ def test_a_leader_killed_while_jobs_run_and_stop_is_replaced_and_every_stop_comp
         stopping, stopping_pod = trainers["stopping"]
         plane.kubectl("annotate", "tj", "stopping", "-n", namespace, "stopline.dev/stop=enough")
         wait_until(lambda: stopping.stop_reason == "enough", WAIT_S, "the leader's POST /stop")
+        stop_recorded(plane, namespace, "stopping")
 
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -503,6 +505,7 @@ def test_a_leader_killed_while_jobs_run_and_stop_is_replaced_and_every_stop_comp
         wait_until(held_by(plane, namespace, "operator-b"), WAIT_S, "operator-b to take over")
         running, running_pod = trainers["running"]
         wait_until(lambda: running.stop_reason == "enough too", WAIT_S, "the new leader's POST /stop")
+        stop_recorded(plane, namespace, "running")
         terminate(plane, namespace, running_pod, checkpoint_message(1, 100, uris["running"]))
         for name, uri in uris.items():
             wait_until(phase_is(plane, namespace, name, "Stopped"), WAIT_S, f"{name} Stopped")

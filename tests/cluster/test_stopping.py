@@ -350,6 +350,7 @@ def test_a_trainer_that_stopped_on_a_post_the_status_never_recorded_ends_stopped
     terminate(plane, namespace, pod, checkpoint_message(1, 100, URI, stop=decided))  # stopped on that POST
     with operator(namespace):
         wait_until(phase_is(plane, namespace, SINGLE_NAME, "Stopped"), WAIT_S, "phase Stopped")
+        wait_until(event_posted(plane, namespace, SINGLE_NAME, "CheckpointSaved", "Normal"), WAIT_S, "Event")
     stopped = get(plane, namespace, "tj", SINGLE_NAME)
     reason = stopped["status"]["stopReason"]
     assert (reason["type"], reason["criterion"], reason["epoch"]) == ("Patience", "plateau", 1)

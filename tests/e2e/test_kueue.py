@@ -113,7 +113,7 @@ def test_a_second_job_waits_queued_with_kueues_words_until_the_first_ends(
 ) -> None:
     plane = queue_story
     apply(plane, namespace, queued("first", epochs=6))
-    wait_phase(plane, namespace, "first", "Running", "Succeeded", kueue=kueue)
+    wait_phase(plane, namespace, "first", "Running", kueue=kueue)  # not ended: "second" must wait for it
     apply(plane, namespace, queued("second", epochs=3))
     wait_until(
         lambda: "Kueue says" in condition(get(plane, namespace, "tj", "second"), "Admitted")["message"],

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from e2e.support import CLAIM, DEADLINE_S, apply_claim, load_weights, terminated_pods, training_job
-from operatorharness import apply, condition, events, get, operator, pods, status
+from operatorharness import apply, condition, event_posted, events, get, operator, pods, status
 from stopline_local.controlplane import ControlPlane, wait_until
 from stopline_local.kubelet import LocalKubelet
 from stopline_local.prometheus import Prometheus, running_prometheus
@@ -93,6 +93,7 @@ def test_patience_stops_a_real_trainer_and_its_weights_load_back(
     assert status["best"]["metric"] == "val_loss" and status["best"]["value"] > 0
     assert condition(stopped, "Finished")["reason"] == "CheckpointSaved"
     weights_load_back(kubelet, namespace, stopped)
+    wait_until(event_posted(story, namespace, "mlp", "CheckpointSaved", "Normal"), DEADLINE_S, "an Event")
     reasons = [event["reason"] for event in events(story, namespace, "mlp")]
     assert {"Running", "Stopping", "CheckpointSaved"} <= set(reasons)
 
@@ -219,7 +220,7 @@ def test_a_trainer_that_crashes_fails_the_training_job_with_the_reason(
     assert failed["status"]["phase"] == "Failed", failed["status"]
     finished = condition(failed, "Finished")
     assert finished["reason"] == "BackoffLimitExceeded", finished
-    assert any(event["type"] == "Warning" for event in events(story, namespace, "crash"))
+    wait_until(event_posted(story, namespace, "crash", "BackoffLimitExceeded"), DEADLINE_S, "a Warning Event")
 
 
 def test_an_operator_killed_mid_training_resumes_and_stops_once(
@@ -232,6 +233,7 @@ def test_an_operator_killed_mid_training_resumes_and_stops_once(
     # the first operator is gone while the trainer keeps training
     with operator(namespace):
         stopped = finish(plane, kubelet, namespace, "mlp")
+        wait_until(event_posted(plane, namespace, "mlp", "CheckpointSaved", "Normal"), DEADLINE_S, "an Event")
     assert stopped["status"]["phase"] == "Stopped", stopped["status"]
     jobs = json.loads(plane.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
     assert len(jobs) == 1

@@ -32,6 +32,7 @@ from operatorharness import (
     reserve_address,
     running_trainer,
     status,
+    stop_recorded,
     terminate,
 )
 from stopline_local.controlplane import ControlPlane, wait_until
@@ -87,6 +88,7 @@ def test_a_trainer_serving_garbage_shows_metrics_unavailable_and_the_operator_ke
 
         plane.kubectl("annotate", "tj", "hostile", "-n", namespace, "stopline.dev/stop=enough")
         wait_until(lambda: hostile.authorizations, WAIT_S, "hostile: POST /stop despite its /metrics")
+        stop_recorded(plane, namespace, "hostile")
         terminate(plane, namespace, pod, checkpoint_message(5, 500, "/ckpt/hostile.pt"))
         wait_until(phase_is(plane, namespace, "hostile", "Stopped"), WAIT_S, "hostile: phase Stopped")
 
@@ -132,6 +134,7 @@ def poisoned_series_story(
         assert status(plane, tenant_a, "poisoned")["phase"] == "Running"
         plane.kubectl("annotate", "tj", "victim", "-n", tenant_b, "stopline.dev/stop=enough")
         wait_until(lambda: victim.stop_reason == "enough", WAIT_S, "tenant b: POST /stop")
+        stop_recorded(plane, tenant_b, "victim")
         terminate(plane, tenant_b, pod, checkpoint_message(2, 200, "/ckpt/victim.pt"))
         wait_until(phase_is(plane, tenant_b, "victim", "Stopped"), WAIT_S, "tenant b: phase Stopped")
     assert status(plane, tenant_b, "victim")["checkpoint"]["uri"] == "/ckpt/victim.pt"

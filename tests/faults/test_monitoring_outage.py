@@ -19,6 +19,7 @@ from operatorharness import (
     phase_is,
     running_trainer,
     status,
+    stop_recorded,
     terminate,
 )
 from stopline_local.controlplane import ControlPlane, free_port, wait_until
@@ -97,6 +98,8 @@ def test_prometheus_down_longer_than_stale_after_is_a_condition_and_the_jobs_sto
         beta, beta_pod = trainers["beta"]
         beta.report(3, 300, val_loss=0.8, val_accuracy=0.97)
         wait_until(lambda: beta.stop_reason, WAIT_S, "beta: POST /stop for its threshold")
+        for name in jobs:
+            stop_recorded(plane, namespace, name)
         for name, pod, epoch in (("alpha", alpha_pod, 2), ("beta", beta_pod, 3)):
             terminate(plane, namespace, pod, checkpoint_message(epoch, epoch * 100, URI.format(name=name)))
             wait_until(phase_is(plane, namespace, name, "Stopped"), WAIT_S, f"{name}: phase Stopped")

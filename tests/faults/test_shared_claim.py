@@ -12,7 +12,7 @@ import pytest
 
 from e2e.support import CLAIM, DEADLINE_S, training_job
 from faults.support import find_condition
-from operatorharness import apply, events, get, operator, status
+from operatorharness import apply, event_posted, get, operator, status
 from stopline_local.controlplane import ControlPlane, wait_until
 from stopline_local.kubelet import LocalKubelet
 from trainer.support import assert_reproduces_outputs, verify_blob
@@ -62,6 +62,7 @@ def test_two_jobs_on_one_claim_by_default_each_keep_their_own_weights(
             plane.kubectl("annotate", "tj", name, "-n", namespace, f"stopline.dev/stop=enough for {name}")
         for name in JOBS:
             wait_until(ended(plane, namespace, name), DEADLINE_S, f"{name}: the stop to end", details=logs)
+            wait_until(event_posted(plane, namespace, name, "CheckpointSaved", "Normal"), DEADLINE_S, "Event")
     root = kubelet.claim_folder(namespace, CLAIM)
     folders = {}
     for name in JOBS:
@@ -77,7 +78,6 @@ def test_two_jobs_on_one_claim_by_default_each_keep_their_own_weights(
         assert_reproduces_outputs(verify_blob(weights.read_bytes(), checkpoint))  # sha256 and bytes match
         last = json.loads((weights.parent / "last.json").read_text())
         assert (last["job"], last["uri"], last["sha256"]) == (name, checkpoint["uri"], checkpoint["sha256"])
-        assert "CheckpointSaved" in {event["reason"] for event in events(plane, namespace, name)}
     assert folders["alpha"] != folders["beta"]
     assert not folders["alpha"].is_relative_to(folders["beta"])
     assert not folders["beta"].is_relative_to(folders["alpha"])

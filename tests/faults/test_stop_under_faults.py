@@ -131,6 +131,7 @@ def test_a_slowloris_on_the_trainers_endpoint_does_not_keep_the_stop_from_it(
             wait_until(lambda: attack.opened >= 200, WAIT_S, "200 attacking connections opened")
             plane.kubectl("annotate", "tj", SINGLE_NAME, "-n", namespace, "stopline.dev/stop=enough")
             wait_until(lambda: trainer.stop_reason == "enough", WAIT_S, "POST /stop acknowledged")
+            stop_recorded(plane, namespace)
             terminate(plane, namespace, pod, checkpoint_message(1, 100, URI))
             wait_until(phase_is(plane, namespace, SINGLE_NAME, "Stopped"), WAIT_S, "phase Stopped")
         extra_threads = attack.peak_threads - threads_before
@@ -166,6 +167,7 @@ def test_a_pod_on_an_ipv6_address_is_read_and_stopped(plane: ControlPlane, names
             assert available is not None and available["status"] == "True"
             plane.kubectl("annotate", "tj", SINGLE_NAME, "-n", namespace, "stopline.dev/stop=enough")
             wait_until(lambda: trainer.stop_reason == "enough", WAIT_S, "POST /stop on http://[::1]")
+            stop_recorded(plane, namespace)
             terminate(plane, namespace, pod, checkpoint_message(1, 100, URI))
             wait_until(phase_is(plane, namespace, SINGLE_NAME, "Stopped"), WAIT_S, "phase Stopped")
         finally:

@@ -14,7 +14,7 @@ import pytest
 
 from e2e.support import terminated_pods
 from nodeharness import container_id
-from operatorharness import condition, events, get, pods, status
+from operatorharness import condition, event_posted, events, get, pods, status
 from stopline_local.controlplane import wait_until
 from stopline_local.node import Node
 from trainer.support import assert_reproduces_outputs, verify_blob
@@ -209,6 +209,8 @@ def test_the_operator_pod_deleted_while_a_job_is_stopping_comes_back_and_the_sto
     node.kubectl("delete", "pod", "-n", installed, "-l", "app.kubernetes.io/name=stopline", "--wait=false")
     stopped = finish(node, namespace, "deaf")
     assert stopped["status"]["phase"] == "Stopped", stopped["status"]
+    saved_event = event_posted(node.plane, namespace, "deaf", "CheckpointSaved", "Normal")
+    wait_until(saved_event, DEADLINE_S, "a CheckpointSaved Event")
     jobs = json.loads(node.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
     assert len(jobs) == 1
     saved = [event for event in events(node.plane, namespace, "deaf") if event["reason"] == "CheckpointSaved"]

@@ -78,7 +78,7 @@ e2e: $(PY) testenv ## real trainer processes, the local kubelet and Prometheus
 lint: $(PY) helm-lint ## ruff, mypy (strict on operator/, trainer-image/ and local/), import-linter
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator/stopline trainer-image/stopline_trainer local/stopline_local tests docs
+	$(VENV)/bin/mypy operator/stopline trainer-image/stopline_trainer local/stopline_local tests docs bench
 	$(VENV)/bin/lint-imports
 
 helm-lint: testenv ## helm lint --strict on the chart

@@ -141,7 +141,9 @@ def lightning(patience: int, task: Task) -> list[int]:
 
 def optuna_pruner(make: Callable[[], optuna.pruners.BasePruner], task: Task) -> list[int]:
     """A pruner as users write it: trial.report(value, epoch), stop when should_prune()."""
-    direction = "minimize" if task.mode == "min" else "maximize"
+    direction = (
+        optuna.study.StudyDirection.MINIMIZE if task.mode == "min" else optuna.study.StudyDirection.MAXIMIZE
+    )
     # Hyperband puts a trial in a bracket by a hash of the study's name: a fixed name, the same brackets
     # in every run (optuna's default name is random).
     study = optuna.create_study(study_name=task.name, direction=direction, pruner=make())

@@ -189,14 +189,14 @@ def ray_asha(reduction_factor: int, task: Task) -> list[int]:
     runs = []
     for index, job in enumerate(task.jobs):
         trial, curve, stop = _RayTrial(str(index)), values(task, job), None
-        scheduler.on_trial_add(None, trial)  # type: ignore[arg-type]
+        scheduler.on_trial_add(None, trial)  # type: ignore[arg-type, unused-ignore]
         for epoch, value in enumerate(curve, 1):
-            action = scheduler.on_trial_result(None, trial, {"training_iteration": epoch, "m": value})  # type: ignore[arg-type]
+            action = scheduler.on_trial_result(None, trial, {"training_iteration": epoch, "m": value})  # type: ignore[arg-type, unused-ignore]
             if action == "STOP" and epoch < len(curve):
                 stop = epoch
                 break
         if stop is None:
-            scheduler.on_trial_complete(None, trial, {"training_iteration": len(curve), "m": curve[-1]})  # type: ignore[arg-type]
+            scheduler.on_trial_complete(None, trial, {"training_iteration": len(curve), "m": curve[-1]})  # type: ignore[arg-type, unused-ignore]
         runs.append(stop or len(curve))
     return runs
 

@@ -190,9 +190,15 @@ def sets(*assignments: str) -> list[str]:
                 "admissionPolicy.validationActions={Warn,Audit}",
                 "admissionPolicy.allowServiceAccountToken=true",
                 "admissionPolicy.allowedServiceAccounts={default,trainer}",
+                "admissionPolicy.allowedCapabilities={NET_BIND_SERVICE,IPC_LOCK}",
             ),
             {"ValidatingAdmissionPolicy/stopline-trainingjob-template"},
             id="admission-policy-warn",
+        ),
+        pytest.param(
+            [*sets("admissionPolicy.enabled=true"), "--set-json", "admissionPolicy.allowedCapabilities=[]"],
+            {"ValidatingAdmissionPolicy/stopline-trainingjob-template"},
+            id="admission-policy-no-capabilities",
         ),
     ],
 )
@@ -390,6 +396,12 @@ def with_pod_spec(name: str, **pod: Any) -> dict[str, Any]:
     return training_job
 
 
+def trainer(**security_context: Any) -> dict[str, Any]:
+    """The example's trainer container, with these securityContext fields."""
+    (container,) = manifest()["spec"]["template"]["spec"]["containers"]
+    return {**container, "securityContext": security_context} if security_context else container
+
+
 def test_the_admission_policy_refuses_host_network_naming_the_field_and_admits_a_plain_job(
     crd_installed: ControlPlane, guarded: str
 ) -> None:
@@ -441,6 +453,50 @@ def test_the_admission_policy_refuses_host_network_naming_the_field_and_admits_a
             "spec.template.spec.automountServiceAccountToken: set it to false",
             id="token",
         ),
+        pytest.param(
+            {
+                "volumes": [
+                    {"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}
+                ]
+            },
+            "spec.template.spec.volumes[].projected.sources[].serviceAccountToken: remove it",
+            id="projected-token",
+        ),
+        pytest.param(
+            {"containers": [trainer(capabilities={"add": ["CHOWN", "SYS_ADMIN"]})]},
+            "securityContext.capabilities.add: a trainer container may add only AUDIT_WRITE",
+            id="capabilities-add",
+        ),
+        pytest.param(
+            {"containers": [{**trainer(), "ports": [{"containerPort": 8000, "hostPort": 8000}]}]},
+            "spec.template.spec.containers[].ports[].hostPort: a trainer may not take a port of the node",
+            id="hostPort",
+        ),
+        pytest.param(
+            {"securityContext": {"seccompProfile": {"type": "Unconfined"}}},
+            "seccompProfile.type: a trainer may not run without a seccomp profile; set RuntimeDefault",
+            id="seccomp-pod",
+        ),
+        pytest.param(
+            {"containers": [trainer(seccompProfile={"type": "Unconfined"})]},
+            "seccompProfile.type: a trainer may not run without a seccomp profile",
+            id="seccomp-container",
+        ),
+        pytest.param(
+            {"containers": [trainer(appArmorProfile={"type": "Unconfined"})]},
+            "appArmorProfile.type: a trainer may not run without an AppArmor profile; set RuntimeDefault",
+            id="apparmor",
+        ),
+        pytest.param(
+            {"securityContext": {"seLinuxOptions": {"type": "spc_t"}}},
+            "seLinuxOptions: a trainer may not choose its SELinux user or role, nor a type",
+            id="selinux",
+        ),
+        pytest.param(
+            {"containers": [trainer(procMount="Unmasked")]},
+            "spec.template.spec.containers[].securityContext.procMount: a trainer's /proc stays masked",
+            id="procMount",
+        ),
     ],
 )
 def test_the_admission_policy_refuses_each_unsafe_template_naming_the_field(
@@ -449,3 +505,39 @@ def test_the_admission_policy_refuses_each_unsafe_template_naming_the_field(
     refused = create(crd_installed, guarded, with_pod_spec("unsafe", **pod), "--dry-run=server")
     assert refused.returncode != 0
     assert complaint in refused.stderr
+
+
+def test_the_admission_policy_refuses_an_unconfined_apparmor_annotation_naming_it(
+    crd_installed: ControlPlane, guarded: str
+) -> None:
+    unconfined = with_pod_spec("unconfined")
+    annotation = "container.apparmor.security.beta.kubernetes.io/trainer"
+    unconfined["spec"]["template"].setdefault("metadata", {})["annotations"] = {annotation: "unconfined"}
+    refused = create(crd_installed, guarded, unconfined, "--dry-run=server")
+    assert refused.returncode != 0
+    field = "spec.template.metadata.annotations[container.apparmor.security.beta.kubernetes.io/*]"
+    assert f"{field}: a trainer may not run unconfined" in refused.stderr
+
+
+def test_the_admission_policy_admits_what_pod_security_baseline_admits(
+    crd_installed: ControlPlane, guarded: str
+) -> None:
+    """The baseline rules refuse only the unsafe values: the safe ones of the same fields go through."""
+    container = trainer(
+        capabilities={"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]},
+        seccompProfile={"type": "RuntimeDefault"},
+        appArmorProfile={"type": "RuntimeDefault"},
+        seLinuxOptions={"type": "container_t", "level": "s0:c1,c2"},
+        procMount="Default",
+    )
+    baseline = with_pod_spec(
+        "baseline",
+        containers=[{**container, "ports": [{"containerPort": 9000, "hostPort": 0}]}],
+        securityContext={"seccompProfile": {"type": "Localhost", "localhostProfile": "trainer.json"}},
+        volumes=[{"name": "config", "projected": {"sources": [{"configMap": {"name": "settings"}}]}}],
+    )
+    baseline["spec"]["template"]["metadata"] = {
+        "annotations": {"container.apparmor.security.beta.kubernetes.io/trainer": "runtime/default"}
+    }
+    admitted = create(crd_installed, guarded, baseline, "--dry-run=server")
+    assert admitted.returncode == 0, admitted.stderr

@@ -82,6 +82,23 @@ def test_the_values_schema_rejects_a_misspelt_or_unsafe_value_naming_it(setting:
     assert complaint in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("values", "limit"),
+    [
+        pytest.param([], 1000, id="default"),
+        pytest.param(["--set-json", "podMonitor.sampleLimit=20000000"], 20000000, id="large"),
+        pytest.param(["--set", "podMonitor.sampleLimit=0"], None, id="none"),
+    ],
+)
+def test_the_pod_monitor_limits_the_samples_of_one_trainer_scrape(
+    values: list[str], limit: int | None
+) -> None:
+    """One trainer exporting 30k series must not reach the Prometheus that every tenant's criteria query."""
+    only = ["--show-only", "templates/podmonitor.yaml", "--set", "podMonitor.enabled=true"]
+    (pod_monitor,) = yaml.safe_load_all(helm("template", "stopline", str(CHART), *only, *values).stdout)
+    assert pod_monitor["spec"].get("sampleLimit") == limit
+
+
 def as_service_account(
     plane: ControlPlane, namespace: str, release: str, values: list[str], folder: Path
 ) -> Path:

@@ -16,7 +16,7 @@ from stopline.api import PVCTarget, SpecError, TrainingJobSpec, parse_spec
 from stopline.kube import Kube, Manifest
 from stopline.metrics.http import excerpt
 from stopline.pointer import last_values, stop_cause
-from stopline.registry import controller_uid, pod_view, saved_checkpoint, trainer_pods
+from stopline.registry import controller_uid, job_view, pod_view, saved_checkpoint, trainer_pods
 from stopline.status import StatusWriter, Written
 from stopline.verify import verify_checkpoint
 from stopline.vocabulary import (
@@ -122,7 +122,7 @@ async def _ending(
         return None
     namespace, name = training_job["metadata"]["namespace"], training_job["metadata"]["name"]
     listed = await kube.list_pods(namespace, f"{JOB_LABEL}={name}")
-    pods = trainer_pods(map(pod_view, listed), str(job["metadata"].get("uid") or ""))
+    pods = trainer_pods(map(pod_view, listed), job_view(job))
     saved = saved_checkpoint(pods)
     checkpoint = saved[1] if saved is not None else None
     stopped = stop_cause(saved[0].message) if saved is not None else None

@@ -172,10 +172,16 @@ class Kube:
         return await self._read("TrainingJob", namespace, name)
 
     async def read_token(self, namespace: str, secret: str, key: str) -> str | None:
-        """A key of a Secret, decoded; None when the Secret or the key is missing."""
+        """A key of a Secret, decoded; None when the Secret or the key is missing, or its value is not
+        base64 of UTF-8 text (a tenant's Secret is their text: a bad one is no token, never an exception)."""
         found = await self._read("Secret", namespace, secret)
         encoded = ((found or {}).get("data") or {}).get(key)
-        return base64.b64decode(encoded).decode() if encoded else None
+        if not isinstance(encoded, str) or not encoded:
+            return None
+        try:
+            return base64.b64decode(encoded, validate=True).decode()
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            return None
 
     async def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
         """The pods matching a label selector, read from the apiserver now (not from a watch)."""

@@ -2,20 +2,27 @@
 
 `{uri, epoch, step, bytes, sha256, savedAt}`, and `stop` (the operator's decision, type and criterion)
 when the save followed a POST /stop. It is the trainer's text, read like any remote answer: anything
-that is not a pointer is None, never an exception.
+that is not a pointer is None, never an exception, and every value kept has the type and bounds the CRD
+gives status.checkpoint, so the status patch that carries it is never refused (a refused patch would
+leave the job Stopping or Running for good).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from stopline.criteria.decision import REASON_TYPES
+from stopline.lifecycle import seconds
 
 MAX_EPOCH = 10_000  # status.curve's length
 MAX_TAIL = 8  # the trainer's TAIL_EPOCHS
 CHECKPOINT_KEYS = ("uri", "epoch", "step", "bytes", "sha256", "savedAt")  # status.checkpoint's fields
+MAX_COUNT = 2**53  # an epoch, step or size JSON numbers hold exactly
+MAX_URI = 1024  # the trainer keeps the pointer under 1 KiB
+_DIGEST = re.compile(r"[0-9a-fA-F]{1,128}")  # sha256 in hex; the CRD asks only for a string
 
 
 def _pointer(termination_message: str) -> dict[str, Any] | None:
@@ -26,12 +33,34 @@ def _pointer(termination_message: str) -> dict[str, Any] | None:
     return pointer if isinstance(pointer, dict) else None
 
 
-def checkpoint_status(termination_message: str) -> dict[str, Any] | None:
-    """status.checkpoint from rank 0's termination message; None if it is not a pointer."""
-    pointer = _pointer(termination_message)
-    if pointer is None or not {"uri", "epoch", "step"} <= pointer.keys():
+def _count(value: object) -> int | None:
+    return value if type(value) is int and 0 <= value < MAX_COUNT else None
+
+
+def _uri(value: object) -> str | None:
+    """A location: printable text without control characters, at most MAX_URI characters."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_URI or not value.isprintable():
         return None
-    return {key: pointer[key] for key in CHECKPOINT_KEYS if pointer.get(key) is not None}
+    return value
+
+
+def checkpoint_status(termination_message: str) -> dict[str, Any] | None:
+    """status.checkpoint from rank 0's termination message; None if it is not a pointer: uri, epoch and
+    step of the right types are needed; a bytes, sha256 or savedAt that is not one is left out."""
+    pointer = _pointer(termination_message)
+    if pointer is None:
+        return None
+    uri, epoch, step = _uri(pointer.get("uri")), _count(pointer.get("epoch")), _count(pointer.get("step"))
+    if uri is None or epoch is None or step is None:
+        return None
+    checkpoint: dict[str, Any] = {"uri": uri, "epoch": epoch, "step": step}
+    if (size := _count(pointer.get("bytes"))) is not None:
+        checkpoint["bytes"] = size
+    if isinstance(digest := pointer.get("sha256"), str) and _DIGEST.fullmatch(digest):
+        checkpoint["sha256"] = digest
+    if isinstance(saved_at := pointer.get("savedAt"), str) and len(saved_at) <= 64 and seconds(saved_at):
+        checkpoint["savedAt"] = saved_at
+    return checkpoint
 
 
 def last_values(termination_message: str) -> dict[int, float]:

@@ -9,18 +9,25 @@ Identity is by controller ownerReference and uid, never by label or name alone: 
 the Job of its name whose controller is that TrainingJob's uid, and its trainer pods are the pods whose
 controller is that Job's uid. Labels only say where to file an object; a pod or Job that merely carries
 the label (an impostor, a decoy) is filed but never trusted.
+
+Pods are filed by admission: a queue (Kueue) that preempts a Job and admits it again keeps the Job and its
+uid, and the Job controller starts new pods. Only the pods of the current admission (created since the
+Job's status.startTime, which the Job controller resets at every unsuspend) are the job's trainers; a pod
+of an earlier admission, its checkpoint pointer included, never speaks for a stop of a later one. A
+deleted pod is kept only while it can still say something: trusted, of the current admission, and at most
+MAX_DELETED_PODS of them per job, so pods churned under a job's name cannot grow the operator's memory.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stopline.api import SpecError, TrainingJobSpec, parse_spec
 from stopline.criteria.observation import CohortCurve
-from stopline.lifecycle import queue_holds
+from stopline.lifecycle import queue_holds, seconds
 from stopline.pointer import checkpoint_status
 from stopline.vocabulary import (
     CANCEL_ANNOTATION,
@@ -34,6 +41,7 @@ from stopline.vocabulary import (
 )
 
 Key = tuple[str, str]  # (namespace, name)
+MAX_DELETED_PODS = 64  # deleted pods kept per job: a multi-rank stop reads each rank's exit once
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class PodView:
     terminating: bool = False  # marked for deletion: SIGTERM sent, the trainer may still be saving
     exit_code: int | None = None
     message: str = ""
+    created: float | None = None  # metadata.creationTimestamp: which admission of its Job it belongs to
 
     @property
     def active(self) -> bool:
@@ -81,6 +90,19 @@ class JobView:
     suspended: bool
     finished: bool  # Complete or Failed: it starts no pod again
     queued: bool = False  # a queue (Kueue) admits it: it may unsuspend it again
+    started: float | None = None  # status.startTime of its current admission (kept while it is suspended)
+
+    def admitted(self, pod: PodView) -> bool:
+        """The pod is one of this Job's current admission: it was created since the Job last started.
+        The Job controller stamps startTime before it creates that admission's pods (both to the second)."""
+        return self.started is None or pod.created is None or pod.created >= self.started
+
+    def after(self, earlier: JobView | None) -> JobView:
+        """This view, still knowing when the current admission started: a suspended Job has no startTime
+        (the Job controller clears it), but the pods it just stopped are that admission's."""
+        if self.started is None and earlier is not None and earlier.uid == self.uid:
+            return replace(self, started=earlier.started)
+        return self
 
 
 def job_view(job: Mapping[str, Any]) -> JobView:
@@ -97,6 +119,7 @@ def job_view(job: Mapping[str, Any]) -> JobView:
         suspended=spec.get("suspend") is True,
         finished=finished,
         queued=queue_holds(job),
+        started=seconds((job.get("status") or {}).get("startTime")),
     )
 
 
@@ -126,6 +149,7 @@ def pod_view(pod: Mapping[str, Any], deleted: bool = False) -> PodView:
         terminating=bool(metadata.get("deletionTimestamp")),
         exit_code=exit_code,
         message=message,
+        created=seconds(metadata.get("creationTimestamp")),
     )
 
 
@@ -160,9 +184,13 @@ class Tracked:
 
     @property
     def pods(self) -> list[PodView]:
-        """Its trainer pods: those its Job controls, by rank; none while its Job is not known."""
+        """Its trainer pods: those of its Job's current admission, by rank; none while its Job is unknown."""
         job = self.job
-        return trainer_pods(self.filed_pods.values(), job.uid) if job is not None else []
+        return trainer_pods(self.filed_pods.values(), job) if job is not None else []
+
+    def file_job(self, view: JobView | None) -> None:
+        """Take a newer view of its Job, remembering when the current admission started."""
+        self.filed_job = view.after(self.filed_job) if view is not None else None
 
     @property
     def status(self) -> Mapping[str, Any]:
@@ -199,6 +227,17 @@ class Tracked:
                 self.key[1], self.spec.objective.metric, values, stopped=stopped, completed=completed
             )
         return self._peer
+
+    def keeps(self, pod: PodView) -> bool:
+        """Whether a deleted pod stays filed: its exit may conclude a stop. One its Job does not control,
+        or one of an earlier admission, never will; while the Job is unknown, it is kept (bounded)."""
+        job = self.job
+        return job is None or (pod.controller_uid == job.uid and job.admitted(pod))
+
+    def drop_earlier_admissions(self) -> None:
+        """Forget deleted pods that are no longer kept (their Job was admitted again, or is another one)."""
+        for name in [name for name, pod in self.filed_pods.items() if pod.deleted and not self.keeps(pod)]:
+            del self.filed_pods[name]
 
     def rank_zero(self) -> PodView | None:
         """The live pod of rank 0, whose /metrics the operator reads (every rank reports the same step)."""
@@ -265,26 +304,32 @@ class Registry:
             return None
         key = (pod["metadata"]["namespace"], job)
         name = pod["metadata"]["name"]
-        if deleted and key not in self._jobs:  # nobody will read its termination message: memory stays
-            filed = self._pods.get(key, {})  # bounded by the pods that exist, whatever labels they carry
-            filed.pop(name, None)
+        view = pod_view(pod, deleted)
+        tracked = self._jobs.get(key)
+        if deleted and not (tracked is not None and tracked.keeps(view)):
+            filed = self._pods.get(key, {})  # nobody will read its termination message: memory stays
+            filed.pop(name, None)  # bounded by the pods that exist, whatever labels they carry
             if not filed:
                 self._pods.pop(key, None)
             return key
-        self._pods.setdefault(key, {})[name] = pod_view(pod, deleted)
+        filed = self._pods.setdefault(key, {})
+        filed[name] = view
+        if deleted:
+            _bound_deleted(filed)
         return key
 
     def observe_job(self, job: Mapping[str, Any], deleted: bool = False) -> Key:
         """File a batch Job under the TrainingJob of its name; a deleted one is forgotten."""
         key = (job["metadata"]["namespace"], job["metadata"]["name"])
-        view = None if deleted else job_view(job)
+        view = None if deleted else job_view(job).after(self._job_of.get(key))
         if view is None:
             self._job_of.pop(key, None)
         else:
             self._job_of[key] = view
         tracked = self._jobs.get(key)
         if tracked is not None:
-            tracked.filed_job = view
+            tracked.file_job(view)
+            tracked.drop_earlier_admissions()
         return key
 
     def cohort(self, tracked: Tracked, study: str | None = None) -> tuple[CohortCurve, ...]:
@@ -302,17 +347,32 @@ def _by_rank(pod: PodView) -> tuple[int, str]:
     return pod.rank, pod.name
 
 
-def trainer_pods(pods: Iterable[PodView], job_uid: str) -> list[PodView]:
-    """The pods the Job of that uid controls, by rank: a pod that only carries the label is not one."""
-    return sorted((pod for pod in pods if pod.controller_uid == job_uid), key=_by_rank)
+def trainer_pods(pods: Iterable[PodView], job: JobView) -> list[PodView]:
+    """The pods of the Job's current admission that it controls, by rank: a pod that only carries the
+    label is not one, and neither is one a queue's preemption ended before the Job was admitted again."""
+    return sorted((pod for pod in pods if pod.controller_uid == job.uid and job.admitted(pod)), key=_by_rank)
 
 
 def saved_checkpoint(pods: Iterable[PodView]) -> tuple[PodView, dict[str, Any]] | None:
-    """Rank 0's pod that exited 0 with a checkpoint pointer, and the pointer as status.checkpoint."""
-    for pod in pods:
-        if pod.rank == 0 and pod.exit_code == 0 and (checkpoint := checkpoint_status(pod.message)):
-            return pod, checkpoint
-    return None
+    """Rank 0's pod that exited 0 with a checkpoint pointer, and the pointer as status.checkpoint; of two
+    such pods (a rank restarted), the newer checkpoint by step, then by savedAt."""
+    saved = [
+        (pod, checkpoint)
+        for pod in pods
+        if pod.rank == 0 and pod.exit_code == 0 and (checkpoint := checkpoint_status(pod.message))
+    ]
+    return max(saved, key=lambda found: _position(found[1]), default=None)
+
+
+def _position(checkpoint: Mapping[str, Any]) -> tuple[int, str]:
+    return checkpoint["step"], str(checkpoint.get("savedAt") or "")
+
+
+def _bound_deleted(filed: dict[str, PodView]) -> None:
+    """At most MAX_DELETED_PODS deleted pods, the oldest filed going first."""
+    deleted = [name for name, pod in filed.items() if pod.deleted]
+    for name in deleted[: max(len(deleted) - MAX_DELETED_PODS, 0)]:
+        del filed[name]
 
 
 def _spec(training_job: Mapping[str, Any]) -> TrainingJobSpec | None:

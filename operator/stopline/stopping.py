@@ -3,7 +3,8 @@
 `next_step(view, now)` looks at one Stopping (or cancelled) TrainingJob as last seen and says the one thing
 to do next; `StopDriver` does it and asks again, until the answer is to wait or the stop concludes. The rules:
 
-1. Cancel: suspend the Job and delete its pods at once, then Cancelled (nothing is saved).
+1. Cancel: read the Job and its pods, suspend the Job and delete its pods at once, then Cancelled (nothing
+   is saved).
 2. Rank 0 exited 0 with its checkpoint manifest: Stopped with status.checkpoint, once nothing of the Job
    can run again: every rank ended cleanly (the Job completes by itself), or the Job is suspended or
    finished (a rank that failed, or one still running past gracePeriod, gets the Job suspended).
@@ -158,6 +159,8 @@ def next_step(view: StopView, now: float) -> Action:
     """The one thing to do next for this stop, as of `now`. Pure: the driver does it and asks again."""
     state = view.state
     if view.cancel:
+        if not state.children_read:
+            return ReadChildren()  # after a restart the watch may not have shown the pods to delete yet
         if not state.killed:
             return Kill()
         return Conclude(Conclusion(CANCELLED, CANCELLED_REASON, "cancelled; nothing was saved"))
@@ -406,7 +409,7 @@ class StopDriver:
         when the TrainingJob controls it, so a foreign Job of that name is never touched."""
         found = await self.kube.read_job(*tracked.key)
         if found is not None:
-            tracked.filed_job = job_view(found)
+            tracked.file_job(job_view(found))
 
     async def _suspend(self, tracked: Tracked, view: StopView) -> None:
         """Suspend the TrainingJob's own Job (by uid); one not seen yet is read first."""

@@ -439,7 +439,7 @@ class Supervisor:
         job = tracked.job if tracked is not None else None
         if tracked is None or job is None or not job.suspended or tracked.phase not in PREEMPTIBLE:
             return
-        saved = saved_checkpoint(trainer_pods([pod], job.uid))
+        saved = saved_checkpoint(trainer_pods([pod], job))
         shown = tracked.status.get("checkpoint")
         if saved is None or (isinstance(shown, Mapping) and not _newer(saved[1], shown)):
             return

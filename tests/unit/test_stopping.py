@@ -9,7 +9,8 @@ from specs import spec
 
 from stopline.pointer import checkpoint_status
 from stopline.progress import JobMemory, gpu_seconds_saved, shown_metrics
-from stopline.registry import Registry, pod_view
+from stopline.registry import MAX_DELETED_PODS, Registry, pod_view, saved_checkpoint
+from stopline.stopping import Conclude, Signal, StopState, StopView, next_step
 
 RAW_SPEC = {
     "template": {"spec": {"containers": [{"name": "trainer", "image": "trainer:1"}]}},
@@ -180,3 +181,101 @@ def test_cohort_study_names_the_peers_whatever_the_jobs_own_label() -> None:
     assert me is not None
     assert [peer.job for peer in registry.cohort(me)] == []
     assert sorted(peer.job for peer in registry.cohort(me, "sweep-2")) == ["b", "c"]
+
+
+def _at(seconds: int) -> str:
+    """An RFC 3339 time, `seconds` after a fixed instant, to the second as the apiserver writes it."""
+    return f"2026-12-07T10:{seconds // 60:02d}:{seconds % 60:02d}Z"
+
+
+def _admitted_pod(name: str, created: int, **status: object) -> dict[str, object]:
+    pod = _pod(name, "a", "0", JOB_UID, **status)
+    pod["metadata"]["creationTimestamp"] = _at(created)  # type: ignore[index]
+    return pod
+
+
+def _started_job(started: int | None, suspend: bool = False) -> dict[str, object]:
+    job = _job(suspend=suspend)
+    job["status"] = {"startTime": _at(started)} if started is not None else {}
+    return job
+
+
+def _exited(code: int, message: str = "") -> list[dict[str, object]]:
+    return [{"name": "trainer", "state": {"terminated": {"exitCode": code, "message": message}}}]
+
+
+def test_after_a_readmission_only_the_new_admissions_pods_speak_for_the_job() -> None:
+    """Kueue preempts the Job and admits it again: same Job, same uid, new pods. The pod the preemption
+    ended (exit 0, with its pointer) is not the job's any more: a stop now signals the new rank 0, and a
+    crash of the new rank 0 fails the stop however well the earlier admission saved."""
+    registry = Registry()
+    tracked = registry.observe_training_job(
+        {"metadata": {"name": "a", "namespace": "ns", "uid": "1", "generation": 1}, "spec": RAW_SPEC}
+    )
+    registry.observe_job(_started_job(0))
+    registry.observe_pod(_admitted_pod("a-old", 1, phase="Running", podIP="127.0.0.2"))
+    registry.observe_job(_started_job(None, suspend=True))  # preempted: the Job controller clears startTime
+    preempted = _admitted_pod("a-old", 1, phase="Failed", containerStatuses=_exited(0, MANIFEST))
+    registry.observe_pod(preempted, deleted=True)
+    assert [pod.name for pod in tracked.pods] == ["a-old"]  # its checkpoint is the preemption's
+
+    registry.observe_job(_started_job(60))  # admitted again
+    registry.observe_pod(_admitted_pod("a-new", 61, phase="Running", podIP="127.0.0.3"))
+    assert [pod.name for pod in tracked.pods] == ["a-new"]
+    assert "a-old" not in tracked.filed_pods  # and forgotten: memory follows the admissions
+    rank_zero = tracked.rank_zero()
+    assert rank_zero is not None and rank_zero.name == "a-new"
+    stop = StopView(False, 0.0, 30.0, 600.0, tracked.job, tracked.pods)
+    assert isinstance(next_step(stop, now=1), Signal)  # not a Wait on the old pointer
+
+    registry.observe_job(_started_job(None, suspend=True))  # the stop suspended it
+    crashed = _admitted_pod("a-new", 61, phase="Failed", containerStatuses=_exited(1))
+    registry.observe_pod(crashed, deleted=True)
+    after = StopView(False, 0.0, 30.0, 600.0, tracked.job, tracked.pods, StopState(children_read=True))
+    action = next_step(after, now=5)
+    assert isinstance(action, Conclude), action
+    assert (action.conclusion.phase, action.conclusion.reason) == ("Failed", "TrainerFailed")
+    assert "code 1" in action.conclusion.message
+
+
+def test_of_two_saved_checkpoints_of_rank_zero_the_newer_by_step_is_the_one_shown() -> None:
+    later = json.dumps({"uri": "/c/e9.pt", "epoch": 9, "step": 900, "savedAt": "2026-12-07T10:00:09Z"})
+    earlier = json.dumps({"uri": "/c/e5.pt", "epoch": 5, "step": 500, "savedAt": "2026-12-07T10:00:05Z"})
+    for names in (("job-aaaaa", "job-zzzzz"), ("job-zzzzz", "job-aaaaa")):  # whatever the names' order
+        pods = [
+            pod_view(_pod(name, "job", "0", phase="Succeeded", containerStatuses=_exited(0, message)))
+            for name, message in zip(names, (later, earlier), strict=True)
+        ]
+        found = saved_checkpoint(sorted(pods, key=lambda pod: pod.name))  # rank order, then name order
+        assert found is not None and found[1]["epoch"] == 9
+
+
+def test_pods_churned_under_a_jobs_name_keep_the_operators_memory_bounded() -> None:
+    """Created and deleted 5,000 times under an existing job's name: impostors are dropped when they go,
+    and of the Job's own deleted pods at most MAX_DELETED_PODS are kept."""
+    registry = Registry()
+    tracked = registry.observe_training_job(
+        {"metadata": {"name": "a", "namespace": "ns", "uid": "1", "generation": 1}, "spec": RAW_SPEC}
+    )
+    registry.observe_job(_job())
+    for index in range(2_500):
+        for owner in (JOB_UID, "not-the-job"):
+            pod = _pod(f"a-{owner}-{index}", "a", "0", owner=owner, phase="Running")
+            registry.observe_pod(pod)
+            registry.observe_pod(pod, deleted=True)
+    assert len(tracked.filed_pods) == MAX_DELETED_PODS
+    assert all(pod.controller_uid == JOB_UID for pod in tracked.filed_pods.values())
+
+
+def test_a_pointer_whose_values_the_crd_would_refuse_is_no_checkpoint_or_loses_only_that_field() -> None:
+    """A status patch with `epoch: "nine"` is refused by the apiserver, and a job whose conclusion can never
+    be written stays Stopping: such values never reach status.checkpoint."""
+    base: dict[str, object] = {"uri": "/c/e3.pt", "epoch": 3, "step": 300}
+    wrong: list[dict[str, object]] = [{"epoch": "nine"}, {"step": 1e400}, {"step": -1}, {"epoch": True}]
+    wrong += [{"uri": 7}, {"uri": "a\nb"}]
+    for bad in wrong:
+        assert checkpoint_status(json.dumps(base | bad)) is None, bad
+    extras = {"bytes": "9", "sha256": "not hex", "savedAt": "yesterday"}
+    assert checkpoint_status(json.dumps(base | extras)) == base
+    good = {"bytes": 9, "sha256": "ab" * 32, "savedAt": "2026-12-07T10:00:00.123Z"}
+    assert checkpoint_status(json.dumps(base | good)) == base | good

@@ -37,6 +37,7 @@ class StandInKube:
     def __init__(self, registry: Registry) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.calls: list[tuple[str, ...]] = []
+        self.pods: list[dict[str, Any]] = []  # what a list of pods answers (the watch delivers none)
         self.registry = registry
         self._version = 0
 
@@ -65,7 +66,7 @@ class StandInKube:
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         self.calls.append(("list_pods", selector))
-        return []
+        return copy.deepcopy(self.pods)
 
     async def suspend_job(self, namespace: str, name: str, uid: str) -> bool:
         self.calls.append(("suspend_job", name, uid))
@@ -187,6 +188,30 @@ def test_a_cancel_never_touches_a_job_of_the_same_name_that_another_object_contr
             await until(lambda: phase(kube, "nightly-etl") == "Cancelled", "phase Cancelled")
         assert not [call for call in kube.calls if call[0] in ("suspend_job", "delete_pod")], kube.calls
         assert kube.objects[("Job", "ns", "nightly-etl")]["spec"]["suspend"] is False
+
+    run(scenario)
+
+
+def test_a_cancel_right_after_a_restart_deletes_the_pods_the_watch_has_not_shown_yet() -> None:
+    """The operator restarted; the Job is known but the pod watch has not delivered the running trainer.
+    The cancel reads the pods first and deletes them: without that it deleted nothing, wrote Cancelled
+    ("nothing was saved") at once, and the trainer saved on the Job's graceful SIGTERM."""
+
+    async def scenario() -> None:
+        registry = Registry()
+        kube = StandInKube(registry)
+        kube.put("TrainingJob", training_job("run", phase="Running"))
+        kube.put("Job", batch_job("run"))
+        references = [{"kind": "Job", "name": "run", "uid": "job-run", "controller": True}]
+        labels = {"stopline.dev/job": "run", "batch.kubernetes.io/job-completion-index": "0"}
+        metadata = {"name": "run-0", "namespace": "ns", "uid": "pod-run-0", "labels": labels}
+        kube.pods = [{"metadata": metadata | {"ownerReferences": references}, "status": {"phase": "Running"}}]
+        async with supervising(kube, registry):
+            annotate(kube, "run", "stopline.dev/cancel", "wrong data")
+            await until(lambda: phase(kube, "run") == "Cancelled", "phase Cancelled")
+        order = [call[0] for call in kube.calls if call[0] in ("list_pods", "delete_pod", "patch_status")]
+        assert order[:2] == ["list_pods", "delete_pod"] and order[-1] == "patch_status", kube.calls
+        assert ("delete_pod", "run-0") in kube.calls
 
     run(scenario)
 

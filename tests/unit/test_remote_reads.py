@@ -13,7 +13,7 @@ import socket
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -393,6 +393,85 @@ def test_the_query_goes_to_the_api_path_under_the_servers_path(path: str) -> Non
 
     (request,) = run(ask())
     assert request.startswith(b"GET /prom/api/v1/query?query=up HTTP/1.1\r\n")
+
+
+# -- what a failure may say about the other end -----------------------------------------------------------
+
+NO_ANSWER_WITHIN_S = 0.5
+
+
+def unused_port() -> int:
+    """A port on 127.0.0.1 where nothing listens: bound, then let go."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@asynccontextmanager
+async def nothing_at(host: str) -> AsyncIterator[Served]:
+    yield Served(f"http://{host}")
+
+
+async def silent(writer: asyncio.StreamWriter) -> None:
+    await asyncio.sleep(2 * NO_ANSWER_WITHIN_S)  # the request was read; no answer comes before the timeout
+
+
+async def hangs_up(writer: asyncio.StreamWriter) -> None:
+    """The connection closes without an answer."""
+
+
+def speaks(banner: bytes) -> Respond:
+    async def respond(writer: asyncio.StreamWriter) -> None:
+        writer.write(banner)
+
+    return respond
+
+
+OTHER_ENDS: dict[str, Callable[[], AbstractAsyncContextManager[Served]]] = {
+    "nothing-listening": lambda: nothing_at(f"127.0.0.1:{unused_port()}"),
+    "no-such-name": lambda: nothing_at("nothing.invalid"),
+    "silent": lambda: server(silent),
+    "hangs-up": lambda: server(hangs_up),
+    "ssh": lambda: server(speaks(b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13.5\r\n")),
+    "redis": lambda: server(speaks(b"-ERR unknown command 'GET', with args beginning with: '/metrics'\r\n")),
+}
+
+
+async def unanswered(other_end: str) -> str:
+    """What a scrape of `other_end` says after its URL."""
+    async with OTHER_ENDS[other_end]() as served, client_session() as client:
+        url = f"{served.url}/metrics"
+        try:
+            await scrape(client, url, NO_ANSWER_WITHIN_S)
+        except ScrapeError as error:
+            return str(error).removeprefix(f"GET {url}: ")
+    raise AssertionError(f"{other_end} answered a scrape")
+
+
+def test_whatever_did_not_answer_reads_the_same() -> None:
+    """M2: the TrainingJob's author picks the host and port, so the message must not tell a closed port from a
+    silent one, a name from none, or HTTP from SSH or Redis: one phrase, nothing of the exception or of the
+    bytes that came."""
+    problems = {other_end: run(unanswered(other_end)) for other_end in OTHER_ENDS}
+    assert len(set(problems.values())) == 1, problems
+    problem = problems["ssh"]
+    assert problem.startswith("no HTTP answer within 0.5 s"), problem
+    for telling in ("Error", "Errno", "SSH", "OpenSSH", "ERR", "unknown command", "Connect call failed"):
+        assert telling not in problem, problem
+
+
+def test_the_status_of_an_answer_that_came_is_shown() -> None:
+    """What a user needs to fix the URL: the status, and what went wrong after it; not the server's text."""
+
+    async def cut_short(writer: asyncio.StreamWriter) -> None:
+        writer.write(head(headers={"Content-Length": "100"}) + b"secret-token=abc")
+
+    error = run(scraped(cut_short))
+    assert isinstance(error, ScrapeError)
+    assert str(error).endswith("/metrics: HTTP 200, body cut short or malformed"), str(error)
+    not_found = run(scraped(whole(b"no such page: secret-token=abc", "404 Not Found")))
+    assert str(not_found).endswith("/metrics: HTTP 404"), str(not_found)
 
 
 # -- pod addresses and excerpts ----------------------------------------------------------------------------

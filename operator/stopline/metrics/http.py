@@ -4,6 +4,11 @@ Whoever can create a TrainingJob chooses the server at the other end, so every a
 a body is read to its end under a byte cap and refused whole when it is larger or cut short (never used as
 a prefix), redirects are refused, compressed bodies are refused (no decompression bomb), and remote text
 reaches a message only as a short, sanitized excerpt.
+
+The author of a TrainingJob can also name any host and port, so a failure says no more than a user needs
+to fix the URL: the HTTP status of an answer that came, or one fixed phrase (`no_answer`) for every way an
+answer did not come. The exception's class and text would tell refused from silent ports, a DNS name from
+none and SSH from Redis: a port scan of whatever the operator can reach.
 """
 
 from __future__ import annotations
@@ -22,6 +27,14 @@ MESSAGE_CHARS = 300  # a whole message built from a remote answer
 CONNECTIONS = 256
 _READ_CHUNK = 64 << 10
 _IDENTITY = {"Accept-Encoding": "identity"}
+
+
+def no_answer(within_s: float) -> str:
+    """The one message for a request that got no HTTP answer, whatever the reason."""
+    return (
+        f"no HTTP answer within {within_s:g} s: the name does not resolve, the connection is refused, "
+        "reset or times out, TLS fails, or the server does not speak HTTP"
+    )
 
 
 class FetchError(RuntimeError):
@@ -102,6 +115,16 @@ async def _read(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _unanswered(status: int | None, timed_out: bool, timeout_s: float) -> str:
+    """What a request that failed says: the fixed phrase until a status line came, then the status and
+    what went wrong after it, never the exception's text."""
+    if status is None:
+        return no_answer(timeout_s)
+    if timed_out:
+        return f"HTTP {status}, no whole answer within {timeout_s:g} s"
+    return f"HTTP {status}, body cut short or malformed"
+
+
 async def fetch(
     session: aiohttp.ClientSession,
     url: str | URL,
@@ -113,6 +136,7 @@ async def fetch(
     """GET `url` and read its whole body, at most `limit` bytes, within `timeout_s` for everything.
     Raises FetchError for no answer, a redirect, a compressed body, or a body over `limit` or cut short."""
     where = f"GET {url}"
+    status: int | None = None  # set once an answer's status line came
     try:
         async with session.get(
             url,
@@ -121,16 +145,17 @@ async def fetch(
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as response:
+            status = response.status
             refusal = _refusal(response.status, response.headers, limit)
             if refusal is not None:
                 raise FetchError(message(where, refusal))
             body = await _read(response, limit)
+    except aiohttp.InvalidURL:
+        raise FetchError(message(where, "not a URL the operator can request")) from None
     except TimeoutError:
-        raise FetchError(message(where, f"no whole answer within {timeout_s:g} s")) from None
-    except aiohttp.ClientPayloadError as error:
-        raise FetchError(message(where, f"body cut short or malformed: {excerpt(str(error))}")) from None
-    except (aiohttp.ClientError, ValueError, OSError) as error:
-        raise FetchError(message(where, f"{type(error).__name__} {excerpt(str(error))}".rstrip())) from None
+        raise FetchError(message(where, _unanswered(status, True, timeout_s))) from None
+    except (aiohttp.ClientError, ValueError, OSError):
+        raise FetchError(message(where, _unanswered(status, False, timeout_s))) from None
     if body is None:
         raise FetchError(message(where, f"body over {_size(limit)}"))
     return Answer(response.status, body)

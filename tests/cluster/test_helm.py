@@ -6,6 +6,7 @@ import json
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,10 @@ def sets(*assignments: str) -> list[str]:
     return [arg for assignment in assignments for arg in ("--set", assignment)]
 
 
+# object store blocks as a public S3 endpoint needs them; each holds a cloud metadata address
+PUBLIC = [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7"]}}]
+
+
 @pytest.mark.parametrize(
     ("values", "kinds"),
     [
@@ -192,6 +197,35 @@ def sets(*assignments: str) -> list[str]:
             ],
             {"NetworkPolicy/team-a/stopline-trainers", "NetworkPolicy/default/stopline-operator"},
             id="network-policy-cluster-wide",
+        ),
+        pytest.param(
+            [
+                *sets(
+                    "operatorNetworkPolicy.enabled=true",
+                    "operatorNetworkPolicy.apiServer.cidrs={10.0.0.1/32,fd00::1/128}",
+                    "operatorNetworkPolicy.objectStore.ports={443,9000}",
+                ),
+                *("--set-json", f"operatorNetworkPolicy.objectStore.to={json.dumps(PUBLIC)}"),
+                *(
+                    "--set-json",
+                    'operatorNetworkPolicy.additionalEgress=[{"ports":[{"port":123,"protocol":"UDP"}]}]',
+                ),
+            ],
+            {"NetworkPolicy/default/stopline-operator-egress"},
+            id="operator-egress-cluster-wide",
+        ),
+        pytest.param(
+            [
+                *sets(
+                    "operatorNetworkPolicy.enabled=true",
+                    "operatorNetworkPolicy.apiServer.cidrs={10.0.0.1/32}",
+                    "watchNamespaces={team-a,team-b}",
+                ),
+                *("--set-json", "operatorNetworkPolicy.dns=[]"),
+                *("--set-json", "operatorNetworkPolicy.prometheus.to=[]"),
+            ],
+            {"NetworkPolicy/default/stopline-operator-egress"},
+            id="operator-egress-namespaced",
         ),
         pytest.param(
             sets("admissionPolicy.enabled=true"),
@@ -237,6 +271,75 @@ def test_each_security_option_renders_and_the_apiserver_accepts_it(
     assert "deployment.apps/stopline" in result.stdout
 
 
+def test_the_operator_egress_policy_cuts_cloud_metadata_out_of_every_listed_block() -> None:
+    values = [
+        *sets(
+            "operatorNetworkPolicy.enabled=true",
+            "operatorNetworkPolicy.apiServer.cidrs={10.0.0.1/32}",
+        ),
+        *("--set-json", f"operatorNetworkPolicy.objectStore.to={json.dumps(PUBLIC)}"),
+        *("--set-json", 'operatorNetworkPolicy.prometheus.to=[{"ipBlock":{"cidr":"10.0.0.0/8"}}]'),
+    ]
+    (policy,) = yaml.safe_load_all(
+        rendered("stopline", "default", *values, only=("operator-networkpolicy.yaml",))
+    )
+    blocks = {
+        peer["ipBlock"]["cidr"]: peer["ipBlock"].get("except")
+        for rule in policy["spec"]["egress"]
+        for peer in rule["to"]
+        if "ipBlock" in peer
+    }
+    assert blocks == {
+        "10.0.0.1/32": None,
+        "0.0.0.0/0": ["169.254.0.0/16"],
+        "::/0": ["fc00::/7", "fe80::/10", "fd00:ec2::254/128"],
+        "10.0.0.0/8": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        pytest.param(
+            sets("operatorNetworkPolicy.enabled=true"),
+            "needs the apiserver's addresses: set operatorNetworkPolicy.apiServer.cidrs",
+            id="no-apiserver",
+        ),
+        pytest.param(
+            [
+                *sets(
+                    "operatorNetworkPolicy.enabled=true",
+                    "operatorNetworkPolicy.apiServer.cidrs={10.0.0.1/32}",
+                ),
+                *(
+                    "--set-json",
+                    'operatorNetworkPolicy.prometheus.to=[{"ipBlock":{"cidr":"169.254.169.254/32"}}]',
+                ),
+            ],
+            "operatorNetworkPolicy.prometheus.to: 169.254.169.254/32 lies in 169.254.0.0/16 (link-local",
+            id="metadata",
+        ),
+        pytest.param(
+            [
+                *sets(
+                    "operatorNetworkPolicy.enabled=true",
+                    "operatorNetworkPolicy.apiServer.cidrs={10.0.0.1/32}",
+                ),
+                *("--set-json", "operatorNetworkPolicy.objectStore.ports=[]"),
+            ],
+            "operatorNetworkPolicy.objectStore.ports: Array must have at least 1 items",
+            id="no-ports",
+        ),
+    ],
+)
+def test_the_operator_egress_policy_refuses_to_render_without_what_it_needs_saying_what_to_set(
+    values: list[str], complaint: str
+) -> None:
+    result = helm("template", "stopline", str(CHART), *values, check=False)
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
 def test_a_network_policy_without_namespaces_refuses_to_render_saying_what_to_set() -> None:
     result = helm("template", "stopline", str(CHART), "--set", "networkPolicy.enabled=true", check=False)
     assert result.returncode != 0
@@ -260,14 +363,49 @@ def selector_text(selector: dict[str, Any]) -> str:
     return ",".join(terms)
 
 
-def test_the_trainer_network_policy_admits_the_charts_operator_pod_and_rank_peers_to_the_built_pods(
-    crd_installed: ControlPlane, namespace: str
-) -> None:
-    """The policy names pods and ports by label and port name: the real operator pod (from the chart's
-    Deployment) and the real trainer pods (the operator's Job, run by the Job controller) must carry them."""
-    plane, release = crd_installed, namespace
-    values = ["--set", "networkPolicy.enabled=true", "--set", f"watchNamespaces={{{namespace}}}"]
-    manifests = rendered(release, namespace, *values)
+class Pods:
+    """The pods of a namespace as the apiserver selects them by a NetworkPolicy's selectors."""
+
+    def __init__(self, plane: ControlPlane, namespace: str) -> None:
+        self.plane, self.namespace = plane, namespace
+
+    def named(self, selector: dict[str, Any]) -> set[str]:
+        out = self.plane.kubectl(
+            "get", "pods", "-n", self.namespace, "-l", selector_text(selector), "-o", "json"
+        )
+        return {pod["metadata"]["name"] for pod in json.loads(out.stdout)["items"]}
+
+    def operator(self) -> set[str]:
+        return self.named({"matchLabels": {"app.kubernetes.io/instance": self.namespace}})
+
+    def trainers(self) -> set[str]:
+        return self.named({"matchLabels": {"job-name": "ranks"}})
+
+    def namespaces(self, selector: dict[str, Any]) -> list[str]:
+        out = self.plane.kubectl("get", "ns", "-l", selector_text(selector), "-o", "name")
+        return out.stdout.split()
+
+    def policy(self, name: str) -> dict[str, Any]:
+        out = self.plane.kubectl("get", "networkpolicy", name, "-n", self.namespace, "-o", "json")
+        return dict(json.loads(out.stdout)["spec"])
+
+    def port_numbers(self, name: str) -> set[int]:
+        """The port `name` of each trainer pod, as a NetworkPolicy's named port finds it."""
+        numbers = set()
+        for pod in self.trainers():
+            spec = json.loads(
+                self.plane.kubectl("get", "pod", pod, "-n", self.namespace, "-o", "json").stdout
+            )
+            ports = [port for c in spec["spec"]["containers"] for port in c.get("ports", [])]
+            numbers |= {port["containerPort"] for port in ports if port.get("name") == name}
+        return numbers
+
+
+@contextmanager
+def chart_and_two_ranks(plane: ControlPlane, namespace: str, *values: str) -> Iterator[Pods]:
+    """The chart installed as release `namespace` in `namespace`, and the Job that the operator builds for a
+    two-rank TrainingJob (metrics port 8123), run by the Job controller; yields their pods once they exist."""
+    manifests = rendered(namespace, namespace, *values)
     try:
         plane.kubectl("apply", "-n", namespace, "-f", "-", input=manifests)
         two_ranks = manifest(name="ranks", replicas=2, metrics={"port": 8123})
@@ -276,45 +414,55 @@ def test_the_trainer_network_policy_admits_the_charts_operator_pod_and_rank_peer
         owner = Owner(name="ranks", namespace=namespace, uid=created["metadata"]["uid"])
         job = build_job(owner, parse_spec(created["spec"]))
         plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
-
-        def pod_names(selector: dict[str, Any]) -> set[str]:
-            out = plane.kubectl("get", "pods", "-n", namespace, "-l", selector_text(selector), "-o", "json")
-            return {pod["metadata"]["name"] for pod in json.loads(out.stdout)["items"]}
-
-        def trainer_pods() -> set[str]:
-            return pod_names({"matchLabels": {"job-name": "ranks"}})
-
-        operator_pods = wait_until(
-            lambda: pod_names({"matchLabels": {"app.kubernetes.io/instance": release}}),
-            60,
-            "the Deployment's operator pod",
-        )
-        trainers = wait_until(lambda: len(trainer_pods()) == 2 and trainer_pods(), 60, "two trainer pods")
-        policy = json.loads(
-            plane.kubectl(
-                "get", "networkpolicy", f"{release}-stopline-trainers", "-n", namespace, "-o", "json"
-            ).stdout
-        )["spec"]
-        assert pod_names(policy["podSelector"]) == trainers
-        from_operator, from_peers = policy["ingress"][0], policy["ingress"][1]
-        (operator_peer,) = from_operator["from"]
-        assert pod_names(operator_peer["podSelector"]) == operator_pods
-        namespaces = plane.kubectl(
-            "get", "ns", "-l", selector_text(operator_peer["namespaceSelector"]), "-o", "name"
-        )
-        assert namespaces.stdout.split() == [f"namespace/{namespace}"]
-        for pod in trainers:  # the port the operator scrapes and stops, found by the name the policy uses
-            spec = json.loads(plane.kubectl("get", "pod", pod, "-n", namespace, "-o", "json").stdout)["spec"]
-            ports = {p["name"]: p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])}
-            assert {(port["port"], port["protocol"]) for port in from_operator["ports"]} == {
-                ("stopline", "TCP")
-            }
-            assert ports["stopline"] == 8123
-        (peer,) = from_peers["from"]
-        assert pod_names(peer["podSelector"]) == trainers
-        assert "ports" not in from_peers  # rendezvous, NCCL and gloo: any port
+        pods = Pods(plane, namespace)
+        wait_until(pods.operator, 60, "the Deployment's operator pod")
+        wait_until(lambda: len(pods.trainers()) == 2, 60, "two trainer pods")
+        yield pods
     finally:
         delete_cluster_scoped(plane, manifests)
+
+
+def test_the_trainer_network_policy_admits_the_charts_operator_pod_and_rank_peers_to_the_built_pods(
+    crd_installed: ControlPlane, namespace: str
+) -> None:
+    """The policy names pods and ports by label and port name: the real operator pod (from the chart's
+    Deployment) and the real trainer pods (the operator's Job, run by the Job controller) must carry them."""
+    values = sets("networkPolicy.enabled=true", f"watchNamespaces={{{namespace}}}")
+    with chart_and_two_ranks(crd_installed, namespace, *values) as pods:
+        policy = pods.policy(f"{namespace}-stopline-trainers")
+        assert pods.named(policy["podSelector"]) == pods.trainers()
+        from_operator, from_peers = policy["ingress"][0], policy["ingress"][1]
+        (operator_peer,) = from_operator["from"]
+        assert pods.named(operator_peer["podSelector"]) == pods.operator()
+        assert pods.namespaces(operator_peer["namespaceSelector"]) == [f"namespace/{namespace}"]
+        # the port the operator scrapes and stops, found by the name the policy uses
+        assert from_operator["ports"] == [{"port": "stopline", "protocol": "TCP"}]
+        assert pods.port_numbers("stopline") == {8123}
+        (peer,) = from_peers["from"]
+        assert pods.named(peer["podSelector"]) == pods.trainers()
+        assert "ports" not in from_peers  # rendezvous, NCCL and gloo: any port
+
+
+def test_the_operator_egress_policy_lets_the_charts_operator_pod_reach_the_built_trainer_pods_and_no_more(
+    crd_installed: ControlPlane, namespace: str
+) -> None:
+    values = sets(
+        "operatorNetworkPolicy.enabled=true",
+        "operatorNetworkPolicy.apiServer.cidrs={10.0.0.1/32}",
+        f"watchNamespaces={{{namespace}}}",
+    )
+    with chart_and_two_ranks(crd_installed, namespace, *values) as pods:
+        policy = pods.policy(f"{namespace}-stopline-operator-egress")
+        assert policy["policyTypes"] == ["Egress"]
+        assert pods.named(policy["podSelector"]) == pods.operator()
+        # a rule without `to` would allow every destination: objectStore.to is [] by default
+        assert all(rule.get("to") for rule in policy["egress"])
+        (to_trainers,) = [rule for rule in policy["egress"] if rule["ports"][0]["port"] == "stopline"]
+        (trainers,) = to_trainers["to"]
+        assert pods.named(trainers["podSelector"]) == pods.trainers()
+        assert pods.namespaces(trainers["namespaceSelector"]) == [f"namespace/{namespace}"]
+        assert to_trainers["ports"] == [{"port": "stopline", "protocol": "TCP"}]
+        assert pods.port_numbers("stopline") == {8123}
 
 
 def test_namespace_editors_may_create_training_jobs_and_viewers_may_only_read_them(

@@ -100,6 +100,28 @@ def test_the_pod_monitor_limits_the_samples_of_one_trainer_scrape(
     assert pod_monitor["spec"].get("sampleLimit") == limit
 
 
+def notes(plane: ControlPlane, *values: str) -> str:
+    """What `helm install` prints after installing (helm template leaves NOTES.txt out)."""
+    install = ["install", "stopline", str(CHART), "-n", "default", "--dry-run=server", "--skip-crds"]
+    out = helm(f"--kubeconfig={plane.kubeconfig}", *install, *values).stdout
+    return out[out.index("NOTES:") :]
+
+
+def test_a_cluster_wide_install_warns_that_each_of_its_rights_holds_in_every_namespace(
+    control_plane: ControlPlane,
+) -> None:
+    """The default stays cluster-wide (one team, a first try, the node tier's install), so the install
+    itself says what that grants, from the rules the ClusterRole is made of, and how to narrow it."""
+    printed = notes(control_plane)
+    assert "WARNING: cluster-wide rights" in printed
+    assert "in EVERY namespace, kube-system included" in printed
+    for rule in yaml.safe_load((CHART / "files" / "operator-rules.yaml").read_text()):
+        group = f" ({rule['apiGroups'][0]})" if rule["apiGroups"][0] else ""
+        assert f"  {', '.join(rule['resources'])}{group}: {', '.join(rule['verbs'])}\n" in printed
+    assert "--set 'watchNamespaces={team-a,team-b}'" in printed
+    assert "WARNING" not in notes(control_plane, "--set", "watchNamespaces={team-a}")
+
+
 def as_service_account(
     plane: ControlPlane, namespace: str, release: str, values: list[str], folder: Path
 ) -> Path:

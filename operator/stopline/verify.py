@@ -5,18 +5,42 @@ weights, so before a TrainingJob shows a checkpoint on an object store the opera
 CheckpointVerified). A claim cannot be asked: the operator mounts no volume, so a PVC checkpoint gets no
 such condition. The answer is only ever a condition: weights that are there but cannot be checked are
 not thrown away.
+
+The HEAD is one path-style request (`<endpoint>/<bucket>/<key>`), signed with botocore's SigV4 signer
+when the TrainingJob names a credentials Secret, sent with aiohttp: the whole of it (lookup, connect,
+TLS, answer) has DEADLINE_S, and a HEAD past it is cancelled, its connection closed, and the checkpoint
+Unchecked. No thread is held by a server that trickles its answer, and none of the loop's default
+executor, where aiohttp resolves every other name: a host name is looked up on LOOKUP_THREADS threads of
+this module's own, at most LOOKUPS_PER_NAMESPACE of them for one namespace's names.
+
+The name is looked up once, and the connection goes to the addresses found. No proxy is used
+(HTTP(S)_PROXY would resolve the name itself); TLS trusts the system's CAs, or AWS_CA_BUNDLE's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
+import re
+import socket
+import ssl
+import threading
+from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from yarl import URL
 
 from stopline.api import ObjectStoreTarget, TrainingJobSpec
 from stopline.kube import Kube
 from stopline.lifecycle import Condition
-from stopline.metrics.http import excerpt
+from stopline.metrics.http import excerpt, no_answer
 from stopline.vocabulary import (
     CHECKPOINT_VERIFIED,
     OBJECT_MISSING,
@@ -26,15 +50,34 @@ from stopline.vocabulary import (
     OBJECT_VERIFIED,
 )
 
-TIMEOUT_S = 5.0
+if TYPE_CHECKING:
+    from aiohttp.abc import ResolveResult
+
+DEADLINE_S = 10.0
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+LOOKUP_THREADS = 8
+LOOKUPS_PER_NAMESPACE = 2
+_QUOTA_POLL_S = 0.05
+_ENDPOINT = "spec.checkpoint.objectStore.endpoint"
+_AWS_REGION = re.compile(r"[a-z0-9-]{1,32}")
+_LENGTH = re.compile(r"[0-9]{1,19}")
+_KEY = re.compile(r"[!-~]{1,256}")  # an access key or secret: printable ASCII, no space (it goes in a header)
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class _Unchecked(Exception):
+    """The HEAD was not sent, or got no usable answer; the message says why, for the condition."""
 
 
 def _bucket_and_key(uri: str) -> tuple[str, str] | None:
+    """`s3://bucket/key`; None for anything else, or a key with `.` or `..` segments, which a server
+    (or the URL path) may resolve to an object outside the bucket and prefix the check compared."""
     if not uri.startswith("s3://"):
         return None
     bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return (bucket, key) if bucket and key else None
+    if not bucket or not key or {".", ".."} & {bucket, *key.split("/")}:
+        return None
+    return bucket, key
 
 
 async def verify_checkpoint(
@@ -49,6 +92,10 @@ async def verify_checkpoint(
     if where is None or not uri.startswith(target.uri.rstrip("/") + "/"):
         message = f"the trainer named {excerpt(uri)!r}, which is not under spec.checkpoint.objectStore.uri"
         return Condition(CHECKPOINT_VERIFIED, False, OBJECT_OUTSIDE_TARGET, message)
+    try:
+        endpoint = _endpoint(target)
+    except _Unchecked as why:
+        return Condition(CHECKPOINT_VERIFIED, False, OBJECT_UNCHECKED, str(why))
     credentials: dict[str, str] = {}
     if target.credentials_secret:
         for key in CREDENTIAL_KEYS:
@@ -56,13 +103,22 @@ async def verify_checkpoint(
             if value:
                 credentials[key] = value
     try:
-        length = await asyncio.to_thread(_head, target, credentials, *where)
-    except Exception as error:  # boto3 missing, no route, refused, a server that is not S3: all unchecked
-        message = f"HEAD {excerpt(uri)} failed: {excerpt(f'{type(error).__name__}: {error}')}"
+        async with asyncio.timeout(DEADLINE_S):
+            status, length = await _head(namespace, endpoint, target.region, credentials, *where)
+    except TimeoutError:
+        message = f"HEAD {excerpt(uri)} timed out: no whole answer within {DEADLINE_S:g} s"
+        return Condition(CHECKPOINT_VERIFIED, False, OBJECT_UNCHECKED, message)
+    except _Unchecked as why:
+        return Condition(CHECKPOINT_VERIFIED, False, OBJECT_UNCHECKED, str(why))
+    except (aiohttp.ClientError, OSError, ValueError):
+        message = f"HEAD {excerpt(uri)}: {no_answer(DEADLINE_S)}"
+        return Condition(CHECKPOINT_VERIFIED, False, OBJECT_UNCHECKED, message)
+    if status == 404:
+        return Condition(CHECKPOINT_VERIFIED, False, OBJECT_MISSING, f"{excerpt(uri)} does not exist")
+    if status != 200 or length is None:
+        message = f"HEAD {excerpt(uri)}: {_status_problem(status)}"
         return Condition(CHECKPOINT_VERIFIED, False, OBJECT_UNCHECKED, message)
     expected = checkpoint.get("bytes")
-    if length is None:
-        return Condition(CHECKPOINT_VERIFIED, False, OBJECT_MISSING, f"{excerpt(uri)} does not exist")
     if isinstance(expected, int) and length != expected:
         message = f"{excerpt(uri)} has {length} bytes, the trainer's manifest says {expected}"
         return Condition(CHECKPOINT_VERIFIED, False, OBJECT_SIZE_MISMATCH, message)
@@ -70,31 +126,164 @@ async def verify_checkpoint(
     return Condition(CHECKPOINT_VERIFIED, True, OBJECT_VERIFIED, message)
 
 
-def _head(target: ObjectStoreTarget, credentials: Mapping[str, str], bucket: str, key: str) -> int | None:
-    """The object's size, None when it does not exist (S3 answers 404). Runs in a thread: boto3 blocks."""
-    import boto3  # the s3 extra: an operator without it reports the checkpoint as unchecked
-    from botocore import UNSIGNED
-    from botocore.config import Config
-    from botocore.exceptions import ClientError
+def _status_problem(status: int) -> str:
+    """What an answer other than a 404 or a 200 with its size says: its status, and what to check."""
+    if status == 200:
+        return "HTTP 200 without a Content-Length"
+    if status == 403:
+        return "HTTP 403: access denied (check spec.checkpoint.objectStore.credentialsSecret)"
+    if 300 <= status < 400:
+        return f"HTTP {status} redirect, not followed (check {_ENDPOINT} and the region)"
+    return f"HTTP {status}"
 
+
+def _endpoint(target: ObjectStoreTarget) -> URL:
+    """The endpoint's URL; _Unchecked when it is none."""
+    if target.endpoint is None:
+        region = target.region or "us-east-1"
+        if not _AWS_REGION.fullmatch(region):
+            raise _Unchecked(f"spec.checkpoint.objectStore.region {excerpt(region)!r} is not an AWS region")
+        text = f"https://s3.{region}.amazonaws.com"
+    else:
+        text = target.endpoint
+    try:
+        url = URL(text)
+        port = url.port
+    except ValueError:
+        raise _Unchecked(f"{_ENDPOINT} {excerpt(text)!r} is not a URL") from None
+    if not url.raw_host or port is None or url.raw_user is not None or url.raw_query_string or url.fragment:
+        raise _Unchecked(f"{_ENDPOINT} {excerpt(text)!r} must be scheme://host[:port][/path], nothing more")
+    return url
+
+
+# -- the lookup, on threads of its own ------------------------------------------------------------------
+
+
+class _Lookups:
+    """getaddrinfo on threads of this module's own. A lookup blocks its thread until the resolver answers
+    or gives up (resolv.conf's timeout and attempts, over every search domain): on the loop's default
+    executor, the names of one tenant's DNS server would hold aiohttp's lookups for every other name.
+    A namespace holds at most LOOKUPS_PER_NAMESPACE threads; its further lookups wait, within their
+    deadline, for one of its own to end."""
+
+    def __init__(self) -> None:
+        self._threads = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="stopline-s3-lookup")
+        self._lock = threading.Lock()
+        self._held: Counter[str] = Counter()
+
+    async def addresses(self, namespace: str, host: str, port: int) -> list[tuple[Any, ...]]:
+        while not self._take(namespace):
+            await asyncio.sleep(_QUOTA_POLL_S)
+        lookup = self._threads.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+        lookup.add_done_callback(lambda _: self._give_back(namespace))  # when the thread ends, not the wait
+        return await asyncio.wrap_future(lookup)
+
+    def _take(self, namespace: str) -> bool:
+        with self._lock:
+            if self._held[namespace] >= LOOKUPS_PER_NAMESPACE:
+                return False
+            self._held[namespace] += 1
+            return True
+
+    def _give_back(self, namespace: str) -> None:
+        with self._lock:
+            self._held[namespace] -= 1
+            if not self._held[namespace]:
+                del self._held[namespace]
+
+
+_LOOKUPS = _Lookups()
+
+
+class _Pinned(AbstractResolver):
+    """aiohttp's resolver for one HEAD: the addresses already looked up and checked, never a new lookup."""
+
+    def __init__(self, host: str, resolved: list[ResolveResult]) -> None:
+        self._host, self._resolved = host, resolved
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if host != self._host:
+            raise OSError(f"only {self._host} was looked up")
+        return self._resolved
+
+    async def close(self) -> None:
+        pass
+
+
+async def _resolved(namespace: str, host: str, port: int) -> list[ResolveResult]:
+    """Every address `host` resolves to."""
+    try:
+        literal: _Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        found = [(family, str(literal), port)]
+    else:
+        answers = await _LOOKUPS.addresses(namespace, host, port)
+        found = list(
+            dict.fromkeys((family, sockaddr[0], sockaddr[1]) for family, _, _, _, sockaddr in answers)
+        )
+    flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+    return [
+        {"hostname": host, "host": address, "port": number, "family": family, "proto": 0, "flags": flags}
+        for family, address, number in found
+    ]
+
+
+# -- the HEAD ---------------------------------------------------------------------------------------------
+
+
+async def _head(
+    namespace: str,
+    endpoint: URL,
+    region: str | None,
+    credentials: Mapping[str, str],
+    bucket: str,
+    key: str,
+) -> tuple[int, int | None]:
+    """The answer's status and its Content-Length (None when absent or not a number)."""
+    assert endpoint.raw_host is not None and endpoint.port is not None  # _endpoint's checks
+    resolved = await _resolved(namespace, endpoint.raw_host, endpoint.port)
+    path = f"{endpoint.raw_path.rstrip('/')}/{quote(bucket, safe='')}/{quote(key)}"
+    url = f"{endpoint.scheme}://{endpoint.raw_authority}{path}"
     # Only the TrainingJob's own credentials, never the operator's ambient ones (its environment, its
     # instance or pod identity): without a Secret the request goes unsigned, as to a public bucket.
-    signed = "AWS_ACCESS_KEY_ID" in credentials and "AWS_SECRET_ACCESS_KEY" in credentials
-    config = Config(connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S, retries={"max_attempts": 1})
-    if not signed:
-        config = config.merge(Config(signature_version=UNSIGNED))
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=target.endpoint,
-        region_name=target.region or "us-east-1",
-        aws_access_key_id=credentials.get("AWS_ACCESS_KEY_ID") if signed else None,
-        aws_secret_access_key=credentials.get("AWS_SECRET_ACCESS_KEY") if signed else None,
-        config=config,
+    signed = all(name in credentials for name in CREDENTIAL_KEYS)
+    headers = _signature(url, region or "us-east-1", credentials) if signed else {}
+    connector = aiohttp.TCPConnector(
+        resolver=_Pinned(endpoint.raw_host, resolved),
+        use_dns_cache=False,
+        force_close=True,
+        ssl=_trusted() if endpoint.scheme == "https" else True,
     )
+    async with (
+        aiohttp.ClientSession(connector=connector, auto_decompress=False) as session,
+        session.head(URL(url, encoded=True), headers=headers, allow_redirects=False) as answer,
+    ):
+        length = answer.headers.get("Content-Length", "")
+        return answer.status, int(length) if _LENGTH.fullmatch(length) else None
+
+
+def _signature(url: str, region: str, credentials: Mapping[str, str]) -> dict[str, str]:
+    """SigV4 headers for a HEAD of `url` with the TrainingJob's keys: botocore signs, aiohttp sends."""
     try:
-        answer = client.head_object(Bucket=bucket, Key=key)
-    except ClientError as error:
-        if str(error.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise
-    return int(answer["ContentLength"])
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+    except ImportError:
+        raise _Unchecked("the operator cannot sign the HEAD: it has no botocore (stopline[s3])") from None
+    if not all(_KEY.fullmatch(credentials[name]) for name in CREDENTIAL_KEYS):
+        raise _Unchecked("the keys in spec.checkpoint.objectStore.credentialsSecret are not printable ASCII")
+    request = AWSRequest(method="HEAD", url=url)
+    keys = Credentials(credentials["AWS_ACCESS_KEY_ID"], credentials["AWS_SECRET_ACCESS_KEY"])
+    S3SigV4Auth(keys, "s3", region).add_auth(request)
+    return {str(name): str(value) for name, value in request.headers.items()}
+
+
+@cache
+def _trusted() -> ssl.SSLContext:
+    """The system's CAs, or AWS_CA_BUNDLE's as boto3 would: made once, not on every HEAD."""
+    return ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)

@@ -165,6 +165,9 @@ class Kube:
     async def read_job(self, namespace: str, name: str) -> Manifest | None:
         return await self._read("Job", namespace, name)
 
+    async def read_pod(self, namespace: str, name: str) -> Manifest | None:
+        return await self._read("Pod", namespace, name)
+
     async def read_claim(self, namespace: str, name: str) -> Manifest | None:
         return await self._read("PersistentVolumeClaim", namespace, name)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from stopline.criteria.decision import REASON_TYPES
@@ -22,6 +23,7 @@ MAX_TAIL = 8  # the trainer's TAIL_EPOCHS
 CHECKPOINT_KEYS = ("uri", "epoch", "step", "bytes", "sha256", "savedAt")  # status.checkpoint's fields
 MAX_COUNT = 2**53  # an epoch, step or size JSON numbers hold exactly
 MAX_URI = 1024  # the trainer keeps the pointer under 1 KiB
+_DIGITS = re.compile(r"[0-9]{1,16}")
 _DIGEST = re.compile(r"[0-9a-fA-F]{1,128}")  # sha256 in hex; the CRD asks only for a string
 
 
@@ -48,8 +50,10 @@ def checkpoint_status(termination_message: str) -> dict[str, Any] | None:
     """status.checkpoint from rank 0's termination message; None if it is not a pointer: uri, epoch and
     step of the right types are needed; a bytes, sha256 or savedAt that is not one is left out."""
     pointer = _pointer(termination_message)
-    if pointer is None:
-        return None
+    return _checked(pointer) if pointer is not None else None
+
+
+def _checked(pointer: Mapping[str, object]) -> dict[str, Any] | None:
     uri, epoch, step = _uri(pointer.get("uri")), _count(pointer.get("epoch")), _count(pointer.get("step"))
     if uri is None or epoch is None or step is None:
         return None
@@ -61,6 +65,19 @@ def checkpoint_status(termination_message: str) -> dict[str, Any] | None:
     if isinstance(saved_at := pointer.get("savedAt"), str) and len(saved_at) <= 64 and seconds(saved_at):
         checkpoint["savedAt"] = saved_at
     return checkpoint
+
+
+def exported_checkpoint(labels: Mapping[str, str] | None) -> dict[str, Any] | None:
+    """status.checkpoint from the labels of rank 0's stopline_checkpoint_info series (the last checkpoint
+    it saved, as it runs), checked as the termination message is; None when they name no checkpoint."""
+    if not labels:
+        return None
+    pointer: dict[str, object] = {"uri": labels.get("uri"), "sha256": labels.get("sha256")}
+    pointer["savedAt"] = labels.get("saved_at")
+    for key in ("epoch", "step", "bytes"):  # label values are text
+        if _DIGITS.fullmatch(text := labels.get(key, "")):
+            pointer[key] = int(text)
+    return _checked(pointer)
 
 
 def last_values(termination_message: str) -> dict[int, float]:

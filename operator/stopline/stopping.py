@@ -173,6 +173,14 @@ def next_step(view: StopView, now: float) -> Action:
         if view.active or any(pod.exit_code not in (None, 0) for pod in view.pods):
             return Suspend(unacknowledged=False)  # a failed rank would be started again by the Job
         return Conclude(saved)  # every rank exited 0: the Job completes by itself
+    if state.killed:  # even when the deleted pods are already gone from the view: they never saved
+        message = (
+            f"the trainer did not exit within gracePeriod ({view.grace_period_s:g}s) after the stop signal; "
+            f"its pods were deleted and the weights were not saved at the stop{_last_saved(view.kept)}"
+        )
+        return Conclude(Conclusion(FAILED, GRACE_PERIOD_EXPIRED, message, warning=True))
+    if view.active and now - view.began_at >= view.grace_period_s:
+        return Kill()  # gracePeriod bounds the whole stop, asking included: a frozen trainer never answers
     if state.signalled is None or _ask_again(view, now):
         if any(pod.reachable for pod in view.pods):
             if state.signalled is None or now - state.signalled.at >= RETRY_S:
@@ -184,14 +192,8 @@ def next_step(view: StopView, now: float) -> Action:
             return Wait()  # pods that are not serving yet: a SIGTERM before the trainer handles it kills it
     if not view.job_at_rest and (state.signalled is None or state.signalled.acknowledged == 0):
         return Suspend(unacknowledged=True)
-    if state.killed:  # even when the deleted pods are already gone from the view: they never saved
-        message = (
-            f"the trainer did not exit within gracePeriod ({view.grace_period_s:g}s) after the stop signal; "
-            "its pods were deleted and the weights were not saved"
-        )
-        return Conclude(Conclusion(FAILED, GRACE_PERIOD_EXPIRED, message, warning=True))
     if view.active:
-        return Wait() if now - view.began_at < view.grace_period_s else Kill()
+        return Wait()
     if not state.children_read:
         return ReadChildren()
     if not view.job_at_rest:
@@ -208,6 +210,14 @@ def next_step(view: StopView, now: float) -> Action:
         else "no trainer pod ran; the Job was suspended before any started"
     )
     return Conclude(Conclusion(STOPPED, NO_CHECKPOINT, message, warning=True))
+
+
+def _last_saved(kept: Mapping[str, Any] | None) -> str:
+    """Where the last weights the trainer saved before the stop are (status.checkpoint), if it saved any."""
+    if kept is None:
+        return ""
+    where = f"epoch {kept.get('epoch')}, step {kept.get('step')}: {kept.get('uri')}"
+    return f"; the last weights saved before it are at {where} (status.checkpoint)"
 
 
 def _ask_again(view: StopView, now: float) -> bool:

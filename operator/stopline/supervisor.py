@@ -44,8 +44,9 @@ from stopline.metrics.epochs import EpochsError, missed_epochs
 from stopline.metrics.exposition import TrainerReport
 from stopline.metrics.http import endpoint_url, excerpt
 from stopline.metrics.scrape import ScrapeError, scrape
+from stopline.pointer import exported_checkpoint
 from stopline.progress import JobMemory, gpu_seconds_saved, progress_status
-from stopline.registry import Key, PodView, Registry, Tracked, saved_checkpoint, trainer_pods
+from stopline.registry import Key, PodView, Registry, Tracked, pod_view, saved_checkpoint, trainer_pods
 from stopline.status import StatusWriter
 from stopline.stopping import StopDriver, every_rank_exited, hold, release_from_queue
 from stopline.vocabulary import (
@@ -232,6 +233,7 @@ class Supervisor:
         if tracked.phase in HELD_PHASES:
             await self._read_queue(tracked, memory)
         report, error = fetched if fetched is not None else await self._scrape(tracked, spec)
+        silent = fetched is None and report is None and error is not None and await self._still_runs(tracked)
         epochs, missed = await self._epochs(tracked, spec, memory, report)
         promql, gpu_utilization = await self._live_inputs(tracked, spec)
         now = self.clock()
@@ -242,12 +244,18 @@ class Supervisor:
         new_epoch = report is not None and memory.record(spec, epochs, report.epoch_seconds)
         if report is not None:  # the epoch in progress is not complete: its values may still come
             memory.fed_epoch = max(min(memory.fed_epoch, report.epoch - 1), 0)
-        observation = observe(tracked, spec, report, epochs, promql, gpu_utilization, now, self.registry)
+        observation = observe(
+            tracked, spec, report, epochs, promql, gpu_utilization, now, self.registry, trainer_silent=silent
+        )
         evaluation = evaluate(spec, memory.states, observation)
         memory.states = dict(evaluation.states)
         fields: dict[str, Any] = {}
         if new_epoch and report is not None:
             fields |= progress_status(spec, memory, report, evaluation, self.writer.now())
+            saved = exported_checkpoint(report.checkpoint)
+            shown = tracked.status.get("checkpoint")
+            if saved is not None and (not isinstance(shown, Mapping) or _newer(saved, shown)):
+                fields["checkpoint"] = saved  # the last weights, should the trainer never save again
         decision = evaluation.decision
         if decision is not None and (not spec.stop_policy.dry_run or decision.type in MANUAL_TYPES):
             await self._begin_stop(tracked, spec, memory, decision, fields, now)
@@ -329,6 +337,21 @@ class Supervisor:
         """One instant query, at most QUERIES_AT_ONCE at a time: memory stays bounded whatever answers."""
         async with self._queries:
             return await prometheus.instant_query(self.session, url, query, SCRAPE_TIMEOUT_S)
+
+    async def _still_runs(self, tracked: Tracked) -> bool:
+        """Whether the apiserver answers that rank 0's pod, which just did not answer its scrape, still runs:
+        then the trainer itself stopped answering (it hangs), not the operator's reach (an outage)."""
+        pod = tracked.rank_zero()
+        if pod is None:
+            return False
+        try:
+            found = await self.kube.read_pod(tracked.key[0], pod.name)
+        except Exception:  # the apiserver does not answer either: the operator is cut off, count nothing
+            return False
+        if found is None:
+            return False
+        current = pod_view(found)
+        return current.uid == pod.uid and current.reachable
 
     async def _scrape(self, tracked: Tracked, spec: TrainingJobSpec) -> Fetched:
         pod = tracked.rank_zero()
@@ -467,8 +490,10 @@ def observe(
     gpu_utilization: float | None,
     now: float,
     registry: Registry,
+    trainer_silent: bool = False,
 ) -> Observation:
-    """What the engine sees of a job at `now`: pure, from the watched body, the report and the live inputs."""
+    """What the engine sees of a job at `now`: pure, from the watched body, the report and the live inputs;
+    `trainer_silent`: rank 0 gave no report while the apiserver says its pod runs."""
     annotations = tracked.annotations
     stop = annotations.get(STOP_ANNOTATION)
     cancel = annotations.get(CANCEL_ANNOTATION)
@@ -482,6 +507,7 @@ def observe(
         promql=promql,
         cohort=registry.cohort(tracked, _cohort_study(spec)),
         answered=report is not None,
+        trainer_silent=trainer_silent,
         paused=tracked.phase in HELD_PHASES,
         stop=Request(STOP_ANNOTATION, stop) if stop is not None else None,
         cancel=Request(CANCEL_ANNOTATION, cancel) if cancel is not None else None,

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stopline.api import parse_spec
 from stopline.metrics import exposition
 from stopline.metrics.exposition import parse_exposition
-from stopline.pointer import checkpoint_status, last_values, stop_cause
+from stopline.pointer import checkpoint_status, exported_checkpoint, last_values, stop_cause
 from stopline.workload import Owner, build_job, build_token_secret
 from stopline_local.controlplane import REPO
 from stopline_trainer import Config, Run
@@ -169,6 +169,8 @@ def test_the_operator_reads_the_trainers_own_exposition(tmp_path: Path) -> None:
     assert report.stop_requested
     assert report.checkpoint == {
         "uri": manifest.uri,
+        "epoch": "3",
+        "step": "300",
         "sha256": manifest.sha256,
         "bytes": str(manifest.size),
         "saved_at": manifest.saved_at,
@@ -211,6 +213,8 @@ def test_rank_zeros_termination_message_becomes_status_checkpoint(tmp_path: Path
         run.report(7, 700, **{f"metric_{i}": float(i) for i in range(80)})
         run.flag.request("promql: " + "up == 0 or " * 400)
         manifest = run.save({"weights": torch.ones(2)})
+        with urllib.request.urlopen(f"http://127.0.0.1:{run.server.port}/metrics", timeout=5) as scrape:
+            exported = parse_exposition(scrape.read().decode()).checkpoint
     assert manifest is not None
 
     status = checkpoint_status((tmp_path / "termination-log").read_text())
@@ -223,6 +227,8 @@ def test_rank_zeros_termination_message_becomes_status_checkpoint(tmp_path: Path
         "savedAt": manifest.saved_at,
     }
     assert set(status) == status_checkpoint_keys()  # every key the CRD's status.checkpoint has, no other
+    # while it runs, its /metrics names the same checkpoint (shown in status, should it never save again)
+    assert exported_checkpoint(exported) == status
     assert datetime.fromisoformat(status["savedAt"]).tzinfo is not None  # a date-time the CRD accepts
     kept = json.loads(Path(manifest.uri).with_name("last.json").read_bytes())
     assert kept["stopReason"].startswith("promql: up == 0") and len(kept["metrics"]) == 80

@@ -255,6 +255,26 @@ def test_a_monitoring_outage_is_not_counted_as_a_hung_trainer() -> None:
     assert stale.decision is not None and stale.decision.type == "Stale"
 
 
+def test_a_trainer_that_stops_answering_while_its_pod_runs_is_stale_within_stale_after() -> None:
+    """Frozen after its last answer at t=60 (SIGSTOP, a hung collective, a cut network, a lost node): the
+    apiserver says the pod runs, so the silence counts, and the message says since when."""
+    job = spec(metrics={"staleAfter": "10m"})
+    first = evaluate(job, {}, Observation(now=0.0, started_at=0.0, step=50))
+    last = evaluate(job, first.states, Observation(now=60.0, step=51))
+    silent = evaluate(job, last.states, Observation(now=600.0, answered=False, trainer_silent=True))
+    assert silent.decision is None and "not answered for 9 min (counted)" in silent.criteria[-1].message
+    stale = evaluate(job, silent.states, Observation(now=660.0, answered=False, trainer_silent=True))
+    assert stale.decision is not None and stale.decision.type == "Stale"
+    assert "stopped answering at 1970-01-01T00:01:00Z while its pod runs" in stale.decision.message
+    # a trainer that never answered (still importing torch, a wrong port) is not hung: it is not counted
+    never = evaluate(job, {}, Observation(now=0.0, answered=False, trainer_silent=True))
+    later = evaluate(job, never.states, Observation(now=3600.0, answered=False, trainer_silent=True))
+    assert later.decision is None
+    # and an answer ends the silence: only time without a new step counts after it
+    back = evaluate(job, silent.states, Observation(now=620.0, step=52))
+    assert evaluate(job, back.states, Observation(now=1200.0, step=52)).decision is None
+
+
 def test_manual_stop_and_cancel_come_from_the_annotations_cancel_first() -> None:
     job = spec({"name": "p", "patience": {"patience": 1}})
     stop = Request("stopline.dev/stop", "enough for today")

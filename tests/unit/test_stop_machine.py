@@ -129,6 +129,23 @@ def test_running_pods_are_waited_for_until_the_grace_period_then_killed_and_fail
     assert isinstance(action, Conclude) and "the weights were not saved" in action.conclusion.message
 
 
+def test_grace_period_bounds_the_stop_even_while_a_silent_trainer_is_still_being_asked() -> None:
+    """A frozen trainer never answers POST /stop; with an ackTimeout longer than gracePeriod the asking
+    must not keep its GPUs past gracePeriod. The kill names the last weights it saved before the stop."""
+    silent = Signalled(acknowledged=0, unreachable=1, at=GRACE_S - 1)
+    asking = StopView(False, 0.0, GRACE_S * 2, GRACE_S, RUNNING_JOB, [pod()], StopState(signalled=silent))
+    assert isinstance(next_step(asking, now=GRACE_S - 0.5), Wait)
+    assert isinstance(next_step(asking, now=GRACE_S), Kill)
+    kept = {"uri": "/c/e2.pt", "epoch": 2, "step": 20}
+    killed = replace(asking, state=StopState(signalled=silent, killed=True, suspended=True), kept=kept)
+    action = next_step(killed, now=GRACE_S)
+    assert concluded(action) == ("Failed", "GracePeriodExpired")
+    assert (
+        isinstance(action, Conclude)
+        and "the last weights saved before it are at epoch 2" in action.conclusion.message
+    )
+
+
 def test_killed_pods_already_gone_from_the_view_still_fail_for_the_grace_period() -> None:
     """The pod's DELETED event can land while the driver awaits the delete: the pods are gone, but they
     were killed, not ended without a checkpoint (seen as "Stopped, no trainer pod ran" in a CI run)."""

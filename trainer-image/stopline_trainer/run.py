@@ -139,6 +139,8 @@ class Run:
         self.metrics.checkpoint.info(
             {
                 "uri": manifest.uri,
+                "epoch": str(manifest.epoch),
+                "step": str(manifest.step),
                 "sha256": manifest.sha256,
                 "bytes": str(manifest.size),
                 "saved_at": manifest.saved_at,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import ClassVar
 
 from stopline.api import Duration, GPUIdleCriterion, PromQLCriterion
@@ -23,41 +24,73 @@ def _minutes(seconds: float) -> str:
     return f"{fmt(seconds / 60)} min"
 
 
+def _clock_time(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 @dataclass
 class StaleState(State):
     KIND: ClassVar[str] = "stale"
     progress: int | None = None
-    quiet: float = 0.0  # seconds without a new step, counted only while the metric source answered
-    last: float | None = None  # when it last answered; None while it does not
+    quiet: float = 0.0  # seconds without a new step, counted while the source answered or the trainer hung
+    last: float | None = None  # when it was last counted; None while nothing is
+    silent_since: float | None = None  # when a trainer whose pod runs last answered, while it does not
 
 
 def evaluate_stale(
     stale_after: Duration, observation: Observation, raw: Mapping[str, object] | None
 ) -> Outcome:
-    """No new step for staleAfter of time in which the metric source answered: a trainer that reports the
-    same step is hung; a source that does not answer (Prometheus down, a network fault) is an outage,
-    shown as the MetricsAvailable condition, and its time is not counted."""
+    """No new step for staleAfter: a trainer that reports the same step is hung, and so is one that stopped
+    answering while the apiserver says its pod runs (trainer_silent: it answered before). A source that does
+    not answer otherwise (Prometheus down, a network fault of the operator's) is an outage, shown as the
+    MetricsAvailable condition, and its time is not counted."""
     state = StaleState.load(raw)
     if observation.paused:
-        state.last = None
+        state.last = state.silent_since = None
         return Outcome(state.dump(), state.decision, "the queue holds the job: no pod runs (not counted)")
-    if not observation.answered:
-        state.last = None
+    hung = not observation.answered and observation.trainer_silent and state.progress is not None
+    if not observation.answered and not hung:
+        state.last = state.silent_since = None
         quiet = _minutes(state.quiet)
         message = f"last progress {quiet} ago; the metrics source is not answering (not counted)"
         return Outcome(state.dump(), state.decision, message)
     progress = _progress(observation)
-    if progress is not None and progress != state.progress:
+    if hung:
+        if state.silent_since is None:
+            state.silent_since = state.last if state.last is not None else observation.now
+    else:
+        state.silent_since = None
+    if not hung and progress is not None and progress != state.progress:
         state.progress, state.quiet = progress, 0.0
     elif state.last is not None:
         state.quiet += max(observation.now - state.last, 0.0)
     state.last = observation.now
     if state.stop is None and state.quiet >= stale_after.seconds:
-        at = f"step {observation.step}" if observation.step is not None else f"progress {state.progress}"
-        message = f"no new step for {_minutes(state.quiet)} (staleAfter {stale_after.text}), stuck at {at}"
+        quiet = f"no new step for {_minutes(state.quiet)} (staleAfter {stale_after.text})"
+        message = f"{quiet}, {_where(state, observation)}"
         decision = Decision("Stale", STALE, message, None, state.quiet, observation.latest_epoch)
         state.stop = decision.as_status()
-    return Outcome(state.dump(), state.decision, f"last progress {_minutes(state.quiet)} ago")
+    return Outcome(state.dump(), state.decision, _summary(state, observation))
+
+
+def _where(state: StaleState, observation: Observation) -> str:
+    if state.silent_since is not None:
+        return (
+            f"the trainer stopped answering at {_clock_time(state.silent_since)} while its pod runs "
+            f"(last at progress {state.progress})"
+        )
+    return (
+        f"stuck at step {observation.step}"
+        if observation.step is not None
+        else f"stuck at progress {state.progress}"
+    )
+
+
+def _summary(state: StaleState, observation: Observation) -> str:
+    if state.silent_since is None:
+        return f"last progress {_minutes(state.quiet)} ago"
+    silent = _minutes(max(observation.now - state.silent_since, 0.0))
+    return f"last progress {_minutes(state.quiet)} ago; the trainer has not answered for {silent} (counted)"
 
 
 @dataclass

@@ -71,7 +71,10 @@ class Observation:
     epoch is used). gpu_utilization: the busiest GPU's utilisation in percent from DCGM (None: unknown).
     promql: criterion name -> whether its query returned a non-empty result (absent: query failed).
     answered: whether the metric source answered with this job's report; a source that does not answer is
-    a monitoring outage, not a hung trainer, so Stale does not count that time.
+    a monitoring outage, not a hung trainer, so Stale does not count that time, unless `trainer_silent`.
+    trainer_silent: the source is the trainer itself (direct scrape), it gave no report, and the apiserver
+    answered that its pod still runs: the trainer stopped answering (frozen, a hung collective, its
+    network cut, its node lost), so that time counts toward staleAfter.
     paused: a queue holds the job (Queued or Preempted): no pod runs, so the clocks of Stale, GPUIdle and
     PromQL start afresh when it runs again (budgets see it through started_at).
     stop / cancel: a person's requests, when made.
@@ -86,6 +89,7 @@ class Observation:
     promql: Mapping[str, bool] = field(default_factory=dict)
     cohort: tuple[CohortCurve, ...] = ()
     answered: bool = True
+    trainer_silent: bool = False
     paused: bool = False
     stop: Request | None = None
     cancel: Request | None = None

@@ -13,8 +13,24 @@ Unchecked. No thread is held by a server that trickles its answer, and none of t
 executor, where aiohttp resolves every other name: a host name is looked up on LOOKUP_THREADS threads of
 this module's own, at most LOOKUPS_PER_NAMESPACE of them for one namespace's names.
 
-The name is looked up once, and the connection goes to the addresses found. No proxy is used
-(HTTP(S)_PROXY would resolve the name itself); TLS trusts the system's CAs, or AWS_CA_BUNDLE's.
+Where the HEAD may go. A TrainingJob's author writes `spec.checkpoint.objectStore.endpoint`, and the
+condition tells whether an object is there and its size, so the endpoint is checked before anything is
+sent:
+
+- STOPLINE_OBJECT_STORE_HOSTS, the operator's allow-list: comma-separated `host` or `host:port` patterns;
+  `*.example.com` matches any name under example.com, `[fd00::1]:9000` an IPv6 address and port, a bare
+  `host` any port. Unset or blank: any host not refused below. Without an endpoint the HEAD goes to
+  `s3.<region>.amazonaws.com`, which the list must then match (`*.amazonaws.com`).
+- Refused whatever the list says: an address that is link-local (169.254.0.0/16 and fe80::/10, where
+  cloud metadata answers), a cloud metadata address outside it (AWS' fd00:ec2::254, Alibaba's
+  100.100.100.200), multicast or unspecified (0.0.0.0/8, ::), IPv4-mapped IPv6 included.
+- Loopback is refused when the operator runs in a pod (KUBERNETES_SERVICE_HOST is set, as for its API
+  client), where it is the operator's own pod, unless STOPLINE_OBJECT_STORE_HOSTS is set (it matched the
+  host: the administrator named it). Outside a pod, in development and tests, loopback is the machine the
+  operator's user already runs it on, and allowed.
+- The name is resolved once, every address it resolves to is checked, and the connection goes to those
+  addresses: a second lookup (DNS rebinding) cannot send it elsewhere. No proxy is used
+  (HTTP(S)_PROXY would resolve the name itself); TLS trusts the system's CAs, or AWS_CA_BUNDLE's.
 """
 
 from __future__ import annotations
@@ -55,13 +71,20 @@ if TYPE_CHECKING:
 
 DEADLINE_S = 10.0
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+ALLOWED_HOSTS = "STOPLINE_OBJECT_STORE_HOSTS"
 LOOKUP_THREADS = 8
 LOOKUPS_PER_NAMESPACE = 2
 _QUOTA_POLL_S = 0.05
 _ENDPOINT = "spec.checkpoint.objectStore.endpoint"
 _AWS_REGION = re.compile(r"[a-z0-9-]{1,32}")
 _LENGTH = re.compile(r"[0-9]{1,19}")
+_HOST_PATTERN = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]/]+))(?::(?P<port>[0-9]{1,5}))?"
+)
 _KEY = re.compile(r"[!-~]{1,256}")  # an access key or secret: printable ASCII, no space (it goes in a header)
+_CLOUD_METADATA = (ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200"))
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -137,8 +160,11 @@ def _status_problem(status: int) -> str:
     return f"HTTP {status}"
 
 
+# -- where the HEAD may go ----------------------------------------------------------------------------
+
+
 def _endpoint(target: ObjectStoreTarget) -> URL:
-    """The endpoint's URL; _Unchecked when it is none."""
+    """The endpoint's URL if the allow-list lets the HEAD go there; else _Unchecked saying why."""
     if target.endpoint is None:
         region = target.region or "us-east-1"
         if not _AWS_REGION.fullmatch(region):
@@ -153,7 +179,61 @@ def _endpoint(target: ObjectStoreTarget) -> URL:
         raise _Unchecked(f"{_ENDPOINT} {excerpt(text)!r} is not a URL") from None
     if not url.raw_host or port is None or url.raw_user is not None or url.raw_query_string or url.fragment:
         raise _Unchecked(f"{_ENDPOINT} {excerpt(text)!r} must be scheme://host[:port][/path], nothing more")
+    patterns = _allowed_hosts()
+    if patterns is not None and not any(_matches(pattern, url.raw_host, port) for pattern in patterns):
+        raise _Unchecked(f"{_ENDPOINT} {excerpt(text)!r} refused: its host is not in {ALLOWED_HOSTS}")
     return url
+
+
+def _allowed_hosts() -> tuple[tuple[str, int | None], ...] | None:
+    """STOPLINE_OBJECT_STORE_HOSTS as (host, port or None) patterns; None when unset or blank. An entry
+    that is no pattern (`minio:http`, `fd00::1` without brackets) matches nothing: a typo narrows the
+    list, never lifts it."""
+    listed = [entry.strip() for entry in os.environ.get(ALLOWED_HOSTS, "").split(",") if entry.strip()]
+    if not listed:
+        return None
+    patterns = (_HOST_PATTERN.fullmatch(entry) for entry in listed)
+    return tuple(
+        (_normal_host(found["ipv6"] or found["host"]), int(found["port"]) if found["port"] else None)
+        for found in patterns
+        if found is not None
+    )
+
+
+def _normal_host(host: str) -> str:
+    """Lower case without a final dot; an IP address in its compressed form (`fd00:0::1` is `fd00::1`)."""
+    host = host.lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
+def _matches(pattern: tuple[str, int | None], host: str, port: int) -> bool:
+    pattern_host, pattern_port = pattern
+    if pattern_port is not None and pattern_port != port:
+        return False
+    host = _normal_host(host)
+    if pattern_host.startswith("*."):
+        return host.endswith(pattern_host[1:])
+    return host == pattern_host
+
+
+def _refusal(address: _Address) -> str | None:
+    """Why the HEAD must not go to `address`, or None."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_link_local:
+        return "a link-local address (where cloud metadata answers)"
+    if address in _CLOUD_METADATA:
+        return "a cloud metadata address"
+    if address.is_multicast:
+        return "a multicast address"
+    if address.is_unspecified or address in _THIS_NETWORK:
+        return "an unspecified address"
+    if address.is_loopback and "KUBERNETES_SERVICE_HOST" in os.environ and _allowed_hosts() is None:
+        return f"loopback, the operator's own pod (name the host in {ALLOWED_HOSTS} to allow it)"
+    return None
 
 
 # -- the lookup, on threads of its own ------------------------------------------------------------------
@@ -213,7 +293,7 @@ class _Pinned(AbstractResolver):
 
 
 async def _resolved(namespace: str, host: str, port: int) -> list[ResolveResult]:
-    """Every address `host` resolves to."""
+    """Every address `host` resolves to, each checked; _Unchecked when one is refused."""
     try:
         literal: _Address | None = ipaddress.ip_address(host)
     except ValueError:
@@ -226,6 +306,11 @@ async def _resolved(namespace: str, host: str, port: int) -> list[ResolveResult]
         found = list(
             dict.fromkeys((family, sockaddr[0], sockaddr[1]) for family, _, _, _, sockaddr in answers)
         )
+    for _, address, _ in found:
+        refusal = _refusal(ipaddress.ip_address(address))
+        if refusal is not None:
+            what = "is" if literal is not None else "resolves to"
+            raise _Unchecked(f"{_ENDPOINT} refused: {excerpt(host)} {what} {refusal}")
     flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
     return [
         {"hostname": host, "host": address, "port": number, "family": family, "proto": 0, "flags": flags}

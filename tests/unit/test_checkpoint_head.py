@@ -1,7 +1,9 @@
 """The operator's HEAD on an object store (CheckpointVerified) against raw servers on 127.0.0.1.
 
 N2: a server that trickles its answer ends the verification at its deadline, and 40 such HEADs in one
-namespace hold up neither another namespace's verification nor the loop's name lookups.
+namespace hold up neither another namespace's verification nor the loop's name lookups. N7: the HEAD goes
+only where the operator lets it: never to link-local (cloud metadata), multicast or unspecified
+addresses, to loopback only outside a pod or where the allow-list names it, to the address checked.
 
 A real S3 server answers in tests/trainer/test_verify.py; here a test chooses what goes on the wire.
 """
@@ -279,3 +281,104 @@ def test_slow_lookups_of_one_namespace_hold_up_neither_another_namespace_nor_loo
     assert condition is not None, f"the victim's verification had not ended after {UNDELAYED_WITHIN_S:g} s"
     assert condition.reason == "ObjectVerified", condition.message
     assert addresses is not None, f"getaddrinfo had not ended after {UNDELAYED_WITHIN_S:g} s"
+
+
+# -- N7: where the HEAD may go ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://169.254.169.254",
+        "http://169.254.169.254:80/latest/meta-data",
+        "http://[::ffff:169.254.169.254]",
+        "http://[fe80::1]:9000",
+        "http://2852039166",  # a name getaddrinfo resolves to 169.254.169.254, as curl and boto3 do
+        "http://0251.0376.0251.0376",  # the same, in octal
+        "http://[fd00:ec2::254]",
+        "http://100.100.100.200",
+        "http://224.0.0.251:5353",
+        "http://0.0.0.0:9000",
+        "http://[::]:9000",
+    ],
+)
+def test_metadata_link_local_multicast_and_unspecified_addresses_are_refused(endpoint: str) -> None:
+    condition, _ = run(timed(verified(endpoint), UNDELAYED_WITHIN_S))
+    assert condition is not None, f"no refusal within {UNDELAYED_WITHIN_S:g} s"
+    assert (condition.status, condition.reason) == (False, "Unchecked")
+    assert "spec.checkpoint.objectStore.endpoint" in condition.message, condition.message
+    assert "refused" in condition.message, condition.message
+
+
+def test_loopback_is_refused_in_a_pod_unless_the_allow_list_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a pod, loopback is the operator's own; outside one (this test, a developer) it is allowed."""
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+
+    async def attempt() -> tuple[list[Condition], list[bytes]]:
+        async with object_store(answer()) as store:
+            refused = [await verified(store.endpoint), await verified(f"http://localhost:{store.port}")]
+            monkeypatch.setenv("STOPLINE_OBJECT_STORE_HOSTS", f"127.0.0.1:{store.port}")
+            return [*refused, await verified(store.endpoint)], store.heads
+
+    (literal, name, allowed), heads = run(attempt())
+    for refused in (literal, name):
+        assert (refused.status, refused.reason) == (False, "Unchecked")
+        assert "spec.checkpoint.objectStore.endpoint refused" in refused.message, refused.message
+        assert "loopback" in refused.message, refused.message
+    assert allowed.reason == "ObjectVerified", allowed.message
+    assert len(heads) == 1
+
+
+@pytest.mark.parametrize(
+    ("allowed_hosts", "endpoint_host", "verified_there"),
+    [
+        ("s3.example.com, *.store.test:9000", "127.0.0.1", False),
+        ("127.0.0.1", "127.0.0.1", True),
+        ("127.0.0.1:{port}", "127.0.0.1", True),
+        ("127.0.0.1:1", "127.0.0.1", False),
+        ("localhost:{port}", "localhost", True),
+        ("localhost:{port}", "127.0.0.1", False),  # the names written are matched, not what they resolve to
+        ("*.localhost", "localhost", False),
+        ("127.0.0.1:http", "127.0.0.1", False),  # a typo narrows the list, never lifts it
+        ("", "127.0.0.1", True),  # unset: any host not refused
+    ],
+)
+def test_the_allow_list_lets_the_head_go_only_to_the_hosts_it_names(
+    monkeypatch: pytest.MonkeyPatch, allowed_hosts: str, endpoint_host: str, verified_there: bool
+) -> None:
+    async def attempt() -> tuple[Condition, list[bytes]]:
+        async with object_store(answer()) as store:
+            monkeypatch.setenv("STOPLINE_OBJECT_STORE_HOSTS", allowed_hosts.format(port=store.port))
+            return await verified(f"http://{endpoint_host}:{store.port}"), store.heads
+
+    condition, heads = run(attempt())
+    if verified_there:
+        assert condition.reason == "ObjectVerified", condition.message
+    else:
+        assert (condition.reason, heads) == ("Unchecked", [])
+        assert "not in STOPLINE_OBJECT_STORE_HOSTS" in condition.message, condition.message
+
+
+def test_the_head_goes_to_the_address_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake DNS that rebinds (loopback first, the metadata address after): the name is looked up once
+    and the connection goes to that answer. A guard on the design: the old boto3 HEAD checked nothing, so
+    had nothing to rebind around."""
+    lookups: list[str] = []
+    real = socket.getaddrinfo
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "rebinding.test":
+            return real(host, port, *args, **kwargs)
+        lookups.append(host)
+        return real("127.0.0.1" if len(lookups) == 1 else "169.254.169.254", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+
+    async def attempt() -> tuple[Condition, list[bytes]]:
+        async with object_store(answer()) as store:
+            return await verified(f"http://rebinding.test:{store.port}"), store.heads
+
+    condition, heads = run(attempt())
+    assert condition.reason == "ObjectVerified", condition.message
+    assert len(heads) == 1 and b"host: rebinding.test:" in heads[0].lower()
+    assert lookups == ["rebinding.test"]

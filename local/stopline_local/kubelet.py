@@ -195,6 +195,15 @@ class LocalKubelet:
         with self.lock:
             return self.exit_codes.get((namespace, name))
 
+    def signal(self, namespace: str, name: str, signum: int) -> None:
+        """Send a signal to a running pod's processes, as `kill` in a debug container sharing its process
+        namespace would (SIGSTOP freezes a trainer: a hung collective, a GPU fault)."""
+        with self.lock:
+            running = [pod for pod in self.pods.values() if (pod.namespace, pod.name) == (namespace, name)]
+        if not running or running[0].process.poll() is not None:
+            raise LookupError(f"no running process for pod {namespace}/{name}")
+        os.killpg(running[0].process.pid, signum)
+
     def log_of(self, namespace: str, name: str) -> str:
         """The output of a pod's process, to show when a test fails."""
         path = self._log_path(namespace, name)

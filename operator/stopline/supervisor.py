@@ -252,10 +252,9 @@ class Supervisor:
         fields: dict[str, Any] = {}
         if new_epoch and report is not None:
             fields |= progress_status(spec, memory, report, evaluation, self.writer.now())
-            saved = exported_checkpoint(report.checkpoint)
-            shown = tracked.status.get("checkpoint")
-            if saved is not None and (not isinstance(shown, Mapping) or _newer(saved, shown)):
-                fields["checkpoint"] = saved  # the last weights, should the trainer never save again
+        saved = exported_checkpoint(report.checkpoint) if report is not None else None
+        if memory.newer_checkpoint(saved):
+            fields["checkpoint"] = saved  # the last weights, should the trainer hang and never save again
         decision = evaluation.decision
         if decision is not None and (not spec.stop_policy.dry_run or decision.type in MANUAL_TYPES):
             await self._begin_stop(tracked, spec, memory, decision, fields, now)
@@ -272,6 +271,8 @@ class Supervisor:
             return
         if "progress" in fields:
             memory.written_epoch = fields["progress"]["epoch"]
+        if "checkpoint" in fields:
+            memory.checkpoint_step = fields["checkpoint"]["step"]
         if decision is not None and wants_dry_run:
             message = f"dryRun: would stop now: {decision.type} ({decision.criterion}): {decision.message}"
             await self.kube.post_event(tracked.training_job, WOULD_STOP, message, False)

@@ -273,3 +273,60 @@ def test_a_cancel_of_a_running_job_stays_cancelled_though_kueue_admitted_it(
     ]
     assert not again, "Kueue started the cancelled job's pods again"
     assert phase(plane, namespace, "running") == "Cancelled"
+
+
+SECOND_EPOCHS = ("--steps-per-epoch", "10", "--sleep-per-step", "0.1")  # ~1 s an epoch
+CRASH_FROM_EPOCH = 10  # past the preemption (a few seconds after epoch 2), so that save is a good one
+
+
+def preempted_and_readmitted(plane: ControlPlane, namespace: str, kueue: Kueue, *args: str) -> dict[str, Any]:
+    """`low` (the example trainer with `args`) runs, a high-priority job preempts it (it saves on SIGTERM),
+    then Kueue admits it again and it runs on from that checkpoint; returns the preemption's checkpoint."""
+    job = queued("low", epochs=60)
+    job["spec"]["template"]["spec"]["containers"][0]["args"] = ["--epochs", "60", *SECOND_EPOCHS, *args]
+    apply(plane, namespace, job)
+    epoch_reached(plane, namespace, "low", 2)
+    apply(plane, namespace, queued("high", epochs=2, priority=HIGH))
+    wait_phase(plane, namespace, "low", "Preempted", kueue=kueue)
+    wait_until(lambda: "checkpoint" in status(plane, namespace, "low"), DEADLINE_S, "low: checkpoint")
+    at_preemption = dict(status(plane, namespace, "low")["checkpoint"])
+    wait_phase(plane, namespace, "high", "Succeeded", kueue=kueue)
+    wait_phase(plane, namespace, "low", "Running", kueue=kueue)
+    epoch_reached(plane, namespace, "low", at_preemption["epoch"] + 3)  # the new admission saved since
+    return at_preemption
+
+
+def test_a_stop_after_a_readmission_signals_the_new_trainer_and_keeps_its_weights_not_the_preemptions(
+    queue_story: ControlPlane, namespace: str, kubelet: LocalKubelet, kueue: Kueue
+) -> None:
+    """Review N1: the pod the preemption ended (exit 0, its pointer) stays filed under the same Job uid; a
+    stop after the re-admission must be concluded by the new admission's trainer, never by that pointer."""
+    plane = queue_story
+    at_preemption = preempted_and_readmitted(plane, namespace, kueue)
+    plane.kubectl("annotate", "tj", "low", "-n", namespace, "stopline.dev/stop=enough")
+    wait_phase(plane, namespace, "low", "Stopped", kueue=kueue)
+    stopped = get(plane, namespace, "tj", "low")
+    assert condition(stopped, "Finished")["reason"] == "CheckpointSaved"
+    checkpoint = stopped["status"]["checkpoint"]
+    assert checkpoint["step"] > at_preemption["step"], (checkpoint, at_preemption)
+    assert checkpoint["epoch"] >= at_preemption["epoch"] + 3
+    load_weights(checkpoint, kubelet.claim_folder(namespace, CLAIM) / "runs" / "low")
+
+
+def test_a_readmitted_trainer_that_crashes_during_the_stop_fails_the_job_though_the_preemption_saved(
+    queue_story: ControlPlane, namespace: str, kubelet: LocalKubelet, kueue: Kueue
+) -> None:
+    """Review N1: the new rank 0 crashes on the stop (exit 1); the earlier admission's saved pointer must
+    not turn that into Stopped/CheckpointSaved."""
+    plane = queue_story
+    crash = ("--fault", "crash-on-stop", "--fault-epoch", str(CRASH_FROM_EPOCH))
+    at_preemption = preempted_and_readmitted(plane, namespace, kueue, *crash)
+    assert at_preemption["epoch"] < CRASH_FROM_EPOCH  # it saved on the preemption's SIGTERM
+    epoch_reached(plane, namespace, "low", CRASH_FROM_EPOCH)
+    plane.kubectl("annotate", "tj", "low", "-n", namespace, "stopline.dev/stop=enough")
+    wait_phase(plane, namespace, "low", "Failed", "Stopped", kueue=kueue)
+    failed = get(plane, namespace, "tj", "low")
+    finished = condition(failed, "Finished")
+    assert (failed["status"]["phase"], finished["reason"]) == ("Failed", "TrainerFailed"), finished
+    assert "exited with code 1" in finished["message"]
+    assert failed["status"]["checkpoint"]["step"] >= at_preemption["step"]  # the last weights are still named

@@ -53,9 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore existing checkpoints")
     p.add_argument(
         "--fault",
-        choices=["none", "nan", "crash", "ignore-stop"],
+        choices=["none", "nan", "crash", "crash-on-stop", "ignore-stop"],
         default="none",
-        help="nan: NaN loss from --fault-epoch on; crash: exit 1 at --fault-epoch; "
+        help="nan: NaN loss from --fault-epoch on; crash: exit 1 at --fault-epoch; crash-on-stop: exit 1 "
+        "instead of saving when asked to stop from --fault-epoch on; "
         "ignore-stop: no /stop endpoint (404), only SIGTERM stops it",
     )
     p.add_argument("--fault-epoch", type=int, default=1)
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                 run.report(epoch, step, train_loss=loss.item())
                 if args.sleep_per_step:
                     time.sleep(args.sleep_per_step)
+            if stopped and args.fault == "crash-on-stop" and epoch >= args.fault_epoch:
+                log.error("fault injection: crashing on the stop at epoch %d", epoch)
+                return 1
             if stopped:
                 break
             with torch.no_grad():

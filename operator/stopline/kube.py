@@ -15,13 +15,13 @@ import ssl
 from collections.abc import Mapping
 from contextlib import suppress
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 from urllib.parse import quote
 
 import aiohttp
 from kubernetes_asyncio import client, config
 
-from stopline import GROUP, KIND, PLURAL, VERSION
+from stopline import GROUP, KIND, PLURAL, VERSION, fence
 
 log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
@@ -91,6 +91,8 @@ class Kube:
     at 1,000 jobs (bench/operator).
     """
 
+    FENCED: ClassVar[bool] = True  # writes only while this process may act (stopline.fence)
+
     def __init__(self, configuration: client.Configuration, session: aiohttp.ClientSession) -> None:
         self._configuration, self._session = configuration, session
         self._host = str(configuration.host).rstrip("/")  # it may carry a path (an API proxy)
@@ -131,6 +133,8 @@ class Kube:
         self, method: str, path: str, body: object = None, content_type: str = "application/json"
     ) -> Manifest:
         """One call, JSON in and out, every object a plain dict; a non-2xx answer raises an ApiError."""
+        if method != "GET" and self.FENCED:
+            fence.ensure_acting(f"{method} {path}")
         headers = await self._headers("application/json", content_type)
         data = None if body is None else json.dumps(body)
         async with self._session.request(method, self._host + path, data=data, headers=headers) as response:
@@ -304,7 +308,7 @@ class Kube:
         try:
             path = _COLLECTIONS["Event"].format(namespace=metadata["namespace"])
             await self._request("POST", path, event)
-        except (ApiError, aiohttp.ClientError) as error:
+        except (ApiError, aiohttp.ClientError, fence.Fenced) as error:
             log.warning(
                 "Event %s on %s/%s not posted: %s", reason, metadata["namespace"], metadata["name"], error
             )

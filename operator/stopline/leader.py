@@ -36,7 +36,7 @@ from typing import Any, TypeGuard, cast
 
 import aiohttp
 
-from stopline import monitoring
+from stopline import fence, monitoring
 from stopline.kube import ApiError, Conflict, Kube, Manifest, NotFound
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,8 @@ class LeaseClient(Kube):
     """The operator's Kubernetes client plus the Lease calls, in a client of its own: renewals never wait
     behind the supervisor's requests for a connection. Writes raise kube.Conflict (409) when another
     candidate created or changed the Lease since it was read."""
+
+    FENCED = False  # its writes are the election itself (compare-and-set), the release after leading too
 
     async def read_lease(self, namespace: str, name: str) -> Manifest | None:
         try:
@@ -360,6 +362,9 @@ async def run_elected(
         if not await _wait_for_leadership(elector, stop, listen):
             log.info("Leader election: stopped while waiting for leadership")
             return 0
+        fence.guard(
+            lambda: elector.is_leader
+        )  # a stalled leader that wakes up past its deadline does nothing
         # created before `operate` starts kopf: kopf leaves the tasks that existed before it alone
         ready = asyncio.Event()
         helpers = [

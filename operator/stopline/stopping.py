@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 
+from stopline import fence
 from stopline.kube import Kube
 from stopline.lifecycle import Condition, StatusChange
 from stopline.registry import JobView, PodView, Tracked, job_view, pod_view, saved_checkpoint
@@ -299,6 +300,7 @@ async def signal(
     """POST /stop to every URL at once. Without a token nobody can be asked (all refused)."""
     if not token:
         return Signalled(0, 0, now)
+    fence.ensure_acting("POST /stop")
     answers = await asyncio.gather(
         *(post_stop(session, url, token, reason, timeout_s, cause) for url in urls)
     )

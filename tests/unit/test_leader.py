@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from kubernetes_asyncio import client
 
+from stopline import fence
 from stopline.cli import parser
+from stopline.kube import Kube
 from stopline.leader import (
+    Elector,
     Record,
     Timings,
     claimed_spec,
@@ -18,6 +25,7 @@ from stopline.leader import (
     parse_record,
     released_spec,
 )
+from stopline.stopping import signal
 
 ME, OTHER = "operator-a_1234", "operator-b_5678"
 WALL = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
@@ -159,3 +167,65 @@ def test_the_operator_command_needs_a_namespace_for_the_lease(
     args = parser().parse_args(["operator", "--leader-elect"])
     assert args.run(args) == 2
     assert "--leader-election-namespace or $POD_NAMESPACE" in capsys.readouterr().err
+
+
+class StandInLeases:
+    """A stand-in for the Lease API (the unit tier has no apiserver): one Lease, created on request."""
+
+    def __init__(self) -> None:
+        self.lease: dict[str, Any] | None = None
+
+    async def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.lease
+
+    async def create_lease(self, namespace: str, lease: dict[str, Any]) -> dict[str, Any]:
+        self.lease = {**lease, "metadata": {**lease["metadata"], "resourceVersion": "1"}}
+        return self.lease
+
+    async def replace_lease(self, namespace: str, name: str, lease: dict[str, Any]) -> dict[str, Any]:
+        self.lease = lease
+        return lease
+
+
+def test_a_leader_stalled_past_its_renew_deadline_writes_nothing_and_signals_no_trainer() -> None:
+    """Review N11: a leader frozen (SIGSTOP, CPU starvation) past its renew deadline wakes up with work in
+    flight before its renewal notices the loss; no apiserver write and no POST /stop may leave it."""
+
+    async def scenario() -> list[str]:
+        received: list[str] = []
+
+        async def record(request: web.Request) -> web.Response:
+            received.append(f"{request.method} {request.path}")
+            return web.json_response({}, status=202)
+
+        runner = web.AppRunner(web.Application())
+        runner.app.router.add_route("*", "/{path:.*}", record)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        now = [0.0]
+        elector = Elector(StandInLeases(), "ops", "stopline", ME, Timings(), clock=lambda: now[0])  # type: ignore[arg-type]
+        configuration = client.Configuration()
+        configuration.host = f"http://127.0.0.1:{port}"
+        session = aiohttp.ClientSession()
+        kube = Kube(configuration, session)
+        try:
+            await elector.acquire()
+            fence.guard(lambda: elector.is_leader)
+            await kube.suspend_job("ns", "a", "uid-a")  # while it leads, it writes
+            now[0] = Timings().renew_deadline_s  # stalled: the deadline passed before it could renew
+            with pytest.raises(fence.Fenced):
+                await kube.suspend_job("ns", "a", "uid-a")
+            with pytest.raises(fence.Fenced):
+                await kube.patch_training_job_status("ns", "a", {"phase": "Stopped"})
+            with pytest.raises(fence.Fenced):
+                await signal(session, [f"http://127.0.0.1:{port}/stop"], "token", "stale", 5.0, now[0])
+        finally:
+            fence.guard(lambda: True)
+            await session.close()
+            await runner.cleanup()
+        return received
+
+    received = asyncio.run(scenario())
+    assert received == ["PATCH /apis/batch/v1/namespaces/ns/jobs/a"]  # the one write made while leading

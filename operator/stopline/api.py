@@ -258,6 +258,16 @@ class StopPolicy:
     dry_run: bool = False
 
 
+MAX_RESTARTS = 100
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """A rank that fails restarts the whole job from its last checkpoint, at most max_restarts times."""
+
+    max_restarts: int = 0
+
+
 @dataclass(frozen=True)
 class TrainingJobSpec:
     template: Mapping[str, object]
@@ -268,6 +278,7 @@ class TrainingJobSpec:
     metrics: Metrics = Metrics()
     criteria: tuple[Criterion, ...] = ()
     stop_policy: StopPolicy = StopPolicy()
+    failure_policy: FailurePolicy = FailurePolicy()
 
     @property
     def gpus(self) -> int:
@@ -464,6 +475,7 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
             "criteria",
             "checkpoint",
             "stopPolicy",
+            "failurePolicy",
         ),
     )
     replicas = fields.integer("replicas", 1, 1024, default=1)
@@ -486,6 +498,7 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
         metrics=metrics,
         criteria=criteria,
         stop_policy=_stop_policy(fields.child("stopPolicy", ("gracePeriod", "ackTimeout", "dryRun"))),
+        failure_policy=_failure_policy(fields.child("failurePolicy", ("maxRestarts",))),
     )
 
 
@@ -814,3 +827,9 @@ def _stop_policy(fields: _Fields | None) -> StopPolicy:
         ack_timeout=fields.duration("ackTimeout", "30s", at_most="1h"),
         dry_run=fields.boolean("dryRun", False),
     )
+
+
+def _failure_policy(fields: _Fields | None) -> FailurePolicy:
+    if fields is None:
+        return FailurePolicy()
+    return FailurePolicy(max_restarts=fields.integer("maxRestarts", 0, MAX_RESTARTS, default=0))

@@ -33,6 +33,8 @@ from stopline.vocabulary import (
     PENDING,
     PREEMPTED,
     QUEUE_LABELS,
+    RESTARTING,
+    RUNNING_CONDITION,
     STOPPED,
     STOPPING,
     STUDY_LABEL,
@@ -206,7 +208,31 @@ async def sync_status(
             now=writer.clock(),
         )
 
-    return await writer.write(namespace, name, compose, seen=training_job)
+    written = await writer.write(namespace, name, compose, seen=training_job)
+    if written is not None and job is not None and "restarts" in written.patched:
+        await _restart(kube, written, job)
+    return written
+
+
+async def _restart(kube: Kube, written: Written, job: Manifest) -> None:
+    """A rank failed and spec.failurePolicy allows another run (the status says so already): say why, and
+    delete the failed Job, its pods first (foreground), so the next run's ranks never meet the old ones.
+    Its DELETED event makes the Job again (`remake_if_restarting`)."""
+    message = written.condition(RUNNING_CONDITION).get("message") or "a rank failed"
+    await kube.post_event(written.training_job, RESTARTING, message, warning=True)
+    metadata = job["metadata"]
+    await kube.delete_job(metadata["namespace"], metadata["name"], str(metadata.get("uid")), foreground=True)
+
+
+async def remake_if_restarting(kube: Kube, namespace: str, name: str) -> None:
+    """Once the failed Job is gone, the next run: the same children, the trainers resuming from their last
+    checkpoint. (A restarted operator makes them in its resume handler, as for any job without its Job.)"""
+    training_job = await kube.read_training_job(namespace, name)
+    if training_job is None or not lifecycle.restarting(training_job):
+        return
+    parsed = parse(training_job)
+    if not isinstance(parsed, SpecError):
+        await ensure_children(kube, owner_of(training_job), parsed)
 
 
 async def announce(kube: Kube, written: Written | None) -> None:

@@ -144,6 +144,8 @@ async def follow_job(
     job = None if deleted else dict(body)  # as delivered: no need to read it again
     written = await controller.sync_status(memo.supervisor.writer, namespace or "", key[1], job=job)
     await controller.announce(memo.kube, written)
+    if deleted:
+        await controller.remake_if_restarting(memo.kube, namespace or "", key[1])
     tracked = memo.registry.get(key)
     if tracked is not None and tracked.phase == STOPPING:
         memo.supervisor.poke(key)

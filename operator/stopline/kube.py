@@ -237,11 +237,13 @@ class Kube:
             with suppress(ApiError):
                 await self._request("PATCH", path, {"spec": {"active": False}}, MERGE_PATCH)
 
-    async def delete_job(self, namespace: str, name: str, uid: str) -> None:
-        """Delete that Job object (its uid a precondition) and, in the background, its pods; a Job already
-        gone, or replaced by another object of the same name, is not an error."""
+    async def delete_job(self, namespace: str, name: str, uid: str, foreground: bool = False) -> None:
+        """Delete that Job object (its uid a precondition) and its pods: in the background, or first
+        (`foreground`: the Job goes once its pods are gone); a Job already gone, or replaced by another
+        object of the same name, is not an error."""
         path = f"{_COLLECTIONS['Job'].format(namespace=namespace)}/{name}"
-        options = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
+        propagation = "Foreground" if foreground else "Background"
+        options = {"propagationPolicy": propagation, "preconditions": {"uid": uid}}
         with suppress(NotFound, Conflict):
             await self._request("DELETE", path, options)
 

@@ -48,6 +48,7 @@ from stopline.vocabulary import (
     PREEMPTED,
     QUEUE_LABEL,
     QUEUED,
+    RESTARTING,
     RUNNING,
     RUNNING_CONDITION,
     STOP_REQUESTED,
@@ -157,10 +158,14 @@ def desired_status(
         phase = FAILED
         wanted.append(Condition(CREATED, False, INVALID_SPEC, invalid_spec))
     elif job is not None and phase not in TERMINAL_PHASES and phase != STOPPING:
-        wanted.append(Condition(CREATED, True, CHILDREN_CREATED, f"Job {job['metadata']['name']} created"))
         finished = job_finished(job)
+        if finished is not None and restarting(training_job):
+            return StatusChange(fields=fields)  # the failed run's Job, going: the next one decides
+        wanted.append(Condition(CREATED, True, CHILDREN_CREATED, f"Job {job['metadata']['name']} created"))
         if finished is not None and ending is not None and ending.stopped and finished.reason == JOB_COMPLETE:
             return _stopped_unrecorded(training_job, ending, wanted, fields)
+        if finished is not None and finished.reason != JOB_COMPLETE and restarts_left(training_job):
+            return _restarting(training_job, phase, finished, ending, now, wanted, fields)
         held = _held(current, phase, job, finished, queue_says, now)
         if held is not None:
             return StatusChange(
@@ -207,6 +212,61 @@ def _last_epochs(current: Mapping[str, Any], last: Mapping[int, float]) -> dict[
     return fields
 
 
+def restarts_left(training_job: Mapping[str, Any]) -> bool:
+    """spec.failurePolicy.maxRestarts is not used up by status.restarts."""
+    policy = (training_job.get("spec") or {}).get("failurePolicy") or {}
+    allowed = policy.get("maxRestarts") if isinstance(policy, Mapping) else None
+    return isinstance(allowed, int) and restarts(training_job.get("status") or {}) < allowed
+
+
+def restarts(status: Mapping[str, Any]) -> int:
+    """status.restarts: how many times a failed rank restarted the job (0 when never)."""
+    done = status.get("restarts")
+    return done if isinstance(done, int) and done >= 0 else 0
+
+
+def restarting(training_job: Mapping[str, Any]) -> bool:
+    """A rank failed and the job's Job is being made again: its Running condition says Restarting."""
+    status = training_job.get("status") or {}
+    running = find_condition(status.get("conditions"), RUNNING_CONDITION) or {}
+    return status.get("phase") == PENDING and running.get("reason") == RESTARTING
+
+
+def _ran(current: Mapping[str, Any], phase: str, now: float) -> float:
+    """status.runSeconds with the run that just ended (the pods ran since the Running condition)."""
+    if phase != RUNNING:
+        return run_seconds(current)
+    running = find_condition(current.get("conditions"), RUNNING_CONDITION) or {}
+    since = seconds(running.get("lastTransitionTime")) if running.get("status") == "True" else None
+    return round(run_seconds(current) + (max(now - since, 0.0) if since is not None else 0.0), 1)
+
+
+def _restarting(
+    training_job: Mapping[str, Any],
+    phase: str,
+    finished: Condition,
+    ending: Ending | None,
+    now: float,
+    wanted: list[Condition],
+    fields: dict[str, Any],
+) -> StatusChange:
+    """A rank failed and spec.failurePolicy allows another run: back to Pending, the restart counted, the
+    run's time added to runSeconds; the controller then makes the Job again, and the trainers resume from
+    their last checkpoint. The Job's own failure and the rank's exit code say why."""
+    current: Mapping[str, Any] = training_job.get("status") or {}
+    done = restarts(current)
+    allowed = training_job["spec"]["failurePolicy"]["maxRestarts"]
+    why = (
+        f"{finished.message}; {ending.failure}" if ending is not None and ending.failure else finished.message
+    )
+    message = f"restart {done + 1} of {allowed} from the last checkpoint: {why}"
+    fields |= {"restarts": done + 1, "runSeconds": _ran(current, phase, now)}
+    if ending is not None and ending.checkpoint:
+        fields["checkpoint"] = dict(ending.checkpoint)
+    wanted.append(Condition(RUNNING_CONDITION, False, RESTARTING, message))
+    return StatusChange(fields=fields, conditions=wanted, phase=PENDING)
+
+
 def queue_holds(job: Mapping[str, Any]) -> bool:
     """A queue (Kueue) admits this Job: it carries the queue-name label stopline copied onto it."""
     return bool((job["metadata"].get("labels") or {}).get(QUEUE_LABEL))
@@ -238,10 +298,7 @@ def _held(
     conditions = [Condition(ADMITTED, False, held, queue_says or default)]
     fields: dict[str, Any] = {}
     if phase == RUNNING:
-        running = find_condition(current.get("conditions"), RUNNING_CONDITION) or {}
-        since = seconds(running.get("lastTransitionTime")) if running.get("status") == "True" else None
-        ran = max(now - since, 0.0) if since is not None else 0.0
-        fields["runSeconds"] = round(run_seconds(current) + ran, 1)
+        fields["runSeconds"] = _ran(current, phase, now)
     if phase in (RUNNING, PENDING) and held == PREEMPTED:
         conditions.append(Condition(RUNNING_CONDITION, False, PREEMPTED, "the queue suspended the Job"))
     return StatusChange(fields=fields, conditions=conditions, phase=held)

@@ -242,11 +242,9 @@ def _saved_checkpoint(pods: Sequence[PodView]) -> Conclusion | None:
 
 
 def _kept_checkpoint(kept: Mapping[str, Any]) -> Conclusion:
-    """No pod runs (a queue holds the job): the weights its trainers saved when the queue preempted it."""
+    """No pod runs (a queue holds the job, or a failed rank restarts it): the last weights it saved."""
     where = f"epoch {kept.get('epoch')}, step {kept.get('step')}: {kept.get('uri')}"
-    message = (
-        f"stopped while no pod ran; the last weights are those saved when the queue preempted it, at {where}"
-    )
+    message = f"stopped while no pod ran; the last weights saved are at {where}"
     return Conclusion(STOPPED, CHECKPOINT_SAVED, message, checkpoint=dict(kept))
 
 

@@ -44,6 +44,7 @@ CHECKPOINT_SAVED = "CheckpointSaved"
 NO_CHECKPOINT = "NoCheckpoint"
 GRACE_PERIOD_EXPIRED = "GracePeriodExpired"
 TRAINER_FAILED = "TrainerFailed"
+RESTARTING = "Restarting"  # a rank failed: the job restarts from its last checkpoint (spec.failurePolicy)
 
 # Event reasons that are not a phase or a condition reason
 WOULD_STOP = "WouldStop"

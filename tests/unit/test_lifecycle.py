@@ -208,3 +208,30 @@ def test_a_job_that_ends_between_two_reads_keeps_its_last_epoch_in_the_curve() -
     assert status["progress"] == {"epoch": 3, "step": 20}
     read = desired_status(training_job(status={"curve": [0.5, 0.4, 0.3]}), done, T0, ending=ending)
     assert read["curve"] == [0.5, 0.4, 0.3]
+
+
+def test_a_failed_rank_restarts_the_job_until_max_restarts_is_used_up_counting_only_the_time_it_ran() -> None:
+    """spec.failurePolicy.maxRestarts: 2. The Job failed (a rank died) after an hour of running: back to
+    Pending, the restart counted, the hour in runSeconds (budgets go on from it), the reason in the
+    Running condition; the failed Job, while it goes, changes nothing; the third failure is final."""
+    running = desired_status(training_job(), job(ready=1), T0)
+    restartable = training_job() | {"spec": {"replicas": 1, "failurePolicy": {"maxRestarts": 2}}}
+    failed = job(conditions=[finished("Failed", "BackoffLimitExceeded", "Job has reached the backoff limit")])
+    ending = lifecycle.Ending(failure="rank 0 exited with code 137")
+    one_hour = lifecycle.seconds(T1) or 0.0
+    first = desired_status(restartable | {"status": running}, failed, T1, ending=ending, now=one_hour)
+    assert (first["phase"], first["restarts"], first["runSeconds"]) == ("Pending", 1, 3600.0)
+    condition = next(c for c in first["conditions"] if c["type"] == "Running")
+    assert (condition["status"], condition["reason"]) == ("False", "Restarting")
+    assert condition["message"].startswith("restart 1 of 2 from the last checkpoint: Job has reached")
+    assert "code 137" in condition["message"]
+    assert lifecycle.restarting(restartable | {"status": first})
+    assert desired_status(restartable | {"status": first}, failed, T1) == first  # its Job, going
+
+    again = desired_status(restartable | {"status": first}, job(ready=1), T1)
+    assert again["phase"] == "Running" and not lifecycle.restarting(restartable | {"status": again})
+    second = desired_status(restartable | {"status": again}, failed, T1, ending=ending, now=one_hour)
+    assert (second["phase"], second["restarts"]) == ("Pending", 2)
+    third = desired_status(restartable | {"status": second | {"phase": "Running"}}, failed, T1, ending=ending)
+    assert third["phase"] == "Failed"
+    assert desired_status(training_job(status=running), failed, T1)["phase"] == "Failed"  # default: 0

@@ -75,6 +75,15 @@ _ERRORS: dict[int, type[ApiError]] = {
 }
 
 
+def _controlled(item: Mapping[str, Any], uid: str) -> bool:
+    """The object's controller ownerReference names that uid."""
+    references = (item.get("metadata") or {}).get("ownerReferences") or []
+    return any(
+        isinstance(reference, Mapping) and reference.get("controller") is True and reference.get("uid") == uid
+        for reference in references
+    )
+
+
 def _api_message(body: bytes, reason: str) -> str:
     try:
         return str(json.loads(body)["message"])
@@ -212,8 +221,9 @@ class Kube:
         return [line for line in text.splitlines() if line.strip()][-lines:]
 
     async def list_workloads(self, namespace: str, job_uid: str) -> list[Manifest]:
-        """Kueue's Workloads for the Job of that uid; none where Kueue is not installed or not readable to
-        the operator: a queue's words are a help, never a requirement."""
+        """Kueue's Workloads for the Job of that uid, by the controller ownerReference Kueue gives them (a
+        Workload anyone in the namespace labels with the uid is not one); none where Kueue is not installed
+        or not readable to the operator: a queue's words are a help, never a requirement."""
         selector = quote(f"{JOB_UID_LABEL}={job_uid}")
         for version in WORKLOAD_VERSIONS:
             path = f"/apis/kueue.x-k8s.io/{version}/namespaces/{namespace}/workloads?labelSelector={selector}"
@@ -223,7 +233,11 @@ class Kube:
                 continue  # an older Kueue serves only an older version
             except ApiError:
                 return []
-            return [item for item in found.get("items") or [] if isinstance(item, dict)]
+            return [
+                item
+                for item in found.get("items") or []
+                if isinstance(item, dict) and _controlled(item, job_uid)
+            ]
         return []
 
     async def deactivate_workloads(self, namespace: str, job_uid: str) -> None:

@@ -283,7 +283,7 @@ class Fleet:
             if job.running_since is None or not names.fullmatch(job.name):
                 continue
             epoch, value, _ = self._read(job, now)
-            labels = {"namespace": self.namespace, "stopline_job": job.name, "rank": "0"}
+            labels = {"namespace": self.namespace, "stopline_job": job.name, "pod": str(job.pod), "rank": "0"}
             series = {
                 "stopline_epoch": ({}, epoch),
                 "stopline_step": ({}, epoch * STEPS_PER_EPOCH),

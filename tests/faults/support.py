@@ -254,10 +254,13 @@ class StandInPrometheus:
         self.server.close()
 
 
-def trainer_series(namespace: str, job: str, epoch: float | str, **values: float) -> list[dict[str, Any]]:
-    """The trainer series of one job as Prometheus answers them (labels as the chart's PodMonitor sets)."""
+def trainer_series(
+    namespace: str, job: str, pod: str, epoch: float | str, **values: float
+) -> list[dict[str, Any]]:
+    """The trainer series of one job's rank-0 pod as Prometheus answers them (labels as the chart's
+    PodMonitor sets): `pod` is that pod's name, as the operator checks it."""
     at = time.time()
-    labels = {"namespace": namespace, "stopline_job": job, "pod": f"{job}-0", "rank": "0"}
+    labels = {"namespace": namespace, "stopline_job": job, "pod": pod, "rank": "0"}
     series: list[dict[str, Any]] = [
         {"metric": {"__name__": "stopline_epoch", **labels}, "value": [at, str(epoch)]},
         {"metric": {"__name__": "stopline_step", **labels}, "value": [at, "100"]},

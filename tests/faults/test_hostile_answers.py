@@ -104,7 +104,7 @@ def test_a_trainer_serving_garbage_shows_metrics_unavailable_and_the_operator_ke
     assert status(plane, namespace, "hostile")["checkpoint"]["uri"] == "/ckpt/hostile.pt"
 
 
-Report = Callable[[StandInTrainer, int], None]  # the victim trainer reports an epoch
+Report = Callable[[StandInTrainer, dict[str, str], int], None]  # the victim reports an epoch; job -> its pod
 
 
 def poisoned_series_story(
@@ -116,14 +116,17 @@ def poisoned_series_story(
     metrics = {"interval": "1s", "prometheus": {"url": url}}
     with ExitStack() as stack:
         with operator_watching(tenant_a, tenant_b):
-            start_pod(plane, tenant_a, manifest("poisoned", criteria=[], metrics=dict(metrics)), poisoned_at)
+            poisoned_pod = start_pod(
+                plane, tenant_a, manifest("poisoned", criteria=[], metrics=dict(metrics)), poisoned_at
+            )
             victim, pod = stack.enter_context(
                 running_trainer(plane, tenant_b, manifest("victim", criteria=[], metrics=dict(metrics)))
             )
-        report(victim, 1)
+        pods = {"poisoned": poisoned_pod, "victim": pod}
+        report(victim, pods, 1)
         stack.enter_context(operator_watching(tenant_a, tenant_b))
         wait_until(progress_at(plane, tenant_b, "victim", 1), WAIT_S, "tenant b: epoch 1 read")
-        report(victim, 2)
+        report(victim, pods, 2)
         wait_until(progress_at(plane, tenant_b, "victim", 2), WAIT_S, "tenant b: epoch 2 read")
         poisoned = wait_until(
             metrics_available(plane, tenant_a, "poisoned", "False"),
@@ -147,10 +150,10 @@ def test_a_nan_epoch_series_in_prometheus_fails_only_its_job_and_another_tenant_
     with running_prometheus(tmp_path / "prometheus") as prometheus, ExitStack() as stack:
         poisoned = HostileTrainer(reserve_address(), mode="nan-epoch")
         stack.callback(poisoned.close)
-        prometheus.add_trainer(f"{poisoned.ip}:{poisoned.port}", namespace, "poisoned", "poisoned-0")
 
-        def report(victim: StandInTrainer, epoch: int) -> None:
-            prometheus.add_trainer(f"{victim.ip}:{victim.port}", other_namespace, "victim", "victim-0")
+        def report(victim: StandInTrainer, pods: dict[str, str], epoch: int) -> None:
+            prometheus.add_trainer(f"{poisoned.ip}:{poisoned.port}", namespace, "poisoned", pods["poisoned"])
+            prometheus.add_trainer(f"{victim.ip}:{victim.port}", other_namespace, "victim", pods["victim"])
             victim.report(epoch, epoch * 100, val_loss=1.0 / epoch)
             wait_until(
                 lambda: (
@@ -172,12 +175,18 @@ def test_a_prometheus_series_without_value_fails_only_its_job_and_another_tenant
     """A stand-in Prometheus: a real one never answers a series without a value."""
     stand_in = StandInPrometheus(reserve_address())
     try:
-        labels = {"namespace": namespace, "stopline_job": "poisoned", "rank": "0"}
-        no_value = [{"metric": {"__name__": "stopline_epoch", **labels}}]  # "value" missing
 
-        def report(victim: StandInTrainer, epoch: int) -> None:
-            good = trainer_series(other_namespace, "victim", epoch, val_loss=1.0 / epoch)
-            stand_in.result = no_value + trainer_series(namespace, "poisoned", "NaN") + good
+        def report(victim: StandInTrainer, pods: dict[str, str], epoch: int) -> None:
+            labels = {
+                "namespace": namespace,
+                "stopline_job": "poisoned",
+                "pod": pods["poisoned"],
+                "rank": "0",
+            }
+            no_value = [{"metric": {"__name__": "stopline_epoch", **labels}}]  # "value" missing
+            poisoned = trainer_series(namespace, "poisoned", pods["poisoned"], "NaN")
+            good = trainer_series(other_namespace, "victim", pods["victim"], epoch, val_loss=1.0 / epoch)
+            stand_in.result = no_value + poisoned + good
 
         poisoned_series_story(plane, namespace, other_namespace, stand_in.url, reserve_address(), report)
     finally:

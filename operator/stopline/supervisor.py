@@ -189,17 +189,26 @@ class Supervisor:
         self.stops.forget(uids)
 
     async def _visit_batch(self, url: str, batch: list[Tracked]) -> None:
-        """One PromQL query for the trainer series of every job in `batch`, then each job's visit."""
-        keys = [tracked.key for tracked in batch]
+        """One PromQL query for the trainer series of the rank-0 pods of `batch`, then each job's visit. A
+        job whose rank-0 pod is not running has no report, as when scraped."""
+        pods = {tracked.key: pod.name for tracked in batch if (pod := tracked.rank_zero()) is not None}
+        fetched: dict[Key, Fetched] = {tracked.key: (None, "no running pod of rank 0") for tracked in batch}
+        if pods:
+            fetched |= await self._trainer_reports(url, pods)
+        await asyncio.gather(*(self._visit(tracked, fetched[tracked.key]) for tracked in batch))
+
+    async def _trainer_reports(self, url: str, pods: dict[Key, str]) -> dict[Key, Fetched]:
+        """Each job's report from its rank-0 pod's series, or why there is none."""
         try:
-            found = prometheus.reports(await self._query(url, prometheus.trainer_query(keys)))
-            error = f"no trainer series for this job in Prometheus at {excerpt(url)}"
+            samples = await self._query(url, prometheus.trainer_query(pods))
+            found = prometheus.reports(prometheus.from_rank_zero(samples, pods))
         except Exception as failure:  # a bad answer is no report for these jobs, never an end to their visits
-            monitoring.SCRAPE_ERRORS.inc(len(batch))
-            found = {}
+            monitoring.SCRAPE_ERRORS.inc(len(pods))
             unreadable = f"unreadable answer from Prometheus at {excerpt(url)}"
             error = str(failure) if isinstance(failure, prometheus.PrometheusError) else unreadable
-        await asyncio.gather(*(self._visit(tracked, (found.get(tracked.key), error)) for tracked in batch))
+            return {key: (None, error) for key in pods}
+        where = f"in Prometheus at {excerpt(url)}"
+        return {key: (found.get(key), f"no trainer series of pod {pod} {where}") for key, pod in pods.items()}
 
     async def _visit(self, tracked: Tracked, fetched: Fetched | None = None) -> None:
         started = self.clock()  # the next visit is due an interval after this one began, however long it took

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -277,13 +277,20 @@ def poisoned_prometheus(good: str) -> Callable[[web.Request], Awaitable[web.Resp
     """Prometheus answering one good trainer series and, for another tenant, series that are not one."""
 
     def series(namespace: str, job: str, name: str, value: str) -> dict[str, Any]:
-        labels = {"__name__": name, "namespace": namespace, "stopline_job": job}
+        labels = {"__name__": name, "namespace": namespace, "stopline_job": job, "pod": f"{job}-x7k2p"}
         return {"metric": labels, "value": [0, value]}
 
     async def query(_: web.Request) -> web.Response:
         result = [
             series("tenant-a", "poison", "stopline_epoch", "NaN"),
-            {"metric": {"__name__": "stopline_step", "namespace": "tenant-a", "stopline_job": "poison"}},
+            {
+                "metric": {
+                    "__name__": "stopline_step",
+                    "namespace": "tenant-a",
+                    "stopline_job": "poison",
+                    "pod": "poison-x7k2p",
+                }
+            },
             series("tenant-b", good, "stopline_epoch", "1"),
             series("tenant-b", good, "stopline_step", "10"),
         ]
@@ -307,8 +314,7 @@ def test_one_poisoned_series_does_not_end_monitoring_of_the_other_jobs_on_that_p
             kube = StandInKube(registry)
             metrics = {"interval": "1s", "prometheus": {"url": f"http://127.0.0.1:{port}"}}
             for namespace, name in (("tenant-a", "poison"), ("tenant-b", "healthy")):
-                kube.put("TrainingJob", training_job(name, namespace, "Running", metrics=metrics))
-                kube.put("Job", batch_job(name, namespace))
+                running_job(kube, registry, name, namespace, metrics=metrics)
             async with supervising(kube, registry):
                 await until(
                     lambda: "progress" in kube.objects[("TrainingJob", "tenant-b", "healthy")]["status"],
@@ -320,5 +326,108 @@ def test_one_poisoned_series_does_not_end_monitoring_of_the_other_jobs_on_that_p
                 await until(lambda: phase(kube, "poison", "tenant-a") != "Running", "tenant-a's stop")
         finally:
             await runner.cleanup()
+
+    run(scenario)
+
+
+def trainer_pod(job: str, namespace: str, name: str | None = None) -> dict[str, Any]:
+    """Rank 0's pod of the Job `job`, Running: the registry trusts it (its Job controls it by uid)."""
+    references = [{"kind": "Job", "name": job, "uid": f"job-{job}", "controller": True}]
+    metadata = {
+        "name": name or f"{job}-x7k2p",
+        "namespace": namespace,
+        "uid": f"pod-{job}",
+        "labels": {"stopline.dev/job": job},
+        "ownerReferences": references,
+    }
+    return {"metadata": metadata, "status": {"phase": "Running", "podIP": "127.0.0.1"}}
+
+
+def running_job(kube: StandInKube, registry: Registry, name: str, namespace: str, **spec: Any) -> None:
+    """A Running TrainingJob, its Job and its rank-0 pod, as the watches deliver them."""
+    kube.put("TrainingJob", training_job(name, namespace, "Running", **spec))
+    kube.put("Job", batch_job(name, namespace))
+    registry.observe_pod(trainer_pod(name, namespace))
+
+
+def series(namespace: str, job: str, pod: str, epoch: int, **values: float) -> list[dict[str, Any]]:
+    """A trainer's series as Prometheus answers them while `epoch` runs: its values are of the epoch
+    before (stopline_metric_epoch), the last one complete."""
+    labels = {"namespace": namespace, "stopline_job": job, "pod": pod, "rank": "0"}
+    found: list[dict[str, Any]] = [
+        {"metric": {"__name__": "stopline_epoch", **labels}, "value": [0, str(epoch)]},
+        {"metric": {"__name__": "stopline_step", **labels}, "value": [0, str(100 * epoch)]},
+    ]
+    for name, value in values.items():
+        found += [
+            {"metric": {"__name__": "stopline_metric", "name": name, **labels}, "value": [0, str(value)]},
+            {
+                "metric": {"__name__": "stopline_metric_epoch", "name": name, **labels},
+                "value": [0, str(epoch - 1)],
+            },
+        ]
+    return found
+
+
+Answer = Callable[[str], Awaitable[list[dict[str, Any]]]]  # a query's text -> its result vector
+
+
+@asynccontextmanager
+async def prometheus_answering(answer: Answer) -> AsyncIterator[str]:
+    """A stand-in Prometheus on 127.0.0.1 whose every instant query's result is `answer(query)`; its URL."""
+
+    async def query(request: web.Request) -> web.Response:
+        body = {
+            "status": "success",
+            "data": {"resultType": "vector", "result": await answer(request.query["query"])},
+        }
+        return web.Response(text=json.dumps(body), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/api/v1/query", query)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def status_of(kube: StandInKube, name: str, namespace: str) -> Mapping[str, Any]:
+    status: Mapping[str, Any] = kube.objects[("TrainingJob", namespace, name)]["status"]
+    return status
+
+
+GOOD_ENOUGH = [{"name": "good", "threshold": {"metric": "val_accuracy", "mode": "max", "value": 0.95}}]
+
+
+def test_an_impostor_pod_carrying_the_jobs_label_has_no_say_in_its_criteria() -> None:
+    """M1: a pod labelled stopline.dev/job=victim (no completion index, so no rank label) is scraped by
+    the PodMonitor too; its series claim a later epoch and an accuracy past the threshold. Only the series
+    of the pod the job's Job controls are the job's."""
+
+    async def answer(query: str) -> list[dict[str, Any]]:
+        own = series("ns", "victim", "victim-x7k2p", epoch=2, val_accuracy=0.5)
+        impostor = series("ns", "victim", "aaa-impostor", epoch=9, val_accuracy=0.99)
+        return own + [
+            {**item, "metric": {k: v for k, v in item["metric"].items() if k != "rank"}} for item in impostor
+        ]
+
+    async def scenario() -> None:
+        registry = Registry()
+        kube = StandInKube(registry)
+        async with prometheus_answering(answer) as url:
+            metrics = {"interval": "1s", "prometheus": {"url": url}}
+            running_job(kube, registry, "victim", "ns", metrics=metrics, criteria=GOOD_ENOUGH)
+            impostor = trainer_pod("victim", "ns", name="aaa-impostor")
+            impostor["metadata"]["ownerReferences"] = []
+            registry.observe_pod(impostor)
+            async with supervising(kube, registry):
+                await until(lambda: "progress" in status_of(kube, "victim", "ns"), "the victim's progress")
+        current = status_of(kube, "victim", "ns")
+        assert current["phase"] == "Running"
+        assert (current["progress"]["epoch"], current["progress"]["metrics"]) == (2, {"val_accuracy": 0.5})
 
     run(scenario)

@@ -1,8 +1,10 @@
 """Read trainer metrics through Prometheus: one instant query per interval for every job on that server.
 
-The trainer series must carry the labels `namespace` and `stopline_job` (the TrainingJob's name); the
-chart's PodMonitor relabels the pod label stopline.dev/job to it, and the e2e harness's file_sd targets
-set it. `rank` tells rank 0 apart when several ranks are scraped.
+The trainer series must carry the labels `namespace`, `stopline_job` (the TrainingJob's name) and `pod`;
+the chart's PodMonitor relabels the pod label stopline.dev/job to stopline_job and Prometheus adds
+namespace and pod, and the e2e harness's file_sd targets set all three. Labels say only where a series
+was scraped: any pod may carry a job's label. A series counts for a job only when its `pod` is the job's
+rank-0 pod as the operator trusts it (controlled by the job's Job, by uid) and its `rank`, if any, is 0.
 """
 
 from __future__ import annotations
@@ -140,20 +142,34 @@ def _literal(text: str) -> str:
     return re.escape(text).replace("\\", "\\\\")
 
 
-def trainer_query(keys: Iterable[Key]) -> str:
-    """One selector for the trainer series of every job in `keys`."""
-    names = sorted({_literal(name) for _, name in keys})
-    namespaces = sorted({_literal(namespace) for namespace, _ in keys})
+def trainer_query(pods: Mapping[Key, str]) -> str:
+    """One selector for the trainer series of each job's rank-0 pod (`pods`: job -> that pod's name)."""
+    names = "|".join(sorted({_literal(name) for _, name in pods}))
+    namespaces = "|".join(sorted({_literal(namespace) for namespace, _ in pods}))
+    pod_names = "|".join(sorted({_literal(pod) for pod in pods.values()}))
     series = "|".join((EPOCH, STEP, METRIC, METRIC_EPOCH, EPOCH_SECONDS))
-    return f'{{__name__=~"{series}",{JOB_LABEL}=~"{"|".join(names)}",namespace=~"{"|".join(namespaces)}"}}'
+    return f'{{__name__=~"{series}",{JOB_LABEL}=~"{names}",namespace=~"{namespaces}",pod=~"{pod_names}"}}'
+
+
+def from_rank_zero(samples: Iterable[Sample], pods: Mapping[Key, str]) -> list[Sample]:
+    """The samples scraped from each job's own rank-0 pod (`pods`: job -> that pod's name): the answer is
+    remote input, and neither a pod that only carries a job's label nor another rank speaks for the job.
+    A series without `rank` is rank 0's: the chart's PodMonitor sets none for a single-rank job."""
+    return [sample for sample in samples if _scraped_from(sample.labels, pods)]
+
+
+def _scraped_from(labels: Mapping[str, str], pods: Mapping[Key, str]) -> bool:
+    pod = pods.get((labels.get("namespace", ""), labels.get(JOB_LABEL, "")))
+    return pod is not None and labels.get("pod") == pod and labels.get("rank", "0") == "0"
 
 
 def reports(samples: Sequence[Sample]) -> dict[Key, TrainerReport]:
-    """The samples of one trainer query, as one report per job from rank 0 (or the only rank seen)."""
+    """The samples of one trainer query, already narrowed to rank 0 (`from_rank_zero`), as one report
+    per job."""
     by_job: dict[Key, dict[str, dict[str, float]]] = {}
     for sample in samples:
         labels = sample.labels
-        if labels.get("rank", "0") != "0" or JOB_LABEL not in labels or "namespace" not in labels:
+        if JOB_LABEL not in labels or "namespace" not in labels:
             continue
         values = by_job.setdefault(
             (labels["namespace"], labels[JOB_LABEL]), {"series": {}, "metrics": {}, "epochs": {}}

@@ -5,6 +5,11 @@ not already being visited, at most MAX_CONCURRENT at a time, so a slow pod delay
 job is due every spec.metrics.interval; a Stopping job every STOP_POLL_S, and at once when one of its
 pods changes; a stop/cancel annotation makes a job due at once (see `poke`).
 
+Prometheus is shared by tenants, so what one namespace does there stays its own: the trainer series are
+one query per Prometheus URL and namespace (at most BATCH_JOBS jobs), an answer too large fails only
+that query's jobs, and queries take slots fairly (`NamespaceSlots`) within a deadline that counts the
+wait for one.
+
 Each visit of a running job writes at most one status patch (through the one status writer): progress,
 best, curve and criteria once per new epoch, the MetricsAvailable condition when it flips, dryRun once,
 or the move to Stopping with the stop reason. The stop itself is stopline.stopping's state machine.
@@ -19,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from contextlib import suppress
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import aiohttp
@@ -42,7 +48,7 @@ from stopline.lifecycle import Condition, StatusChange, run_seconds, seconds
 from stopline.metrics import prometheus
 from stopline.metrics.epochs import EpochsError, missed_epochs
 from stopline.metrics.exposition import TrainerReport
-from stopline.metrics.http import endpoint_url, excerpt
+from stopline.metrics.http import endpoint_url, excerpt, message, no_answer
 from stopline.metrics.scrape import ScrapeError, scrape
 from stopline.pointer import exported_checkpoint
 from stopline.progress import JobMemory, gpu_seconds_saved, progress_status
@@ -84,6 +90,8 @@ HEALTHY_WITHIN_S = 30.0
 STOP_POLL_S = 1.0
 MAX_CONCURRENT = 256  # visits at once: each mostly waits on a pod or the apiserver
 QUERIES_AT_ONCE = 8  # Prometheus answers read at once: each may hold up to 2 x 8 MiB while it is parsed
+QUERIES_PER_NAMESPACE = 2  # of those, one namespace's: four tenants at their share still leave no one waiting
+BATCH_JOBS = 64  # jobs in one trainer query: its URL names each, its answer holds a few dozen series each
 SCRAPE_TIMEOUT_S = 5.0
 EPOCHS_PATH = "/epochs"  # the trainer's window of recent epochs (stopline_trainer.metrics.EpochWindow)
 PREEMPTIBLE = frozenset({PENDING, RUNNING, PREEMPTED})  # phases in which a queue may take the pods back
@@ -101,6 +109,37 @@ def stop_url(pod: PodView, port: int) -> str | None:
         return None
 
 
+class NamespaceSlots:
+    """At most `total` holders at once, and at most `per_namespace` of them for one namespace.
+
+    A namespace takes one of its own slots before it queues for a shared one, and asyncio's Semaphore wakes
+    its waiters in order, so another namespace waits behind at most `per_namespace` holders or waiters of
+    each namespace: one tenant's many, slow or hostile queries never hold more than its share.
+    """
+
+    def __init__(self, total: int, per_namespace: int) -> None:
+        self._shared = asyncio.Semaphore(total)
+        self._per_namespace = per_namespace
+        self._own: dict[str, asyncio.Semaphore] = {}
+        self._users: Counter[str] = (
+            Counter()
+        )  # holders and waiters: a namespace's semaphore goes with the last
+
+    @asynccontextmanager
+    async def slot(self, namespace: str) -> AsyncIterator[None]:
+        own = self._own.get(namespace)
+        if own is None:
+            own = self._own[namespace] = asyncio.Semaphore(self._per_namespace)
+        self._users[namespace] += 1
+        try:
+            async with own, self._shared:
+                yield
+        finally:
+            self._users[namespace] -= 1
+            if not self._users[namespace]:
+                del self._users[namespace], self._own[namespace]
+
+
 class Supervisor:
     def __init__(
         self,
@@ -115,7 +154,7 @@ class Supervisor:
         self.last_tick = clock()
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
-        self._queries = asyncio.Semaphore(QUERIES_AT_ONCE)
+        self._queries = NamespaceSlots(QUERIES_AT_ONCE, QUERIES_PER_NAMESPACE)
         self._visiting: dict[Key, asyncio.Task[None]] = {}
         self._due: dict[Key, float] = {}
         self._memory: dict[str, JobMemory] = {}  # by TrainingJob uid: a job made again starts afresh
@@ -141,15 +180,17 @@ class Supervisor:
                     and self._due.get(tracked.key, 0.0) <= now
                     and _wants_visit(tracked)
                 ]
-                by_server: dict[str, list[Tracked]] = {}
+                by_query: dict[tuple[str, str], list[Tracked]] = {}
                 for tracked in due:
                     url = tracked.spec.metrics.prometheus_url if tracked.spec else None
                     if url and tracked.phase == RUNNING:
-                        by_server.setdefault(url, []).append(tracked)
+                        by_query.setdefault((url, tracked.key[0]), []).append(tracked)
                     else:
                         self._start([tracked], self._visit(tracked))
-                for url, batch in by_server.items():
-                    self._start(batch, self._visit_batch(url, batch))
+                for (url, _), jobs in by_query.items():
+                    for first in range(0, len(jobs), BATCH_JOBS):
+                        batch = jobs[first : first + BATCH_JOBS]
+                        self._start(batch, self._visit_batch(url, batch))
                 monitoring.count_phases(tracked.phase for tracked in self.registry)
                 self._forget_gone()
                 self.last_tick = now
@@ -189,18 +230,20 @@ class Supervisor:
         self.stops.forget(uids)
 
     async def _visit_batch(self, url: str, batch: list[Tracked]) -> None:
-        """One PromQL query for the trainer series of the rank-0 pods of `batch`, then each job's visit. A
-        job whose rank-0 pod is not running has no report, as when scraped."""
+        """One PromQL query for the trainer series of the rank-0 pods of `batch` (jobs of one namespace),
+        then each job's visit. A job whose rank-0 pod is not running has no report, as when scraped."""
         pods = {tracked.key: pod.name for tracked in batch if (pod := tracked.rank_zero()) is not None}
         fetched: dict[Key, Fetched] = {tracked.key: (None, "no running pod of rank 0") for tracked in batch}
         if pods:
-            fetched |= await self._trainer_reports(url, pods)
+            watched = {metric for tracked in batch if tracked.spec for metric in tracked.spec.watched_metrics}
+            fetched |= await self._trainer_reports(url, pods, watched)
         await asyncio.gather(*(self._visit(tracked, fetched[tracked.key]) for tracked in batch))
 
-    async def _trainer_reports(self, url: str, pods: dict[Key, str]) -> dict[Key, Fetched]:
+    async def _trainer_reports(self, url: str, pods: dict[Key, str], watched: set[str]) -> dict[Key, Fetched]:
         """Each job's report from its rank-0 pod's series, or why there is none."""
+        namespace = next(iter(pods))[0]
         try:
-            samples = await self._query(url, prometheus.trainer_query(pods))
+            samples = await self._query(namespace, url, prometheus.trainer_query(pods, watched))
             found = prometheus.reports(prometheus.from_rank_zero(samples, pods))
         except Exception as failure:  # a bad answer is no report for these jobs, never an end to their visits
             monitoring.SCRAPE_ERRORS.inc(len(pods))
@@ -318,35 +361,49 @@ class Supervisor:
     async def _live_inputs(
         self, tracked: Tracked, spec: TrainingJobSpec
     ) -> tuple[dict[str, bool], float | None]:
-        """The promql criteria's results and the GPU utilisation, from spec.metrics.prometheus; a failed
-        query is left out, so its criterion keeps its clock (see criteria.live)."""
+        """The promql criteria's results and the GPU utilisation, from spec.metrics.prometheus, queried at
+        once, so a visit waits one query's deadline, not one per criterion; a failed query is left out, so
+        its criterion keeps its clock (see criteria.live)."""
         url = spec.metrics.prometheus_url
         results: dict[str, bool] = {}
         utilization = None
         if url is None or tracked.phase != RUNNING:
             return results, utilization
-        for criterion in spec.criteria:
-            if isinstance(criterion, PromQLCriterion):
-                query = criterion.query
-            elif isinstance(criterion, GPUIdleCriterion):
-                query = prometheus.gpu_utilization_query(*tracked.key)
-            else:
-                continue
-            try:
-                samples = await self._query(url, query)
-            except prometheus.PrometheusError as error:
-                log.info("TrainingJob %s/%s: %s", *tracked.key, error)
-                continue
-            if isinstance(criterion, PromQLCriterion):
+        live = [c for c in spec.criteria if isinstance(c, PromQLCriterion | GPUIdleCriterion)]
+        queries = [
+            c.query if isinstance(c, PromQLCriterion) else prometheus.gpu_utilization_query(*tracked.key)
+            for c in live
+        ]
+        answers = await asyncio.gather(
+            *(self._query(tracked.key[0], url, query) for query in queries), return_exceptions=True
+        )
+        for criterion, samples in zip(live, answers, strict=True):
+            if isinstance(samples, prometheus.PrometheusError):
+                log.info("TrainingJob %s/%s: %s", *tracked.key, samples)
+            elif isinstance(samples, BaseException):
+                raise samples
+            elif isinstance(criterion, PromQLCriterion):
                 results[criterion.name] = bool(samples)
             elif samples:
                 utilization = max(sample.value for sample in samples)
         return results, utilization
 
-    async def _query(self, url: str, query: str) -> list[prometheus.Sample]:
-        """One instant query, at most QUERIES_AT_ONCE at a time: memory stays bounded whatever answers."""
-        async with self._queries:
-            return await prometheus.instant_query(self.session, url, query, SCRAPE_TIMEOUT_S)
+    async def _query(self, namespace: str, url: str, query: str) -> list[prometheus.Sample]:
+        """One instant query for a job of `namespace`, within SCRAPE_TIMEOUT_S from the moment it is asked,
+        the wait for a slot included: memory stays bounded whatever answers, and neither another tenant's
+        queries nor a slow server of its own make a job wait for its answers longer than that."""
+        asked = False
+        try:
+            async with asyncio.timeout(SCRAPE_TIMEOUT_S), self._queries.slot(namespace):
+                asked = True
+                return await prometheus.instant_query(self.session, url, query, SCRAPE_TIMEOUT_S)
+        except TimeoutError:
+            busy = (
+                f"no query slot free within {SCRAPE_TIMEOUT_S:g} s: this namespace's queries (at most "
+                f"{QUERIES_PER_NAMESPACE} at once) or all the operator's ({QUERIES_AT_ONCE}) were busy"
+            )
+            problem = no_answer(SCRAPE_TIMEOUT_S) if asked else busy
+            raise prometheus.PrometheusError(message(url, problem)) from None
 
     async def _still_runs(self, tracked: Tracked) -> bool:
         """Whether the apiserver answers that rank 0's pod, which just did not answer its scrape, still runs:

@@ -22,10 +22,20 @@ def sample(
 def test_one_query_selects_each_jobs_rank_zero_pod_and_escapes_their_names() -> None:
     """Regex escapes inside a PromQL string are doubled: a bare \\- is a syntax error (HTTP 400)."""
     pods = {("ns", "resnet-lr3e-4"): "resnet-lr3e-4-0-x7k2p", ("ns", "vit.b16"): "vit.b16-abcde"}
-    query = trainer_query(pods)
+    query = trainer_query(pods, {"val_loss", "top1.acc"})
     assert r'stopline_job=~"resnet\\-lr3e\\-4|vit\\.b16"' in query
     assert r'pod=~"resnet\\-lr3e\\-4\\-0\\-x7k2p|vit\\.b16\\-abcde"' in query
     assert 'namespace=~"ns"' in query
+
+
+def test_the_query_asks_only_for_the_watched_metrics_one_series_each_whatever_else_a_trainer_exports() -> (
+    None
+):
+    """N3: a trainer exporting 30,000 stopline_metric names, or one name under 30,000 other labels, would
+    fill the answer every job of its namespace shares; the query leaves them in Prometheus."""
+    query = trainer_query({("ns", "a"): POD}, {"val_loss", "train_loss"})
+    assert 'name=~"train_loss|val_loss|"' in query  # the empty alternative: stopline_epoch has no name
+    assert query.startswith("max by (namespace, stopline_job, pod, rank, __name__, name) ({")
 
 
 def test_samples_become_one_report_per_job_from_its_rank_zero_pod() -> None:

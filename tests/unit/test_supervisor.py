@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -395,12 +396,64 @@ async def prometheus_answering(answer: Answer) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+def namespace_asked(query: str) -> str:
+    """The namespaces a trainer query names, `|`-joined, without the regex escapes."""
+    found = re.search(r'namespace=~"([^"]*)"', query)
+    return found.group(1).replace("\\", "") if found else ""
+
+
 def status_of(kube: StandInKube, name: str, namespace: str) -> Mapping[str, Any]:
     status: Mapping[str, Any] = kube.objects[("TrainingJob", namespace, name)]["status"]
     return status
 
 
+def metrics_unavailable(kube: StandInKube, name: str, namespace: str) -> str | None:
+    """MetricsAvailable=False's message, if the job shows it."""
+    conditions = status_of(kube, name, namespace).get("conditions") or []
+    found = [c for c in conditions if c["type"] == "MetricsAvailable" and c["status"] == "False"]
+    return str(found[0]["message"]) if found else None
+
+
+def epoch_read(kube: StandInKube, name: str, namespace: str, epoch: int) -> Callable[[], bool]:
+    """The job's status.progress shows this epoch."""
+    return lambda: status_of(kube, name, namespace).get("progress", {}).get("epoch") == epoch
+
+
 GOOD_ENOUGH = [{"name": "good", "threshold": {"metric": "val_accuracy", "mode": "max", "value": 0.95}}]
+
+
+def test_a_tenant_whose_series_overflow_the_answer_blinds_only_its_own_namespace() -> None:
+    """N3 (a): tenant-a's trainer exports 30,000 stopline_metric names; on one Prometheus URL its jobs'
+    answer is over 8 MiB. The other tenant's job on that URL is still read and stopped by its threshold."""
+
+    async def answer(query: str) -> list[dict[str, Any]]:
+        result = []
+        if "tenant-a" in namespace_asked(query):
+            flood = {f"junk_{index:05d}": 0.5 for index in range(30_000)}
+            result += series("tenant-a", "flood", "flood-x7k2p", epoch=1, **flood)
+        if "tenant-b" in namespace_asked(query):
+            result += series("tenant-b", "victim", "victim-x7k2p", epoch=2, val_accuracy=0.97)
+        return result
+
+    async def scenario() -> None:
+        registry = Registry()
+        kube = StandInKube(registry)
+        async with prometheus_answering(answer) as url:
+            metrics = {"interval": "1s", "prometheus": {"url": url}}
+            running_job(kube, registry, "flood", "tenant-a", metrics=metrics)
+            running_job(kube, registry, "victim", "tenant-b", metrics=metrics, criteria=GOOD_ENOUGH)
+            async with supervising(kube, registry):
+                await until(
+                    lambda: phase(kube, "victim", "tenant-b") != "Running", "tenant-b's threshold stop"
+                )
+                await until(
+                    lambda: metrics_unavailable(kube, "flood", "tenant-a") is not None, "tenant-a's condition"
+                )
+        assert status_of(kube, "victim", "tenant-b")["stopReason"]["type"] == "Threshold"
+        assert "over 8 MiB" in str(metrics_unavailable(kube, "flood", "tenant-a"))
+        assert phase(kube, "flood", "tenant-a") == "Running"
+
+    run(scenario)
 
 
 def test_an_impostor_pod_carrying_the_jobs_label_has_no_say_in_its_criteria() -> None:
@@ -429,5 +482,71 @@ def test_an_impostor_pod_carrying_the_jobs_label_has_no_say_in_its_criteria() ->
         current = status_of(kube, "victim", "ns")
         assert current["phase"] == "Running"
         assert (current["progress"]["epoch"], current["progress"]["metrics"]) == (2, {"val_accuracy": 0.5})
+
+    run(scenario)
+
+
+def test_slow_queries_of_one_tenant_do_not_hold_back_another_tenants_reads() -> None:
+    """N3 (b): 24 jobs of tenant-a, each with two promql criteria, on a Prometheus that answers in 4.5 s
+    (under the query deadline): they held every query slot of the operator. Once they query, tenant-b's
+    job, on another Prometheus, still reads each epoch at once."""
+    trainer = {"epoch": 1}  # where tenant-b's trainer is
+    slow_queries_asked = []
+
+    async def slow(query: str) -> list[dict[str, Any]]:
+        if query.startswith("slow_"):
+            slow_queries_asked.append(query)
+        await asyncio.sleep(4.5)
+        return []
+
+    async def fast(query: str) -> list[dict[str, Any]]:
+        return series("tenant-b", "victim", "victim-x7k2p", epoch=trainer["epoch"])
+
+    async def scenario() -> None:
+        registry = Registry()
+        kube = StandInKube(registry)
+        slow_queries = [{"name": f"q{index}", "promql": {"query": f"slow_{index} > 0"}} for index in range(2)]
+        async with prometheus_answering(slow) as slow_url, prometheus_answering(fast) as fast_url:
+            for index in range(24):
+                metrics = {"interval": "1s", "prometheus": {"url": slow_url}}
+                running_job(
+                    kube, registry, f"hog-{index}", "tenant-a", metrics=metrics, criteria=slow_queries
+                )
+            victim_metrics = {"interval": "1s", "prometheus": {"url": fast_url}}
+            running_job(kube, registry, "victim", "tenant-b", metrics=victim_metrics)
+            async with supervising(kube, registry):
+                await until(lambda: bool(slow_queries_asked), "tenant-a's criteria queries")
+                loop = asyncio.get_running_loop()
+                for epoch in (2, 3, 4, 5, 6):  # over 4.5 s: while tenant-a's queries come and go
+                    trainer["epoch"], reported = epoch, loop.time()
+                    await until(epoch_read(kube, "victim", "tenant-b", epoch), f"tenant-b's epoch {epoch}")
+                    assert loop.time() - reported < 5.0, f"tenant-b's epoch {epoch} read late"
+
+    run(scenario)
+
+
+def test_a_jobs_many_slow_criteria_delay_its_reads_by_one_query_deadline_not_one_per_criterion() -> None:
+    """32 promql criteria (the CRD's most) on a Prometheus that answers each in 4.5 s: queried one after
+    another a visit took 144 s, and the job's next read waited as long; now the queries of a visit wait
+    for slots within one deadline (5 s, the wait included), and each epoch is read within two visits."""
+    trainer = {"epoch": 1}
+
+    async def answer(query: str) -> list[dict[str, Any]]:
+        if query.startswith("slow_"):
+            await asyncio.sleep(4.5)
+            return []
+        return series("ns", "many", "many-x7k2p", epoch=trainer["epoch"])
+
+    async def scenario() -> None:
+        registry = Registry()
+        kube = StandInKube(registry)
+        criteria = [{"name": f"q{index}", "promql": {"query": f"slow_{index} > 0"}} for index in range(32)]
+        async with prometheus_answering(answer) as url:
+            metrics = {"interval": "1s", "prometheus": {"url": url}}
+            running_job(kube, registry, "many", "ns", metrics=metrics, criteria=criteria)
+            async with supervising(kube, registry):
+                for epoch in (1, 2):
+                    trainer["epoch"] = epoch
+                    await until(epoch_read(kube, "many", "ns", epoch), f"epoch {epoch}")
 
     run(scenario)

@@ -1,4 +1,4 @@
-"""Read trainer metrics through Prometheus: one instant query per interval for every job on that server.
+"""Read trainer metrics through Prometheus: one instant query per interval for the jobs of one namespace.
 
 The trainer series must carry the labels `namespace`, `stopline_job` (the TrainingJob's name) and `pod`;
 the chart's PodMonitor relabels the pod label stopline.dev/job to stopline_job and Prometheus adds
@@ -31,6 +31,7 @@ from stopline.metrics.exposition import (
 from stopline.metrics.http import QUERY_MAX_BYTES, FetchError, excerpt, fetch, message
 
 JOB_LABEL = "stopline_job"
+AGGREGATED_BY = ("namespace", JOB_LABEL, "pod", "rank", "__name__", "name")  # what tells trainer series apart
 # json.loads spends up to ~120 bytes a value (an empty dict per 3 bytes made 8 MiB cost 227 MiB); real
 # series take ~15 values in ~300 bytes, so QUERY_MAX_BYTES of them stays under this.
 MAX_JSON_VALUES = 500_000
@@ -142,13 +143,20 @@ def _literal(text: str) -> str:
     return re.escape(text).replace("\\", "\\\\")
 
 
-def trainer_query(pods: Mapping[Key, str]) -> str:
-    """One selector for the trainer series of each job's rank-0 pod (`pods`: job -> that pod's name)."""
+def trainer_query(pods: Mapping[Key, str], metrics: Iterable[str]) -> str:
+    """One query for the trainer series of each job's rank-0 pod (`pods`: job -> that pod's name), with
+    only the `metrics` a spec watches, and one series per pod, series and metric name whatever other labels
+    a trainer adds: a trainer exporting thousands of series puts at most a few dozen in the answer."""
     names = "|".join(sorted({_literal(name) for _, name in pods}))
     namespaces = "|".join(sorted({_literal(namespace) for namespace, _ in pods}))
     pod_names = "|".join(sorted({_literal(pod) for pod in pods.values()}))
+    watched = "".join(f"{_literal(metric)}|" for metric in sorted(set(metrics)))  # "|": series with no name
     series = "|".join((EPOCH, STEP, METRIC, METRIC_EPOCH, EPOCH_SECONDS))
-    return f'{{__name__=~"{series}",{JOB_LABEL}=~"{names}",namespace=~"{namespaces}",pod=~"{pod_names}"}}'
+    selector = (
+        f'{{__name__=~"{series}",{JOB_LABEL}=~"{names}",namespace=~"{namespaces}",pod=~"{pod_names}",'
+        f'name=~"{watched}"}}'
+    )
+    return f"max by ({', '.join(AGGREGATED_BY)}) ({selector})"
 
 
 def from_rank_zero(samples: Iterable[Sample], pods: Mapping[Key, str]) -> list[Sample]:

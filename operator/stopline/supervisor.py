@@ -121,9 +121,8 @@ class NamespaceSlots:
         self._shared = asyncio.Semaphore(total)
         self._per_namespace = per_namespace
         self._own: dict[str, asyncio.Semaphore] = {}
-        self._users: Counter[str] = (
-            Counter()
-        )  # holders and waiters: a namespace's semaphore goes with the last
+        # holders and waiters of each namespace: its semaphore goes when the last one leaves
+        self._users: Counter[str] = Counter()
 
     @asynccontextmanager
     async def slot(self, namespace: str) -> AsyncIterator[None]:

@@ -158,6 +158,7 @@ class Supervisor:
         self._due: dict[Key, float] = {}
         self._memory: dict[str, JobMemory] = {}  # by TrainingJob uid: a job made again starts afresh
         self._tokens: dict[str, str] = {}  # by TrainingJob uid
+        self._queue_waits: dict[str, float] = {}  # by TrainingJob uid: seconds until a held job's next read
 
     def healthy(self) -> bool:
         """The loop ticked recently: a stuck loop fails /healthz, so the kubelet restarts the operator."""
@@ -216,14 +217,14 @@ class Supervisor:
 
     def _forget_gone(self) -> None:
         """Drop what was kept for TrainingJobs no longer watched (deleted, or made again)."""
-        if len(self._memory) + len(self._tokens) + len(self._due) <= 3 * len(self.registry):
+        kept = len(self._memory) + len(self._tokens) + len(self._queue_waits) + len(self._due)
+        if kept <= 4 * len(self.registry):
             return
         uids = {tracked.uid for tracked in self.registry}
         keys = {tracked.key for tracked in self.registry}
-        for uid in set(self._memory) - uids:
-            del self._memory[uid]
-        for uid in set(self._tokens) - uids:
-            del self._tokens[uid]
+        for by_uid in (self._memory, self._tokens, self._queue_waits):
+            for uid in set(by_uid) - uids:
+                del by_uid[uid]
         for key in set(self._due) - keys:
             del self._due[key]
         self.stops.forget(uids)
@@ -282,7 +283,9 @@ class Supervisor:
         if tracked.phase == RUNNING:
             await self._token(tracked)
         if tracked.phase in HELD_PHASES:
-            await self._read_queue(tracked, memory)
+            await self._read_queue(tracked, spec, memory)
+        else:
+            self._queue_waits.pop(tracked.uid, None)  # held again later: its queue's words are read at once
         report, error = fetched if fetched is not None else await self._scrape(tracked, spec)
         silent = fetched is None and report is None and error is not None and await self._still_runs(tracked)
         epochs, missed = await self._epochs(tracked, spec, memory, report)
@@ -508,15 +511,20 @@ class Supervisor:
             await hold(self.kube, key[0], job)
         await release_from_queue(self.kube, tracked)
 
-    async def _read_queue(self, tracked: Tracked, memory: JobMemory) -> None:
+    async def _read_queue(self, tracked: Tracked, spec: TrainingJobSpec, memory: JobMemory) -> None:
         """Why the queue still holds the job, in its own words (Kueue changes its Workload, not the Job, as
-        quota comes and goes): read at each visit until they are shown, then every QUEUE_READ_S."""
+        quota comes and goes): every QUEUE_READ_S once they are shown; until then at once, then twice as
+        long after each read that found none, up to QUEUE_READ_S, so a cluster without Kueue (or with
+        Workloads the operator cannot read) costs a few reads per QUEUE_READ_S, not four per interval. The
+        Job's own events still sync the status at once (handlers.follow_job)."""
         now = self.clock()
         admitted = find_condition(tracked.status.get("conditions"), ADMITTED) or {}
         shown = str(admitted.get("message") or "").startswith(controller.QUEUE_WORDS)
-        if shown and memory.queue_read_at is not None and now - memory.queue_read_at < QUEUE_READ_S:
+        wait = QUEUE_READ_S if shown else self._queue_waits.get(tracked.uid, 0.0)
+        if memory.queue_read_at is not None and now - memory.queue_read_at < wait:
             return
         memory.queue_read_at = now
+        self._queue_waits[tracked.uid] = min(max(2 * wait, spec.metrics.interval.seconds), QUEUE_READ_S)
         written = await controller.sync_status(self.writer, *tracked.key)
         await controller.announce(self.kube, written)
 

@@ -12,6 +12,7 @@ import asyncio
 import copy
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,7 +22,7 @@ from aiohttp import web
 from stopline.kube import Conflict
 from stopline.metrics.http import client_session
 from stopline.registry import Registry
-from stopline.supervisor import Supervisor
+from stopline.supervisor import QUEUE_READ_S, Supervisor
 
 RAW_SPEC = {
     "template": {"spec": {"containers": [{"name": "trainer", "image": "trainer:1"}]}},
@@ -68,6 +69,10 @@ class StandInKube:
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         self.calls.append(("list_pods", selector))
         return copy.deepcopy(self.pods)
+
+    async def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        self.calls.append(("list_workloads", job_uid))
+        return []  # no Kueue here
 
     async def suspend_job(self, namespace: str, name: str, uid: str) -> bool:
         self.calls.append(("suspend_job", name, uid))
@@ -138,9 +143,11 @@ async def until(check: Callable[[], bool], what: str) -> None:
 
 
 @asynccontextmanager
-async def supervising(kube: StandInKube, registry: Registry) -> Any:
+async def supervising(
+    kube: StandInKube, registry: Registry, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Supervisor]:
     async with client_session() as session:
-        supervisor = Supervisor(kube, registry, session)  # type: ignore[arg-type]
+        supervisor = Supervisor(kube, registry, session, clock)  # type: ignore[arg-type]
         task = asyncio.create_task(supervisor.run())
         try:
             yield supervisor
@@ -548,5 +555,36 @@ def test_a_jobs_many_slow_criteria_delay_its_reads_by_one_query_deadline_not_one
                 for epoch in (1, 2):
                     trainer["epoch"] = epoch
                     await until(epoch_read(kube, "many", "ns", epoch), f"epoch {epoch}")
+
+    run(scenario)
+
+
+def test_a_queued_job_without_kueue_reads_its_queue_a_few_times_per_queue_read_period() -> None:
+    """N10: with no Workload to read (no Kueue, or no right to read it), a held job synced its status at
+    every visit: GET TrainingJob, GET Job and the Workloads, every interval. Reads now back off to one per
+    QUEUE_READ_S. The clock runs 60 times faster than real time, so 10 minutes take 10 s."""
+    start = time.time()
+    began = time.monotonic()
+
+    def clock() -> float:
+        return start + 60 * (time.monotonic() - began)
+
+    async def scenario() -> None:
+        registry = Registry()
+        kube = StandInKube(registry)
+        kube.put("TrainingJob", training_job("held", phase="Queued"))
+        job = batch_job("held")
+        job["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team"}
+        job["spec"]["suspend"] = True
+        kube.put("Job", job)
+        async with supervising(kube, registry, clock):
+            await until(lambda: ("read_job", "held") in kube.calls, "the first read of the queue")
+            periods = 5
+            deadline = asyncio.get_running_loop().time() + DEADLINE_S + 2
+            while clock() < start + periods * QUEUE_READ_S:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+        reads = kube.calls.count(("read_job", "held"))
+        assert reads <= 2 * periods + 3, f"{reads} reads of the Job in {periods * QUEUE_READ_S:g} s"
 
     run(scenario)

@@ -1,11 +1,13 @@
 """One tenant loads every resource the operator shares, and another tenant's jobs still stop on time (N3).
 
-The attacker's namespace: a Prometheus (a stand-in on 127.0.0.x) that answers its namespace's trainer
-query with 30,000 series of one job (over the operator's 8 MiB cap) and every query slowly, 4.5 s, just
-under the query deadline; two jobs with 32 promql criteria each (the CRD's most) on it; jobs whose
-checkpoint is on an object store that trickles its answer a byte every 2 s; and pods created and deleted
-under one of its jobs' names, as fast as the apiserver takes them. The victim's namespace: a job on the
-same Prometheus URL stopped by its threshold, and a scraped job stopped by `kubectl annotate`.
+The attacker's namespace: a Prometheus (a stand-in on 127.0.0.x) that answers its queries, the trainer
+query of its namespace and its promql criteria, with 30,000 series of one job (over the operator's 8 MiB
+cap), each after 4.5 s, just under the query deadline; two jobs with 32 promql criteria each (the CRD's
+most) on it; jobs whose checkpoint is on an object store that trickles its answer a byte every 2 s; and
+pods created and deleted under one of its jobs' names, as fast as the apiserver takes them. The victim's
+namespace: a job on the same Prometheus URL stopped by its threshold, and a scraped job stopped by
+`kubectl annotate`. The operator is restarted once every job runs, so it meets the attack from its first
+visit, as an operator restarted during a lasting attack does.
 
 `story` is the whole of it, with the operator started by the caller: in this process (kopf.testing) here,
 as its own process in bench/hostile/tenant_starvation.py, which measures its memory.
@@ -225,36 +227,40 @@ def story(
     delay_s: float = SLOW_S,
     churned: int = 300,
 ) -> Figures:
-    """The attack, then each victim's stop, timed; the victims are then stopped for good (checkpoint
-    written) when both stops came. `flood_series` and `delay_s`: the attacker's answers; `churned`: the
-    pods created and deleted before the victims' stops (the churn goes on during them)."""
+    """The jobs made, then the operator restarted into the attack (an attack that lasts meets every
+    restart), then each victim's stop, timed; the victims are then stopped for good (checkpoint written)
+    when both stops came. `operator` is entered twice. `flood_series` and `delay_s`: the attacker's
+    answers; `churned`: the pods created and deleted before the victims' stops (the churn goes on)."""
     with ExitStack() as stack:
         prometheus = TenantPrometheus(reserve_address(), attacker, flood_series, delay_s)
         stack.callback(prometheus.close)
         store = TricklingStore(reserve_address())
         stack.callback(store.close)
-        stack.enter_context(operator())
         shared = {"interval": "1s", "prometheus": {"url": prometheus.url}}
         slow = [
             {"name": f"slow-{index}", "promql": {"query": f"slow_{index} > 0"}} for index in range(CRITERIA)
         ]
         on_store = {"objectStore": {"uri": "s3://checkpoints/runs", "endpoint": store.url}}
-        attackers = start_pods(
-            plane,
-            attacker,
-            [manifest("flood", criteria=[], metrics=dict(shared))]
-            + [manifest(f"hog-{index}", criteria=slow, metrics=dict(shared)) for index in range(2)]
-            + [manifest(f"store-{index}", criteria=[], checkpoint=dict(on_store)) for index in range(3)],
-        )
+        with operator():
+            attackers = start_pods(
+                plane,
+                attacker,
+                [manifest("flood", criteria=[], metrics=dict(shared))]
+                + [manifest(f"hog-{index}", criteria=slow, metrics=dict(shared)) for index in range(2)]
+                + [manifest(f"store-{index}", criteria=[], checkpoint=dict(on_store)) for index in range(3)],
+            )
+            on_threshold, threshold_pod = stack.enter_context(
+                running_trainer(
+                    plane, victim, manifest("threshold", criteria=GOOD_ENOUGH, metrics=dict(shared))
+                )
+            )
+            on_annotation, annotated_pod = stack.enter_context(
+                running_trainer(plane, victim, manifest("annotated", criteria=[], metrics={"interval": "1s"}))
+            )
         prometheus.flood_from("flood", attackers["flood"])
-        on_threshold, threshold_pod = stack.enter_context(
-            running_trainer(plane, victim, manifest("threshold", criteria=GOOD_ENOUGH, metrics=dict(shared)))
-        )
         prometheus.victim = trainer_series(victim, "threshold", threshold_pod, 1, val_accuracy=0.5)
-        on_annotation, annotated_pod = stack.enter_context(
-            running_trainer(plane, victim, manifest("annotated", criteria=[], metrics={"interval": "1s"}))
-        )
         on_annotation.report(1, 100, val_loss=1.0)
+        stack.enter_context(operator())  # restarted into the attack
 
         churn = PodChurn(plane, attacker, "flood")
         stack.callback(churn.close)

@@ -38,6 +38,7 @@ class JobMemory:
     failures: int = 0  # scrapes failed in a row
     queue_read_at: float | None = None  # when the queue's words on a held job were last read
     checkpoint_step: int | None = None  # status.checkpoint's step as last written
+    answered_pod: str | None = None  # uid of the rank-0 pod whose /metrics last answered
 
     def newer_checkpoint(self, checkpoint: Mapping[str, Any] | None) -> bool:
         """A checkpoint past the one status.checkpoint shows: the trainer keeps only its last weights, so

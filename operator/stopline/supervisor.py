@@ -286,8 +286,13 @@ class Supervisor:
             await self._read_queue(tracked, spec, memory)
         else:
             self._queue_waits.pop(tracked.uid, None)  # held again later: its queue's words are read at once
-        report, error = fetched if fetched is not None else await self._scrape(tracked, spec)
-        silent = fetched is None and report is None and error is not None and await self._still_runs(tracked)
+        if fetched is not None:
+            (report, error), unanswered = fetched, False
+        else:
+            report, error, unanswered = await self._scrape(tracked, spec)
+        if fetched is None and report is not None and (answering := tracked.rank_zero()) is not None:
+            memory.answered_pod = answering.uid
+        silent = unanswered and await self._still_runs(tracked, memory.answered_pod)
         epochs, missed = await self._epochs(tracked, spec, memory, report)
         promql, gpu_utilization = await self._live_inputs(tracked, spec)
         now = self.clock()
@@ -407,11 +412,13 @@ class Supervisor:
             problem = no_answer(SCRAPE_TIMEOUT_S) if asked else busy
             raise prometheus.PrometheusError(message(url, problem)) from None
 
-    async def _still_runs(self, tracked: Tracked) -> bool:
-        """Whether the apiserver answers that rank 0's pod, which just did not answer its scrape, still runs:
-        then the trainer itself stopped answering (it hangs), not the operator's reach (an outage)."""
+    async def _still_runs(self, tracked: Tracked, answered_pod: str | None) -> bool:
+        """Whether the apiserver answers that rank 0's pod, which answered before and now gave no answer at
+        all, still runs: then the trainer itself stopped answering (it hangs), not the operator's reach (an
+        outage). A pod that never answered (a new run's trainer still starting, after a restart or a
+        preemption) is not hung, and neither is one that refuses connections (its trainer exited)."""
         pod = tracked.rank_zero()
-        if pod is None:
+        if pod is None or pod.uid != answered_pod:
             return False
         try:
             found = await self.kube.read_pod(tracked.key[0], pod.name)
@@ -422,22 +429,26 @@ class Supervisor:
         current = pod_view(found)
         return current.uid == pod.uid and current.reachable
 
-    async def _scrape(self, tracked: Tracked, spec: TrainingJobSpec) -> Fetched:
+    async def _scrape(
+        self, tracked: Tracked, spec: TrainingJobSpec
+    ) -> tuple[TrainerReport | None, str | None, bool]:
+        """Rank 0's report, or why there is none and whether nothing answered at all (it may hang)."""
         pod = tracked.rank_zero()
         if tracked.phase != RUNNING:
-            return None, None
+            return None, None, False
         if pod is None:
-            return None, "no running pod of rank 0 with an IP"
+            return None, "no running pod of rank 0 with an IP", False
         try:
             url = endpoint_url(pod.ip or "", spec.metrics.port, spec.metrics.path)
         except ValueError:
-            return None, f"rank 0's pod IP {excerpt(pod.ip or '')!r} is not an address"
+            return None, f"rank 0's pod IP {excerpt(pod.ip or '')!r} is not an address", False
         try:
-            return await scrape(self.session, url, min(SCRAPE_TIMEOUT_S, spec.metrics.interval.seconds)), None
+            timeout = min(SCRAPE_TIMEOUT_S, spec.metrics.interval.seconds)
+            return await scrape(self.session, url, timeout), None, False
         except ScrapeError as error:
             monitoring.SCRAPE_ERRORS.inc()
             log.info("TrainingJob %s/%s: %s", *tracked.key, error)
-            return None, str(error)
+            return None, str(error), error.silent
 
     async def _begin_stop(
         self,

@@ -28,7 +28,8 @@ def test_a_rank_killed_mid_epoch_restarts_the_job_from_its_last_checkpoint_and_i
     apply_claim(plane, namespace)
     job = training_job("phoenix", args=ONE_S_EPOCHS)
     job["spec"] |= {"maxEpochs": EPOCHS, "failurePolicy": {"maxRestarts": 1}}
-    job["spec"]["metrics"]["interval"] = "1s"
+    # a short staleAfter: the new run's trainer, still starting, has not answered yet; that is no hang
+    job["spec"]["metrics"] |= {"interval": "1s", "staleAfter": "4s"}
 
     def details() -> str:
         return f"{status(plane, namespace, 'phoenix')}\n{kubelet.logs()[-3000:]}"

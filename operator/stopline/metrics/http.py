@@ -13,6 +13,7 @@ none and SSH from Redis: a port scan of whatever the operator can reach.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ MESSAGE_CHARS = 300  # a whole message built from a remote answer
 CONNECTIONS = 256
 _READ_CHUNK = 64 << 10
 _IDENTITY = {"Accept-Encoding": "identity"}
+_UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH})  # no host answers at that address
 
 
 def no_answer(within_s: float) -> str:
@@ -38,7 +40,13 @@ def no_answer(within_s: float) -> str:
 
 
 class FetchError(RuntimeError):
-    """The body could not be read whole; the message names the URL and what to check."""
+    """The body could not be read whole; the message names the URL and what to check. `silent`: nothing
+    answered at all within the time (a timeout before any status line, or a host that is unreachable),
+    as from a frozen process or a lost node; a refused connection is not silence: nothing listens there."""
+
+    def __init__(self, text: str, silent: bool = False) -> None:
+        super().__init__(text)
+        self.silent = silent
 
 
 @dataclass(frozen=True)
@@ -153,9 +161,13 @@ async def fetch(
     except aiohttp.InvalidURL:
         raise FetchError(message(where, "not a URL the operator can request")) from None
     except TimeoutError:
-        raise FetchError(message(where, _unanswered(status, True, timeout_s))) from None
-    except (aiohttp.ClientError, ValueError, OSError):
-        raise FetchError(message(where, _unanswered(status, False, timeout_s))) from None
+        raise FetchError(
+            message(where, _unanswered(status, True, timeout_s)), silent=status is None
+        ) from None
+    except (aiohttp.ClientError, ValueError, OSError) as error:
+        unreachable = isinstance(error, aiohttp.ClientConnectorError) and error.os_error.errno in _UNREACHABLE
+        text = message(where, _unanswered(status, False, timeout_s))
+        raise FetchError(text, silent=status is None and unreachable) from None
     if body is None:
         raise FetchError(message(where, f"body over {_size(limit)}"))
     return Answer(response.status, body)

@@ -559,6 +559,36 @@ def test_a_jobs_many_slow_criteria_delay_its_reads_by_one_query_deadline_not_one
     run(scenario)
 
 
+def test_a_jobs_slow_criteria_do_not_hold_back_the_reads_of_another_job_on_its_prometheus() -> None:
+    """Two jobs of one namespace on one Prometheus: `many`'s 32 promql criteria take a 5 s deadline per
+    visit. `quick`'s next visit waited for that one too (one task for the batch); now for its own."""
+    trainer = {"epoch": 1}
+
+    async def answer(query: str) -> list[dict[str, Any]]:
+        if query.startswith("slow_"):
+            await asyncio.sleep(4.5)
+            return []
+        return series("ns", "quick", "quick-x7k2p", epoch=trainer["epoch"])
+
+    async def scenario() -> None:
+        registry = Registry()
+        kube = StandInKube(registry)
+        criteria = [{"name": f"q{index}", "promql": {"query": f"slow_{index} > 0"}} for index in range(32)]
+        async with prometheus_answering(answer) as url:
+            metrics = {"interval": "1s", "prometheus": {"url": url}}
+            running_job(kube, registry, "many", "ns", metrics=metrics, criteria=criteria)
+            running_job(kube, registry, "quick", "ns", metrics=metrics)
+            async with supervising(kube, registry):
+                await until(epoch_read(kube, "quick", "ns", 1), "quick's epoch 1")
+                loop = asyncio.get_running_loop()
+                for epoch in (2, 3, 4, 5, 6):  # over 5 s: while `many`'s visits come and go
+                    trainer["epoch"], reported = epoch, loop.time()
+                    await until(epoch_read(kube, "quick", "ns", epoch), f"quick's epoch {epoch}")
+                    assert loop.time() - reported < 3.0, f"quick's epoch {epoch} read late"
+
+    run(scenario)
+
+
 def test_a_queued_job_without_kueue_reads_its_queue_a_few_times_per_queue_read_period() -> None:
     """N10: with no Workload to read (no Kueue, or no right to read it), a held job synced its status at
     every visit: GET TrainingJob, GET Job and the Workloads, every interval. Reads now back off to one per

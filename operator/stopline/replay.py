@@ -16,6 +16,10 @@ number, `nan`, `inf` or `-inf` (a trainer can report those, and the divergence c
 or empty. Job names are printed in the table, so a name with a control or invisible character (NUL, an
 ANSI escape, a bidi override) is refused rather than printed. Every refusal is a ReplayError: one line
 naming the file, the line and the column, and what to write instead.
+
+The cohort, rungs and forecast criteria compare every epoch of a job with every earlier job of its sweep,
+so a sweep's cost grows with the square of its jobs. Past PEER_COMPARISONS_MAX such comparisons a replay is
+refused: at once when the file is sure to pass it, else before the job that could.
 """
 
 from __future__ import annotations
@@ -54,6 +58,13 @@ CURVES_MAX_LINES = 2_000_000
 LINE_MAX_BYTES = 64 * 1024
 EPOCH_MAX = api.MAX_EPOCHS
 EPOCH_SECONDS_MAX = 1e9
+# One comparison: one epoch of a job fed to one cohort, rungs or forecast criterion, against the curve of
+# one earlier job of its sweep; a sweep of n jobs of e epochs makes up to e * n^2 / 2. The cost is the
+# rules' own: the forecast refits from every finished job at every epoch (the nearest by the largest gap
+# over up to five epochs, docs/policy.md), which no view sorted on one epoch narrows when the jobs tie
+# there. At 1 to 4 microseconds a comparison (2 shared cores), this bounds a replay to about a quarter of
+# an hour; all of bench/policy/curves with a val_acc objective makes 1.2e8 (2 minutes).
+PEER_COMPARISONS_MAX = 250_000_000
 _EPOCH = re.compile(r"[0-9]{1,7}")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
@@ -587,7 +598,9 @@ def replay(
         if progress is not None:
             progress(next(done), len(curves))
 
-    sweeps = tuple(_sweep(spec, name, members, replayed) for name, members in tasks.items())
+    comparisons = _PeerComparisons(curves_file, spec)
+    comparisons.foresee(tasks.values())
+    sweeps = tuple(_sweep(spec, name, members, replayed, comparisons) for name, members in tasks.items())
     for sweep in sweeps:
         if all(result.best_if_no_stopping is None for result in sweep.results):
             where = f"task {sweep.task}" if sweep.task is not None else curves_file.name
@@ -598,32 +611,91 @@ def replay(
     return Replay(str(job_file), objective.metric, objective.mode, sweeps, tuple(notes), by_task)
 
 
+class _PeerComparisons:
+    """The comparisons with earlier jobs a replay makes (see PEER_COMPARISONS_MAX): foreseen before any job
+    runs, so that a file sure to pass the limit is refused at once, then counted as the jobs run."""
+
+    def __init__(self, curves_file: Path, spec: api.TrainingJobSpec) -> None:
+        peer_kinds = api.CohortCriterion | api.RungsCriterion | api.ForecastCriterion
+        self.curves_file = curves_file
+        self.spec = spec
+        self.readers = sum(1 for criterion in spec.criteria if isinstance(criterion, peer_kinds))
+        self.metrics = {c.metric for c in spec.criteria if isinstance(c, peer_kinds)}
+        self.made = 0
+
+    def foresee(self, sweeps: Iterable[list[Curve]]) -> None:
+        """Refuse the file if it passes the limit even when every job stops at its first epoch, counting only
+        the earlier curves sure to be kept (a finite value at their first epoch)."""
+        least = jobs = 0
+        for curves in sweeps:
+            kept = 0
+            for curve in curves:
+                jobs += 1
+                first = min(curve.rows)
+                if first <= _available(curve, self.spec):
+                    least += self.readers * kept
+                    kept += sum(math.isfinite(curve.rows[first].get(m, math.nan)) for m in self.metrics)
+        if least > PEER_COMPARISONS_MAX:
+            raise self._refusal(f"{jobs} jobs, even if each stopped at its first epoch,")
+
+    def allow(self, comparisons: int, task: str | None, number: int, jobs: int, job: str) -> None:
+        """Refuse job `number` of its sweep if its `comparisons`, all its epochs run, could pass the limit."""
+        if self.made + comparisons > PEER_COMPARISONS_MAX:
+            where = f"task {task!r}: " if task is not None else ""
+            raise self._refusal(f"{where}job {number} of {jobs} ({job!r})")
+
+    def _refusal(self, what: str) -> ReplayError:
+        return ReplayError(
+            f"{self.curves_file}: {what} would take the replay past {PEER_COMPARISONS_MAX:,} comparisons "
+            "of an epoch with an earlier job's curve (the cohort, rungs and forecast criteria compare each "
+            "epoch with every earlier job, so the cost grows with the square of the jobs); replay fewer jobs "
+            "at a time (split the file by job)"
+        )
+
+
+def _available(curve: Curve, spec: api.TrainingJobSpec) -> int:
+    """The epochs the job would have run: its curve's, up to maxEpochs."""
+    return int(min(max(curve.rows), spec.max_epochs or math.inf))
+
+
+def _fed(curve: Curve, last: int) -> int:
+    """How many epochs replay_job feeds the criteria when the job runs to `last`."""
+    return sum(1 for epoch in curve.rows if epoch <= last)
+
+
 def _sweep(
-    spec: api.TrainingJobSpec, task: str | None, curves: list[Curve], replayed: Callable[[], None]
+    spec: api.TrainingJobSpec,
+    task: str | None,
+    curves: list[Curve],
+    replayed: Callable[[], None],
+    comparisons: _PeerComparisons,
 ) -> Sweep:
     """One sweep: each job judged against the ones before it, with the epochs they ran."""
     objective = spec.objective
-    peer_kinds = api.CohortCriterion | api.RungsCriterion | api.ForecastCriterion
-    cohort_metrics = {c.metric for c in spec.criteria if isinstance(c, peer_kinds)}
     results: list[JobResult] = []
-    cohort: list[CohortCurve] = []
-    for curve in curves:
-        available = min(max(curve.rows), spec.max_epochs or math.inf)
-        run, decision = replay_job(spec, curve, tuple(cohort), int(available))
+    cohort: tuple[CohortCurve, ...] = ()
+    for number, curve in enumerate(curves, start=1):
+        available = _available(curve, spec)
+        per_epoch = comparisons.readers * len(cohort)
+        comparisons.allow(per_epoch * _fed(curve, available), task, number, len(curves), curve.job)
+        run, decision = replay_job(spec, curve, cohort, available)
+        comparisons.made += per_epoch * _fed(curve, run)
         results.append(
             JobResult(
                 curve.job,
                 run,
-                int(available),
+                available,
                 decision,
                 _best(curve, objective.metric, objective.mode, run),
-                _best(curve, objective.metric, objective.mode, int(available)),
+                _best(curve, objective.metric, objective.mode, available),
             )
         )
-        for metric in cohort_metrics:
+        for metric in comparisons.metrics:
             values = {e: row[metric] for e, row in curve.rows.items() if e <= run and metric in row}
             stopped = decision is not None
-            cohort.append(CohortCurve(curve.job, metric, values, stopped=stopped, completed=not stopped))
+            peer = CohortCurve(curve.job, metric, values, stopped=stopped, completed=not stopped)
+            if peer.last is not None:  # every criterion skips a curve with no finite value: left out
+                cohort += (peer,)
         replayed()
     return Sweep(task, objective.metric, objective.mode, tuple(results))
 

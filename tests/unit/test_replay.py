@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import itertools
 import json
 import re
 import subprocess
@@ -511,3 +512,65 @@ def test_columns_no_criterion_watches_may_hold_text(
     job_file, curves_file = write(tmp_path, job=watched, curves=curves)
     assert main(["replay", "--job", str(job_file), "--curves", str(curves_file)]) == 2
     assert "line 2: column 'schedule' is 'cosine warm-up', not a number" in capsys.readouterr().err
+
+
+# A cohort rule that never finds its minJobs peers: it compares each epoch with every earlier job and stops
+# none, so job k of a sweep of 5-epoch jobs costs 5 * (k - 1) comparisons.
+NEVER_ENOUGH_PEERS = JOB.replace(
+    "{name: impatient, patience: {patience: 2}}", "{name: median, cohort: {minJobs: 1000}}"
+)
+
+
+def sweep_rows(jobs: int, header: str = "job,epoch,val_loss", extra: str = "") -> str:
+    """`jobs` jobs of 5 improving epochs each, with `extra` appended to every row."""
+    return f"{header}\n" + "".join(
+        f"j{job},{epoch},{job + 1 / epoch}{extra}\n" for job in range(jobs) for epoch in range(1, 6)
+    )
+
+
+def test_a_replay_stops_before_the_job_that_takes_it_past_its_peer_comparisons(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # N14: each job is compared with every job before it, so a sweep costs the square of its jobs. Ten
+    # jobs make 5 * (0 + 1 + ... + 9) = 225 comparisons; the eleventh would add 50 more.
+    monkeypatch.setattr(replay, "PEER_COMPARISONS_MAX", 225, raising=False)
+    ten_jobs = replay_json(capsys, *write(tmp_path, job=NEVER_ENOUGH_PEERS, curves=sweep_rows(10)))
+    assert len(ten_jobs["jobs"]) == 10
+    job_file, curves_file = write(tmp_path, job=NEVER_ENOUGH_PEERS, curves=sweep_rows(20))
+    assert main(["replay", "--job", str(job_file), "--curves", str(curves_file)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"stopline replay: error: {curves_file}: job 11 of 20 ('j10') would take the replay past 225 "
+        "comparisons of an epoch with an earlier job's curve (the cohort, rungs and forecast criteria "
+        "compare each epoch with every earlier job, so the cost grows with the square of the jobs); replay "
+        "fewer jobs at a time (split the file by job)\n"
+    )
+
+
+def test_a_file_sure_to_pass_the_limit_is_refused_before_any_job_runs(tmp_path: Path) -> None:
+    # N14's file: many one-epoch jobs. Even if each stopped at its first epoch, n of them would make
+    # n * (n - 1) / 2 comparisons, past the limit here: refused at once, before minutes of replay.
+    jobs = next(n for n in itertools.count(2) if n * (n - 1) // 2 > replay.PEER_COMPARISONS_MAX)
+    curves = "job,epoch,val_loss\n" + "".join(f"j{job},1,{job % 97 / 97}\n" for job in range(jobs))
+    job_file, curves_file = write(tmp_path, job=RECOMMENDED.read_text(), curves=curves)
+    heard: list[int] = []
+    with pytest.raises(replay.ReplayError) as refused:
+        replay.replay(job_file, curves_file, progress=lambda done, total: heard.append(done))
+    assert str(refused.value).startswith(
+        f"{curves_file}: {jobs} jobs, even if each stopped at its first epoch, would take the replay past "
+        f"{replay.PEER_COMPARISONS_MAX:,} comparisons"
+    )
+    assert heard == []
+
+
+def test_criteria_that_read_no_earlier_job_and_curves_they_cannot_read_cost_no_comparison(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replay, "PEER_COMPARISONS_MAX", 0, raising=False)
+    # Patience and budgets judge each job on its own curve alone.
+    assert len(replay_json(capsys, *write(tmp_path, curves=sweep_rows(30)))["jobs"]) == 30
+    # The cohort rule watches train_loss, which no job recorded: it has no earlier curve to compare with.
+    job = NEVER_ENOUGH_PEERS.replace("minJobs: 1000", "minJobs: 1000, metric: train_loss")
+    curves = sweep_rows(30, header="job,epoch,val_loss,train_loss", extra=",")
+    assert len(replay_json(capsys, *write(tmp_path, job=job, curves=curves))["jobs"]) == 30

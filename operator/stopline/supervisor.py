@@ -26,7 +26,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from contextlib import asynccontextmanager, nullcontext, suppress
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import aiohttp
@@ -370,68 +370,46 @@ class Supervisor:
     async def _live_inputs(
         self, tracked: Tracked, spec: TrainingJobSpec
     ) -> tuple[dict[str, bool], float | None]:
-        """The promql criteria's results and the GPU utilisation, from spec.metrics.prometheus: asked at once,
-        so a visit waits one query's deadline, not one per criterion, and queried one at a time, so a job
-        with many criteria holds one of its namespace's slots, and the trainer queries and the other jobs
-        of its namespace get theirs. A failed query, or one not answered within its deadline, is left out,
-        so its criterion keeps its clock (see criteria.live)."""
+        """The promql criteria's results and the GPU utilisation, from spec.metrics.prometheus, one query
+        at a time: a job holds at most one of its namespace's query slots, so the trainer queries and the
+        other jobs of its namespace get theirs. A failed query is left out, so its criterion keeps its
+        clock (see criteria.live)."""
         url = spec.metrics.prometheus_url
         results: dict[str, bool] = {}
         utilization = None
         if url is None or tracked.phase != RUNNING:
             return results, utilization
-        live = [c for c in spec.criteria if isinstance(c, PromQLCriterion | GPUIdleCriterion)]
-        job_slot = asyncio.Semaphore(1)
-        answers = await asyncio.gather(
-            *(self._live_input(tracked, url, criterion, job_slot) for criterion in live),
-            return_exceptions=True,
-        )
-        for criterion, answer in zip(live, answers, strict=True):
-            if isinstance(answer, prometheus.PrometheusError):
-                log.info("TrainingJob %s/%s: %s", *tracked.key, answer)
-            elif isinstance(answer, BaseException):
-                raise answer
-            elif isinstance(criterion, PromQLCriterion):
-                results[criterion.name] = bool(answer)
-            elif answer is not None:
-                utilization = answer
+        for criterion in spec.criteria:
+            if isinstance(criterion, PromQLCriterion):
+                query = criterion.query
+            elif isinstance(criterion, GPUIdleCriterion):
+                query = prometheus.gpu_utilization_query(*tracked.key)
+            else:
+                continue
+            try:
+                samples = await self._query(tracked.key[0], url, query)
+            except prometheus.PrometheusError as error:
+                log.info("TrainingJob %s/%s: %s", *tracked.key, error)
+                continue
+            if isinstance(criterion, PromQLCriterion):
+                results[criterion.name] = bool(samples)
+            elif samples:
+                utilization = max(sample.value for sample in samples)
         return results, utilization
 
-    async def _live_input(
-        self,
-        tracked: Tracked,
-        url: str,
-        criterion: PromQLCriterion | GPUIdleCriterion,
-        job_slot: asyncio.Semaphore,
-    ) -> bool | float | None:
-        """Whether a promql criterion's query answered any sample, or the busiest GPU's utilisation (None:
-        no sample). Only that is kept of an answer: none holds its samples while the visit's others wait."""
-        namespace = tracked.key[0]
-        if isinstance(criterion, PromQLCriterion):
-            return bool(await self._query(namespace, url, criterion.query, job_slot))
-        samples = await self._query(namespace, url, prometheus.gpu_utilization_query(*tracked.key), job_slot)
-        return max((sample.value for sample in samples), default=None)
-
-    async def _query(
-        self, namespace: str, url: str, query: str, job_slot: asyncio.Semaphore | None = None
-    ) -> list[prometheus.Sample]:
-        """One instant query for a job of `namespace` (after `job_slot`, if given), within SCRAPE_TIMEOUT_S
-        from the moment it is asked, the wait for slots included: memory stays bounded whatever answers,
-        and neither another tenant's queries nor a slow server of its own make a job wait for its answers
-        longer than that."""
+    async def _query(self, namespace: str, url: str, query: str) -> list[prometheus.Sample]:
+        """One instant query for a job of `namespace`, within SCRAPE_TIMEOUT_S from the moment it is asked,
+        the wait for a slot included: memory stays bounded whatever answers, and neither another tenant's
+        queries nor a slow server of its own make a job wait for one answer longer than that."""
         asked = False
         try:
-            async with (
-                asyncio.timeout(SCRAPE_TIMEOUT_S),
-                job_slot or nullcontext(),
-                self._queries.slot(namespace),
-            ):
+            async with asyncio.timeout(SCRAPE_TIMEOUT_S), self._queries.slot(namespace):
                 asked = True
                 return await prometheus.instant_query(self.session, url, query, SCRAPE_TIMEOUT_S)
         except TimeoutError:
             busy = (
-                f"not asked within {SCRAPE_TIMEOUT_S:g} s: the job's other queries (one at a time), its "
-                f"namespace's ({QUERIES_PER_NAMESPACE} at once) or all ({QUERIES_AT_ONCE}) were busy"
+                f"no query slot free within {SCRAPE_TIMEOUT_S:g} s: this namespace's queries (at most "
+                f"{QUERIES_PER_NAMESPACE} at once) or all the operator's ({QUERIES_AT_ONCE}) were busy"
             )
             problem = no_answer(SCRAPE_TIMEOUT_S) if asked else busy
             raise prometheus.PrometheusError(message(url, problem)) from None

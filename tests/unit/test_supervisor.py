@@ -17,10 +17,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from stopline.kube import Conflict
 from stopline.metrics.http import client_session
+from stopline.metrics.prometheus import PrometheusError
 from stopline.registry import Registry
 from stopline.supervisor import QUEUE_READ_S, Supervisor
 
@@ -532,29 +534,34 @@ def test_slow_queries_of_one_tenant_do_not_hold_back_another_tenants_reads() -> 
     run(scenario)
 
 
-def test_a_jobs_many_slow_criteria_delay_its_reads_by_one_query_deadline_not_one_per_criterion() -> None:
-    """32 promql criteria (the CRD's most) on a Prometheus that answers each in 4.5 s: queried one after
-    another a visit took 144 s, and the job's next read waited as long; now the queries of a visit wait
-    for slots within one deadline (5 s, the wait included), and each epoch is read within two visits."""
-    trainer = {"epoch": 1}
+def test_a_query_that_gets_no_slot_fails_at_its_deadline_saying_the_slots_were_busy() -> None:
+    """The deadline of a Prometheus query counts the wait for a slot: with its namespace's slots held (its
+    other jobs' slow queries), a query fails after 5 s naming them; it waited as long as they held them."""
 
     async def answer(query: str) -> list[dict[str, Any]]:
-        if query.startswith("slow_"):
-            await asyncio.sleep(4.5)
-            return []
-        return series("ns", "many", "many-x7k2p", epoch=trainer["epoch"])
+        return []
 
     async def scenario() -> None:
         registry = Registry()
         kube = StandInKube(registry)
-        criteria = [{"name": f"q{index}", "promql": {"query": f"slow_{index} > 0"}} for index in range(32)]
-        async with prometheus_answering(answer) as url:
-            metrics = {"interval": "1s", "prometheus": {"url": url}}
-            running_job(kube, registry, "many", "ns", metrics=metrics, criteria=criteria)
-            async with supervising(kube, registry):
-                for epoch in (1, 2):
-                    trainer["epoch"] = epoch
-                    await until(epoch_read(kube, "many", "ns", epoch), f"epoch {epoch}")
+        async with prometheus_answering(answer) as url, supervising(kube, registry) as supervisor:
+            released = asyncio.Event()
+
+            async def hold() -> None:
+                async with supervisor._queries.slot("ns"):
+                    await released.wait()
+
+            holders = [asyncio.create_task(hold()) for _ in range(2)]
+            try:
+                loop = asyncio.get_running_loop()
+                asked = loop.time()
+                with pytest.raises(PrometheusError, match="no query slot free within 5 s"):
+                    await asyncio.wait_for(supervisor._query("ns", url, "up"), DEADLINE_S)
+                assert loop.time() - asked < DEADLINE_S
+                assert await asyncio.wait_for(supervisor._query("other", url, "up"), 1.0) == []
+            finally:
+                released.set()
+                await asyncio.gather(*holders)
 
     run(scenario)
 

@@ -441,9 +441,9 @@ class StopDriver:
             verified = await verify_checkpoint(self.kube, tracked.key[0], tracked.spec, conclusion.checkpoint)
         if verified is not None:
             change = StatusChange(change.fields, (*change.conditions, verified), change.phase)
-        if cancel is not None:
+        if cancel is not None:  # no weights: not even those saved before, which a run gone wrong made
             change = StatusChange(
-                fields={**cancel.fields, **change.fields},
+                fields={**cancel.fields, **change.fields, "checkpoint": None},
                 conditions=(*cancel.conditions, *change.conditions),
                 phase=change.phase,
             )

@@ -6,10 +6,10 @@ import json
 import math
 
 import pytest
-from specs import run_curve, spec
 
 from stopline.api import parse_duration
 from stopline.criteria import REASON_TYPES, CohortCurve, Observation, Request, evaluate, live
+from unit.specs import run_curve, spec
 
 LOSS = [1.0, 0.8, 0.7, 0.69, 0.695, 0.70, 0.71, 0.72, 0.73]
 

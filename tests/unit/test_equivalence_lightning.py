@@ -12,7 +12,8 @@ import random
 import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
-from specs import run_curve, spec
+
+from unit.specs import run_curve, spec
 
 CURVES = 1500
 

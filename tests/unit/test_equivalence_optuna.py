@@ -18,9 +18,9 @@ from typing import Literal
 
 import optuna
 import pytest
-from specs import run_curve, spec
 
 from stopline.criteria import CohortCurve
+from unit.specs import run_curve, spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 STUDIES = 150

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from specs import run_curve, spec
 
 from stopline import api
 from stopline.criteria import CohortCurve, Observation, evaluate
+from unit.specs import run_curve, spec
 
 
 def peers(*curves: list[float], completed: bool = True, metric: str = "val_loss") -> tuple[CohortCurve, ...]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import math
 
-from specs import spec
-
 from stopline.pointer import checkpoint_status
 from stopline.progress import JobMemory, gpu_seconds_saved, shown_metrics
 from stopline.registry import MAX_DELETED_PODS, Registry, pod_view, saved_checkpoint
 from stopline.stopping import Conclude, Signal, StopState, StopView, next_step
+from unit.specs import spec
 
 RAW_SPEC = {
     "template": {"spec": {"containers": [{"name": "trainer", "image": "trainer:1"}]}},

@@ -1,0 +1,1 @@
+"""The e2e tier (a package, so its test modules do not clash by name with the other tiers')."""

@@ -1,0 +1,1 @@
+"""The unit tier (a package, so its test modules do not clash by name with the other tiers')."""

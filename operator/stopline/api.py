@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -56,6 +57,11 @@ class Duration:
 
     text: str
     seconds: float
+
+
+def rfc3339(seconds: float) -> str:
+    """A time as the status writes it: RFC 3339 in UTC, to the second."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def parse_duration(text: str) -> Duration:

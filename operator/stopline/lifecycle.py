@@ -267,6 +267,11 @@ def _restarting(
     return StatusChange(fields=fields, conditions=wanted, phase=PENDING)
 
 
+def checkpoint_place(checkpoint: Mapping[str, Any]) -> str:
+    """Where a status.checkpoint is, in the words every message uses: `epoch 3, step 300: <uri>`."""
+    return f"epoch {checkpoint.get('epoch')}, step {checkpoint.get('step')}: {checkpoint.get('uri')}"
+
+
 def queue_holds(job: Mapping[str, Any]) -> bool:
     """A queue (Kueue) admits this Job: it carries the queue-name label stopline copied onto it."""
     return bool((job["metadata"].get("labels") or {}).get(QUEUE_LABEL))
@@ -312,10 +317,9 @@ def _stopped_unrecorded(
     assert ending.stopped is not None and ending.checkpoint is not None
     stop_type, criterion = ending.stopped["type"], ending.stopped["criterion"]
     checkpoint = ending.checkpoint
-    where = f"epoch {checkpoint.get('epoch')}, step {checkpoint.get('step')}: {checkpoint.get('uri')}"
     message = (
         f"the trainer stopped on POST /stop ({stop_type}, {criterion}) before the operator recorded it; "
-        f"weights saved at {where}"
+        f"weights saved at {checkpoint_place(checkpoint)}"
     )
     fields["checkpoint"] = dict(checkpoint)
     fields["stopReason"] = {"type": stop_type, "criterion": criterion, "message": message}

@@ -80,6 +80,12 @@ def exported_checkpoint(labels: Mapping[str, str] | None) -> dict[str, Any] | No
     return _checked(pointer)
 
 
+def newer(checkpoint: Mapping[str, Any], than: Mapping[str, Any] | None) -> bool:
+    """`checkpoint` is past `than` (status.checkpoint as shown; None or without a step: any is newer)."""
+    step, shown = checkpoint.get("step"), (than or {}).get("step")
+    return not isinstance(shown, int) or (isinstance(step, int) and step > shown)
+
+
 def last_values(termination_message: str) -> dict[int, float]:
     """The objective of the trainer's last epochs (`tail`: [[epoch, value], ...], at most MAX_TAIL), so
     the epochs of a job that ended between two reads are not lost from status.curve; malformed pairs and

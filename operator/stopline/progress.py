@@ -37,24 +37,16 @@ class JobMemory:
     epoch_seconds: float | None = None
     failures: int = 0  # scrapes failed in a row
     queue_read_at: float | None = None  # when the queue's words on a held job were last read
-    checkpoint_step: int | None = None  # status.checkpoint's step as last written
+    checkpoint: Mapping[str, Any] | None = None  # status.checkpoint as last written
     answered_pod: str | None = None  # uid of the rank-0 pod whose /metrics last answered
-
-    def newer_checkpoint(self, checkpoint: Mapping[str, Any] | None) -> bool:
-        """A checkpoint past the one status.checkpoint shows: the trainer keeps only its last weights, so
-        the status must follow each save, or name a file already deleted."""
-        return checkpoint is not None and (
-            self.checkpoint_step is None or checkpoint["step"] > self.checkpoint_step
-        )
 
     @classmethod
     def seed(cls, status: Mapping[str, Any]) -> JobMemory:
         criteria = status.get("criteria") or []
         written = int((status.get("progress") or {}).get("epoch") or 0)
         shown = status.get("checkpoint")
-        step = shown.get("step") if isinstance(shown, Mapping) else None
         return cls(
-            checkpoint_step=step if isinstance(step, int) else None,
+            checkpoint=shown if isinstance(shown, Mapping) else None,
             states={entry["name"]: dict(entry.get("state") or {}) for entry in criteria if "name" in entry},
             curve=list(status.get("curve") or []),
             best=dict(status["best"]) if status.get("best") else None,

@@ -15,20 +15,15 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from stopline import monitoring
+from stopline.api import rfc3339
 from stopline.kube import Conflict, Kube
 from stopline.lifecycle import StatusChange, merge_conditions
 from stopline.vocabulary import PENDING, find_condition
 
 MAX_ATTEMPTS = 20  # conflicts in a row before giving up until the next visit or event
-
-
-def rfc3339(seconds: float) -> str:
-    """The status's timestamp format, to the second, from the writer's clock."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 Compose = Callable[[Mapping[str, Any]], StatusChange | None]

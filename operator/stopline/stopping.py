@@ -34,7 +34,7 @@ import aiohttp
 
 from stopline import fence
 from stopline.kube import Kube
-from stopline.lifecycle import Condition, StatusChange
+from stopline.lifecycle import Condition, StatusChange, checkpoint_place
 from stopline.registry import JobView, PodView, Tracked, job_view, pod_view, saved_checkpoint
 from stopline.status import StatusWriter
 from stopline.verify import verify_checkpoint
@@ -217,8 +217,7 @@ def _last_saved(kept: Mapping[str, Any] | None) -> str:
     """Where the last weights the trainer saved before the stop are (status.checkpoint), if it saved any."""
     if kept is None:
         return ""
-    where = f"epoch {kept.get('epoch')}, step {kept.get('step')}: {kept.get('uri')}"
-    return f"; the last weights saved before it are at {where} (status.checkpoint)"
+    return f"; the last weights saved before it are at {checkpoint_place(kept)} (status.checkpoint)"
 
 
 def _ask_again(view: StopView, now: float) -> bool:
@@ -237,14 +236,13 @@ def _saved_checkpoint(pods: Sequence[PodView]) -> Conclusion | None:
     if saved is None:
         return None
     checkpoint = saved[1]
-    message = f"weights saved at epoch {checkpoint['epoch']}, step {checkpoint['step']}: {checkpoint['uri']}"
+    message = f"weights saved at {checkpoint_place(checkpoint)}"
     return Conclusion(STOPPED, CHECKPOINT_SAVED, message, checkpoint=checkpoint)
 
 
 def _kept_checkpoint(kept: Mapping[str, Any]) -> Conclusion:
     """No pod runs (a queue holds the job, or a failed rank restarts it): the last weights it saved."""
-    where = f"epoch {kept.get('epoch')}, step {kept.get('step')}: {kept.get('uri')}"
-    message = f"stopped while no pod ran; the last weights saved are at {where}"
+    message = f"stopped while no pod ran; the last weights saved are at {checkpoint_place(kept)}"
     return Conclusion(STOPPED, CHECKPOINT_SAVED, message, checkpoint=dict(kept))
 
 

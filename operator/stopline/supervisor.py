@@ -50,7 +50,7 @@ from stopline.metrics.epochs import EpochsError, missed_epochs
 from stopline.metrics.exposition import TrainerReport
 from stopline.metrics.http import endpoint_url, excerpt, message, no_answer
 from stopline.metrics.scrape import ScrapeError, scrape
-from stopline.pointer import exported_checkpoint
+from stopline.pointer import exported_checkpoint, newer
 from stopline.progress import JobMemory, gpu_seconds_saved, progress_status
 from stopline.registry import Key, PodView, Registry, Tracked, pod_view, saved_checkpoint, trainer_pods
 from stopline.status import StatusWriter
@@ -314,8 +314,10 @@ class Supervisor:
         if new_epoch and report is not None:
             fields |= progress_status(spec, memory, report, evaluation, self.writer.now())
         saved = exported_checkpoint(report.checkpoint) if report is not None else None
-        if memory.newer_checkpoint(saved):
-            fields["checkpoint"] = saved  # the last weights, should the trainer hang and never save again
+        if saved is not None and newer(saved, memory.checkpoint):
+            # the trainer keeps only its newest weights: the status follows each save, or names a deleted
+            # file; and should the trainer hang and never save again, these are its last weights
+            fields["checkpoint"] = saved
         decision = evaluation.decision
         if decision is not None and (not spec.stop_policy.dry_run or decision.type in MANUAL_TYPES):
             await self._begin_stop(tracked, spec, memory, decision, fields, now)
@@ -333,7 +335,7 @@ class Supervisor:
         if "progress" in fields:
             memory.written_epoch = fields["progress"]["epoch"]
         if "checkpoint" in fields:
-            memory.checkpoint_step = fields["checkpoint"]["step"]
+            memory.checkpoint = fields["checkpoint"]
         if decision is not None and wants_dry_run:
             message = f"dryRun: would stop now: {decision.type} ({decision.criterion}): {decision.message}"
             await self.kube.post_event(tracked.training_job, WOULD_STOP, message, False)
@@ -551,7 +553,7 @@ class Supervisor:
             return
         saved = saved_checkpoint(trainer_pods([pod], job))
         shown = tracked.status.get("checkpoint")
-        if saved is None or (isinstance(shown, Mapping) and not _newer(saved[1], shown)):
+        if saved is None or not newer(saved[1], shown if isinstance(shown, Mapping) else None):
             return
         change = StatusChange(fields={"checkpoint": saved[1]})
         await self.writer.write(*key, lambda _: change, seen=tracked.training_job)
@@ -627,11 +629,6 @@ def _epochs_missed(tracked: Tracked, missed: str | None, epochs: Samples) -> tup
     if len(epochs) > 1 and current.get("status") == "True":
         return (Condition(EPOCHS_MISSED, False, EPOCHS_READ, "every epoch since was read"),)
     return ()
-
-
-def _newer(checkpoint: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
-    step, shown = checkpoint.get("step"), than.get("step")
-    return not isinstance(shown, int) or (isinstance(step, int) and step > shown)
 
 
 def _wants_visit(tracked: Tracked) -> bool:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import ClassVar
 
-from stopline.api import Duration, GPUIdleCriterion, PromQLCriterion
+from stopline.api import Duration, GPUIdleCriterion, PromQLCriterion, rfc3339
 from stopline.criteria.decision import Decision, Outcome
 from stopline.criteria.observation import Observation
 from stopline.criteria.state import State, fmt
@@ -22,10 +21,6 @@ def _progress(observation: Observation) -> int | None:
 
 def _minutes(seconds: float) -> str:
     return f"{fmt(seconds / 60)} min"
-
-
-def _clock_time(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -76,7 +71,7 @@ def evaluate_stale(
 def _where(state: StaleState, observation: Observation) -> str:
     if state.silent_since is not None:
         return (
-            f"the trainer stopped answering at {_clock_time(state.silent_since)} while its pod runs "
+            f"the trainer stopped answering at {rfc3339(state.silent_since)} while its pod runs "
             f"(last at progress {state.progress})"
         )
     return (

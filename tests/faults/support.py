@@ -42,9 +42,11 @@ from operatorharness import (
 )
 from stopline_local import prometheus as prometheus_module
 from stopline_local.controlplane import ADMIN_TOKEN, ControlPlane, wait_until
+from stopline_local.kubelet import LocalKubelet
 from stopline_local.prometheus import Prometheus, running_prometheus
 
 T = TypeVar("T")
+STORY_WAIT_S = 90  # a real trainer's story on a shared 2-core box; every wait returns once its check passes
 MESSAGE_MAX = 340  # a message built from a remote answer: a short excerpt of it and the operator's words
 
 
@@ -82,6 +84,30 @@ def metrics_available(plane: ControlPlane, namespace: str, name: str, value: str
         return found if found is not None and found["status"] == value else None
 
     return check
+
+
+def wait_for_status(
+    plane: ControlPlane,
+    kubelet: LocalKubelet,
+    namespace: str,
+    name: str,
+    check: Callable[[dict[str, Any]], T],
+    what: str,
+    timeout: float = STORY_WAIT_S,
+) -> T:
+    """Wait until `check` holds for the status of a TrainingJob whose trainers the local kubelet runs, and
+    return what it returned; a timeout shows that status and the trainers' last log lines."""
+    return wait_until(
+        lambda: check(status(plane, namespace, name)),
+        timeout,
+        f"{name}: {what}",
+        details=lambda: f"{status(plane, namespace, name)}\n{kubelet.logs()[-3000:]}",
+    )
+
+
+def epoch_at_least(epoch: int) -> Callable[[dict[str, Any]], bool]:
+    """A check of a status: its progress reached `epoch`."""
+    return lambda current: bool(current.get("progress", {}).get("epoch", 0) >= epoch)
 
 
 def progress_at(plane: ControlPlane, namespace: str, name: str, epoch: int) -> Callable[[], bool]:

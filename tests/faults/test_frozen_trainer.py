@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from e2e.support import CLAIM, DEADLINE_S, apply_claim, load_weights, training_job
-from faults.support import find_condition
+from e2e.support import CLAIM, apply_claim, load_weights, training_job
+from faults.support import STORY_WAIT_S, epoch_at_least, find_condition, wait_for_status
 from operatorharness import apply, event_posted, get, operator, pods, status
 from stopline_local.controlplane import ControlPlane, wait_until
 from stopline_local.kubelet import LocalKubelet
@@ -33,35 +33,31 @@ def test_a_trainer_frozen_mid_run_ends_stale_with_its_pods_gone_and_its_last_wei
     job["spec"]["metrics"] |= {"interval": f"{INTERVAL_S}s", "staleAfter": f"{STALE_AFTER_S}s"}
     # an ackTimeout longer than gracePeriod: asking a trainer that never answers must not outlast it
     job["spec"]["stopPolicy"] = {"gracePeriod": f"{GRACE_PERIOD_S}s", "ackTimeout": "60s"}
-
-    def details() -> str:
-        return f"{status(plane, namespace, 'frozen')}\n{kubelet.logs()[-3000:]}"
-
     with operator(namespace):
         apply(plane, namespace, job)
-        wait_until(
-            lambda: status(plane, namespace, "frozen").get("progress", {}).get("epoch", 0) >= 2,
-            DEADLINE_S,
-            "frozen: epoch 2",
-            details=details,
-        )
+        wait_for_status(plane, kubelet, namespace, "frozen", epoch_at_least(2), "epoch 2")
         [pod] = pods(plane, namespace, "frozen")
-        frozen_at = wait_until(
-            lambda: freeze_once_its_last_save_is_shown(plane, namespace, kubelet, pod["metadata"]["name"]),
-            DEADLINE_S,
-            "frozen: SIGSTOP once status.checkpoint names the claim's last.json",
-            details=details,
+        frozen_at = wait_for_status(
+            plane,
+            kubelet,
+            namespace,
+            "frozen",
+            lambda _: freeze_once_its_last_save_is_shown(plane, namespace, kubelet, pod["metadata"]["name"]),
+            "SIGSTOP once status.checkpoint names the claim's last.json",
         )
-        wait_until(
-            lambda: status(plane, namespace, "frozen").get("phase") in ("Stopped", "Failed"),
-            BOUND_S + SLACK_S,
-            f"frozen: ended within staleAfter + gracePeriod + two intervals ({BOUND_S} s) + {SLACK_S} s",
-            details=details,
+        wait_for_status(
+            plane,
+            kubelet,
+            namespace,
+            "frozen",
+            lambda current: current.get("phase") in ("Stopped", "Failed"),
+            f"ended within staleAfter + gracePeriod + two intervals ({BOUND_S} s) + {SLACK_S} s",
+            timeout=BOUND_S + SLACK_S,
         )
         assert frozen_at is not None
         ended_after = time.monotonic() - frozen_at
-        wait_until(lambda: not pods(plane, namespace, "frozen"), DEADLINE_S, "frozen: its pods gone")
-        wait_until(event_posted(plane, namespace, "frozen", "GracePeriodExpired"), DEADLINE_S, "the Event")
+        wait_until(lambda: not pods(plane, namespace, "frozen"), STORY_WAIT_S, "frozen: its pods gone")
+        wait_until(event_posted(plane, namespace, "frozen", "GracePeriodExpired"), STORY_WAIT_S, "the Event")
     print(f"\nfrozen trainer: ended {ended_after:.1f} s after SIGSTOP (the bound: {BOUND_S} s)")
     ended = get(plane, namespace, "tj", "frozen")["status"]
     reason = ended["stopReason"]

@@ -25,8 +25,10 @@ MAX_TERMINATION_MESSAGE = 4096  # the kubelet's limit per container
 class Run:
     """One training process's link to the operator.
 
-    Every rank serves its own /metrics and /stop; should_stop() is a collective when torch.distributed is
-    initialised, so call it at the same point on every rank. Only rank 0 writes checkpoints.
+    One endpoint per pod: the process of local rank 0 (the only one without torchrun) serves /metrics
+    and /stop; torchrun's other local ranks serve nothing. should_stop() is a collective when
+    torch.distributed is initialised, so call it at the same point on every rank. Only global rank 0
+    writes checkpoints and the pointer to them in the termination message.
     """
 
     def __init__(
@@ -39,14 +41,19 @@ class Run:
         self.config = config if config is not None else Config.from_env()
         self.flag = StopFlag()
         self.metrics = TrainerMetrics(self.flag)
-        self.server = ControlServer(
-            self.metrics,
-            self.flag,
-            token=self.config.control_token,
-            bind_address=self.config.bind_address,
-            port=self.config.metrics_port,
-            rank=self.config.rank,
-            accept_stop=accept_http_stop,
+        # None in torchrun's workers of local rank > 0: the pod has one metrics port, local rank 0's
+        self._server: ControlServer | None = (
+            ControlServer(
+                self.metrics,
+                self.flag,
+                token=self.config.control_token,
+                bind_address=self.config.bind_address,
+                port=self.config.metrics_port,
+                rank=self.config.rank,
+                accept_stop=accept_http_stop,
+            )
+            if self.config.serves_endpoint
+            else None
         )
         self._handle_signals = handle_signals
         self._restore_signals: Callable[[], None] | None = None
@@ -66,16 +73,45 @@ class Run:
     def stop_reason(self) -> str | None:
         return self.flag.reason if self.flag.is_set() else None
 
+    @property
+    def server(self) -> ControlServer:
+        """The endpoint this process serves; a process of local rank > 0 has none (RuntimeError)."""
+        if self._server is None:
+            raise RuntimeError(f"local rank {self.config.local_rank} serves nothing: local rank 0 does")
+        return self._server
+
+    @property
+    def port(self) -> int | None:
+        """Where /metrics and /stop are served; None in a process that serves nothing (local rank > 0)."""
+        return self._server.port if self._server is not None else None
+
     def start(self) -> Run:
-        self.server.start()
         if self._handle_signals:
             self.install_signal_handlers()
+        c = self.config
+        if self._server is None:
+            log.info(
+                "stopline: rank %d (local rank %d) serves nothing: local rank 0 serves the pod's /metrics "
+                "and /stop, and a stop it gets reaches this rank in should_stop()",
+                self.rank,
+                c.local_rank,
+            )
+            return self
+        self._server.start()
         log.info(
             "stopline: rank %d serving /metrics and /stop on %s:%d",
             self.rank,
-            self.config.bind_address,
-            self.server.port,
+            c.bind_address,
+            self.port,
         )
+        if c.node_rank is not None and c.pod_index is not None and c.node_rank != c.pod_index:
+            log.warning(
+                "stopline: torchrun made pod %d its node %d: the operator reads the job's metrics and "
+                "checkpoint from pod 0, which must run global rank 0 (torchrun --node-rank=$(RANK) with the "
+                "static rendezvous; see the trainer README)",
+                c.pod_index,
+                c.node_rank,
+            )
         return self
 
     def install_signal_handlers(self) -> None:
@@ -184,10 +220,11 @@ class Run:
         """Leave the termination message, stop serving, give the signals back."""
         if self.rank == 0 and self.last_manifest is not None:
             self._write_termination_message(self.last_manifest.termination_message())
-        elif self.rank != 0:
+        elif self.rank != 0 and self.config.serves_endpoint:  # one message per pod: local rank 0's
             doc = {"rank": self.rank, "epoch": self.epoch, "step": self.step, "stopReason": self.stop_reason}
             self._write_termination_message(json.dumps(doc, sort_keys=True).encode() + b"\n")
-        self.server.close()
+        if self._server is not None:
+            self._server.close()
         if self._restore_signals is not None:
             self._restore_signals()
             self._restore_signals = None

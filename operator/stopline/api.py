@@ -275,10 +275,24 @@ class FailurePolicy:
 
 
 @dataclass(frozen=True)
+class TargetRef:
+    """An existing workload in the TrainingJob's namespace that stopline governs instead of making a Job:
+    its kind decides the adapter (stopline.targets) that reads, suspends and finds its trainer pods."""
+
+    api_version: str
+    kind: str
+    name: str
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True)
 class TrainingJobSpec:
-    template: Mapping[str, object]
     objective: Objective
     checkpoint: Checkpoint
+    template: Mapping[str, object] | None = None  # exactly one of template and target
+    target: TargetRef | None = None
     replicas: int = 1
     max_epochs: int | None = None
     metrics: Metrics = Metrics()
@@ -289,7 +303,7 @@ class TrainingJobSpec:
     @property
     def gpus(self) -> int:
         """GPUs the job holds: replicas x the nvidia.com/gpu limits of the pod's containers (at least 1)."""
-        containers = _mapping(self.template.get("spec")).get("containers")
+        containers = _mapping(_mapping(self.template).get("spec")).get("containers")
         per_pod = 0
         for container in containers if isinstance(containers, list) else []:
             limits = _mapping(_mapping(_mapping(container).get("resources")).get("limits"))
@@ -476,6 +490,7 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
             "replicas",
             "maxEpochs",
             "template",
+            "targetRef",
             "objective",
             "metrics",
             "criteria",
@@ -484,6 +499,11 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
             "failurePolicy",
         ),
     )
+    target = _target(fields)
+    if target is not None:
+        for owned in ("template", "replicas", "failurePolicy"):
+            if fields.has(owned) and not (owned == "replicas" and fields.raw.get(owned) == 1):  # the default
+                raise SpecError(fields.at(owned), _TARGET_OWNS[owned])
     replicas = fields.integer("replicas", 1, 1024, default=1)
     objective = _objective(fields)
     metrics = _metrics(fields.child("metrics", ("port", "path", "interval", "staleAfter", "prometheus")))
@@ -496,7 +516,8 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
             "set spec.metrics.prometheus.url",
         )
     return TrainingJobSpec(
-        template=_template(fields),
+        template=_template(fields) if target is None else None,
+        target=target,
         objective=objective,
         checkpoint=_checkpoint(fields),
         replicas=replicas,
@@ -508,7 +529,35 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
     )
 
 
+_TARGET_OWNS = {
+    "template": "cannot be set with spec.targetRef: set exactly one, the pod template stopline runs or the "
+    "existing workload it governs",
+    "replicas": "cannot be set with spec.targetRef: the target's own spec says how many pods it runs",
+    "failurePolicy": "cannot be set with spec.targetRef: the target's own failure policy restarts it",
+}
+_API_VERSION = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?v[0-9]+((alpha|beta)[0-9]+)?$")
+_KIND = re.compile(r"^[A-Z][A-Za-z0-9]{0,62}$")
+
+
+def _target(spec: _Fields) -> TargetRef | None:
+    """spec.targetRef: an existing workload of this namespace, by apiVersion, kind and name."""
+    ref = spec.child("targetRef", ("apiVersion", "kind", "name"))
+    if ref is None:
+        return None
+    return TargetRef(
+        api_version=ref.string("apiVersion", _API_VERSION, 253),
+        kind=ref.string("kind", _KIND, 63),
+        name=ref.string("name", _NAME, 253),
+    )
+
+
 def _template(spec: _Fields) -> Mapping[str, object]:
+    if not spec.has("template"):
+        raise SpecError(
+            spec.at("template"),
+            "is required: set spec.template (the trainer pod stopline runs) or spec.targetRef (an existing "
+            "Job, JobSet, TrainJob or PyTorchJob it governs)",
+        )
     template = spec.child("template", ("metadata", "spec"), required=True)
     assert template is not None
     pod_spec = template.raw.get("spec")

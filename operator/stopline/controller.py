@@ -11,12 +11,12 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from stopline import lifecycle
+from stopline import lifecycle, targets
 from stopline.api import PVCTarget, SpecError, TrainingJobSpec, parse_spec
 from stopline.kube import Kube, Manifest
 from stopline.metrics.http import excerpt
 from stopline.pointer import last_values, stop_cause
-from stopline.registry import controller_uid, job_view, pod_view, saved_checkpoint, trainer_pods
+from stopline.registry import PodView, controller_uid, job_view, pod_view, saved_checkpoint, trainer_pods
 from stopline.status import StatusWriter, Written
 from stopline.verify import verify_checkpoint
 from stopline.vocabulary import (
@@ -38,8 +38,9 @@ from stopline.vocabulary import (
     STOPPED,
     STOPPING,
     STUDY_LABEL,
+    TARGET_FOUND,
+    TARGET_NOT_FOUND,
     TERMINAL_PHASES,
-    TRAINER_CONTAINER,
     find_condition,
 )
 from stopline.workload import Owner, build_job, build_service, build_token_secret
@@ -68,20 +69,30 @@ def owner_of(training_job: Mapping[str, Any]) -> Owner:
 def parse(training_job: Mapping[str, Any]) -> TrainingJobSpec | SpecError:
     """The parsed spec, or the error that names the field; errors are data here, the caller reports them."""
     try:
-        return parse_spec(training_job.get("spec"))
+        spec = parse_spec(training_job.get("spec"))
     except SpecError as error:
         return error
+    if spec.target is not None and targets.adapter_for(spec.target) is None:
+        ref = spec.target
+        return SpecError(
+            "spec.targetRef",
+            f"{ref.kind} ({ref.api_version}) is not a kind stopline governs; use one of "
+            f"{targets.supported()}",
+        )
+    return spec
 
 
 async def ensure_children(kube: Kube, owner: Owner, spec: TrainingJobSpec) -> None:
     """Create the token Secret, the headless Service (replicas > 1) and the Job, or adopt those that exist.
 
     The Job goes last: it references the Secret, and its existence means the other children exist too.
+    A TrainingJob with spec.targetRef gets the Secret only: the target's pod template mounts it.
     """
     children = [build_token_secret(owner, secrets.token_urlsafe(32))]
-    if spec.replicas > 1:
-        children.append(build_service(owner))
-    children.append(build_job(owner, spec))
+    if spec.target is None:
+        if spec.replicas > 1:
+            children.append(build_service(owner))
+        children.append(build_job(owner, spec))
     for manifest in children:
         child, _ = await kube.create_or_read(manifest)
         if controller_uid(child["metadata"]) != owner.uid:
@@ -115,16 +126,25 @@ async def _checkpoint_target(
 
 
 async def _ending(
-    kube: Kube, training_job: Manifest, spec: TrainingJobSpec, job: Manifest
+    kube: Kube,
+    training_job: Manifest,
+    spec: TrainingJobSpec,
+    job: Manifest,
+    read: targets.TargetRead | None = None,
 ) -> lifecycle.Ending | None:
-    """Once the Job finished, and before the TrainingJob records it: rank 0's checkpoint, and the first
-    failed rank's exit code and last log lines. The pods are read from the apiserver, the Job's own only."""
+    """Once the Job (or target) finished, and before the TrainingJob records it: rank 0's checkpoint, and
+    the first failed rank's exit code and last log lines. The pods are read from the apiserver (a target's
+    with it, `read`), its own only."""
     phase = (training_job.get("status") or {}).get("phase") or PENDING
     if lifecycle.job_finished(job) is None or phase in TERMINAL_PHASES or phase == STOPPING:
         return None
     namespace, name = training_job["metadata"]["namespace"], training_job["metadata"]["name"]
-    listed = await kube.list_pods(namespace, f"{JOB_LABEL}={name}")
-    pods = trainer_pods(map(pod_view, listed), job_view(job))
+    listed: list[PodView] = (
+        list(read.pods)
+        if read is not None
+        else list(map(pod_view, await kube.list_pods(namespace, f"{JOB_LABEL}={name}")))
+    )
+    pods = trainer_pods(listed, read.view() if read is not None else job_view(job))
     saved = saved_checkpoint(pods)
     checkpoint = saved[1] if saved is not None else None
     stopped = stop_cause(saved[0].message) if saved is not None else None
@@ -133,7 +153,7 @@ async def _ending(
     failure = None
     if failed is not None:
         failure = f"rank {failed.rank} exited with code {failed.exit_code}"
-        lines = await kube.read_log_tail(namespace, failed.name, TRAINER_CONTAINER)
+        lines = await kube.read_log_tail(namespace, failed.name, failed.container)
         if lines:
             failure += f"; its last log lines: {excerpt(' | '.join(lines), LOG_EXCERPT_CHARS)}"
     verified = await verify_checkpoint(kube, namespace, spec, checkpoint) if checkpoint else None
@@ -170,12 +190,15 @@ async def sync_status(
     name: str,
     rejected: str | None = None,
     job: Manifest | None = None,
+    read: targets.TargetRead | None = None,
 ) -> Written | None:
     """Read the TrainingJob and its Job, decide, write the status only if it changed (None: no write).
 
     `rejected` is why the apiserver refused a child; like an invalid spec, it fails the TrainingJob.
     `job`: the Job as its watch event just delivered it, so it need not be read again; one that is not
     this TrainingJob's own (another name, another controller uid: a decoy) is never believed.
+    `read`: for a TrainingJob with spec.targetRef, the target as the caller just read it (else it is read
+    here); its summary stands for the Job.
     """
     kube = writer.kube
     training_job = await kube.read_training_job(namespace, name)
@@ -183,8 +206,13 @@ async def sync_status(
         return None
     parsed = parse(training_job)
     invalid = str(parsed) if isinstance(parsed, SpecError) else rejected
+    governed = None
     if invalid:
         job = None
+    elif isinstance(parsed, TrainingJobSpec) and parsed.target is not None:
+        read = read or await read_target(kube, namespace, parsed)
+        job = read.summary() if read is not None else None
+        governed = _governed(namespace, parsed, read)
     elif job is None or not owns(training_job, job):
         job = await kube.read_job(namespace, name)
         if job is not None and not owns(training_job, job):
@@ -192,7 +220,7 @@ async def sync_status(
     target = ending = queue_says = None
     if not isinstance(parsed, SpecError) and job is not None:
         target = await _checkpoint_target(kube, training_job, parsed)
-        ending = await _ending(kube, training_job, parsed, job)
+        ending = await _ending(kube, training_job, parsed, job, read)
         queue_says = await _queue_says(kube, job)
 
     def compose(current: Mapping[str, Any]) -> lifecycle.StatusChange | None:
@@ -206,12 +234,36 @@ async def sync_status(
             ending=ending,
             queue_says=queue_says,
             now=writer.clock(),
+            governed=governed,
         )
 
     written = await writer.write(namespace, name, compose, seen=training_job)
     if written is not None and job is not None and "restarts" in written.patched:
         await _restart(kube, written, job)
     return written
+
+
+async def read_target(kube: Kube, namespace: str, spec: TrainingJobSpec) -> targets.TargetRead | None:
+    """The workload spec.targetRef names, with its Jobs and pods; None when it is not there (or its kind
+    is not served: its CRD is not installed)."""
+    ref = spec.target
+    adapter = targets.adapter_for(ref) if ref is not None else None
+    if ref is None or adapter is None:
+        return None
+    return await targets.read(kube, namespace, adapter, ref.name)
+
+
+def _governed(namespace: str, spec: TrainingJobSpec, read: targets.TargetRead | None) -> lifecycle.Condition:
+    """Created, for a TrainingJob with spec.targetRef: whether the workload it names is there."""
+    ref = spec.target
+    assert ref is not None
+    if read is not None:
+        return lifecycle.Condition(CREATED, True, TARGET_FOUND, f"governs {ref.describe()} (spec.targetRef)")
+    message = (
+        f"spec.targetRef: {ref.describe()} ({ref.api_version}) not found in namespace {namespace}; stopline "
+        "waits for it: create it, or fix the name (and check that its CRD is installed)"
+    )
+    return lifecycle.Condition(CREATED, False, TARGET_NOT_FOUND, message)
 
 
 async def _restart(kube: Kube, written: Written, job: Manifest) -> None:

@@ -84,7 +84,9 @@ class SpecDiffBase(kopf.StatusDiffBaseStorage):
         return super().build(body=cast(kopf.Body, kept))
 
 
-_TRACKER_SUCCESS = {f"Handler {name!r} succeeded." for name in ("track_training_job", "track_pod")}
+_TRACKER_SUCCESS = {
+    f"Handler {name!r} succeeded." for name in ("track_training_job", "track_pod", "track_target_pod")
+}
 
 
 def _quiet_trackers(record: logging.LogRecord) -> bool:
@@ -168,8 +170,22 @@ async def track_training_job(
 @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT})
 async def track_pod(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     key = memo.registry.observe_pod(dict(body), deleted=type == "DELETED")
+    await _after_pod_event(memo, key, body)
+
+
+@kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.ABSENT})
+async def track_target_pod(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A pod of a workload a TrainingJob governs (spec.targetRef), filed by its controller's uid, which a
+    visit of that job learned; any other pod is dropped at once (one dict lookup)."""
+    key = memo.registry.observe_target_pod(dict(body), deleted=type == "DELETED")
+    await _after_pod_event(memo, key, body)
+
+
+async def _after_pod_event(memo: kopf.Memo, key: tuple[str, str] | None, body: kopf.Body) -> None:
+    """A stopping job's pod changed: drive its stop now; else a preempted trainer may have saved."""
     tracked = memo.registry.get(key) if key else None
     if tracked is not None and tracked.phase == STOPPING:
         memo.supervisor.poke(tracked.key)
     elif tracked is not None:
-        await memo.supervisor.keep_checkpoint(tracked.key, pod_view(dict(body)))
+        filed = tracked.filed_pods.get(str(body.get("metadata", {}).get("name")))
+        await memo.supervisor.keep_checkpoint(tracked.key, filed or pod_view(dict(body)))

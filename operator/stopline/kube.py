@@ -47,6 +47,12 @@ _COLLECTIONS = {
 }
 
 
+def _collection(api_version: str, plural: str, namespace: str) -> str:
+    """The URL path of a namespaced collection: /api/v1/... for the core group, /apis/<group>/<v>/... else."""
+    root = "/api" if "/" not in api_version else "/apis"
+    return f"{root}/{api_version}/namespaces/{namespace}/{plural}"
+
+
 class ApiError(RuntimeError):
     """A non-2xx answer of the apiserver; `str()` is the apiserver's own message."""
 
@@ -261,17 +267,38 @@ class Kube:
         with suppress(NotFound, Conflict):
             await self._request("DELETE", path, options)
 
-    async def suspend_job(self, namespace: str, name: str, uid: str) -> bool:
-        """spec.suspend=true on that Job object only (its uid is a precondition of the patch): the Job
-        controller deletes the pods gracefully, so each trainer gets SIGTERM. False: the Job is gone, is
-        another object now, or refused (finished): there is nothing of ours left to suspend."""
-        path = f"{_COLLECTIONS['Job'].format(namespace=namespace)}/{name}"
+    async def read_object(self, api_version: str, plural: str, namespace: str, name: str) -> Manifest | None:
+        """Any namespaced object by apiVersion and plural (a TrainingJob's target); None when it is not
+        there, or its kind is not served (its CRD is not installed)."""
+        try:
+            return await self._request("GET", f"{_collection(api_version, plural, namespace)}/{name}")
+        except NotFound:
+            return None
+
+    async def list_objects(
+        self, api_version: str, plural: str, namespace: str, selector: str
+    ) -> list[Manifest]:
+        """The objects of a kind that match a label selector, read now; none when the kind is not served."""
+        path = f"{_collection(api_version, plural, namespace)}?labelSelector={quote(selector)}"
+        try:
+            found = await self._request("GET", path)
+        except NotFound:
+            return []
+        return [item for item in found.get("items") or [] if isinstance(item, dict)]
+
+    async def set_suspend(
+        self, api_version: str, plural: str, namespace: str, name: str, uid: str, path: str, value: bool
+    ) -> bool:
+        """Set the suspend field at `path` (a JSON pointer, e.g. /spec/runPolicy/suspend) on that object
+        only (its uid a precondition). False: it is gone, another object now, or it refused (finished)."""
         patch = [
             {"op": "test", "path": "/metadata/uid", "value": uid},
-            {"op": "add", "path": "/spec/suspend", "value": True},
+            {"op": "add", "path": path, "value": value},
         ]
         try:
-            await self._request("PATCH", path, patch, JSON_PATCH)
+            await self._request(
+                "PATCH", f"{_collection(api_version, plural, namespace)}/{name}", patch, JSON_PATCH
+            )
         except (NotFound, Rejected, Conflict):
             return False
         return True

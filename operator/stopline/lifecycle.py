@@ -125,7 +125,11 @@ def job_finished(job: Mapping[str, Any]) -> Condition | None:
 
 
 def all_ranks_started(job: Mapping[str, Any], replicas: int) -> bool:
-    """Every rank is ready or already done: `active` alone would count pods still waiting for a node."""
+    """Every rank is ready or already done: `active` alone would count pods still waiting for a node.
+    A target's summary (stopline.targets) says how many pods it runs in spec.parallelism."""
+    parallelism = (job.get("spec") or {}).get("parallelism")
+    if job.get("kind", "Job") != "Job" and isinstance(parallelism, int):
+        replicas = parallelism
     status = job.get("status", {})
     return int(status.get("ready") or 0) + int(status.get("succeeded") or 0) >= replicas
 
@@ -139,6 +143,7 @@ def desired_status(
     ending: Ending | None = None,
     queue_says: str | None = None,
     now: float = 0.0,
+    governed: Condition | None = None,
 ) -> StatusChange:
     """Phase, observedGeneration and conditions for `training_job` given its Job (None: not created yet).
 
@@ -146,8 +151,9 @@ def desired_status(
     while Pending); `ending` is what the pods left once the Job finished: the checkpoint goes to
     status.checkpoint (a job run to the end shows its final weights too), a failure to the Finished
     condition's message. `queue_says`: the queue's words on a suspended Job (its Workload's message,
-    already excerpted). `now`: for status.runSeconds when a preemption ends a run. A terminal phase is
-    kept as it is: only a new generation updates observedGeneration.
+    already excerpted). `now`: for status.runSeconds when a preemption ends a run. `governed`: for a
+    TrainingJob with spec.targetRef, the Created condition (the target found, or not yet). A terminal
+    phase is kept as it is: only a new generation updates observedGeneration.
     """
     current: Mapping[str, Any] = training_job.get("status") or {}
     phase = current.get("phase") or PENDING
@@ -161,7 +167,9 @@ def desired_status(
         finished = job_finished(job)
         if finished is not None and restarting(training_job):
             return StatusChange(fields=fields)  # the failed run's Job, going: the next one decides
-        wanted.append(Condition(CREATED, True, CHILDREN_CREATED, f"Job {job['metadata']['name']} created"))
+        wanted.append(
+            governed or Condition(CREATED, True, CHILDREN_CREATED, f"Job {job['metadata']['name']} created")
+        )
         if finished is not None and ending is not None and ending.stopped and finished.reason == JOB_COMPLETE:
             return _stopped_unrecorded(training_job, ending, wanted, fields)
         if finished is not None and finished.reason != JOB_COMPLETE and restarts_left(training_job):
@@ -191,6 +199,8 @@ def desired_status(
             wanted.append(Condition(RUNNING_CONDITION, True, ALL_RANKS_READY, f"{replicas} rank(s) started"))
         if checkpoint_target is not None and phase == PENDING:
             wanted.append(checkpoint_target)
+    elif governed is not None and phase == PENDING:
+        wanted.append(governed)  # the target is not there (yet): say so, and wait for it
     return StatusChange(fields=fields, conditions=wanted, phase=phase)
 
 

@@ -21,11 +21,11 @@ MAX_DELETED_PODS of them per job, so pods churned under a job's name cannot grow
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from stopline.api import SpecError, TrainingJobSpec, parse_spec
+from stopline.api import SpecError, TargetRef, TrainingJobSpec, parse_spec
 from stopline.criteria.observation import CohortCurve
 from stopline.lifecycle import queue_holds, seconds
 from stopline.pointer import checkpoint_status
@@ -59,6 +59,7 @@ class PodView:
     exit_code: int | None = None
     message: str = ""
     created: float | None = None  # metadata.creationTimestamp: which admission of its Job it belongs to
+    container: str = TRAINER_CONTAINER  # the container that runs the trainer (its log, its exit)
 
     @property
     def active(self) -> bool:
@@ -91,11 +92,22 @@ class JobView:
     finished: bool  # Complete or Failed: it starts no pod again
     queued: bool = False  # a queue (Kueue) admits it: it may unsuspend it again
     started: float | None = None  # status.startTime of its current admission (kept while it is suspended)
+    ranks: int = 1  # pods that run the trainer (spec.parallelism)
+    kind: str = "Job"  # a target of another kind (stopline.targets) is seen as a Job through its summary
+    api_version: str = "batch/v1"
+    pod_owners: frozenset[str] = frozenset()  # uids whose pods are its trainers: its Jobs'; empty: its own
+
+    def owns(self, pod: PodView) -> bool:
+        """The pod is one of its trainers: its controller is this Job (or one of the target's Jobs)."""
+        return pod.controller_uid in (self.pod_owners or {self.uid})
 
     def admitted(self, pod: PodView) -> bool:
         """The pod is one of this Job's current admission: it was created since the Job last started.
         The Job controller stamps startTime before it creates that admission's pods (both to the second)."""
         return self.started is None or pod.created is None or pod.created >= self.started
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name}"
 
     def after(self, earlier: JobView | None) -> JobView:
         """This view, still knowing when the current admission started: a suspended Job has no startTime
@@ -112,7 +124,9 @@ def job_view(job: Mapping[str, Any]) -> JobView:
         isinstance(c, Mapping) and c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
         for c in conditions
     )
+    parallelism = spec.get("parallelism")
     return JobView(
+        ranks=parallelism if isinstance(parallelism, int) and parallelism > 0 else 1,
         name=str(metadata.get("name")),
         uid=str(metadata.get("uid") or ""),
         controller_uid=controller_uid(metadata),
@@ -126,21 +140,36 @@ def job_view(job: Mapping[str, Any]) -> JobView:
 _RANK = re.compile(r"[0-9]{1,6}")  # the Job controller's completion index: ASCII digits (isdigit takes "²")
 
 
-def pod_view(pod: Mapping[str, Any], deleted: bool = False) -> PodView:
+def trainer_container(pod: Mapping[str, Any]) -> str:
+    """The container that runs the trainer: the one named `trainer`, else the first (as the templated Job's
+    contract goes to it); sidecars are never it."""
+    names = [
+        str(container.get("name"))
+        for container in (pod.get("spec") or {}).get("containers") or []
+        if isinstance(container, Mapping)
+    ]
+    return TRAINER_CONTAINER if TRAINER_CONTAINER in names or not names else names[0]
+
+
+def pod_view(pod: Mapping[str, Any], deleted: bool = False, rank: int | None = None) -> PodView:
+    """`rank`: as the pod's workload kind ranks it (stopline.targets); else its Job's completion index."""
     metadata, status = pod["metadata"], pod.get("status") or {}
     index = (metadata.get("labels") or {}).get(COMPLETION_INDEX_LABEL) or (
         metadata.get("annotations") or {}
     ).get(COMPLETION_INDEX_LABEL)
+    if rank is None:
+        rank = int(index) if index and _RANK.fullmatch(str(index)) else 0
     exit_code, message = None, ""
+    trainer = trainer_container(pod)
     for container in status.get("containerStatuses") or []:
         terminated = (container.get("state") or {}).get("terminated")
-        if container.get("name") == TRAINER_CONTAINER and terminated:
+        if container.get("name") == trainer and terminated:
             code = terminated.get("exitCode", 0)
             exit_code = code if isinstance(code, int) else 1
             message = str(terminated.get("message") or "")
     return PodView(
         name=metadata["name"],
-        rank=int(index) if index and _RANK.fullmatch(str(index)) else 0,
+        rank=rank,
         ip=status.get("podIP"),
         phase=status.get("phase") or "Pending",
         uid=str(metadata.get("uid") or ""),
@@ -150,6 +179,7 @@ def pod_view(pod: Mapping[str, Any], deleted: bool = False) -> PodView:
         exit_code=exit_code,
         message=message,
         created=seconds(metadata.get("creationTimestamp")),
+        container=trainer,
     )
 
 
@@ -162,6 +192,8 @@ class Tracked:
     filed_pods: dict[str, PodView] = field(default_factory=dict)
     filed_job: JobView | None = None
     _peer: CohortCurve | None = field(default=None, repr=False)  # as its study's peers see it; per body
+    # a target's pods as its kind ranks them (stopline.targets), for pods its watch events deliver
+    ranked: Callable[[Mapping[str, Any], bool], PodView] | None = field(default=None, repr=False)
 
     def observe(self, training_job: Mapping[str, Any]) -> None:
         """Take a newer body of the same object."""
@@ -177,10 +209,24 @@ class Tracked:
         return str(self.training_job["metadata"].get("uid") or "")
 
     @property
+    def target(self) -> TargetRef | None:
+        """The existing workload it governs (spec.targetRef); None for one that runs its own Job."""
+        return self.spec.target if self.spec is not None else None
+
+    @property
     def job(self) -> JobView | None:
-        """Its batch Job: the one of its name that it controls; None when none such was seen."""
-        job = self.filed_job
-        return job if job is not None and job.controller_uid == self.uid else None
+        """Its batch Job: the one of its name that it controls; for a target, the workload it names (as a
+        Job sees it); None when none such was seen."""
+        job, target = self.filed_job, self.target
+        if job is None:
+            return None
+        if target is not None:
+            return (
+                job
+                if (job.kind, job.api_version, job.name) == (target.kind, target.api_version, target.name)
+                else None
+            )
+        return job if job.controller_uid == self.uid else None
 
     @property
     def pods(self) -> list[PodView]:
@@ -232,7 +278,7 @@ class Tracked:
         """Whether a deleted pod stays filed: its exit may conclude a stop. One its Job does not control,
         or one of an earlier admission, never will; while the Job is unknown, it is kept (bounded)."""
         job = self.job
-        return job is None or (pod.controller_uid == job.uid and job.admitted(pod))
+        return job is None or (job.owns(pod) and job.admitted(pod))
 
     def drop_earlier_admissions(self) -> None:
         """Forget deleted pods that are no longer kept (their Job was admitted again, or is another one)."""
@@ -251,6 +297,7 @@ class Registry:
         self._pods: dict[Key, dict[str, PodView]] = {}
         self._job_of: dict[Key, JobView] = {}
         self._studies: dict[Key, dict[Key, Tracked]] = {}  # (namespace, study) -> its jobs
+        self._owner_of: dict[str, Key] = {}  # uid of a target's Job (or pod-making target) -> its TrainingJob
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -287,6 +334,9 @@ class Registry:
             self._leave_study(tracked)
         self._pods.pop((namespace, name), None)
         self._job_of.pop((namespace, name), None)
+        if tracked is not None and tracked.filed_job is not None:
+            for uid in tracked.filed_job.pod_owners:
+                self._owner_of.pop(uid, None)
 
     def _leave_study(self, tracked: Tracked) -> None:
         if tracked.study is None:
@@ -327,10 +377,51 @@ class Registry:
         else:
             self._job_of[key] = view
         tracked = self._jobs.get(key)
-        if tracked is not None:
+        if tracked is not None and tracked.target is None:  # a target's view comes from file_target only
             tracked.file_job(view)
             tracked.drop_earlier_admissions()
         return key
+
+    def file_target(
+        self,
+        tracked: Tracked,
+        view: JobView | None,
+        pods: Iterable[PodView],
+        ranked: Callable[[Mapping[str, Any], bool], PodView] | None,
+    ) -> None:
+        """A target as just read from the apiserver: its Job view and its pods. A filed pod not listed
+        any more is gone (its last state kept, as a watch's DELETED event would leave it); later events of
+        pods whose controller is one of its Jobs are filed under it (`observe_target_pod`)."""
+        before = tracked.filed_job.pod_owners if tracked.filed_job is not None else frozenset()
+        tracked.file_job(view)
+        tracked.ranked = ranked
+        owners = view.pod_owners if view is not None else frozenset()
+        for uid in before - owners:
+            self._owner_of.pop(uid, None)
+        for uid in owners:
+            self._owner_of[uid] = tracked.key
+        listed = {pod.name: pod for pod in pods}
+        for name, pod in list(tracked.filed_pods.items()):
+            if name not in listed and not pod.deleted:
+                tracked.filed_pods[name] = replace(pod, deleted=True)
+        tracked.filed_pods.update(listed)
+        tracked.drop_earlier_admissions()
+        _bound_deleted(tracked.filed_pods)
+
+    def observe_target_pod(self, pod: Mapping[str, Any], deleted: bool = False) -> Key | None:
+        """File a pod whose controller is one of a target's Jobs (or the target); None: nobody's."""
+        key = self._owner_of.get(controller_uid(pod["metadata"]) or "")
+        tracked = self._jobs.get(key) if key is not None else None
+        if tracked is None or tracked.ranked is None:
+            return None
+        view = tracked.ranked(pod, deleted)
+        if deleted and not tracked.keeps(view):
+            tracked.filed_pods.pop(view.name, None)
+            return tracked.key
+        tracked.filed_pods[view.name] = view
+        if deleted:
+            _bound_deleted(tracked.filed_pods)
+        return tracked.key
 
     def cohort(self, tracked: Tracked, study: str | None = None) -> tuple[CohortCurve, ...]:
         """The other jobs of the study (`study`, else the job's stopline.dev/study label) in its namespace,
@@ -350,7 +441,7 @@ def _by_rank(pod: PodView) -> tuple[int, str]:
 def trainer_pods(pods: Iterable[PodView], job: JobView) -> list[PodView]:
     """The pods of the Job's current admission that it controls, by rank: a pod that only carries the
     label is not one, and neither is one a queue's preemption ended before the Job was admitted again."""
-    return sorted((pod for pod in pods if pod.controller_uid == job.uid and job.admitted(pod)), key=_by_rank)
+    return sorted((pod for pod in pods if job.owns(pod) and job.admitted(pod)), key=_by_rank)
 
 
 def saved_checkpoint(pods: Iterable[PodView]) -> tuple[PodView, dict[str, Any]] | None:

@@ -26,13 +26,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 
-from stopline import fence
+from stopline import fence, targets
 from stopline.kube import Kube
 from stopline.lifecycle import Condition, StatusChange, checkpoint_place
 from stopline.registry import JobView, PodView, Tracked, job_view, pod_view, saved_checkpoint
@@ -50,6 +50,9 @@ from stopline.vocabulary import (
     PENDING,
     RUNNING_CONDITION,
     STOP_NOT_ACKNOWLEDGED,
+    STOP_PATH_ENDPOINT,
+    STOP_PATH_KILLED,
+    STOP_PATH_SUSPEND,
     STOPPED,
     STOPPING,
     TERMINAL_PHASES,
@@ -118,6 +121,7 @@ class Conclusion:
     message: str
     checkpoint: dict[str, Any] | None = None
     warning: bool = False
+    path: str | None = None  # status.stopPath: how the trainers were asked
 
 
 @dataclass(frozen=True)
@@ -246,9 +250,22 @@ def _kept_checkpoint(kept: Mapping[str, Any]) -> Conclusion:
     return Conclusion(STOPPED, CHECKPOINT_SAVED, message, checkpoint=dict(kept))
 
 
+def stop_path(state: StopState) -> str | None:
+    """How this stop asked the trainers: POST /stop that one acknowledged, else the workload's suspend
+    (SIGTERM from the kubelet); None when this process asked nobody (the trainers had already stopped)."""
+    if state.signalled is not None and state.signalled.acknowledged:
+        return STOP_PATH_ENDPOINT
+    if state.killed:
+        return STOP_PATH_KILLED
+    return STOP_PATH_SUSPEND if state.suspended else None
+
+
 def conclusion_change(conclusion: Conclusion) -> StatusChange:
-    """The status a conclusion writes: the phase, Running false, Finished with the reason, the checkpoint."""
-    fields = {"checkpoint": conclusion.checkpoint} if conclusion.checkpoint else {}
+    """The status a conclusion writes: the phase, Running false, Finished with the reason, the checkpoint,
+    and the path the stop took (status.stopPath)."""
+    fields: dict[str, Any] = {"checkpoint": conclusion.checkpoint} if conclusion.checkpoint else {}
+    if conclusion.path is not None:
+        fields["stopPath"] = conclusion.path
     ended = "the pods were deleted" if conclusion.phase == CANCELLED else "the stop ended"
     return StatusChange(
         fields=fields,
@@ -304,6 +321,7 @@ async def signal(
 
 
 TokenSource = Callable[[Tracked], Any]  # async: the job's stop token, or None
+TargetReader = Callable[[Tracked], Awaitable[None]]  # read a target, its Jobs and pods, and file them
 UrlOf = Callable[[PodView, int], str | None]  # the /stop URL of a pod on a port; None: no usable address
 
 
@@ -319,9 +337,11 @@ class StopDriver:
         token: TokenSource,
         stop_url: UrlOf,
         post_timeout_s: float,
+        read_target: TargetReader,
     ) -> None:
         self.kube, self.session, self.writer, self.clock = kube, session, writer, clock
         self._token, self._stop_url, self._post_timeout_s = token, stop_url, post_timeout_s
+        self._read_target = read_target
         self._states: dict[str, StopState] = {}  # by TrainingJob uid
 
     def forget(self, uids: set[str]) -> None:
@@ -369,7 +389,7 @@ class StopDriver:
             if isinstance(action, Wait):
                 return None
             if isinstance(action, Conclude):
-                conclusion = action.conclusion
+                conclusion = replace(action.conclusion, path=stop_path(view.state))
                 if cancel is not None:
                     conclusion = replace(conclusion, message=f"cancelled: {reason}; nothing was saved")
                 return await self._conclude(tracked, conclusion, cancel)
@@ -394,17 +414,21 @@ class StopDriver:
             token = await self._token(tracked)
             state.signalled = await signal(self.session, urls, token, reason, timeout, self.clock(), cause)
         elif isinstance(action, ReadChildren):
-            await self._read_job(tracked)
-            selector = f"{JOB_LABEL}={name}"
-            tracked.filed_pods.update(_listed(await self.kube.list_pods(namespace, selector)))
+            if tracked.target is not None:
+                await self._read_target(tracked)
+            else:
+                await self._read_job(tracked)
+                selector = f"{JOB_LABEL}={name}"
+                tracked.filed_pods.update(_listed(await self.kube.list_pods(namespace, selector)))
             state.children_read = True
         elif isinstance(action, Suspend | Kill):
             await self._suspend(tracked, view)
             if isinstance(action, Suspend) and action.unacknowledged:
+                what = view.job.describe() if view.job is not None else "the Job"
                 message = (
-                    "no trainer pod acknowledged POST /stop; suspended the Job, so each pod gets SIGTERM"
+                    f"no trainer pod acknowledged POST /stop; suspended {what}, so each pod gets SIGTERM"
                     if view.pods
-                    else "no trainer pod is running; suspended the Job, so none starts"
+                    else f"no trainer pod is running; suspended {what}, so none starts"
                 )
                 await self.kube.post_event(tracked.training_job, STOP_NOT_ACKNOWLEDGED, message, True)
             if isinstance(action, Kill):
@@ -420,9 +444,9 @@ class StopDriver:
             tracked.file_job(job_view(found))
 
     async def _suspend(self, tracked: Tracked, view: StopView) -> None:
-        """Suspend the TrainingJob's own Job (by uid); one not seen yet is read first."""
+        """Suspend the TrainingJob's own Job, or its target (by uid); one not seen yet is read first."""
         if view.job is None:
-            await self._read_job(tracked)
+            await (self._read_target(tracked) if tracked.target is not None else self._read_job(tracked))
         job = tracked.job
         if job is not None:
             await hold(self.kube, tracked.key[0], job)
@@ -465,12 +489,13 @@ class StopDriver:
 
 
 async def hold(kube: Kube, namespace: str, job: JobView) -> None:
-    """Suspend the Job so it starts no pod again; for one a queue (Kueue) admits, also deactivate its
-    Workload, else Kueue unsuspends it at once and the Job controller starts the pods again."""
+    """Suspend the Job (or a target, by its kind's own suspend) so it starts no pod again; for one a queue
+    (Kueue) admits, also deactivate its Workload, else Kueue unsuspends it and the pods start again."""
     if job.queued:  # first: Kueue then suspends the Job itself and does not undo the patch below
         await kube.deactivate_workloads(namespace, job.uid)
-    if not job.suspended:
-        await kube.suspend_job(namespace, job.name, job.uid)
+    adapter = targets.ADAPTERS.get((job.api_version, job.kind))
+    if not job.suspended and adapter is not None:
+        await targets.suspend(kube, namespace, adapter, job.name, job.uid)
 
 
 def every_rank_exited(pods: Sequence[PodView], replicas: int) -> bool:
@@ -483,9 +508,10 @@ def every_rank_exited(pods: Sequence[PodView], replicas: int) -> bool:
 
 async def release_from_queue(kube: Kube, tracked: Tracked) -> None:
     """A stopped job's suspended Job that a queue (Kueue) holds is deleted; it has no pods. Kept, the queue
-    would admit it again (and stopline suspend it again) forever; deleted, its Workload goes with it."""
+    would admit it again (and stopline suspend it again) forever; deleted, its Workload goes with it. A
+    target is never deleted: it is the user's (its Workload stays deactivated)."""
     job = tracked.job
-    if job is not None and job.queued and job.suspended and not job.finished:
+    if tracked.target is None and job is not None and job.queued and job.suspended and not job.finished:
         await kube.delete_job(*tracked.key, job.uid)
 
 

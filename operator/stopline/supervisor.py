@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from stopline import controller, monitoring
+from stopline import controller, monitoring, targets
 from stopline.api import (
     CohortCriterion,
     ForecastCriterion,
@@ -149,7 +149,9 @@ class Supervisor:
     ) -> None:
         self.kube, self.registry, self.session, self.clock = kube, registry, session, clock
         self.writer = StatusWriter(kube, clock)
-        self.stops = StopDriver(kube, session, self.writer, clock, self._token, stop_url, SCRAPE_TIMEOUT_S)
+        self.stops = StopDriver(
+            kube, session, self.writer, clock, self._token, stop_url, SCRAPE_TIMEOUT_S, self._read_target
+        )
         self.last_tick = clock()
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
@@ -259,9 +261,11 @@ class Supervisor:
         started = self.clock()  # the next visit is due an interval after this one began, however long it took
         async with self._slots:
             try:
+                if tracked.target is not None:
+                    await self._follow_target(tracked)
                 if tracked.phase == STOPPING:
                     await self._drive_stop(tracked)
-                else:
+                elif tracked.phase not in TERMINAL_PHASES:
                     await self._observe(tracked, fetched)
             except Exception:  # one job's failure must not end the loop for all others
                 log.exception("visiting TrainingJob %s/%s failed; retrying next interval", *tracked.key)
@@ -273,6 +277,29 @@ class Supervisor:
                     else spec.metrics.interval.seconds
                 )
                 self._due[tracked.key] = max(started + interval, self.clock() + TICK_S)
+
+    async def _read_target(self, tracked: Tracked) -> None:
+        """Read the workload spec.targetRef names, its Jobs and pods, and file them for this job."""
+        await self._file_target(tracked)
+
+    async def _file_target(self, tracked: Tracked) -> targets.TargetRead | None:
+        assert tracked.spec is not None
+        read = await controller.read_target(self.kube, tracked.key[0], tracked.spec)
+        if read is None:
+            self.registry.file_target(tracked, None, (), None)
+        else:
+            self.registry.file_target(tracked, read.view(), read.pods, read.pod_view)
+        return read
+
+    async def _follow_target(self, tracked: Tracked) -> None:
+        """A target has no watch of its own here: each visit reads it (its Jobs and pods too), and, unless
+        a stop owns the phase, syncs the status with what it says, as a Job's watch event does."""
+        read = await self._file_target(tracked)
+        if tracked.phase != STOPPING:
+            written = await controller.sync_status(self.writer, *tracked.key, read=read)
+            if written is not None:
+                tracked.observe(written.after)
+            await controller.announce(self.kube, written)
 
     async def _observe(self, tracked: Tracked, fetched: Fetched | None) -> None:
         """Read rank 0's metrics (`fetched` when a PromQL batch already did), evaluate the criteria, write
@@ -518,7 +545,7 @@ class Supervisor:
         watching; once suspended, one a queue (Kueue) holds is deleted (see stopping.release_from_queue).
         One whose every rank exited is left to finish by itself, its pods kept for `kubectl logs`."""
         tracked = self.registry.get(key)
-        if tracked is None or tracked.phase not in (STOPPED, CANCELLED, FAILED):
+        if tracked is None or tracked.phase not in (STOPPED, CANCELLED, FAILED) or tracked.target is not None:
             return
         job, spec = tracked.job, tracked.spec
         finishing = spec is not None and every_rank_exited(tracked.pods, spec.replicas)
@@ -633,12 +660,13 @@ def _epochs_missed(tracked: Tracked, missed: str | None, epochs: Samples) -> tup
 
 def _wants_visit(tracked: Tracked) -> bool:
     """Running and Stopping jobs; Queued and Preempted ones too (their criteria's clocks pause, a budget
-    may already be spent); a Pending one only when someone annotated it (nothing to read yet)."""
+    may already be spent); a Pending one only when someone annotated it (nothing to read yet), or when it
+    governs a target (no watch event says when the target starts: its visit reads it)."""
     if tracked.spec is None or tracked.phase in TERMINAL_PHASES:
         return False
     if tracked.phase in (RUNNING, STOPPING) or tracked.phase in HELD_PHASES:
         return True
-    return tracked.phase == PENDING and tracked.asked_to_stop
+    return tracked.phase == PENDING and (tracked.asked_to_stop or tracked.target is not None)
 
 
 def _started_at(tracked: Tracked, now: float) -> float | None:

@@ -44,7 +44,13 @@ CHECKPOINT_SAVED = "CheckpointSaved"
 NO_CHECKPOINT = "NoCheckpoint"
 GRACE_PERIOD_EXPIRED = "GracePeriodExpired"
 TRAINER_FAILED = "TrainerFailed"
+TARGET_FOUND, TARGET_NOT_FOUND = "TargetFound", "TargetNotFound"  # Created, for a spec.targetRef
 RESTARTING = "Restarting"  # a rank failed: the job restarts from its last checkpoint (spec.failurePolicy)
+
+# status.stopPath: how a stop reached the trainers
+STOP_PATH_ENDPOINT = "StopEndpoint"  # POST /stop with the job's token: every rank stopped at one step
+STOP_PATH_SUSPEND = "Suspend"  # the workload's own suspend: the kubelet sent SIGTERM to every pod
+STOP_PATH_KILLED = "Killed"  # its pods were deleted without grace (a cancel, or gracePeriod ran out)
 
 # Event reasons that are not a phase or a condition reason
 WOULD_STOP = "WouldStop"

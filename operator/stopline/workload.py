@@ -114,6 +114,7 @@ def default_checkpoint_path(owner: Owner) -> str:
 def build_job(owner: Owner, spec: TrainingJobSpec) -> Manifest:
     """The batch Job: spec.template with the trainer contract added; Indexed when there are several ranks."""
     replicas = spec.replicas
+    assert spec.template is not None, "a TrainingJob with spec.targetRef has no Job of its own"
     template: Manifest = copy.deepcopy(dict(spec.template))
     metadata = template.setdefault("metadata", {})
     metadata["labels"] = {**metadata.get("labels", {}), **owner.labels}

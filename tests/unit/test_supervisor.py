@@ -76,7 +76,10 @@ class StandInKube:
         self.calls.append(("list_workloads", job_uid))
         return []  # no Kueue here
 
-    async def suspend_job(self, namespace: str, name: str, uid: str) -> bool:
+    async def set_suspend(
+        self, api_version: str, plural: str, namespace: str, name: str, uid: str, path: str, value: bool
+    ) -> bool:
+        assert (api_version, plural, path) == ("batch/v1", "jobs", "/spec/suspend"), "a Job's own suspend"
         self.calls.append(("suspend_job", name, uid))
         job = self.objects.get(("Job", namespace, name))
         if job is None or job["metadata"]["uid"] != uid:

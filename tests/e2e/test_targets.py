@@ -1,0 +1,166 @@
+"""TrainingJobs that govern a workload a user made (spec.targetRef) instead of running their own Job.
+
+The user's batch Job runs the example trainer with the trainer contract set in its own pod template (the
+token from the Secret the operator makes for the TrainingJob); stopline reads it, stops it and records the
+weights, and never deletes it. Two paths: POST /stop where the trainer holds the token, the Job's own
+suspend (SIGTERM) where it does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from e2e.support import CLAIM, DEADLINE_S, METRICS_PORT, apply_claim, load_weights
+from operatorharness import apply, exists, get, operator, status
+from stopline_local.controlplane import ControlPlane, wait_until
+from stopline_local.kubelet import LocalKubelet
+
+pytestmark = pytest.mark.e2e
+
+MOUNT = "/checkpoints"
+PATIENCE = {"name": "plateau", "patience": {"patience": 1, "minDelta": 0.0002}}
+TERMINAL = ("Stopped", "Succeeded", "Failed", "Cancelled")
+
+
+def trainer_env(governor: str, folder: str, with_token: bool = True) -> list[dict[str, Any]]:
+    """What a user adds to their trainer container (docs/targets.md): the contract's variables, the token
+    from the Secret `<TrainingJob>-stopline-control` (without it, only a suspend can stop the trainer)."""
+    env: list[dict[str, Any]] = [
+        {"name": "STOPLINE_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": "STOPLINE_CHECKPOINT_URI", "value": f"{MOUNT}/{folder}"},
+        {"name": "STOPLINE_OBJECTIVE", "value": "val_loss"},
+        {"name": "OMP_NUM_THREADS", "value": "1"},
+    ]
+    if with_token:
+        secret = {"name": f"{governor}-stopline-control", "key": "token"}
+        env.append({"name": "STOPLINE_CONTROL_TOKEN", "valueFrom": {"secretKeyRef": secret}})
+    return env
+
+
+def user_job(name: str, governor: str, epochs: int = 60, with_token: bool = True) -> dict[str, Any]:
+    """A plain batch Job as a user (or an HPO tool) writes it, running the example trainer."""
+    trainer = {
+        "name": "train",
+        "image": "ghcr.io/example/train:1",  # ignored by the local kubelet
+        "command": ["python", "trainer-image/examples/train.py"],
+        "args": ["--epochs", str(epochs), "--steps-per-epoch", "10", "--sleep-per-step", "0.05"],
+        "env": trainer_env(governor, f"runs/{name}", with_token),
+        "volumeMounts": [{"name": "checkpoints", "mountPath": MOUNT}],
+    }
+    pod = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 60,
+        "containers": [trainer],
+        "volumes": [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": CLAIM}}],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"backoffLimit": 0, "template": {"spec": pod}},
+    }
+
+
+def governing(name: str, kind: str, api_version: str, target: str, **spec: Any) -> dict[str, Any]:
+    """A TrainingJob that governs an existing workload, read every second."""
+    return {
+        "apiVersion": "stopline.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "targetRef": {"apiVersion": api_version, "kind": kind, "name": target},
+            "objective": {"metric": "val_loss", "mode": "min"},
+            "metrics": {"port": METRICS_PORT, "interval": "1s"},
+            "checkpoint": {"pvc": {"claimName": CLAIM, "path": f"runs/{target}"}},
+            "stopPolicy": {"gracePeriod": "60s"},
+            **spec,
+        },
+    }
+
+
+def wait_for_secret(plane: ControlPlane, namespace: str, governor: str) -> None:
+    """The operator made the token Secret the workload's pods read (create the TrainingJob first)."""
+    secret = f"{governor}-stopline-control"
+    wait_until(lambda: exists(plane, namespace, "secret", secret), DEADLINE_S, f"Secret {secret}")
+
+
+def finish(plane: ControlPlane, kubelet: LocalKubelet, namespace: str, name: str) -> dict[str, Any]:
+    wait_until(
+        lambda: status(plane, namespace, name).get("phase") in TERMINAL,
+        DEADLINE_S,
+        f"{name} to end",
+        details=lambda: f"{status(plane, namespace, name)}\n{kubelet.logs()[-4000:]}",
+    )
+    return dict(get(plane, namespace, "tj", name))
+
+
+@pytest.fixture
+def story(plane: ControlPlane, namespace: str, kubelet: LocalKubelet) -> Iterator[ControlPlane]:
+    apply_claim(plane, namespace)
+    with operator(namespace):
+        yield plane
+
+
+def test_patience_stops_a_users_job_by_post_stop_and_leaves_the_job_there(
+    story: ControlPlane, namespace: str, kubelet: LocalKubelet
+) -> None:
+    apply(story, namespace, governing("watch-a", "Job", "batch/v1", "train-a", criteria=[PATIENCE]))
+    wait_for_secret(story, namespace, "watch-a")
+    apply(story, namespace, user_job("train-a", "watch-a"))
+    stopped = finish(story, kubelet, namespace, "watch-a")
+    found = stopped["status"]
+    assert found["phase"] == "Stopped", found
+    assert (found["stopReason"]["type"], found["stopReason"]["criterion"]) == ("Patience", "plateau")
+    assert found["stopPath"] == "StopEndpoint", found
+    created = next(c for c in found["conditions"] if c["type"] == "Created")
+    assert (created["status"], created["reason"]) == ("True", "TargetFound"), created
+    load_weights(found["checkpoint"], kubelet.claim_folder(namespace, CLAIM) / "runs" / "train-a")
+    job = get(story, namespace, "job", "train-a")  # the user's Job is still there, and completed
+    wait_until(
+        lambda: any(
+            c["type"] == "Complete"
+            for c in get(story, namespace, "job", "train-a")["status"].get("conditions", [])
+        ),
+        DEADLINE_S,
+        "the user's Job to complete: every trainer exited 0",
+    )
+    assert job["metadata"]["name"] == "train-a"
+
+
+def test_a_trainer_without_the_token_is_stopped_by_the_jobs_own_suspend(
+    story: ControlPlane, namespace: str, kubelet: LocalKubelet
+) -> None:
+    apply(story, namespace, governing("watch-b", "Job", "batch/v1", "train-b"))
+    wait_for_secret(story, namespace, "watch-b")
+    apply(story, namespace, user_job("train-b", "watch-b", with_token=False))
+    wait_until(
+        lambda: status(story, namespace, "watch-b").get("progress", {}).get("epoch", 0) >= 2,
+        DEADLINE_S,
+        "watch-b: epoch 2 in status.progress",
+    )
+    story.kubectl("annotate", "tj", "watch-b", "stopline.dev/stop=enough", "-n", namespace)
+    stopped = finish(story, kubelet, namespace, "watch-b")
+    found = stopped["status"]
+    assert found["phase"] == "Stopped", found
+    assert found["stopReason"]["type"] == "Manual", found
+    assert found["stopPath"] == "Suspend", found
+    load_weights(found["checkpoint"], kubelet.claim_folder(namespace, CLAIM) / "runs" / "train-b")
+    job = get(story, namespace, "job", "train-b")
+    assert job["spec"]["suspend"] is True, "stopped by its own suspend, and left suspended"
+
+
+def test_a_target_that_is_not_there_is_named_and_waited_for(story: ControlPlane, namespace: str) -> None:
+    apply(story, namespace, governing("watch-c", "Job", "batch/v1", "not-yet"))
+
+    def waiting() -> bool:
+        conditions = status(story, namespace, "watch-c").get("conditions", [])
+        return any(c["type"] == "Created" and c["reason"] == "TargetNotFound" for c in conditions)
+
+    wait_until(waiting, DEADLINE_S, "watch-c: Created False, TargetNotFound")
+    found = status(story, namespace, "watch-c")
+    created = next(c for c in found["conditions"] if c["type"] == "Created")
+    assert "spec.targetRef: Job not-yet" in created["message"], created
+    assert found["phase"] == "Pending"

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable
+from email.parser import Parser
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -170,3 +172,38 @@ def assert_reproduces_outputs(state: dict[str, Any], hidden: int = 128) -> None:
         out = model(example.probe_input())
     torch.testing.assert_close(out, state["probe_output"])
     assert not torch.equal(example.make_model(hidden)(example.probe_input()), out)  # not a fresh init
+
+
+def wheel(source: Path, into: Path) -> zipfile.ZipFile:
+    """Build the distribution's wheel as pip would for `pip install`, offline (no build isolation)."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(into),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    [built] = into.glob("*.whl")
+    return zipfile.ZipFile(built)
+
+
+def requirements(built: zipfile.ZipFile) -> dict[str, list[str]]:
+    """Requires-Dist by extra ("" for the plain install), names only, lower case."""
+    [name] = [entry for entry in built.namelist() if entry.endswith(".dist-info/METADATA")]
+    metadata = Parser().parsestr(built.read(name).decode())
+    found: dict[str, list[str]] = {}
+    for line in metadata.get_all("Requires-Dist") or []:
+        requirement, _, marker = line.partition(";")
+        extra = marker.split("extra ==")[-1].strip().strip("'\"") if "extra" in marker else ""
+        package = requirement.strip().split(" ")[0].split(">")[0].split("=")[0].split("<")[0].split("[")[0]
+        found.setdefault(extra, []).append(package.lower())
+    return found

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Literal
 
-import torch
-
 from . import faults
+from .extras import require
 from .storage import Store
 from .storage.local import temp_target
 
@@ -206,6 +205,9 @@ class Checkpointer:
         epochs: list[dict[str, Any]] | None = None,
         tail: list[list[float]] | None = None,
     ) -> Manifest:
+        require("torch", "torch", "saving a checkpoint (torch.save)")
+        import torch  # an extra: the base install serves /metrics and /stop without it
+
         self.saves += 1
         name = f"{self.blob_prefix}e{epoch:06d}-s{step:09d}-{uuid.uuid4().hex[:8]}.pt"
         hashing: list[_Hashing] = []
@@ -248,6 +250,9 @@ class Checkpointer:
         manifest = self.manifest(which)
         if manifest is None:
             return None
+        require("torch", "torch", "loading a checkpoint (torch.load)")
+        import torch
+
         if not manifest.written_by(self.job, self.namespace) and not self.resume_other_jobs:
             log.warning(
                 "stopline: not resuming from %s: job %r in namespace %r wrote it, this is job %r in "

@@ -1,23 +1,47 @@
-"""Agreement between ranks: a stop seen by any rank is seen by all of them at the same step."""
+"""Agreement between ranks: a stop seen by any rank is seen by all of them at the same step.
+
+torch is an extra: without it (or before anything imported torch.distributed) no process group can
+exist, so this process is the only rank and nothing here imports torch.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 
-import torch
-import torch.distributed as dist
+from .extras import require
+
+
+def _initialized() -> bool:
+    if "torch.distributed" not in sys.modules:  # nobody imported it: no group, and torch stays unloaded
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if not _initialized():
+        return False
+    import torch.distributed as dist
+
+    return dist.get_world_size() > 1
 
 
 def rank(default: int = 0) -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else default
+    if not _initialized():
+        return default
+    import torch.distributed as dist
+
+    return dist.get_rank()
 
 
 def world_size(default: int = 1) -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else default
+    if not _initialized():
+        return default
+    import torch.distributed as dist
+
+    return dist.get_world_size()
 
 
 def any_rank(flag: bool) -> bool:
@@ -27,6 +51,9 @@ def any_rank(flag: bool) -> bool:
     """
     if not active():
         return flag
+    import torch
+    import torch.distributed as dist
+
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -39,8 +66,12 @@ def init_from_env() -> bool:
     Picks nccl when CUDA is there (binding this rank to a device first), gloo otherwise.
     Returns whether a group is active.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _initialized():
         return active()
+    require("torch", "torch", "joining the ranks' process group (WORLD_SIZE > 1)")
+    import torch
+    import torch.distributed as dist
+
     if torch.cuda.is_available():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank % torch.cuda.device_count())

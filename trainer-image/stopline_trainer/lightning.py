@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as pl
-import torch
+from .extras import require
 
-from .run import Run
+require("lightning", "lightning", "stopline_trainer.lightning")
+import lightning.pytorch as pl  # noqa: E402 (after the check that names the extra to install)
+import torch  # noqa: E402
+
+from .run import Run  # noqa: E402
 
 
 class StoplineCallback(pl.Callback):

@@ -33,6 +33,9 @@ class Store(Protocol):
 def open_store(uri: str, *, s3_part_size: int) -> Store:
     """s3://bucket/prefix for an object store; a path or file:// URI for a mounted volume."""
     if uri.startswith("s3://"):
+        from ..extras import require
+
+        require("s3", "boto3", f"the checkpoint target {uri}")
         from .s3 import S3Store  # boto3 is an optional extra: imported only when used
 
         return S3Store.from_uri(uri, part_size=s3_part_size)

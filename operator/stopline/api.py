@@ -502,7 +502,7 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
     target = _target(fields)
     if target is not None:
         for owned in ("template", "replicas", "failurePolicy"):
-            if fields.has(owned) and not (owned == "replicas" and fields.raw.get(owned) == 1):  # the default
+            if fields.has(owned) and fields.raw.get(owned) not in _DEFAULTS.get(owned, ()):
                 raise SpecError(fields.at(owned), _TARGET_OWNS[owned])
     replicas = fields.integer("replicas", 1, 1024, default=1)
     objective = _objective(fields)
@@ -534,6 +534,10 @@ _TARGET_OWNS = {
     "existing workload it governs",
     "replicas": "cannot be set with spec.targetRef: the target's own spec says how many pods it runs",
     "failurePolicy": "cannot be set with spec.targetRef: the target's own failure policy restarts it",
+}
+_DEFAULTS: dict[str, tuple[object, ...]] = {  # what the apiserver fills in for every TrainingJob
+    "replicas": (1,),
+    "failurePolicy": ({}, {"maxRestarts": 0}),
 }
 _API_VERSION = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?v[0-9]+((alpha|beta)[0-9]+)?$")
 _KIND = re.compile(r"^[A-Z][A-Za-z0-9]{0,62}$")

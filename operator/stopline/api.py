@@ -288,11 +288,29 @@ class TargetRef:
 
 
 @dataclass(frozen=True)
+class TargetSelector:
+    """Every workload of a kind in the namespace whose labels match: a sweep an HPO tool makes. Each gets a
+    TrainingJob of its own (a member, with this spec and a targetRef), judged in one cohort."""
+
+    api_version: str
+    kind: str
+    match_labels: tuple[tuple[str, str], ...]
+
+    @property
+    def label_selector(self) -> str:
+        return ",".join(f"{key}={value}" for key, value in self.match_labels)
+
+    def describe(self) -> str:
+        return f"{self.kind}s labelled {self.label_selector}"
+
+
+@dataclass(frozen=True)
 class TrainingJobSpec:
     objective: Objective
     checkpoint: Checkpoint
-    template: Mapping[str, object] | None = None  # exactly one of template and target
+    template: Mapping[str, object] | None = None  # exactly one of template, target and selector
     target: TargetRef | None = None
+    selector: TargetSelector | None = None
     replicas: int = 1
     max_epochs: int | None = None
     metrics: Metrics = Metrics()
@@ -491,6 +509,7 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
             "maxEpochs",
             "template",
             "targetRef",
+            "targetSelector",
             "objective",
             "metrics",
             "criteria",
@@ -499,8 +518,10 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
             "failurePolicy",
         ),
     )
-    target = _target(fields)
-    if target is not None:
+    target, selector = _target(fields), _selector(fields)
+    if target is not None and selector is not None:
+        raise SpecError(fields.at("targetSelector"), "cannot be set with spec.targetRef: set one of them")
+    if target is not None or selector is not None:
         for owned in ("template", "replicas", "failurePolicy"):
             if fields.has(owned) and fields.raw.get(owned) not in _DEFAULTS.get(owned, ()):
                 raise SpecError(fields.at(owned), _TARGET_OWNS[owned])
@@ -516,8 +537,9 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
             "set spec.metrics.prometheus.url",
         )
     return TrainingJobSpec(
-        template=_template(fields) if target is None else None,
+        template=_template(fields) if target is None and selector is None else None,
         target=target,
+        selector=selector,
         objective=objective,
         checkpoint=_checkpoint(fields),
         replicas=replicas,
@@ -530,10 +552,12 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
 
 
 _TARGET_OWNS = {
-    "template": "cannot be set with spec.targetRef: set exactly one, the pod template stopline runs or the "
-    "existing workload it governs",
-    "replicas": "cannot be set with spec.targetRef: the target's own spec says how many pods it runs",
-    "failurePolicy": "cannot be set with spec.targetRef: the target's own failure policy restarts it",
+    "template": "cannot be set with spec.targetRef or spec.targetSelector: set exactly one, the pod template "
+    "stopline runs or the existing workloads it governs",
+    "replicas": "cannot be set with spec.targetRef or spec.targetSelector: a target's own spec says how many "
+    "pods it runs",
+    "failurePolicy": "cannot be set with spec.targetRef or spec.targetSelector: a target's own failure "
+    "policy restarts it",
 }
 _DEFAULTS: dict[str, tuple[object, ...]] = {  # what the apiserver fills in for every TrainingJob
     "replicas": (1,),
@@ -541,6 +565,7 @@ _DEFAULTS: dict[str, tuple[object, ...]] = {  # what the apiserver fills in for 
 }
 _API_VERSION = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?v[0-9]+((alpha|beta)[0-9]+)?$")
 _KIND = re.compile(r"^[A-Z][A-Za-z0-9]{0,62}$")
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")  # an object's name (DNS-1123 subdomain)
 
 
 def _target(spec: _Fields) -> TargetRef | None:
@@ -551,7 +576,38 @@ def _target(spec: _Fields) -> TargetRef | None:
     return TargetRef(
         api_version=ref.string("apiVersion", _API_VERSION, 253),
         kind=ref.string("kind", _KIND, 63),
-        name=ref.string("name", _NAME, 253),
+        name=ref.string("name", _SUBDOMAIN, 253),
+    )
+
+
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+MAX_MATCH_LABELS = 16
+
+
+def _selector(spec: _Fields) -> TargetSelector | None:
+    """spec.targetSelector: a kind and the labels its workloads of a sweep carry (at least one)."""
+    fields = spec.child("targetSelector", ("apiVersion", "kind", "matchLabels"))
+    if fields is None:
+        return None
+    labels = fields.raw.get("matchLabels")
+    if not isinstance(labels, Mapping) or not labels or len(labels) > MAX_MATCH_LABELS:
+        raise SpecError(
+            fields.at("matchLabels"),
+            f"must map 1 to {MAX_MATCH_LABELS} label keys to values (the labels every workload of the sweep "
+            "carries), got " + _show(labels),
+        )
+    pairs = []
+    for key, value in labels.items():
+        if not isinstance(key, str) or len(key) > 317 or not _LABEL_KEY.match(key):
+            raise SpecError(fields.at("matchLabels"), f"{key!r} is not a label key")
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            raise SpecError(fields.at(f"matchLabels.{key}"), f"must be a label value, got {_show(value)}")
+        pairs.append((key, value))
+    return TargetSelector(
+        api_version=fields.string("apiVersion", _API_VERSION, 253),
+        kind=fields.string("kind", _KIND, 63),
+        match_labels=tuple(sorted(pairs)),
     )
 
 
@@ -559,8 +615,8 @@ def _template(spec: _Fields) -> Mapping[str, object]:
     if not spec.has("template"):
         raise SpecError(
             spec.at("template"),
-            "is required: set spec.template (the trainer pod stopline runs) or spec.targetRef (an existing "
-            "Job, JobSet, TrainJob or PyTorchJob it governs)",
+            "is required: set spec.template (the trainer pod stopline runs), spec.targetRef (an existing "
+            "Job, JobSet, TrainJob or PyTorchJob it governs) or spec.targetSelector (every one of a sweep)",
         )
     template = spec.child("template", ("metadata", "spec"), required=True)
     assert template is not None

@@ -11,8 +11,8 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from stopline import lifecycle, targets
-from stopline.api import PVCTarget, SpecError, TrainingJobSpec, parse_spec
+from stopline import lifecycle, sweep, targets
+from stopline.api import PVCTarget, SpecError, TargetRef, TrainingJobSpec, parse_spec
 from stopline.kube import Kube, Manifest
 from stopline.metrics.http import excerpt
 from stopline.pointer import last_values, stop_cause
@@ -72,13 +72,13 @@ def parse(training_job: Mapping[str, Any]) -> TrainingJobSpec | SpecError:
         spec = parse_spec(training_job.get("spec"))
     except SpecError as error:
         return error
-    if spec.target is not None and targets.adapter_for(spec.target) is None:
-        ref = spec.target
-        return SpecError(
-            "spec.targetRef",
-            f"{ref.kind} ({ref.api_version}) is not a kind stopline governs; use one of "
-            f"{targets.supported()}",
-        )
+    for field, ref in (("spec.targetRef", spec.target), ("spec.targetSelector", spec.selector)):
+        if ref is not None and targets.adapter_for(TargetRef(ref.api_version, ref.kind, "")) is None:
+            return SpecError(
+                field,
+                f"{ref.kind} ({ref.api_version}) is not a kind stopline governs; use one of "
+                f"{targets.supported()}",
+            )
     return spec
 
 
@@ -86,10 +86,11 @@ async def ensure_children(kube: Kube, owner: Owner, spec: TrainingJobSpec) -> No
     """Create the token Secret, the headless Service (replicas > 1) and the Job, or adopt those that exist.
 
     The Job goes last: it references the Secret, and its existence means the other children exist too.
-    A TrainingJob with spec.targetRef gets the Secret only: the target's pod template mounts it.
+    A TrainingJob with spec.targetRef or spec.targetSelector gets the Secret only: the targets' pod
+    templates mount it.
     """
     children = [build_token_secret(owner, secrets.token_urlsafe(32))]
-    if spec.target is None:
+    if spec.template is not None:
         if spec.replicas > 1:
             children.append(build_service(owner))
         children.append(build_job(owner, spec))
@@ -206,6 +207,8 @@ async def sync_status(
         return None
     parsed = parse(training_job)
     invalid = str(parsed) if isinstance(parsed, SpecError) else rejected
+    if not invalid and isinstance(parsed, TrainingJobSpec) and parsed.selector is not None:
+        return await _follow_sweep(writer, training_job, parsed)
     governed = None
     if invalid:
         job = None
@@ -241,6 +244,21 @@ async def sync_status(
     if written is not None and job is not None and "restarts" in written.patched:
         await _restart(kube, written, job)
     return written
+
+
+async def _follow_sweep(
+    writer: StatusWriter, training_job: Manifest, spec: TrainingJobSpec
+) -> Written | None:
+    """A sweep (spec.targetSelector): a member for every matching workload, then its own short status."""
+    assert spec.selector is not None
+    change = sweep.sweep_status(spec.selector, await sweep.enlist(writer.kube, training_job, spec.selector))
+    metadata = training_job["metadata"]
+
+    def compose(current: Mapping[str, Any]) -> lifecycle.StatusChange | None:
+        same = current["metadata"].get("uid") == metadata.get("uid")
+        return change if same and (current.get("status") or {}).get("phase") not in TERMINAL_PHASES else None
+
+    return await writer.write(metadata["namespace"], metadata["name"], compose, seen=training_job)
 
 
 async def read_target(kube: Kube, namespace: str, spec: TrainingJobSpec) -> targets.TargetRead | None:

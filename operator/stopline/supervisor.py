@@ -55,6 +55,7 @@ from stopline.progress import JobMemory, gpu_seconds_saved, progress_status
 from stopline.registry import Key, PodView, Registry, Tracked, pod_view, saved_checkpoint, trainer_pods
 from stopline.status import StatusWriter
 from stopline.stopping import StopDriver, every_rank_exited, hold, release_from_queue
+from stopline.sweep import sweep_of
 from stopline.vocabulary import (
     ADMITTED,
     CANCEL_ANNOTATION,
@@ -261,6 +262,11 @@ class Supervisor:
         started = self.clock()  # the next visit is due an interval after this one began, however long it took
         async with self._slots:
             try:
+                if tracked.spec is not None and tracked.spec.selector is not None:
+                    await controller.announce(
+                        self.kube, await controller.sync_status(self.writer, *tracked.key)
+                    )
+                    return  # a sweep runs no pod of its own: its members are TrainingJobs, visited as such
                 if tracked.target is not None:
                     await self._follow_target(tracked)
                 if tracked.phase == STOPPING:
@@ -590,7 +596,8 @@ class Supervisor:
         token = self._tokens.get(tracked.uid)
         if token is None:
             namespace, name = tracked.key
-            secret = token_secret_name(Owner(name, namespace, ""))
+            owner = sweep_of(tracked.training_job) or name  # a sweep's members share its token
+            secret = token_secret_name(Owner(owner, namespace, ""))
             token = await self.kube.read_token(namespace, secret, TOKEN_KEY)
             if token is not None:
                 self._tokens[tracked.uid] = token
@@ -666,7 +673,8 @@ def _wants_visit(tracked: Tracked) -> bool:
         return False
     if tracked.phase in (RUNNING, STOPPING) or tracked.phase in HELD_PHASES:
         return True
-    return tracked.phase == PENDING and (tracked.asked_to_stop or tracked.target is not None)
+    governs = tracked.target is not None or tracked.spec.selector is not None
+    return tracked.phase == PENDING and (tracked.asked_to_stop or governs)
 
 
 def _started_at(tracked: Tracked, now: float) -> float | None:

@@ -59,6 +59,7 @@ STOP_NOT_ACKNOWLEDGED = "StopNotAcknowledged"
 # metadata.labels: the ones stopline sets on children and reads on TrainingJobs, and the Job controller's
 JOB_LABEL = "stopline.dev/job"  # on the Job, its pods and the Service: the TrainingJob's name
 STUDY_LABEL = "stopline.dev/study"  # on a TrainingJob: the sweep it belongs to, for the cohort rule
+SWEEP_LABEL = "stopline.dev/sweep"  # on a member TrainingJob: the spec.targetSelector one that made it
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"  # set by the Job controller: the rank
 # Kueue's labels: set on a TrainingJob, copied to its Job, which is then created suspended for Kueue to admit
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

@@ -40,13 +40,20 @@ def trainer_env(governor: str, folder: str, with_token: bool = True) -> list[dic
     return env
 
 
-def user_job(name: str, governor: str, epochs: int = 60, with_token: bool = True) -> dict[str, Any]:
+def user_job(
+    name: str,
+    governor: str,
+    epochs: int = 60,
+    with_token: bool = True,
+    args: tuple[str, ...] = ("--sleep-per-step", "0.05"),
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """A plain batch Job as a user (or an HPO tool) writes it, running the example trainer."""
     trainer = {
         "name": "train",
         "image": "ghcr.io/example/train:1",  # ignored by the local kubelet
         "command": ["python", "trainer-image/examples/train.py"],
-        "args": ["--epochs", str(epochs), "--steps-per-epoch", "10", "--sleep-per-step", "0.05"],
+        "args": ["--epochs", str(epochs), "--steps-per-epoch", "10", *args],
         "env": trainer_env(governor, f"runs/{name}", with_token),
         "volumeMounts": [{"name": "checkpoints", "mountPath": MOUNT}],
     }
@@ -59,7 +66,7 @@ def user_job(name: str, governor: str, epochs: int = 60, with_token: bool = True
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": labels or {}},
         "spec": {"backoffLimit": 0, "template": {"spec": pod}},
     }
 
@@ -79,6 +86,15 @@ def governing(name: str, kind: str, api_version: str, target: str, **spec: Any) 
             **spec,
         },
     }
+
+
+def sweep_of_jobs(name: str, labels: dict[str, str], criteria: list[dict[str, Any]]) -> dict[str, Any]:
+    """A TrainingJob that governs every Job labelled `labels` in its namespace (spec.targetSelector)."""
+    sweep = governing(name, "Job", "batch/v1", "unused", criteria=criteria)
+    del sweep["spec"]["targetRef"]
+    sweep["spec"]["targetSelector"] = {"apiVersion": "batch/v1", "kind": "Job", "matchLabels": labels}
+    sweep["spec"]["checkpoint"] = {"pvc": {"claimName": CLAIM, "path": "runs"}}
+    return sweep
 
 
 def wait_for_secret(plane: ControlPlane, namespace: str, governor: str) -> None:
@@ -164,3 +180,30 @@ def test_a_target_that_is_not_there_is_named_and_waited_for(story: ControlPlane,
     created = next(c for c in found["conditions"] if c["type"] == "Created")
     assert "spec.targetRef: Job not-yet" in created["message"], created
     assert found["phase"] == "Pending"
+
+
+def test_a_sweep_of_six_users_jobs_is_judged_as_one_cohort_and_the_worst_is_stopped(
+    story: ControlPlane, namespace: str, kubelet: LocalKubelet
+) -> None:
+    """An HPO tool made six Jobs labelled sweep=lr; one TrainingJob with a selector governs them all: one
+    member TrainingJob each, one cohort, and only the hopeless learning rate is stopped. Epochs of ~2 s, so
+    the operator (reading every second) sees every epoch of every job."""
+    cohort = {"name": "median", "cohort": {"minJobs": 3, "percentile": 50, "warmupEpochs": 1}}
+    apply(story, namespace, sweep_of_jobs("lr", {"sweep": "lr"}, [cohort]))
+    wait_for_secret(story, namespace, "lr")  # one token for the whole sweep: the pods name the sweep's
+    runs = {f"run-{index}": ("3e-3", 6) for index in range(5)} | {"run-bad": ("1e-7", 60)}
+    for job, (lr, epochs) in runs.items():
+        args = ("--lr", lr, "--sleep-per-step", "0.2")
+        apply(story, namespace, user_job(job, "lr", epochs, args=args, labels={"sweep": "lr"}))
+    members = {job: f"lr-{job}" for job in runs}
+    ended = {job: finish(story, kubelet, namespace, member) for job, member in members.items()}
+    bad = ended["run-bad"]["status"]
+    assert (bad["phase"], bad["stopReason"]["type"]) == ("Stopped", "Cohort"), bad
+    assert bad["stopPath"] == "StopEndpoint" and bad["checkpoint"]["epoch"] < 60, bad
+    load_weights(bad["checkpoint"], kubelet.claim_folder(namespace, CLAIM) / "runs" / "run-bad")
+    assert [ended[job]["status"]["phase"] for job in runs if job != "run-bad"] == ["Succeeded"] * 5
+    listed = get(story, namespace, "tj", "-l", "stopline.dev/sweep=lr")["items"]
+    assert sorted(item["metadata"]["name"] for item in listed) == sorted(members.values())
+    assert {item["metadata"]["labels"]["stopline.dev/study"] for item in listed} == {"lr"}
+    assert status(story, namespace, "lr")["members"] == 6
+    assert exists(story, namespace, "job", "run-bad"), "the sweep's workloads are never deleted"

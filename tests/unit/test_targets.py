@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from stopline import api, controller, targets
+from stopline import api, controller, sweep, targets
 from stopline.registry import Registry
 from stopline.targets.base import TargetRead
 
@@ -174,10 +174,13 @@ def test_a_job_view_of_another_kind_or_name_is_not_the_target() -> None:
     [
         (
             {"template": {"spec": {"containers": [{"name": "t"}]}}},
-            "spec.template: cannot be set with spec.targetRef",
+            "spec.template: cannot be set with spec.targetRef or spec.targetSelector",
         ),
-        ({"replicas": 4}, "spec.replicas: cannot be set with spec.targetRef"),
-        ({"failurePolicy": {"maxRestarts": 1}}, "spec.failurePolicy: cannot be set with spec.targetRef"),
+        ({"replicas": 4}, "spec.replicas: cannot be set with spec.targetRef or spec.targetSelector"),
+        (
+            {"failurePolicy": {"maxRestarts": 1}},
+            "spec.failurePolicy: cannot be set with spec.targetRef or spec.targetSelector",
+        ),
         ({"targetRef": {"apiVersion": "batch/v1", "kind": "Job"}}, "spec.targetRef.name: is required"),
     ],
 )
@@ -192,7 +195,7 @@ def test_neither_template_nor_target_says_to_set_one() -> None:
     with pytest.raises(api.SpecError) as raised:
         api.parse_spec(GOVERNED)
     assert "spec.template: is required: set spec.template" in str(raised.value)
-    assert "or spec.targetRef" in str(raised.value)
+    assert "spec.targetRef (an existing" in str(raised.value) and "spec.targetSelector" in str(raised.value)
 
 
 def test_a_kind_stopline_does_not_govern_is_refused_with_the_kinds_it_does() -> None:
@@ -206,3 +209,34 @@ def test_a_kind_stopline_does_not_govern_is_refused_with_the_kinds_it_does() -> 
     assert isinstance(governed, api.TrainingJobSpec) and governed.target == api.TargetRef(
         "batch/v1", "Job", "a"
     )
+
+
+def test_a_sweep_member_is_the_sweeps_spec_with_a_target_and_its_name_stays_a_name() -> None:
+    parent = {
+        "metadata": {"name": "lr", "namespace": "ns", "uid": "sweep-uid"},
+        "spec": {
+            **GOVERNED,
+            "targetSelector": {"apiVersion": "batch/v1", "kind": "Job", "matchLabels": {"s": "lr"}},
+        },
+    }
+    made = sweep.member(parent, "lr", api.TargetRef("batch/v1", "Job", "run.7"))
+    assert made["metadata"]["name"] == "lr-run-7", "a '.' of a Job's name is no TrainingJob name"
+    assert made["metadata"]["labels"] == {"stopline.dev/study": "lr", "stopline.dev/sweep": "lr"}
+    assert made["metadata"]["ownerReferences"][0]["uid"] == "sweep-uid"
+    assert api.parse_spec(made["spec"]).target == api.TargetRef("batch/v1", "Job", "run.7")
+    long = sweep.member_name("a" * 40, "b" * 40)
+    assert len(long) == 63 and long != sweep.member_name("a" * 40, "b" * 39 + "c"), "cut, unique by a hash"
+    assert (
+        sweep.sweep_of(made) == "lr"
+        and sweep.sweep_of({"metadata": {"labels": {"stopline.dev/sweep": "x"}}}) is None
+    )
+
+
+def test_a_selector_needs_labels_and_excludes_a_target() -> None:
+    spec = {**GOVERNED, "targetSelector": {"apiVersion": "batch/v1", "kind": "Job", "matchLabels": {}}}
+    with pytest.raises(api.SpecError, match=r"^spec.targetSelector.matchLabels: must map 1 to 16"):
+        api.parse_spec(spec)
+    both = {**spec, "targetRef": {"apiVersion": "batch/v1", "kind": "Job", "name": "a"}}
+    both["targetSelector"]["matchLabels"] = {"s": "lr"}
+    with pytest.raises(api.SpecError, match=r"^spec.targetSelector: cannot be set with spec.targetRef"):
+        api.parse_spec(both)

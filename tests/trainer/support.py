@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scripts import load_script
 from stopline_local.controlplane import REPO, T, free_port
 from stopline_local.controlplane import wait_until as poll
+from stopline_trainer import distributed
 
 EXAMPLE = REPO / "trainer-image" / "examples" / "train.py"
 TOKEN = "test-token-0123456789"
@@ -207,3 +208,16 @@ def requirements(built: zipfile.ZipFile) -> dict[str, list[str]]:
         package = requirement.strip().split(" ")[0].split(">")[0].split("=")[0].split("<")[0].split("[")[0]
         found.setdefault(extra, []).append(package.lower())
     return found
+
+
+def counting_all_reduces(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The flags should_stop() all-reduces, one entry per collective (single process: the flag itself)."""
+    asked: list[bool] = []
+    real = distributed.any_rank
+
+    def any_rank(flag: bool) -> bool:
+        asked.append(flag)
+        return real(flag)
+
+    monkeypatch.setattr(distributed, "any_rank", any_rank)
+    return asked

@@ -15,9 +15,11 @@ from .support import assert_points_at, assert_reproduces_outputs, read_local_che
 pytestmark = pytest.mark.trainer
 
 
+@pytest.mark.parametrize("check_every", [1, 4])
 def test_stop_sent_to_rank_1_only_stops_both_ranks_at_the_same_step(
-    start_trainer: StartTrainer, tmp_path: Path
+    start_trainer: StartTrainer, tmp_path: Path, check_every: int
 ) -> None:
+    """check_every 4: the example agrees every 4th step (one all-reduce per 4 steps), both ranks alike."""
     ckpt = tmp_path / "ckpt"
     common = {
         "STOPLINE_CHECKPOINT_URI": str(ckpt),
@@ -27,6 +29,7 @@ def test_stop_sent_to_rank_1_only_stops_both_ranks_at_the_same_step(
         "GLOO_SOCKET_IFNAME": "lo",
     }
     flags = ["--epochs", "1000", "--steps-per-epoch", "20", "--sleep-per-step", "0.02"]
+    flags += ["--check-every", str(check_every)]
     rank0 = start_trainer(*flags, env={**common, "RANK": "0"}, name="rank0")
     rank1 = start_trainer(*flags, env={**common, "RANK": "1"}, name="rank1")
 
@@ -42,6 +45,7 @@ def test_stop_sent_to_rank_1_only_stops_both_ranks_at_the_same_step(
     assert rank1_stop["rank"] == 1 and rank1_stop["stopReason"] == "only rank 1 was told"
     assert manifest["step"] == rank1_stop["step"] >= step
     assert manifest["epoch"] == rank1_stop["epoch"]
+    assert (manifest["step"] + 1) % check_every == 0  # the example asks before each step: step + 1 calls
     assert manifest["worldSize"] == 2
     assert manifest["stopReason"] == "stop requested by another rank"
     assert_points_at(rank0.termination_log, manifest)

@@ -16,9 +16,18 @@ from stopline_local.controlplane import free_port
 from stopline_trainer import Config, Run
 from stopline_trainer.lightning import StoplineCallback
 
-from .support import TOKEN, Endpoint, assert_points_at, read_local_checkpoint, wait_until
+from .support import (
+    TOKEN,
+    Endpoint,
+    assert_points_at,
+    counting_all_reduces,
+    read_local_checkpoint,
+    wait_until,
+)
 
 pytestmark = pytest.mark.trainer
+
+BATCHES_PER_EPOCH = 8
 
 
 class Regression(lightning.LightningModule):
@@ -45,10 +54,15 @@ class Regression(lightning.LightningModule):
 
 
 @pytest.mark.filterwarnings("ignore:.*LeafSpec.*is deprecated")
-def test_callback_reports_stops_on_http_and_saves(tmp_path: Path) -> None:
+@pytest.mark.parametrize("every_n_batches", [0, 3])
+def test_callback_reports_stops_on_http_and_saves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every_n_batches: int
+) -> None:
+    """The ranks agree at epoch ends (and every N batches when asked), not at every batch."""
+    asked = counting_all_reduces(monkeypatch)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(256, 4, generator=g)
-    data = DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=32)
+    data = DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=256 // BATCHES_PER_EPOCH)
     ckpt = tmp_path / "ckpt"
     config = Config(
         metrics_port=free_port(),
@@ -75,7 +89,7 @@ def test_callback_reports_stops_on_http_and_saves(tmp_path: Path) -> None:
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
-            callbacks=[StoplineCallback(run)],
+            callbacks=[StoplineCallback(run, every_n_batches=every_n_batches)],
         )
         trainer.fit(module, data, data)
         stopper.join(30)
@@ -83,6 +97,16 @@ def test_callback_reports_stops_on_http_and_saves(tmp_path: Path) -> None:
     manifest, state = read_local_checkpoint(ckpt)
     assert manifest["stopReason"] == "lightning test"
     assert 2 <= manifest["epoch"] < 10_000 and manifest["metrics"]["val_loss"] is not None
+    batches = manifest["step"]  # one optimiser step a batch
+    at_epoch_end = batches % BATCHES_PER_EPOCH == 0
+    if every_n_batches:
+        assert at_epoch_end or batches % every_n_batches == 0, batches
+        # a collective at each epoch end and every N batches; once agreed at a batch, the epoch end is free
+        both = at_epoch_end and batches % every_n_batches == 0
+        assert len(asked) == batches // BATCHES_PER_EPOCH + batches // every_n_batches - both
+    else:
+        assert at_epoch_end, batches
+        assert len(asked) == batches // BATCHES_PER_EPOCH  # one agreement an epoch, none per batch
     assert_points_at(tmp_path / "termination-log", manifest)
     fresh = Regression()
     fresh.load_state_dict(state["state_dict"])

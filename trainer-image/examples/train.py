@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sleep-per-step", type=float, default=0.0, help="seconds to sleep per step (slows it)")
     p.add_argument("--save-every", type=int, default=1, help="save every N epochs (0: only at the end)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--check-every",
+        type=int,
+        default=1,
+        help="agree on a stop every N steps (Run's check_every): one all-reduce per N steps, not per step",
+    )
     p.add_argument("--keep-best", action="store_true", help="also keep the best checkpoint by the objective")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore existing checkpoints")
     p.add_argument(
@@ -86,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         val_y = teacher(val_x)
 
-    run = stopline_trainer.start(config, accept_http_stop=args.fault != "ignore-stop")
+    run = stopline_trainer.start(
+        config, accept_http_stop=args.fault != "ignore-stop", check_every=args.check_every
+    )
     epoch, step = 0, 0
     try:
         ckpt = run.resume() if args.resume else None

@@ -27,8 +27,9 @@ class Run:
 
     One endpoint per pod: the process of local rank 0 (the only one without torchrun) serves /metrics
     and /stop; torchrun's other local ranks serve nothing. should_stop() is a collective when
-    torch.distributed is initialised, so call it at the same point on every rank. Only global rank 0
-    writes checkpoints and the pointer to them in the termination message.
+    torch.distributed is initialised, so call it at the same point on every rank; with check_every=N only
+    every N-th call is one (a boundary), the calls between cost nothing. Only global rank 0 writes
+    checkpoints and the pointer to them in the termination message.
     """
 
     def __init__(
@@ -37,7 +38,12 @@ class Run:
         *,
         accept_http_stop: bool = True,
         handle_signals: bool = True,
+        check_every: int = 1,
     ) -> None:
+        if check_every < 1:
+            raise ValueError(f"check_every={check_every}: must be at least 1")
+        self.check_every = check_every
+        self._checks = 0  # should_stop() calls so far: every check_every-th is a boundary
         self.config = config if config is not None else Config.from_env()
         self.flag = StopFlag()
         self.metrics = TrainerMetrics(self.flag)
@@ -134,11 +140,23 @@ class Run:
         self.metrics.observe(epoch, step, values)
 
     def should_stop(self) -> bool:
-        """True on every rank at the same call once any rank got a stop request (HTTP, signal or peer)."""
+        """True on every rank at the same call once any rank got a stop request (HTTP, signal or peer).
+
+        Call it at a point every rank reaches, as often on each. Every check_every-th call (each call by
+        default) is a boundary: one all-reduce of the flag across the ranks (a host sync with NCCL), or
+        a look at the flag in a single process. The calls between return False without communicating, so
+        a stop requested after a boundary is acted on at the next one, up to check_every - 1 calls later.
+        Once the ranks agreed, every later call returns True at once.
+        """
+        if self._stopped:
+            return True
+        self._checks += 1
+        if self._checks % self.check_every:
+            return False
         agreed = distributed.any_rank(self.flag.is_set())
         if agreed and self.flag.request("stop requested by another rank"):
             log.info("stopline: rank %d stops because another rank was asked to", self.rank)
-        if agreed and not self._stopped:
+        if agreed:
             self._stopped = True
             log.info(
                 "stopline: rank %d stopping at epoch %d step %d: %s",

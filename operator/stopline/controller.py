@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from stopline import lifecycle, sweep, targets
+from stopline import kueue, lifecycle, sweep, targets
 from stopline.api import PVCTarget, SpecError, TargetRef, TrainingJobSpec, parse_spec
 from stopline.kube import Kube, Manifest
 from stopline.metrics.http import excerpt
@@ -41,13 +41,10 @@ from stopline.vocabulary import (
     TARGET_FOUND,
     TARGET_NOT_FOUND,
     TERMINAL_PHASES,
-    find_condition,
 )
 from stopline.workload import Owner, build_job, build_service, build_token_secret
 
 LOG_EXCERPT_CHARS = 400  # the trainer's log is its author's text: a short, printable excerpt in status
-QUEUE_EXCERPT_CHARS = 200  # a Workload's message is Kueue's text about other jobs too: short, printable
-QUEUE_WORDS = "Kueue says"
 
 
 class ForeignChild(RuntimeError):
@@ -161,30 +158,6 @@ async def _ending(
     return lifecycle.Ending(checkpoint, failure, verified, stopped, last)
 
 
-async def _queue_says(kube: Kube, job: Manifest) -> str | None:
-    """Why a queue holds the Job, in the words of its Kueue Workload (excerpted: Kueue's text names other
-    jobs); None while the Job runs, when no queue manages it, or when no Workload says anything yet."""
-    if not lifecycle.queue_holds(job) or (job.get("spec") or {}).get("suspend") is not True:
-        return None
-    for workload in await kube.list_workloads(job["metadata"]["namespace"], str(job["metadata"].get("uid"))):
-        words = workload_words(workload)
-        if words:
-            return words
-    return None
-
-
-def workload_words(workload: Mapping[str, Any]) -> str | None:
-    """The Workload condition that says why it does not run: evicted (preempted), else no quota reserved."""
-    conditions = (workload.get("status") or {}).get("conditions")
-    evicted = find_condition(conditions, "Evicted") or {}
-    reserved = find_condition(conditions, "QuotaReserved") or {}
-    for condition, status in ((evicted, "True"), (reserved, "False")):
-        text = condition.get("message")
-        if condition.get("status") == status and isinstance(text, str) and text:
-            return f"{QUEUE_WORDS}: {excerpt(text, QUEUE_EXCERPT_CHARS)}"
-    return None
-
-
 async def sync_status(
     writer: StatusWriter,
     namespace: str,
@@ -224,7 +197,7 @@ async def sync_status(
     if not isinstance(parsed, SpecError) and job is not None:
         target = await _checkpoint_target(kube, training_job, parsed)
         ending = await _ending(kube, training_job, parsed, job, read)
-        queue_says = await _queue_says(kube, job)
+        queue_says = await kueue.queue_says(kube, job)
 
     def compose(current: Mapping[str, Any]) -> lifecycle.StatusChange | None:
         if current["metadata"].get("uid") != training_job["metadata"].get("uid"):

@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from stopline import fence, targets
+from stopline import fence, kueue
 from stopline.kube import Kube
 from stopline.lifecycle import Condition, StatusChange, checkpoint_place
 from stopline.registry import JobView, PodView, Tracked, job_view, pod_view, saved_checkpoint
@@ -449,7 +449,7 @@ class StopDriver:
             await (self._read_target(tracked) if tracked.target is not None else self._read_job(tracked))
         job = tracked.job
         if job is not None:
-            await hold(self.kube, tracked.key[0], job)
+            await kueue.hold(self.kube, tracked.key[0], job)
         view.state.suspended = True
 
     async def _conclude(
@@ -477,7 +477,7 @@ class StopDriver:
 
         written = await self.writer.write(*tracked.key, compose)
         self._states.pop(tracked.uid, None)
-        await release_from_queue(self.kube, tracked)
+        await kueue.release(self.kube, tracked)
         if written is None:
             return None
         await self.kube.post_event(
@@ -488,31 +488,12 @@ class StopDriver:
         return conclusion
 
 
-async def hold(kube: Kube, namespace: str, job: JobView) -> None:
-    """Suspend the Job (or a target, by its kind's own suspend) so it starts no pod again; for one a queue
-    (Kueue) admits, also deactivate its Workload, else Kueue unsuspends it and the pods start again."""
-    if job.queued:  # first: Kueue then suspends the Job itself and does not undo the patch below
-        await kube.deactivate_workloads(namespace, job.uid)
-    adapter = targets.ADAPTERS.get((job.api_version, job.kind))
-    if not job.suspended and adapter is not None:
-        await targets.suspend(kube, namespace, adapter, job.name, job.uid)
-
-
 def every_rank_exited(pods: Sequence[PodView], replicas: int) -> bool:
     """Each rank's trainer exited and none runs: the Job (restartPolicy Never, backoffLimit 0) starts no
     pod again and completes or fails by itself. The kubelet reports a container's exit before it moves the
     pod to a terminal phase; suspended in between, the Job would have those pods deleted, logs and all."""
     exited = {pod.rank for pod in pods if pod.exit_code is not None}
     return len(exited) >= replicas and not any(pod.active for pod in pods)
-
-
-async def release_from_queue(kube: Kube, tracked: Tracked) -> None:
-    """A stopped job's suspended Job that a queue (Kueue) holds is deleted; it has no pods. Kept, the queue
-    would admit it again (and stopline suspend it again) forever; deleted, its Workload goes with it. A
-    target is never deleted: it is the user's (its Workload stays deactivated)."""
-    job = tracked.job
-    if tracked.target is None and job is not None and job.queued and job.suspended and not job.finished:
-        await kube.delete_job(*tracked.key, job.uid)
 
 
 def _listed(pods: Sequence[dict[str, Any]]) -> dict[str, PodView]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from stopline import controller, monitoring, targets
+from stopline import controller, kueue, monitoring, targets
 from stopline.api import (
     CohortCriterion,
     ForecastCriterion,
@@ -54,7 +54,7 @@ from stopline.pointer import exported_checkpoint, newer
 from stopline.progress import JobMemory, gpu_seconds_saved, progress_status
 from stopline.registry import Key, PodView, Registry, Tracked, pod_view, saved_checkpoint, trainer_pods
 from stopline.status import StatusWriter
-from stopline.stopping import StopDriver, every_rank_exited, hold, release_from_queue
+from stopline.stopping import StopDriver, every_rank_exited
 from stopline.sweep import sweep_of
 from stopline.vocabulary import (
     ADMITTED,
@@ -548,7 +548,7 @@ class Supervisor:
 
     async def keep_at_rest(self, key: Key) -> None:
         """A stopped or cancelled TrainingJob's Job stays suspended, so its pods never train with nobody
-        watching; once suspended, one a queue (Kueue) holds is deleted (see stopping.release_from_queue).
+        watching; once suspended, one a queue (Kueue) holds is deleted (see kueue.release).
         One whose every rank exited is left to finish by itself, its pods kept for `kubectl logs`."""
         tracked = self.registry.get(key)
         if tracked is None or tracked.phase not in (STOPPED, CANCELLED, FAILED) or tracked.target is not None:
@@ -556,8 +556,8 @@ class Supervisor:
         job, spec = tracked.job, tracked.spec
         finishing = spec is not None and every_rank_exited(tracked.pods, spec.replicas)
         if job is not None and not job.finished and not (job.suspended and not job.queued) and not finishing:
-            await hold(self.kube, key[0], job)
-        await release_from_queue(self.kube, tracked)
+            await kueue.hold(self.kube, key[0], job)
+        await kueue.release(self.kube, tracked)
 
     async def _read_queue(self, tracked: Tracked, spec: TrainingJobSpec, memory: JobMemory) -> None:
         """Why the queue still holds the job, in its own words (Kueue changes its Workload, not the Job, as
@@ -567,7 +567,7 @@ class Supervisor:
         Job's own events still sync the status at once (handlers.follow_job)."""
         now = self.clock()
         admitted = find_condition(tracked.status.get("conditions"), ADMITTED) or {}
-        shown = str(admitted.get("message") or "").startswith(controller.QUEUE_WORDS)
+        shown = str(admitted.get("message") or "").startswith(kueue.QUEUE_WORDS)
         wait = QUEUE_READ_S if shown else self._queue_waits.get(tracked.uid, 0.0)
         if memory.queue_read_at is not None and now - memory.queue_read_at < wait:
             return

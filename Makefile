@@ -34,7 +34,7 @@ $(PY): pyproject.toml trainer-image/pyproject.toml local/pyproject.toml
 
 venv: $(PY) ## create .venv: stopline (dev, s3), stopline-trainer (torch, lightning, s3), stopline-local
 
-testenv: ## build kube-apiserver, kube-controller-manager, kubectl, etcd, helm, versitygw, prometheus into $(STOPLINE_TESTENV) and the Kueue manager into ~/.cache/stopline/kueue (cached)
+testenv: ## build kube-apiserver, kube-controller-manager, kubectl, etcd, helm, versitygw, prometheus into $(STOPLINE_TESTENV); Kueue, JobSet, Kubeflow Trainer and Training Operator into ~/.cache/stopline/<name>/<version> (cached)
 	bash local/stopline_local/testenv/build.sh
 
 testenv-node: testenv ## build kubelet, kube-scheduler, CNI plugins, CoreDNS, pause; unpack containerd and runc (cached)

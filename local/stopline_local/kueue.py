@@ -14,33 +14,18 @@ would sign for a Service name nothing resolves), and its webhooks registered by 
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import random
-import socket
-import subprocess
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from stopline_local.controlplane import (
-    ControlPlane,
-    MissingTestenv,
-    die_with_parent,
-    stop_process,
-    wait_until,
-)
+from stopline_local.controlplane import ControlPlane, wait_until
+from stopline_local.workloads import CACHE, Manager, Release, apply_crds, release_path, running_manager
 
 KUEUE_VERSION = os.environ.get("KUEUE_VERSION", "0.17.0")
-KUEUE_HOME = Path(
-    os.environ.get("STOPLINE_KUEUE", Path.home() / ".cache" / "stopline" / "kueue" / f"v{KUEUE_VERSION}")
-)
+KUEUE_HOME = Path(os.environ.get("STOPLINE_KUEUE", CACHE / "kueue" / f"v{KUEUE_VERSION}"))
 API = "kueue.x-k8s.io/v1beta2"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # on a Job: the LocalQueue that admits it
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"  # on a Job: its WorkloadPriorityClass
@@ -48,152 +33,63 @@ GPU = "nvidia.com/gpu"  # the local kubelet's node advertises 8
 # Kueue's own webhooks and those of batch/v1 Jobs; the release's others serve integrations not enabled here (a
 # pod webhook that nothing answers would fail every pod's creation)
 WEBHOOK_GROUPS = {"batch", "kueue.x-k8s.io"}
-GRACE_S = 15
 
-
-@dataclass(frozen=True)
-class Kueue:
-    """A running manager: where it listens and where it logs."""
-
-    address: str  # 127.0.0.x: webhooks, metrics and health
-    webhook_port: int
-    health_port: int
-    log: Path
-
-    def log_tail(self, size: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-size:] if self.log.exists() else "(no log)"
+Kueue = Manager  # a running Kueue manager: where it listens and where it logs
 
 
 def kueue_path(*parts: str) -> Path:
-    path = KUEUE_HOME.joinpath(*parts)
-    if not path.exists():
-        raise MissingTestenv(f"{path} is missing: run `make testenv` (it builds Kueue v{KUEUE_VERSION} once)")
-    return path
+    return release_path(KUEUE_HOME, f"Kueue v{KUEUE_VERSION}", *parts)
 
 
-def _free_port(address: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return int(sock.getsockname()[1])
-
-
-def _certificate(folder: Path, address: str) -> bytes:
-    """A self-signed certificate for `address` (tls.crt, tls.key in `folder`): the webhooks' caBundle too."""
-    folder.mkdir(parents=True)
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "1", "-subj", f"/CN={address}", "-addext", f"subjectAltName=IP:{address}",
-         "-keyout", str(folder / "tls.key"), "-out", str(folder / "tls.crt")],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return (folder / "tls.crt").read_bytes()
-
-
-def _configuration(address: str, webhook_port: int, health_port: int, certs: Path) -> dict[str, Any]:
+def _configuration(manager: Manager) -> dict[str, Any]:
     return {
         "apiVersion": "config.kueue.x-k8s.io/v1beta2",
         "kind": "Configuration",
         "namespace": "kueue-system",
-        "health": {"healthProbeBindAddress": f"{address}:{health_port}"},
-        "metrics": {"bindAddress": f"{address}:{_free_port(address)}"},
-        "webhook": {"host": address, "port": webhook_port, "certDir": str(certs)},
+        "health": {"healthProbeBindAddress": f"{manager.address}:{manager.health_port}"},
+        "metrics": {"bindAddress": f"{manager.address}:{manager.metrics_port}"},
+        "webhook": {"host": manager.address, "port": manager.webhook_port, "certDir": str(manager.certs)},
         "leaderElection": {"leaderElect": False},
         "internalCertManagement": {"enable": False},
         "integrations": {"frameworks": ["batch/job"]},
     }
 
 
-def webhook_configurations(url: str, ca_bundle: bytes) -> list[dict[str, Any]]:
-    """The release's webhook configurations for WEBHOOK_GROUPS, reached at `url` + each webhook's path."""
-    configurations = []
-    for document in yaml.safe_load_all(kueue_path("webhook.yaml").read_text()):
-        webhooks = []
-        for webhook in document["webhooks"]:
-            groups = {group for rule in webhook["rules"] for group in rule["apiGroups"]}
-            if groups <= WEBHOOK_GROUPS:
-                path = webhook["clientConfig"]["service"]["path"]
-                webhook["clientConfig"] = {
-                    "url": url + path,
-                    "caBundle": base64.b64encode(ca_bundle).decode(),
-                }
-                webhooks.append(webhook)
-        document["metadata"]["name"] = "kueue-" + document["metadata"]["name"]  # as the release names them
-        configurations.append({**document, "webhooks": webhooks})
-    return configurations
+def _kueue_webhook(webhook: dict[str, Any]) -> bool:
+    return {group for rule in webhook["rules"] for group in rule["apiGroups"]} <= WEBHOOK_GROUPS
 
 
 def install_crds(plane: ControlPlane, timeout_s: float = 60) -> None:
-    """Kueue's CRDs from its release, applied server-side (the Workload CRD is too large for the annotation
-    of a client-side apply), then waited on until each is Established."""
+    """Kueue's CRDs from its release (the Workload CRD is too large for a client-side apply)."""
     crds = sorted(kueue_path("crd").glob("*.yaml"))
-    plane.kubectl("apply", "--server-side", "--force-conflicts", *(f"--filename={crd}" for crd in crds))
-    names = {yaml.safe_load(crd.read_text())["metadata"]["name"] for crd in crds}
-
-    def established() -> bool:
-        found = json.loads(plane.kubectl("get", "crd", "-o", "json").stdout)["items"]
-        ready = {
-            crd["metadata"]["name"]
-            for crd in found
-            if any(
-                c["type"] == "Established" and c["status"] == "True"
-                for c in crd.get("status", {}).get("conditions", [])
-            )
-        }
-        return names <= ready
-
-    wait_until(established, timeout_s, f"Kueue's {len(names)} CRDs Established")
+    apply_crds(plane, crds, f"Kueue v{KUEUE_VERSION}", timeout_s)
 
 
 @contextmanager
 def running_kueue(plane: ControlPlane, workdir: Path, timeout_s: float = 120) -> Iterator[Kueue]:
-    """Install Kueue's CRDs, start its manager against `plane`, register its webhooks, and yield once it is
-    ready and the apiserver reaches its webhooks. On exit the webhooks go first (they fail closed: with the
-    manager gone every Job's creation would fail), then the manager; the CRDs and Kueue's objects stay."""
-    binary = kueue_path("bin", "kueue")
+    """Install Kueue's CRDs, start its manager against `plane`, register its webhooks (those of
+    WEBHOOK_GROUPS), and yield once it is ready and the apiserver reaches its webhooks (a ResourceFlavor's
+    server-side dry run passes through both of them). On exit the webhooks go first, then the manager; the
+    CRDs and Kueue's objects stay."""
     install_crds(plane)
-    address = f"127.0.0.{random.randint(100, 250)}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    certs = workdir / "kueue-certs"
-    ca_bundle = _certificate(certs, address)
-    kueue = Kueue(address, _free_port(address), _free_port(address), workdir / "kueue.log")
-    config = workdir / "kueue-config.yaml"
-    config.write_text(yaml.safe_dump(_configuration(address, kueue.webhook_port, kueue.health_port, certs)))
-    with kueue.log.open("wb") as log:
-        process = subprocess.Popen(
-            [str(binary), f"--config={config}", f"--kubeconfig={plane.kubeconfig}",
-             "--feature-gates=VisibilityOnDemand=false"],  # its API server would bind 0.0.0.0:8082
-            env={**os.environ, "KUEUE_METRICS_CERT_DIR": str(certs)},  # kueue_metrics_cert_dir, build.sh
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
-        )  # fmt: skip
-    webhooks = webhook_configurations(f"https://{address}:{kueue.webhook_port}", ca_bundle)
-    names = [f"{document['kind'].lower()}/{document['metadata']['name']}" for document in webhooks]
-    try:
-        plane.kubectl(
-            "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": webhooks})
-        )
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"kueue exited with {process.returncode}; last log lines:\n{kueue.log_tail()}"
-                )
-            with urllib.request.urlopen(f"http://{address}:{kueue.health_port}/readyz", timeout=2) as answer:
-                return bool(answer.status == 200)
-
-        wait_until(
-            ready, timeout_s, "the Kueue manager's /readyz", retry_on=(OSError,), details=kueue.log_tail
-        )
-        # the apiserver's way to the webhooks: a server-side dry run passes through both of them
-        flavor = json.dumps(_resource_flavor("stopline-webhook-check"))
-        checked = plane.kubectl("create", "--dry-run=server", "-f", "-", input=flavor, check=False)
-        if checked.returncode != 0:
-            raise RuntimeError(
-                f"the apiserver cannot reach Kueue's webhooks: {checked.stderr}\n{kueue.log_tail()}"
-            )
+    release = Release(
+        name="kueue",
+        binary=kueue_path("bin", "kueue"),
+        webhooks=kueue_path("webhook.yaml"),
+        keep=_kueue_webhook,
+        name_prefix="kueue-",  # as the release names them
+    )
+    with running_manager(
+        plane,
+        workdir,
+        release,
+        _configuration,
+        flags=lambda manager: ["--feature-gates=VisibilityOnDemand=false"],  # its API server: 0.0.0.0:8082
+        env=lambda manager: {"KUEUE_METRICS_CERT_DIR": str(manager.certs)},  # kueue_metrics_cert_dir
+        webhook_check=_resource_flavor("stopline-webhook-check"),
+        timeout_s=timeout_s,
+    ) as kueue:
         yield kueue
-    finally:
-        plane.kubectl("delete", "--ignore-not-found", *names, check=False)
-        stop_process(process, GRACE_S)
 
 
 def _apply(plane: ControlPlane, manifest: dict[str, Any]) -> None:

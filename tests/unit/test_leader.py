@@ -213,7 +213,9 @@ def test_a_leader_stalled_past_its_renew_deadline_writes_nothing_and_signals_no_
         try:
             await elector.acquire()
             fence.guard(lambda: elector.is_leader)
-            await kube.set_suspend("batch/v1", "jobs", "ns", "a", "uid-a", "/spec/suspend", True)  # while it leads, it writes
+            await kube.set_suspend(
+                "batch/v1", "jobs", "ns", "a", "uid-a", "/spec/suspend", True
+            )  # while it leads, it writes
             now[0] = Timings().renew_deadline_s  # stalled: the deadline passed before it could renew
             with pytest.raises(fence.Fenced):
                 await kube.set_suspend("batch/v1", "jobs", "ns", "a", "uid-a", "/spec/suspend", True)

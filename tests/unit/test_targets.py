@@ -99,7 +99,12 @@ def test_a_jobset_ranks_pods_by_job_index_and_completion_index() -> None:
     assert summary["spec"] == {"suspend": False, "parallelism": 4}, "2 Jobs x parallelism 2"
     assert summary["status"]["ready"] == 3
     view = read.view()
-    assert (view.kind, view.name, view.uid, view.pod_owners) == ("JobSet", "sweep", "js-uid", {"j0", "j1"})
+    assert (view.kind, view.name, view.uid, view.pod_owners) == (
+        "JobSet",
+        "sweep",
+        "js-uid",
+        frozenset({"j0", "j1"}),
+    )
     assert view.queued is False and read.pods[0].container == "node", "no container named trainer: the first"
 
 
@@ -233,10 +238,14 @@ def test_a_sweep_member_is_the_sweeps_spec_with_a_target_and_its_name_stays_a_na
 
 
 def test_a_selector_needs_labels_and_excludes_a_target() -> None:
-    spec = {**GOVERNED, "targetSelector": {"apiVersion": "batch/v1", "kind": "Job", "matchLabels": {}}}
+    def selecting(labels: dict[str, str]) -> dict[str, Any]:
+        return {
+            **GOVERNED,
+            "targetSelector": {"apiVersion": "batch/v1", "kind": "Job", "matchLabels": labels},
+        }
+
     with pytest.raises(api.SpecError, match=r"^spec.targetSelector.matchLabels: must map 1 to 16"):
-        api.parse_spec(spec)
-    both = {**spec, "targetRef": {"apiVersion": "batch/v1", "kind": "Job", "name": "a"}}
-    both["targetSelector"]["matchLabels"] = {"s": "lr"}
+        api.parse_spec(selecting({}))
+    both = {**selecting({"s": "lr"}), "targetRef": {"apiVersion": "batch/v1", "kind": "Job", "name": "a"}}
     with pytest.raises(api.SpecError, match=r"^spec.targetSelector: cannot be set with spec.targetRef"):
         api.parse_spec(both)

@@ -113,7 +113,9 @@ def test_the_users_own_variables_win_and_the_template_is_not_changed(tmp_path: P
     assert "env" not in sidecar
     ports = [v["value"] for v in trainer["env"] if v["name"] == "MASTER_PORT"]
     assert ports == ["1234"]
-    assert "metadata" not in spec.template  # the spec is not mutated: building twice gives the same Job
+    assert (
+        spec.template is not None and "metadata" not in spec.template
+    )  # the spec is not mutated: building twice gives the same Job
     assert build_job(OWNER, spec) == job
 
 

@@ -444,15 +444,29 @@ def trainer_pods(pods: Iterable[PodView], job: JobView) -> list[PodView]:
     return sorted((pod for pod in pods if job.owns(pod) and job.admitted(pod)), key=_by_rank)
 
 
-def saved_checkpoint(pods: Iterable[PodView]) -> tuple[PodView, dict[str, Any]] | None:
+def saved_checkpoint(
+    pods: Iterable[PodView], since: float | None = None
+) -> tuple[PodView, dict[str, Any]] | None:
     """Rank 0's pod that exited 0 with a checkpoint pointer, and the pointer as status.checkpoint; of two
-    such pods (a rank restarted), the newer checkpoint by step, then by savedAt."""
+    such pods (a rank restarted), the newer checkpoint by step, then by savedAt.
+
+    `since` (a stop's start): a pointer saved since then counts whatever the exit code. torchrun, on the
+    SIGTERM a suspend sends, exits 1 once its workers have saved and exited 0; the weights are whole (the
+    pointer is written after the atomic save)."""
     saved = [
         (pod, checkpoint)
         for pod in pods
-        if pod.rank == 0 and pod.exit_code == 0 and (checkpoint := checkpoint_status(pod.message))
+        if pod.rank == 0
+        and pod.exit_code is not None
+        and (checkpoint := checkpoint_status(pod.message))
+        and (pod.exit_code == 0 or _saved_since(checkpoint, since))
     ]
     return max(saved, key=lambda found: _position(found[1]), default=None)
+
+
+def _saved_since(checkpoint: Mapping[str, Any], since: float | None) -> bool:
+    saved_at = seconds(checkpoint.get("savedAt"))
+    return since is not None and saved_at is not None and saved_at >= since
 
 
 def _position(checkpoint: Mapping[str, Any]) -> tuple[int, str]:

@@ -169,7 +169,7 @@ def next_step(view: StopView, now: float) -> Action:
         if not state.killed:
             return Kill()
         return Conclude(Conclusion(CANCELLED, CANCELLED_REASON, "cancelled; nothing was saved"))
-    saved = _saved_checkpoint(view.pods)
+    saved = _saved_checkpoint(view.pods, view.began_at)
     if saved is not None:
         if view.job_at_rest:
             return Conclude(saved)
@@ -235,8 +235,8 @@ def _ask_again(view: StopView, now: float) -> bool:
     )
 
 
-def _saved_checkpoint(pods: Sequence[PodView]) -> Conclusion | None:
-    saved = saved_checkpoint(pods)
+def _saved_checkpoint(pods: Sequence[PodView], began_at: float) -> Conclusion | None:
+    saved = saved_checkpoint(pods, since=began_at)
     if saved is None:
         return None
     checkpoint = saved[1]

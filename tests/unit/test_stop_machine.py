@@ -198,3 +198,22 @@ def test_a_stop_while_a_queue_holds_the_job_ends_with_the_weights_saved_at_preem
     assert "no pod ran; the last weights saved are at epoch 3" in action.conclusion.message
     never_ran = replace(held, state=StopState(children_read=True))
     assert concluded(next_step(never_ran, now=1)) == ("Stopped", "NoCheckpoint")
+
+
+def test_rank_zero_that_saved_since_the_stop_began_counts_whatever_its_exit_code() -> None:
+    """torchrun exits 1 after its workers saved on the suspend's SIGTERM: the weights saved since the stop
+    began are the stop's; a pointer from before it, on a failed exit, is not (the rank crashed)."""
+    after = json.loads(MANIFEST) | {"savedAt": "1970-01-01T00:00:05Z"}  # the stop began at 0.0
+    before = after | {"savedAt": "1969-12-31T23:59:00Z"}
+    torchrun = [pod(0, "Failed", 1, json.dumps(after)), pod(1, "Failed", 1)]
+    assert concluded(next_step(view(torchrun, job=SUSPENDED_JOB, suspended=True), now=10)) == (
+        "Stopped",
+        "CheckpointSaved",
+    )
+    crashed = [pod(0, "Failed", 1, json.dumps(before)), pod(1, "Failed", 1)]
+    assert concluded(
+        next_step(view(crashed, job=SUSPENDED_JOB, suspended=True, children_read=True), now=10)
+    ) == (
+        "Failed",
+        "TrainerFailed",
+    )

@@ -342,7 +342,10 @@ def _cluster_training_runtime(name: str) -> dict[str, Any]:
                                         "spec": {
                                             # the torch plugin fills in the container named node: the
                                             # TrainJob's command, PET_* env; the local kubelet ignores images
-                                            "containers": [{"name": "node", "image": "local-process"}]
+                                            "containers": [{"name": "node", "image": "local-process"}],
+                                            # JobSet's default is OnFailure, a restart in place that the
+                                            # local kubelet does not do: a failed process fails its pod
+                                            "restartPolicy": "Never",
                                         }
                                     }
                                 },
@@ -357,8 +360,9 @@ def _cluster_training_runtime(name: str) -> dict[str, Any]:
 
 def cluster_training_runtime(plane: ControlPlane, name: str = TORCH_RUNTIME) -> str:
     """A torch ClusterTrainingRuntime for the local kubelet: one replicatedJob "node" whose container runs
-    the TrainJob's trainer.command with torchrun's PET_* env (one process a node unless the TrainJob says);
-    returns its name, for a TrainJob's runtimeRef."""
+    the TrainJob's trainer.command with torchrun's PET_* env (one process a node unless the TrainJob says;
+    PET_MASTER_ADDR <trainjob>-node-0-0.<trainjob>, which the local kubelet resolves to rank 0's IP), its
+    pods restartPolicy Never; returns its name, for a TrainJob's runtimeRef."""
     plane.kubectl("apply", "-f", "-", input=json.dumps(_cluster_training_runtime(name)))
     return name
 

@@ -255,7 +255,7 @@ func manageCerts(mgr ctrl.Manager, cfg cert.Config, ready chan struct{}) error {
 GO
 }
 
-main() { # a function, so bash has read the whole file before it runs: editing it mid-build is safe
+main() { # a function, called in the last lines and followed by exit: editing this file mid-build is safe
   mkdir -p "$BIN"
   echo "testenv: Kubernetes v$K8S_VERSION, etcd v$ETCD_VERSION -> $TESTENV"
   step helm "$BIN/helm" build_helm
@@ -275,4 +275,5 @@ main() { # a function, so bash has read the whole file before it runs: editing i
 # sourced by build-node.sh for k8s_build and step; run, it builds the testenv
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   main "$@"
+  exit # bash reads a script as it runs it: without this it would read on past main, in an edited file
 fi

@@ -289,15 +289,18 @@ class Kube:
     async def set_suspend(
         self, api_version: str, plural: str, namespace: str, name: str, uid: str, path: str, value: bool
     ) -> bool:
-        """Set the suspend field at `path` (a JSON pointer, e.g. /spec/runPolicy/suspend) on that object
-        only (its uid a precondition). False: it is gone, another object now, or it refused (finished)."""
-        patch = [
-            {"op": "test", "path": "/metadata/uid", "value": uid},
-            {"op": "add", "path": path, "value": value},
-        ]
+        """Set the suspend field at `path` (e.g. /spec/runPolicy/suspend) on that object only: a merge patch
+        (it makes a missing runPolicy) carrying the uid, which the apiserver refuses for any other object
+        of the name. False: it is gone, another object now, or it refused (finished)."""
+        patch: dict[str, Any] = {"metadata": {"uid": uid}}
+        node = patch
+        *parents, leaf = path.strip("/").split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
         try:
             await self._request(
-                "PATCH", f"{_collection(api_version, plural, namespace)}/{name}", patch, JSON_PATCH
+                "PATCH", f"{_collection(api_version, plural, namespace)}/{name}", patch, MERGE_PATCH
             )
         except (NotFound, Rejected, Conflict):
             return False

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from operatorharness import apply, pods
+from operatorharness import apply, exists, get, pods, status
 from stopline_local.controlplane import ControlPlane, wait_until
+from stopline_local.kubelet import LocalKubelet
 from trainer.support import assert_reproduces_outputs, verify_blob
 
 CLAIM = "checkpoints"
@@ -93,3 +94,57 @@ def terminated_pods(plane: ControlPlane, namespace: str, name: str, count: int) 
 
     wait_until(all_ended, DEADLINE_S, f"{count} pod(s) of {name} to end", details=seen)
     return found
+
+
+# TrainingJobs that govern a workload (spec.targetRef): what the user adds to the workload's pod template
+
+CHECKPOINT_MOUNT = "/checkpoints"
+TERMINAL = ("Stopped", "Succeeded", "Failed", "Cancelled")
+
+
+def trainer_env(governor: str, folder: str, with_token: bool = True) -> list[dict[str, Any]]:
+    """What a user adds to their trainer container (docs/targets.md): the contract's variables, the token
+    from the Secret `<TrainingJob>-stopline-control` (without it, only a suspend can stop the trainer)."""
+    env: list[dict[str, Any]] = [
+        {"name": "STOPLINE_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": "STOPLINE_CHECKPOINT_URI", "value": f"{CHECKPOINT_MOUNT}/{folder}"},
+        {"name": "STOPLINE_OBJECTIVE", "value": "val_loss"},
+        {"name": "OMP_NUM_THREADS", "value": "1"},
+    ]
+    if with_token:
+        secret = {"name": f"{governor}-stopline-control", "key": "token"}
+        env.append({"name": "STOPLINE_CONTROL_TOKEN", "valueFrom": {"secretKeyRef": secret}})
+    return env
+
+
+def governing(name: str, kind: str, api_version: str, target: str, **spec: Any) -> dict[str, Any]:
+    """A TrainingJob that governs an existing workload, read every second."""
+    return {
+        "apiVersion": "stopline.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "targetRef": {"apiVersion": api_version, "kind": kind, "name": target},
+            "objective": {"metric": "val_loss", "mode": "min"},
+            "metrics": {"port": METRICS_PORT, "interval": "1s"},
+            "checkpoint": {"pvc": {"claimName": CLAIM, "path": f"runs/{target}"}},
+            "stopPolicy": {"gracePeriod": "60s"},
+            **spec,
+        },
+    }
+
+
+def wait_for_secret(plane: ControlPlane, namespace: str, governor: str) -> None:
+    """The operator made the token Secret the workload's pods read (create the TrainingJob first)."""
+    secret = f"{governor}-stopline-control"
+    wait_until(lambda: exists(plane, namespace, "secret", secret), DEADLINE_S, f"Secret {secret}")
+
+
+def finish_target(plane: ControlPlane, kubelet: LocalKubelet, namespace: str, name: str) -> dict[str, Any]:
+    wait_until(
+        lambda: status(plane, namespace, name).get("phase") in TERMINAL,
+        DEADLINE_S,
+        f"{name} to end",
+        details=lambda: f"{status(plane, namespace, name)}\n{kubelet.logs()[-4000:]}",
+    )
+    return dict(get(plane, namespace, "tj", name))

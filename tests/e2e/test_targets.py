@@ -13,31 +13,24 @@ from typing import Any
 
 import pytest
 
-from e2e.support import CLAIM, DEADLINE_S, METRICS_PORT, apply_claim, load_weights
+from e2e.support import (
+    CHECKPOINT_MOUNT,
+    CLAIM,
+    DEADLINE_S,
+    apply_claim,
+    finish_target,
+    governing,
+    load_weights,
+    trainer_env,
+    wait_for_secret,
+)
 from operatorharness import apply, exists, get, operator, status
 from stopline_local.controlplane import ControlPlane, wait_until
 from stopline_local.kubelet import LocalKubelet
 
 pytestmark = pytest.mark.e2e
 
-MOUNT = "/checkpoints"
 PATIENCE = {"name": "plateau", "patience": {"patience": 1, "minDelta": 0.0002}}
-TERMINAL = ("Stopped", "Succeeded", "Failed", "Cancelled")
-
-
-def trainer_env(governor: str, folder: str, with_token: bool = True) -> list[dict[str, Any]]:
-    """What a user adds to their trainer container (docs/targets.md): the contract's variables, the token
-    from the Secret `<TrainingJob>-stopline-control` (without it, only a suspend can stop the trainer)."""
-    env: list[dict[str, Any]] = [
-        {"name": "STOPLINE_METRICS_PORT", "value": str(METRICS_PORT)},
-        {"name": "STOPLINE_CHECKPOINT_URI", "value": f"{MOUNT}/{folder}"},
-        {"name": "STOPLINE_OBJECTIVE", "value": "val_loss"},
-        {"name": "OMP_NUM_THREADS", "value": "1"},
-    ]
-    if with_token:
-        secret = {"name": f"{governor}-stopline-control", "key": "token"}
-        env.append({"name": "STOPLINE_CONTROL_TOKEN", "valueFrom": {"secretKeyRef": secret}})
-    return env
 
 
 def user_job(
@@ -55,7 +48,7 @@ def user_job(
         "command": ["python", "trainer-image/examples/train.py"],
         "args": ["--epochs", str(epochs), "--steps-per-epoch", "10", *args],
         "env": trainer_env(governor, f"runs/{name}", with_token),
-        "volumeMounts": [{"name": "checkpoints", "mountPath": MOUNT}],
+        "volumeMounts": [{"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT}],
     }
     pod = {
         "restartPolicy": "Never",
@@ -71,23 +64,6 @@ def user_job(
     }
 
 
-def governing(name: str, kind: str, api_version: str, target: str, **spec: Any) -> dict[str, Any]:
-    """A TrainingJob that governs an existing workload, read every second."""
-    return {
-        "apiVersion": "stopline.dev/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "targetRef": {"apiVersion": api_version, "kind": kind, "name": target},
-            "objective": {"metric": "val_loss", "mode": "min"},
-            "metrics": {"port": METRICS_PORT, "interval": "1s"},
-            "checkpoint": {"pvc": {"claimName": CLAIM, "path": f"runs/{target}"}},
-            "stopPolicy": {"gracePeriod": "60s"},
-            **spec,
-        },
-    }
-
-
 def sweep_of_jobs(name: str, labels: dict[str, str], criteria: list[dict[str, Any]]) -> dict[str, Any]:
     """A TrainingJob that governs every Job labelled `labels` in its namespace (spec.targetSelector)."""
     sweep = governing(name, "Job", "batch/v1", "unused", criteria=criteria)
@@ -95,22 +71,6 @@ def sweep_of_jobs(name: str, labels: dict[str, str], criteria: list[dict[str, An
     sweep["spec"]["targetSelector"] = {"apiVersion": "batch/v1", "kind": "Job", "matchLabels": labels}
     sweep["spec"]["checkpoint"] = {"pvc": {"claimName": CLAIM, "path": "runs"}}
     return sweep
-
-
-def wait_for_secret(plane: ControlPlane, namespace: str, governor: str) -> None:
-    """The operator made the token Secret the workload's pods read (create the TrainingJob first)."""
-    secret = f"{governor}-stopline-control"
-    wait_until(lambda: exists(plane, namespace, "secret", secret), DEADLINE_S, f"Secret {secret}")
-
-
-def finish(plane: ControlPlane, kubelet: LocalKubelet, namespace: str, name: str) -> dict[str, Any]:
-    wait_until(
-        lambda: status(plane, namespace, name).get("phase") in TERMINAL,
-        DEADLINE_S,
-        f"{name} to end",
-        details=lambda: f"{status(plane, namespace, name)}\n{kubelet.logs()[-4000:]}",
-    )
-    return dict(get(plane, namespace, "tj", name))
 
 
 @pytest.fixture
@@ -126,7 +86,7 @@ def test_patience_stops_a_users_job_by_post_stop_and_leaves_the_job_there(
     apply(story, namespace, governing("watch-a", "Job", "batch/v1", "train-a", criteria=[PATIENCE]))
     wait_for_secret(story, namespace, "watch-a")
     apply(story, namespace, user_job("train-a", "watch-a"))
-    stopped = finish(story, kubelet, namespace, "watch-a")
+    stopped = finish_target(story, kubelet, namespace, "watch-a")
     found = stopped["status"]
     assert found["phase"] == "Stopped", found
     assert (found["stopReason"]["type"], found["stopReason"]["criterion"]) == ("Patience", "plateau")
@@ -158,7 +118,7 @@ def test_a_trainer_without_the_token_is_stopped_by_the_jobs_own_suspend(
         "watch-b: epoch 2 in status.progress",
     )
     story.kubectl("annotate", "tj", "watch-b", "stopline.dev/stop=enough", "-n", namespace)
-    stopped = finish(story, kubelet, namespace, "watch-b")
+    stopped = finish_target(story, kubelet, namespace, "watch-b")
     found = stopped["status"]
     assert found["phase"] == "Stopped", found
     assert found["stopReason"]["type"] == "Manual", found
@@ -196,7 +156,7 @@ def test_a_sweep_of_six_users_jobs_is_judged_as_one_cohort_and_the_worst_is_stop
         args = ("--lr", lr, "--sleep-per-step", "0.2")
         apply(story, namespace, user_job(job, "lr", epochs, args=args, labels={"sweep": "lr"}))
     members = {job: f"lr-{job}" for job in runs}
-    ended = {job: finish(story, kubelet, namespace, member) for job, member in members.items()}
+    ended = {job: finish_target(story, kubelet, namespace, member) for job, member in members.items()}
     bad = ended["run-bad"]["status"]
     assert (bad["phase"], bad["stopReason"]["type"]) == ("Stopped", "Cohort"), bad
     assert bad["stopPath"] == "StopEndpoint" and bad["checkpoint"]["epoch"] < 60, bad

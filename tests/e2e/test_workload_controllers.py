@@ -6,8 +6,6 @@ support for these kinds would rely on. How long each controller takes to be read
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,16 +15,10 @@ from stopline_local.controlplane import ControlPlane, wait_until
 from stopline_local.kubelet import LocalKubelet
 from stopline_local.workloads import (
     JOBSET_NAME_LABEL,
-    JOBSET_VERSION,
-    TRAINER_VERSION,
-    TRAINING_OPERATOR_VERSION,
     Manager,
     cluster_training_runtime,
     jobset,
     pytorch_job,
-    running_jobset,
-    running_trainer,
-    running_training_operator,
     train_job,
 )
 
@@ -40,38 +32,6 @@ PRINT_ENV = (
 )
 SHOW_ENV = ("python", "-c", PRINT_ENV)
 UNTIL_STOPPED = ("python", "-c", PRINT_ENV + "\nimport time\nwhile True:\n    time.sleep(0.1)")
-
-
-@pytest.fixture(scope="module")
-def jobset_controller(
-    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Manager]:
-    started = time.monotonic()
-    with running_jobset(control_plane, tmp_path_factory.mktemp("jobset")) as manager:
-        print(f"\nJobSet v{JOBSET_VERSION}: ready in {time.monotonic() - started:.1f} s")
-        yield manager
-
-
-@pytest.fixture(scope="module")
-def trainer_controller(
-    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory, jobset_controller: Manager
-) -> Iterator[Manager]:
-    started = time.monotonic()
-    with running_trainer(control_plane, tmp_path_factory.mktemp("trainer"), jobset_controller) as manager:
-        print(f"\nKubeflow Trainer v{TRAINER_VERSION}: ready in {time.monotonic() - started:.1f} s")
-        yield manager
-
-
-@pytest.fixture(scope="module")
-def training_operator(
-    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Manager]:
-    started = time.monotonic()
-    with running_training_operator(control_plane, tmp_path_factory.mktemp("training-operator")) as manager:
-        print(
-            f"\nTraining Operator v{TRAINING_OPERATOR_VERSION}: ready in {time.monotonic() - started:.1f} s"
-        )
-        yield manager
 
 
 def items(plane: ControlPlane, namespace: str, kind: str, *selector: str) -> list[dict[str, Any]]:

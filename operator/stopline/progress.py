@@ -40,6 +40,13 @@ class JobMemory:
     checkpoint: Mapping[str, Any] | None = None  # status.checkpoint as last written
     answered_pod: str | None = None  # uid of the rank-0 pod whose /metrics last answered
 
+    def wrote(self, fields: Mapping[str, Any]) -> None:
+        """The status now shows these fields: remember the epoch and checkpoint it shows."""
+        if "progress" in fields:
+            self.written_epoch = fields["progress"]["epoch"]
+        if "checkpoint" in fields:
+            self.checkpoint = fields["checkpoint"]
+
     @classmethod
     def seed(cls, status: Mapping[str, Any]) -> JobMemory:
         criteria = status.get("criteria") or []

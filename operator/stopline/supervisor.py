@@ -33,53 +33,40 @@ import aiohttp
 
 from stopline import controller, kueue, monitoring, targets
 from stopline.api import (
-    CohortCriterion,
-    ForecastCriterion,
     GPUIdleCriterion,
     PromQLCriterion,
-    RungsCriterion,
     TrainingJobSpec,
 )
 from stopline.criteria.decision import Decision
-from stopline.criteria.engine import evaluate
-from stopline.criteria.observation import Observation, Request, Samples
+from stopline.criteria.observation import Samples
 from stopline.kube import Kube
-from stopline.lifecycle import Condition, StatusChange, run_seconds, seconds
+from stopline.lifecycle import Condition, StatusChange, seconds
 from stopline.metrics import prometheus
 from stopline.metrics.epochs import EpochsError, missed_epochs
 from stopline.metrics.exposition import TrainerReport
 from stopline.metrics.http import endpoint_url, excerpt, message, no_answer
 from stopline.metrics.scrape import ScrapeError, scrape
-from stopline.pointer import exported_checkpoint, newer
-from stopline.progress import JobMemory, gpu_seconds_saved, progress_status
+from stopline.pointer import newer
+from stopline.progress import JobMemory, gpu_seconds_saved
 from stopline.registry import Key, PodView, Registry, Tracked, pod_view, saved_checkpoint, trainer_pods
 from stopline.status import StatusWriter
 from stopline.stopping import StopDriver, every_rank_exited
 from stopline.sweep import sweep_of
+from stopline.visit import Inputs, cohort_study, plan
 from stopline.vocabulary import (
     ADMITTED,
     CANCEL_ANNOTATION,
     CANCELLED,
     CANCELLED_REASON,
-    EPOCHS_MISSED,
-    EPOCHS_READ,
-    EPOCHS_UNREAD,
     FAILED,
     HELD_PHASES,
-    MANUAL_TYPES,
-    METRICS_AVAILABLE,
     PENDING,
     PREEMPTED,
     RUNNING,
-    RUNNING_CONDITION,
-    SCRAPE_FAILED,
-    SCRAPED,
-    STOP_ANNOTATION,
     STOP_REQUESTED,
     STOPPED,
     STOPPING,
     TERMINAL_PHASES,
-    WOULD_STOP,
     find_condition,
 )
 from stopline.workload import TOKEN_KEY, Owner, token_secret_name
@@ -97,7 +84,6 @@ SCRAPE_TIMEOUT_S = 5.0
 EPOCHS_PATH = "/epochs"  # the trainer's window of recent epochs (stopline_trainer.metrics.EpochWindow)
 PREEMPTIBLE = frozenset({PENDING, RUNNING, PREEMPTED})  # phases in which a queue may take the pods back
 QUEUE_READ_S = 120.0  # a held job's Workload is read this often once its words are shown
-FAILURES_BEFORE_CONDITION = 3  # one lost read is noise; three in a row is a condition worth showing
 
 Fetched = tuple[TrainerReport | None, str | None]  # a report, or why there is none
 
@@ -308,8 +294,8 @@ class Supervisor:
             await controller.announce(self.kube, written)
 
     async def _observe(self, tracked: Tracked, fetched: Fetched | None) -> None:
-        """Read rank 0's metrics (`fetched` when a PromQL batch already did), evaluate the criteria, write
-        what changed in one patch, begin a stop if one is decided."""
+        """Read what is due (rank 0's metrics, or `fetched` when a PromQL batch already did), plan the
+        visit without I/O (visit.plan), then carry the plan out: one status patch, a stop begun, Events."""
         spec = tracked.spec
         assert spec is not None
         memory = self._memory.get(tracked.uid)
@@ -321,6 +307,26 @@ class Supervisor:
             await self._read_queue(tracked, spec, memory)
         else:
             self._queue_waits.pop(tracked.uid, None)  # held again later: its queue's words are read at once
+        inputs = await self._read_inputs(tracked, spec, memory, fetched)
+        planned = plan(tracked, spec, memory, inputs, self.registry.cohort(tracked, cohort_study(spec)))
+        if planned.stop is not None:
+            await self._begin_stop(tracked, spec, memory, planned.stop, dict(planned.fields), inputs.now)
+            return
+        if not planned.fields and not planned.conditions:
+            return
+        change = StatusChange(fields=planned.fields, conditions=planned.conditions)
+        written = await self.writer.write(*tracked.key, lambda _: change, seen=tracked.training_job)
+        if written is None:
+            return
+        memory.wrote(planned.fields)
+        for reason, words, warning in planned.events:
+            await self.kube.post_event(tracked.training_job, reason, words, warning)
+
+    async def _read_inputs(
+        self, tracked: Tracked, spec: TrainingJobSpec, memory: JobMemory, fetched: Fetched | None
+    ) -> Inputs:
+        """Everything a visit reads, in one value: rank 0's report (or why none, and whether its pod went
+        silent while it runs), the epochs since the last read, the live inputs, the time."""
         if fetched is not None:
             (report, error), unanswered = fetched, False
         else:
@@ -330,51 +336,9 @@ class Supervisor:
         silent = unanswered and await self._still_runs(tracked, memory.answered_pod)
         epochs, missed = await self._epochs(tracked, spec, memory, report)
         promql, gpu_utilization = await self._live_inputs(tracked, spec)
-        now = self.clock()
-        if report is not None or tracked.phase != RUNNING:
-            memory.failures = 0  # a job no pod runs for (a queue holds it) has no failed reads
-        else:
-            memory.failures += 1
-        new_epoch = report is not None and memory.record(spec, epochs, report.epoch_seconds)
-        if report is not None:  # the epoch in progress is not complete: its values may still come
-            memory.fed_epoch = max(min(memory.fed_epoch, report.epoch - 1), 0)
-        observation = observe(
-            tracked, spec, report, epochs, promql, gpu_utilization, now, self.registry, trainer_silent=silent
+        return Inputs(
+            report, error, silent, epochs, missed, promql, gpu_utilization, self.clock(), self.writer.now()
         )
-        evaluation = evaluate(spec, memory.states, observation)
-        memory.states = dict(evaluation.states)
-        fields: dict[str, Any] = {}
-        if new_epoch and report is not None:
-            fields |= progress_status(spec, memory, report, evaluation, self.writer.now())
-        saved = exported_checkpoint(report.checkpoint) if report is not None else None
-        if saved is not None and newer(saved, memory.checkpoint):
-            # the trainer keeps only its newest weights: the status follows each save, or names a deleted
-            # file; and should the trainer hang and never save again, these are its last weights
-            fields["checkpoint"] = saved
-        decision = evaluation.decision
-        if decision is not None and (not spec.stop_policy.dry_run or decision.type in MANUAL_TYPES):
-            await self._begin_stop(tracked, spec, memory, decision, fields, now)
-            return
-        wants_dry_run = decision is not None and not tracked.status.get("dryRun")
-        if decision is not None and wants_dry_run:
-            fields["dryRun"] = {"wouldStopAt": decision.as_status() | {"at": self.writer.now()}}
-        conditions = _metrics_availability(tracked, memory, error) + _epochs_missed(tracked, missed, epochs)
-        change = StatusChange(fields=fields, conditions=conditions)
-        if not fields and not conditions:
-            return
-        written = await self.writer.write(*tracked.key, lambda _: change, seen=tracked.training_job)
-        if written is None:
-            return
-        if "progress" in fields:
-            memory.written_epoch = fields["progress"]["epoch"]
-        if "checkpoint" in fields:
-            memory.checkpoint = fields["checkpoint"]
-        if decision is not None and wants_dry_run:
-            message = f"dryRun: would stop now: {decision.type} ({decision.criterion}): {decision.message}"
-            await self.kube.post_event(tracked.training_job, WOULD_STOP, message, False)
-        for condition in conditions:
-            if condition.reason in (SCRAPE_FAILED, EPOCHS_UNREAD):
-                await self.kube.post_event(tracked.training_job, condition.reason, condition.message, True)
 
     async def _epochs(
         self, tracked: Tracked, spec: TrainingJobSpec, memory: JobMemory, report: TrainerReport | None
@@ -604,67 +568,6 @@ class Supervisor:
         return token
 
 
-def observe(
-    tracked: Tracked,
-    spec: TrainingJobSpec,
-    report: TrainerReport | None,
-    epochs: Samples,
-    promql: Mapping[str, bool],
-    gpu_utilization: float | None,
-    now: float,
-    registry: Registry,
-    trainer_silent: bool = False,
-) -> Observation:
-    """What the engine sees of a job at `now`: pure, from the watched body, the report and the live inputs;
-    `trainer_silent`: rank 0 gave no report while the apiserver says its pod runs."""
-    annotations = tracked.annotations
-    stop = annotations.get(STOP_ANNOTATION)
-    cancel = annotations.get(CANCEL_ANNOTATION)
-    return Observation(
-        now=now,
-        samples=epochs,
-        started_at=_started_at(tracked, now),
-        step=report.step if report is not None else None,
-        gpus=spec.gpus,
-        gpu_utilization=gpu_utilization,
-        promql=promql,
-        cohort=registry.cohort(tracked, _cohort_study(spec)),
-        answered=report is not None,
-        trainer_silent=trainer_silent,
-        paused=tracked.phase in HELD_PHASES,
-        stop=Request(STOP_ANNOTATION, stop) if stop is not None else None,
-        cancel=Request(CANCEL_ANNOTATION, cancel) if cancel is not None else None,
-    )
-
-
-def _metrics_availability(tracked: Tracked, memory: JobMemory, error: str | None) -> tuple[Condition, ...]:
-    """MetricsAvailable: False after a few failed reads in a row, True when a read works; () if unchanged."""
-    current = find_condition(tracked.status.get("conditions"), METRICS_AVAILABLE) or {}
-    if memory.failures >= FAILURES_BEFORE_CONDITION and error and current.get("status") != "False":
-        message = f"{error}; check spec.metrics.port and path"
-        return (Condition(METRICS_AVAILABLE, False, SCRAPE_FAILED, message),)
-    if memory.failures == 0 and tracked.phase == RUNNING and current.get("status") != "True":
-        return (Condition(METRICS_AVAILABLE, True, SCRAPED, "rank 0's metrics are read every interval"),)
-    return ()
-
-
-def _cohort_study(spec: TrainingJobSpec) -> str | None:
-    """The study a cohort, rungs or forecast criterion names, if any; else the job's study label."""
-    peer_kinds = CohortCriterion | RungsCriterion | ForecastCriterion
-    named = (c.study for c in spec.criteria if isinstance(c, peer_kinds) and c.study)
-    return next(named, None)
-
-
-def _epochs_missed(tracked: Tracked, missed: str | None, epochs: Samples) -> tuple[Condition, ...]:
-    """EpochsMissed: True naming the epochs no criterion saw; False again once a jump was read whole."""
-    current = find_condition(tracked.status.get("conditions"), EPOCHS_MISSED) or {}
-    if missed is not None:
-        return (Condition(EPOCHS_MISSED, True, EPOCHS_UNREAD, missed),)
-    if len(epochs) > 1 and current.get("status") == "True":
-        return (Condition(EPOCHS_MISSED, False, EPOCHS_READ, "every epoch since was read"),)
-    return ()
-
-
 def _wants_visit(tracked: Tracked) -> bool:
     """Running and Stopping jobs; Queued and Preempted ones too (their criteria's clocks pause, a budget
     may already be spent); a Pending one only when someone annotated it (nothing to read yet), or when it
@@ -675,18 +578,3 @@ def _wants_visit(tracked: Tracked) -> bool:
         return True
     governs = tracked.target is not None or tracked.spec.selector is not None
     return tracked.phase == PENDING and (tracked.asked_to_stop or governs)
-
-
-def _started_at(tracked: Tracked, now: float) -> float | None:
-    """When the budget's clock started: when every rank was up (the Running condition), less the time the
-    pods ran before a queue preempted them (status.runSeconds); while a queue holds the job, the clock
-    stands still. A job no queue held counts from its creation until it runs."""
-    before = run_seconds(tracked.status)
-    running = find_condition(tracked.status.get("conditions"), RUNNING_CONDITION)
-    if running is not None and running.get("status") == "True":
-        since = seconds(running.get("lastTransitionTime"))
-        return since - before if since is not None else None
-    if tracked.phase in HELD_PHASES or find_condition(tracked.status.get("conditions"), ADMITTED):
-        return now - before
-    created = seconds(tracked.training_job["metadata"].get("creationTimestamp"))
-    return created - before if created is not None else None

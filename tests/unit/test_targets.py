@@ -3,9 +3,11 @@ the registry files a target's pods by the controller uid chain, never by name or
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from stopline import api, controller, sweep, targets
 from stopline.registry import Registry
@@ -70,8 +72,13 @@ def read_of(
     return TargetRead(adapter, target, tuple(jobs), tuple(found.pod_view(p) for p in pods))
 
 
-def test_every_kind_the_crd_names_has_an_adapter() -> None:
-    assert sorted(kind for _, kind in targets.ADAPTERS) == ["Job", "JobSet", "PyTorchJob", "TrainJob"]
+def test_every_kind_the_crd_names_has_an_adapter_and_no_other() -> None:
+    crd = yaml.safe_load((Path(__file__).parents[2] / "crds" / "trainingjob.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    for field in ("targetRef", "targetSelector"):
+        assert sorted(spec[field]["properties"]["kind"]["enum"]) == sorted(
+            kind for _, kind in targets.ADAPTERS
+        )
 
 
 def test_a_jobset_ranks_pods_by_job_index_and_completion_index() -> None:

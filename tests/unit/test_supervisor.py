@@ -32,7 +32,7 @@ RAW_SPEC = {
     "checkpoint": {"pvc": {"claimName": "ckpt"}},
     "metrics": {"interval": "1s"},
 }
-DEADLINE_S = 30.0  # a deadline, not a wait: every check returns as soon as it passes (2 loaded cores)
+DEADLINE_S = 10.0
 
 
 class StandInKube:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from .extras import require
 
@@ -79,3 +80,25 @@ def init_from_env() -> bool:
     else:
         dist.init_process_group("gloo", init_method="env://")
     return active()
+
+
+def all_gather(obj: Any) -> list[Any]:
+    """Every rank's picklable `obj`, in rank order (a collective); [obj] in a single process."""
+    if not active():
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def from_rank_0(obj: Any) -> Any:
+    """Rank 0's picklable `obj` on every rank (a collective); `obj` itself in a single process."""
+    if not active():
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -13,6 +15,7 @@ from typing import BinaryIO
 from . import Fill
 
 TMP_PREFIX = ".tmp-"
+CHUNK = 1 << 20
 _TEMP = re.compile(r"\.tmp-[0-9a-f]{32}-(?P<target>.+)")
 
 
@@ -51,24 +54,69 @@ class LocalStore:
     def delete(self, name: str) -> None:
         (self.folder / name).unlink(missing_ok=True)
 
+    def put_file(self, name: str, source: Path) -> tuple[int, str]:
+        """A plain copy, fsynced: the folder it is staged in is renamed into place by commit_folder."""
+        target = self.folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        h, size = hashlib.sha256(), 0
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            while chunk := src.read(CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        return size, h.hexdigest()
+
+    def local_path(self, name: str) -> Path | None:
+        return self.folder / name
+
+    def download(self, name: str, target: Path) -> None:
+        shutil.copyfile(self.folder / name, target)
+
+    def staging(self, name: str, token: str) -> str:
+        return f"{TMP_PREFIX}{token}-{name}"  # a temp name: garbage collection knows whose it is
+
+    def commit_folder(self, staging: str, name: str) -> None:
+        """Every file and folder of the staged tree fsynced, then one rename makes it appear whole."""
+        staged = self.folder / staging
+        for path in sorted(staged.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir():
+                _fsync_folder(path)
+        _fsync_folder(staged)
+        os.replace(staged, self.folder / name)
+        _fsync_folder(self.folder)
+
+    def folders(self) -> Iterator[str]:
+        if self.folder.is_dir():
+            yield from (p.name for p in self.folder.iterdir() if p.is_dir() and not p.is_symlink())
+
+    def delete_folder(self, name: str) -> None:
+        shutil.rmtree(self.folder / name, ignore_errors=True)
+
     def _atomic(self, name: str, write: Callable[[BinaryIO], object]) -> None:
         """The rename is the commit; the folder fsync makes the rename itself survive a power loss."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}"  # unique across writers, unlike a pid
+        target = self.folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}-{target.name}"  # unique across writers
         try:
             with open(tmp, "wb") as f:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.folder / name)
+            os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        dfd = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _fsync_folder(target.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    dfd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 class _Midway:

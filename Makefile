@@ -29,7 +29,7 @@ help: ## list the targets
 $(PY): pyproject.toml trainer-image/pyproject.toml local/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,s3]' -e './trainer-image[torch,lightning,s3]' -e './local[s3]'
+	$(PY) -m pip install --quiet -e '.[dev,s3]' -e './trainer-image[torch,lightning,s3,hf]' -e './local[s3]'
 	touch $(PY)
 
 venv: $(PY) ## create .venv: stopline (dev, s3), stopline-trainer (torch, lightning, s3), stopline-local

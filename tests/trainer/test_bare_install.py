@@ -61,6 +61,7 @@ with Run(config, handle_signals=False) as run:
         out["save"] = str(e)
 for name, use in (
     ("lightning", lambda: __import__("stopline_trainer.lightning")),
+    ("hf", lambda: __import__("stopline_trainer.huggingface")),
     ("group", lambda: os.environ.update(WORLD_SIZE="2") or distributed.init_from_env()),
     ("s3", lambda: open_store("s3://bucket/run", s3_part_size=5 << 20)),
 ):
@@ -124,6 +125,7 @@ def test_the_base_install_imports_and_serves_without_torch(tmp_path: Path) -> No
     )
     extra = "which is not installed: pip install 'stopline-trainer[{}]'"
     assert out["lightning"] == "stopline_trainer.lightning needs lightning, " + extra.format("lightning")
+    assert out["hf"] == "stopline_trainer.huggingface needs transformers, " + extra.format("hf")
     assert out["group"] == (
         "joining the ranks' process group (WORLD_SIZE > 1) needs torch, " + extra.format("torch")
     )

@@ -24,7 +24,7 @@ def test_the_trainer_distribution_pulls_nothing_of_the_operator(tmp_path: Path) 
     needs = requirements(built)
     assert needs[""] == ["prometheus-client"]
     assert not OPERATOR_ONLY & {package for extra in needs.values() for package in extra}
-    assert set(needs) == {"", "torch", "lightning", "s3"}
+    assert set(needs) == {"", "torch", "lightning", "s3", "hf"}
 
 
 def test_the_operator_distribution_ships_only_the_operator(tmp_path: Path) -> None:

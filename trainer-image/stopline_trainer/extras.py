@@ -1,5 +1,5 @@
 """The optional parts and the extra that brings each: `torch` (checkpoints, agreement across ranks),
-`lightning` (the callback), `s3` (boto3).
+`lightning` (the callback), `s3` (boto3), `hf` (the Hugging Face Trainer callback; safetensors).
 
 The base install (prometheus-client only) imports without any of them, serves /metrics and /stop, takes
 report() and answers should_stop() in a single process; a part that needs an extra says which to install

@@ -1,0 +1,124 @@
+"""The Hugging Face Trainer callback: a tiny GPT-2 from its config (no download), on CPU. A POST /stop ends
+training after the next evaluation, the Trainer's own checkpoint is kept, loads with from_pretrained, and
+a new Trainer resumes from it at the saved global step."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel, Trainer, TrainerCallback, TrainerControl, TrainerState
+
+from scripts import load_script
+from stopline_local.controlplane import REPO, free_port
+from stopline_trainer import Config, Run
+from stopline_trainer.checkpoint import FILES_MANIFEST
+from stopline_trainer.huggingface import StoplineCallback
+
+from .support import TOKEN, Endpoint, assert_points_at, wait_until
+
+pytestmark = pytest.mark.trainer
+
+EVAL_STEPS = 5
+
+
+def example() -> ModuleType:
+    return load_script(REPO / "trainer-image" / "examples" / "hf_train.py", "stopline_example_hf_train")
+
+
+def run_config(tmp_path: Path, name: str) -> Config:
+    return Config(
+        job="gpt",
+        namespace="ml",
+        metrics_port=free_port(),
+        bind_address="127.0.0.1",
+        checkpoint_uri=str(tmp_path / "ckpt"),
+        control_token=TOKEN,
+        termination_log=tmp_path / name,
+    )
+
+
+class Steps(TrainerCallback):
+    """The global steps the Trainer ran, as on_step_end saw them."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_step_end(self, args: Any, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self.seen.append(state.global_step)
+
+
+def trainer(hf: ModuleType, tmp_path: Path, run: Run, max_steps: int, steps: Steps) -> Trainer:
+    return Trainer(
+        model=hf.make_model(),
+        args=hf.training_args(str(tmp_path / "out"), max_steps, EVAL_STEPS),
+        train_dataset=hf.Counting(512, seed=1),
+        eval_dataset=hf.Counting(32, seed=2),
+        callbacks=[StoplineCallback(run), steps],
+    )
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+def test_a_stop_ends_training_after_an_evaluation_with_the_trainers_checkpoint_kept_and_resumable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hf = example()
+    steps = Steps()
+    with Run(run_config(tmp_path, "termination-log"), handle_signals=False) as run:
+        probe = Endpoint(run.server.port)
+        stopper = threading.Thread(
+            target=lambda: (
+                # round 3 in progress: two evaluations done
+                wait_until(lambda: (probe.metrics() or {}).get("stopline_epoch", 0) >= 3, "round 3"),
+                probe.post_stop({"reason": "hf test"}),
+            ),
+            daemon=True,
+        )
+        stopper.start()
+        first = trainer(hf, tmp_path, run, 2000, steps)
+        first.train()
+        stopper.join(30)
+        stopped_at = first.state.global_step
+
+    # every rank stops at the same step: an evaluation's, agreed right after it
+    assert stopped_at < 2000 and stopped_at % EVAL_STEPS == 0 and steps.seen[-1] == stopped_at
+    manifest = json.loads((tmp_path / "ckpt" / "last.json").read_bytes())
+    rounds = stopped_at // EVAL_STEPS
+    assert (manifest["step"], manifest["epoch"], manifest["evalRound"]) == (stopped_at, rounds, rounds)
+    assert manifest["stopReason"] == "hf test" and manifest["format"] == "files"
+    assert manifest["metrics"]["eval_loss"] > 0 and 0 < manifest["metrics"]["epoch"] < 1
+    assert [record["epoch"] for record in manifest["epochs"]] == list(range(1, rounds + 1))
+    assert_points_at(tmp_path / "termination-log", manifest)
+    listed = {f["path"] for f in json.loads(Path(manifest["uri"]).read_bytes())["files"]}
+    assert {
+        "model.safetensors",
+        "config.json",
+        "optimizer.pt",
+        "scheduler.pt",
+        "trainer_state.json",
+    } <= listed
+    assert Path(manifest["uri"]).name == FILES_MANIFEST
+
+    again = Run(run_config(tmp_path, "again"), handle_signals=False)
+    path = again.resume_path()
+    assert path is not None and Path(path).parent == tmp_path / "ckpt"
+    loaded = GPT2LMHeadModel.from_pretrained(path)
+    assert first.model is not None
+    for name, tensor in first.model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)
+
+    resumed_steps = Steps()
+    with again:
+        second = trainer(hf, tmp_path, again, stopped_at + EVAL_STEPS, resumed_steps)
+        second.train(resume_from_checkpoint=path)
+    assert resumed_steps.seen == list(range(stopped_at + 1, stopped_at + EVAL_STEPS + 1))
+    # the rounds count on from the checkpoint's: the resumed run's evaluation is round rounds + 1
+    assert again.eval_round == rounds + 1
+    [[round_number, _]] = again.metrics.epochs.tail("eval_loss", 1)
+    assert round_number == rounds + 1

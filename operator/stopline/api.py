@@ -616,7 +616,7 @@ def _template(spec: _Fields) -> Mapping[str, object]:
         raise SpecError(
             spec.at("template"),
             "is required: set spec.template (the trainer pod stopline runs), spec.targetRef (an existing "
-            "Job, JobSet, TrainJob or PyTorchJob it governs) or spec.targetSelector (every one of a sweep)",
+            "workload it governs) or spec.targetSelector (every workload of a sweep)",
         )
     template = spec.child("template", ("metadata", "spec"), required=True)
     assert template is not None

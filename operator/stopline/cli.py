@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stopline import replay
+from stopline import __version__, replay
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -80,6 +80,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="stopline", description="Stop GPU training jobs early, keep the weights."
     )
+    root.add_argument("--version", action="version", version=f"stopline {__version__}")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     replay_command = commands.add_parser(
         "replay",

@@ -33,6 +33,8 @@ from stopline_local.controlplane import REPO, ControlPlane, built_binary, wait_u
 pytestmark = pytest.mark.cluster
 
 CHART = REPO / "helm" / "stopline"
+# OpenShift's restricted-v2 SCC assigns the uid and gid from the namespace's range
+OPENSHIFT = ["--set", "podSecurityContext.runAsUser=null", "--set", "podSecurityContext.runAsGroup=null"]
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -56,6 +58,8 @@ def test_chart_installs_the_crd_file_from_crds_unchanged() -> None:
             id="namespaced",
         ),
         pytest.param(["--set", "dashboard.enabled=false", "--set", "verbose=true"], id="no-dashboard"),
+        pytest.param(["--set", "replicaCount=2"], id="two-replicas"),  # PodDisruptionBudget, spreading
+        pytest.param(OPENSHIFT, id="openshift"),
     ],
 )
 def test_helm_template_is_accepted_by_the_apiserver(control_plane: ControlPlane, values: list[str]) -> None:
@@ -75,6 +79,9 @@ def test_helm_template_is_accepted_by_the_apiserver(control_plane: ControlPlane,
         ("rbac.creat=true", "rbac: Additional property creat is not allowed"),
         ("imagePullPolicy=Always", "Additional property imagePullPolicy is not allowed"),
         ("replicaCount=2,leaderElection.enabled=false", "replicaCount"),
+        ("podDisruptionBudget.maxUnavailable=0", "podDisruptionBudget.maxUnavailable"),
+        ("prometheusRule.selector={job=x}", "prometheusRule.selector"),
+        ("securityContext=restricted", "securityContext: Invalid type"),
     ],
 )
 def test_the_values_schema_rejects_a_misspelt_or_unsafe_value_naming_it(setting: str, complaint: str) -> None:
@@ -105,6 +112,103 @@ def notes(plane: ControlPlane, *values: str) -> str:
     install = ["install", "stopline", str(CHART), "-n", "default", "--dry-run=server", "--skip-crds"]
     out = helm(f"--kubeconfig={plane.kubeconfig}", *install, *values).stdout
     return out[out.index("NOTES:") :]
+
+
+def deployment_and_budget(*values: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The Deployment and the PodDisruptionBudgets (none or one) the chart renders with these values."""
+    docs = [
+        doc for doc in yaml.safe_load_all(helm("template", "stopline", str(CHART), *values).stdout) if doc
+    ]
+    (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]
+    return deployment, [doc for doc in docs if doc["kind"] == "PodDisruptionBudget"]
+
+
+RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def test_the_security_contexts_stay_restricted_by_default_and_each_key_can_be_overridden() -> None:
+    deployment, _ = deployment_and_budget()
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"] == RESTRICTED_POD
+    assert pod["containers"][0]["securityContext"] == RESTRICTED_CONTAINER
+    deployment, _ = deployment_and_budget(
+        *OPENSHIFT,
+        *sets("securityContext.readOnlyRootFilesystem=false", "podSecurityContext.fsGroup=2000"),
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "fsGroup": 2000,
+    }
+    assert pod["containers"][0]["securityContext"] == {
+        **RESTRICTED_CONTAINER,
+        "readOnlyRootFilesystem": False,
+    }
+
+
+def test_several_replicas_get_a_disruption_budget_and_spread_over_nodes_and_zones() -> None:
+    deployment, budgets = deployment_and_budget()
+    assert budgets == []
+    assert "topologySpreadConstraints" not in deployment["spec"]["template"]["spec"]
+    deployment, (budget,) = deployment_and_budget("--set", "replicaCount=2")
+    selector = deployment["spec"]["selector"]
+    assert budget["spec"] == {
+        "maxUnavailable": 1,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": selector,
+    }
+    spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert [(each["topologyKey"], each["whenUnsatisfiable"]) for each in spread] == [
+        ("kubernetes.io/hostname", "ScheduleAnyway"),  # a one-node cluster still runs both
+        ("topology.kubernetes.io/zone", "ScheduleAnyway"),
+    ]
+    assert all(each["labelSelector"] == selector for each in spread)
+    assert all(each["matchLabelKeys"] == ["pod-template-hash"] for each in spread)
+    own = [{"maxSkew": 1, "topologyKey": "rack", "whenUnsatisfiable": "DoNotSchedule"}]
+    deployment, budgets = deployment_and_budget(
+        "--set",
+        "replicaCount=3",
+        "--set",
+        "podDisruptionBudget.enabled=false",
+        "--set-json",
+        f"topologySpreadConstraints={json.dumps(own)}",
+    )
+    assert budgets == []
+    assert deployment["spec"]["template"]["spec"]["topologySpreadConstraints"] == [
+        {**own[0], "labelSelector": selector}
+    ]
+
+
+def test_the_notes_work_from_an_installed_chart_their_training_job_is_valid(
+    crd_installed: ControlPlane,
+) -> None:
+    """No path of a checkout (examples/, crds/): what the notes say to paste is accepted as it is."""
+    for values in ([], ["--set", "watchNamespaces={team-a}"]):
+        printed = notes(crd_installed, *values)
+        assert "examples/" not in printed
+        assert "-f crds/" not in printed
+        command, rest = printed.split("<<'EOF'\n", 1)
+        training_job, _ = rest.split("\nEOF\n", 1)
+        assert command.splitlines()[-1] == "kubectl apply" + (" -n team-a" if values else "") + " -f - "
+        result = crd_installed.kubectl(
+            "apply", "--dry-run=server", "-n", "default", "-f", "-", input=training_job, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert "trainingjob.stopline.dev/resnet-lr3e-4 created (server dry run)" in result.stdout
+        assert "helm show crds CHART --version VERSION | kubectl apply --server-side -f -" in printed
+    assert "prometheusRule.enabled=true" in notes(crd_installed)
 
 
 def test_a_cluster_wide_install_warns_that_each_of_its_rights_holds_in_every_namespace(

@@ -145,7 +145,7 @@ class Run:
         metric `epoch`, and a report without eval_round counts into the round in progress (the last one
         reported + 1), so per-step training losses land in the round their evaluation will close. Set
         `run.eval_round = 0` before the first report to count the reports before the first evaluation into
-        round 1 (the Hugging Face callback does). (`eval_round` is a keyword of its own, never a metric: a dict of metrics may be passed as **d.)
+        round 1 (the Hugging Face callback does). `eval_round` is a keyword of its own, never a metric.
         """
         round_given = metrics.pop(EVAL_ROUND, None)
         values = {k: float(v) for k, v in metrics.items()}

@@ -33,6 +33,32 @@ app.kubernetes.io/part-of: stopline
 {{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
 {{- end -}}
 
+{{/* The operator pods' topologySpreadConstraints (replicaCount > 1): the values' list, each without a
+labelSelector given the pods' labels; by default over nodes and zones, ScheduleAnyway. matchLabelKeys
+pod-template-hash: during a rollout only the pods of the same ReplicaSet count. */}}
+{{- define "stopline.topologySpread" -}}
+{{- $selector := dict "matchLabels" (include "stopline.selectorLabels" . | fromYaml) -}}
+{{- $constraints := .Values.topologySpreadConstraints -}}
+{{- if not $constraints -}}
+{{- $constraints = list -}}
+{{- range $key := list "kubernetes.io/hostname" "topology.kubernetes.io/zone" -}}
+{{- $constraints = append $constraints (dict "maxSkew" 1 "topologyKey" $key "whenUnsatisfiable" "ScheduleAnyway" "matchLabelKeys" (list "pod-template-hash")) -}}
+{{- end -}}
+{{- end -}}
+{{- $out := list -}}
+{{- range $constraints -}}
+{{- $constraint := deepCopy . -}}
+{{- if not (hasKey $constraint "labelSelector") }}{{ $_ := set $constraint "labelSelector" $selector }}{{ end -}}
+{{- $out = append $out $constraint -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* The PromQL label matchers of the operator's targets, without braces. */}}
+{{- define "stopline.alertSelector" -}}
+{{- .Values.prometheusRule.selector | default (printf "job=%q" (include "stopline.fullname" .)) -}}
+{{- end -}}
+
 {{/* The operator's least privilege, from the one file the tests also run the operator under. */}}
 {{- define "stopline.rules" -}}
 {{ .Files.Get "files/operator-rules.yaml" | fromYamlArray | toYaml }}

@@ -46,7 +46,7 @@ class S3Store:
             # path-style works with every S3-compatible server; virtual hosts need DNS per bucket
             s3={"addressing_style": "path" if endpoint else "auto"},
         )
-        # a session of its own: the default one keeps the credentials it found first, whatever the env says now
+        # a session of its own: the default one keeps the credentials it found first, whatever the env says
         client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint, region_name=region, config=config
         )

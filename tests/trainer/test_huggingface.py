@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -63,6 +64,16 @@ def trainer(hf: ModuleType, tmp_path: Path, run: Run, max_steps: int, steps: Ste
     )
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """A model this small trains fastest on one thread; on a shared 2-core box two thrash (5x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 def test_a_stop_ends_training_after_an_evaluation_with_the_trainers_checkpoint_kept_and_resumable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

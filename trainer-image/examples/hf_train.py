@@ -1,6 +1,6 @@
 """A Hugging Face Trainer wired to stopline: a tiny GPT-2 built from its config learns generated sequences.
 
-No download: the model comes from GPT2Config (2 layers, ~28k parameters), the tokens are generated (each
+No download: the model comes from GPT2Config (2 layers, 28k parameters), the tokens are generated (each
 sequence counts up from a random start, modulo the vocabulary, so the loss falls quickly). Everything about
 the pod comes from the stopline env contract; the job's objective is the Trainer's `eval_loss`, and the
 operator's criteria count evaluation rounds (one every --eval-steps steps).
@@ -33,7 +33,7 @@ LENGTH = 16
 def make_model(seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=VOCAB, n_positions=LENGTH, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+        vocab_size=VOCAB, n_positions=LENGTH, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
     )
     return GPT2LMHeadModel(config)
 

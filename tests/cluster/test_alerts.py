@@ -27,7 +27,11 @@ BUCKETS = ("1", "5", "10", "+Inf")
 
 def render(*values: str) -> dict[str, Any]:
     """The PrometheusRule the chart renders with these values."""
-    only = ["--show-only", "templates/prometheusrule.yaml", "--set", "prometheusRule.enabled=true"]
+    only = [
+        "--show-only",
+        "templates/prometheusrule.yaml",
+        *("--set", "prometheusRule.enabled=true,serviceMonitor.enabled=true"),
+    ]
     result = subprocess.run(
         [str(built_binary("helm")), "template", RELEASE, str(CHART), "-n", NAMESPACE, *only, *values],
         capture_output=True,
@@ -227,6 +231,19 @@ def test_promtool_checks_every_alert_of_the_chart_against_series_that_fire_it(tm
     assert checked.returncode == 0, checked.stdout + checked.stderr
     result = promtool(tmp_path, "test", "rules", "tests.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_alerts_need_the_operator_scraped() -> None:
+    """Without the ServiceMonitor and without a selector of your own, StoplineOperatorDown would fire at
+    once and for ever: the chart refuses, saying what to set."""
+    result = subprocess.run(
+        [str(built_binary("helm")), "template", RELEASE, str(CHART), "--set", "prometheusRule.enabled=true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "set serviceMonitor.enabled=true, or prometheusRule.selector" in result.stderr
 
 
 def test_the_alerts_follow_the_values(tmp_path: Path) -> None:

@@ -100,18 +100,13 @@ def count_conclusion(namespace: str, reason: str) -> None:
         STOPS_WITHOUT_WEIGHTS.labels(namespace=namespace, reason=reason).inc()
 
 
-def count_phases(jobs: Iterable[Watched | str]) -> None:
+def count_phases(jobs: Iterable[Watched]) -> None:
     """Once per supervisor tick, over every watched TrainingJob: the jobs-by-phase gauge (every known phase
-    is exported, zero included, so graphs do not gap) and, given the TrainingJobs themselves, the sum of
-    their status.gpuSecondsSaved per namespace. (Phases alone, as strings, still set the first.)"""
+    is exported, zero included, so graphs do not gap) and the sum of their status.gpuSecondsSaved per
+    namespace."""
     phases: list[str] = []
     saved: dict[str, float] = {}
-    phases_only = False
     for job in jobs:
-        if isinstance(job, str):
-            phases.append(job)
-            phases_only = True
-            continue
         phases.append(job.phase)
         namespace = job.key[0]
         saved[namespace] = saved.get(namespace, 0.0) + _seconds(job.status.get("gpuSecondsSaved"))
@@ -119,8 +114,7 @@ def count_phases(jobs: Iterable[Watched | str]) -> None:
     for phase in set(PHASES) | set(tally):
         TRAINING_JOBS.labels(phase=phase).set(tally.get(phase, 0))
     LEADER.set(1)
-    if not phases_only:
-        _set_by_namespace(JOBS_GPU_SECONDS_SAVED, saved)
+    _set_by_namespace(JOBS_GPU_SECONDS_SAVED, saved)
 
 
 def _seconds(value: object) -> float:
@@ -141,25 +135,6 @@ def _set_by_namespace(gauge: Gauge, values: Mapping[str, float]) -> None:
         gauge.labels(namespace=namespace).set(value)
     _namespaces.clear()
     _namespaces.update(values)
-
-
-class _StopsByReason:
-    """`STOPS.labels(reason=...).inc()`, as supervisor.py calls it until it calls count_stop (namespace "").
-    Remove with GPU_SECONDS_SAVED below once it does."""
-
-    def labels(self, reason: str, namespace: str = "") -> Any:
-        return _STOPS.labels(reason=reason, namespace=namespace)
-
-
-class _SavedWithoutNamespace:
-    """`GPU_SECONDS_SAVED.inc(seconds)`, as supervisor.py calls it until it calls count_stop."""
-
-    def inc(self, amount: float = 1) -> None:
-        _GPU_SECONDS_SAVED.labels(namespace="").inc(amount)
-
-
-STOPS = _StopsByReason()
-GPU_SECONDS_SAVED = _SavedWithoutNamespace()
 
 
 async def serve(address: str, healthy: Callable[[], bool]) -> web.AppRunner:

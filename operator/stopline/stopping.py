@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from stopline import fence, kueue
+from stopline import fence, kueue, monitoring
 from stopline.kube import Kube
 from stopline.lifecycle import Condition, StatusChange, checkpoint_place
 from stopline.registry import JobView, PodView, Tracked, job_view, pod_view, saved_checkpoint
@@ -480,6 +480,7 @@ class StopDriver:
         await kueue.release(self.kube, tracked)
         if written is None:
             return None
+        monitoring.count_conclusion(tracked.key[0], conclusion.reason)
         await self.kube.post_event(
             written.training_job, conclusion.reason, conclusion.message, conclusion.warning
         )

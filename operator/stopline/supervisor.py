@@ -180,7 +180,7 @@ class Supervisor:
                     for first in range(0, len(jobs), BATCH_JOBS):
                         batch = jobs[first : first + BATCH_JOBS]
                         self._start(batch, self._visit_batch(url, batch))
-                monitoring.count_phases(tracked.phase for tracked in self.registry)
+                monitoring.count_phases(self.registry)
                 self._forget_gone()
                 self.last_tick = now
                 self._wake.clear()
@@ -471,7 +471,7 @@ class Supervisor:
         if decision.type == CANCELLED_REASON:
             cancel = StatusChange(fields=opening, conditions=(requested,))
             if await self.stops.drive(tracked, decided_at, decision.message, cancel=cancel) is not None:
-                monitoring.STOPS.labels(reason=decision.type).inc()
+                monitoring.count_stop(decision.type, tracked.key[0])
             return
         cause = {"type": decision.type, "criterion": decision.criterion}
         # The trainers first, the record second: a status write under load costs seconds at p99. Safe over
@@ -490,9 +490,7 @@ class Supervisor:
         if written is None:
             return
         tracked.observe(written.after)  # the watch delivers it later; the stop needs it now
-        monitoring.STOPS.labels(reason=decision.type).inc()
-        if saved:
-            monitoring.GPU_SECONDS_SAVED.inc(saved)
+        monitoring.count_stop(decision.type, tracked.key[0], saved)
         began = seconds(reason["at"]) or decided_at
         await self.stops.drive(tracked, began, decision.message, cause)
         message = f"{decision.type} ({decision.criterion}): {decision.message}"

@@ -5,14 +5,17 @@ a new Trainer resumes from it at the saved global step."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 from transformers import GPT2LMHeadModel, Trainer, TrainerCallback, TrainerControl, TrainerState
 
 from scripts import load_script
@@ -22,6 +25,7 @@ from stopline_trainer.checkpoint import FILES_MANIFEST
 from stopline_trainer.huggingface import StoplineCallback
 
 from .support import TOKEN, Endpoint, assert_points_at, wait_until
+from .test_register import run_ranks
 
 pytestmark = pytest.mark.trainer
 
@@ -133,3 +137,57 @@ def test_a_stop_ends_training_after_an_evaluation_with_the_trainers_checkpoint_k
     assert again.eval_round == rounds + 1
     [[round_number, _]] = again.metrics.epochs.tail("eval_loss", 1)
     assert round_number == rounds + 1
+
+
+def hf_rank(rank: int, tmp: str, master_port: int, ports: list[int]) -> None:
+    """One of two ranks (gloo) training the example's GPT-2 under DDP, each serving its own endpoint as
+    two pods would; it writes where it stopped."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # forked: forget the parent's single process
+    torch.set_num_threads(1)
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(master_port),
+        GLOO_SOCKET_IFNAME="lo",
+        HF_HUB_OFFLINE="1",
+    )
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        folder = Path(tmp)
+        config = replace(
+            run_config(folder, f"rank{rank}.log"), metrics_port=ports[rank], rank=rank, world_size=2
+        )
+        steps = Steps()
+        with Run(config, handle_signals=False) as run:
+            trained = trainer(example(), folder, run, 2000, steps)
+            trained.train()
+        (folder / f"rank{rank}.json").write_text(json.dumps({"steps": steps.seen}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+def test_a_stop_sent_to_rank_1_stops_both_ranks_of_a_ddp_trainer_at_the_same_step(tmp_path: Path) -> None:
+    ports = [free_port(), free_port()]
+
+    def stop_rank_1() -> None:
+        probe = Endpoint(ports[1])
+        wait_until(lambda: (probe.metrics() or {}).get("stopline_epoch", 0) >= 2, "round 2 on rank 1")
+        probe.post_stop({"reason": "only rank 1 was told"})
+
+    run_ranks(hf_rank, str(tmp_path), free_port(), ports, beside=stop_rank_1)
+
+    steps = [json.loads((tmp_path / f"rank{rank}.json").read_text())["steps"] for rank in (0, 1)]
+    assert steps[0] == steps[1] and steps[0][-1] % EVAL_STEPS == 0 and steps[0][-1] < 2000
+    manifest = json.loads((tmp_path / "ckpt" / "last.json").read_bytes())
+    assert (manifest["step"], manifest["worldSize"]) == (steps[0][-1], 2)
+    assert manifest["stopReason"] == "stop requested by another rank"
+    rank_1 = json.loads((tmp_path / "rank1.log").read_bytes())
+    assert (rank_1["step"], rank_1["stopReason"]) == (manifest["step"], "only rank 1 was told")
+    listed = {f["path"] for f in json.loads(Path(manifest["uri"]).read_bytes())["files"]}
+    assert {"model.safetensors", "optimizer.pt", "rng_state_0.pth", "rng_state_1.pth"} <= listed

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,16 +94,23 @@ def dcp_rank(rank: int, tmp: str, port: int) -> None:
         dist.destroy_process_group()
 
 
-def run_ranks(fn: Any, *args: object) -> None:
+def run_ranks(fn: Any, *args: object, beside: Callable[[], object] | None = None) -> None:
     """Two ranks forked from this process (torch is imported already: no second import per rank), each
-    failing the test with its traceback, and both killed past the tier's deadline."""
+    failing the test with its traceback, and both killed past the tier's deadline. `beside` runs on a
+    thread of this process meanwhile, started after the fork (a thread running at fork time could hold a
+    lock the ranks inherit held)."""
     ranks = start_processes(fn, args=args, nprocs=2, join=False, start_method="fork")  # type: ignore[no-untyped-call]
+    helper = threading.Thread(target=beside, daemon=True) if beside is not None else None
+    if helper is not None:
+        helper.start()
     deadline = time.monotonic() + DEADLINE_S
     while not ranks.join(timeout=1):
         if time.monotonic() > deadline:
             for process in ranks.processes:
                 process.kill()
             pytest.fail(f"the ranks still run after {DEADLINE_S}s")
+    if helper is not None:
+        helper.join(DEADLINE_S)
 
 
 def test_a_dcp_checkpoint_of_two_ranks_is_registered_verified_and_loaded_back(tmp_path: Path) -> None:

@@ -142,9 +142,6 @@ def test_a_stop_ends_training_after_an_evaluation_with_the_trainers_checkpoint_k
 def hf_rank(rank: int, tmp: str, master_port: int, ports: list[int]) -> None:
     """One of two ranks (gloo) training the example's GPT-2 under DDP, each serving its own endpoint as
     two pods would; it writes where it stopped."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # forked: forget the parent's single process
     torch.set_num_threads(1)
     os.environ.update(
         RANK=str(rank),

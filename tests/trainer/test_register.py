@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import threading
 import time
@@ -94,12 +95,17 @@ def dcp_rank(rank: int, tmp: str, port: int) -> None:
         dist.destroy_process_group()
 
 
+# The modules whose functions run as ranks: imported once by the fork server, so each rank starts at once.
+RANK_MODULES = [__name__, f"{__package__}.test_huggingface"]
+
+
 def run_ranks(fn: Any, *args: object, beside: Callable[[], object] | None = None) -> None:
-    """Two ranks forked from this process (torch is imported already: no second import per rank), each
-    failing the test with its traceback, and both killed past the tier's deadline. `beside` runs on a
-    thread of this process meanwhile, started after the fork (a thread running at fork time could hold a
-    lock the ranks inherit held)."""
-    ranks = start_processes(fn, args=args, nprocs=2, join=False, start_method="fork")  # type: ignore[no-untyped-call]
+    """Two ranks forked from a fork server (a fresh interpreter that imported torch and RANK_MODULES once
+    for the whole tier), each failing the test with its traceback, both killed past the tier's deadline.
+    Not forked from this process: once it has run torch on several threads, OpenMP hangs in a forked
+    child. `beside` runs on a thread of this process meanwhile."""
+    multiprocessing.set_forkserver_preload(["torch", *RANK_MODULES])  # no-op once the server runs
+    ranks = start_processes(fn, args=args, nprocs=2, join=False, start_method="forkserver")  # type: ignore[no-untyped-call]
     helper = threading.Thread(target=beside, daemon=True) if beside is not None else None
     if helper is not None:
         helper.start()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -21,6 +24,7 @@ from typing import Any
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
+from torch.multiprocessing.spawn import start_processes
 
 from scripts import load_script
 from stopline_local.controlplane import REPO, T, free_port
@@ -221,3 +225,28 @@ def counting_all_reduces(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
     monkeypatch.setattr(distributed, "any_rank", any_rank)
     return asked
+
+
+# What the ranks run: imported once by the fork server, so each rank starts at once
+RANK_MODULES = [f"{__package__}.ranks"]
+
+
+def run_ranks(fn: Any, *args: object, beside: Callable[[], object] | None = None) -> None:
+    """Two ranks forked from a fork server (a fresh interpreter that imported torch and RANK_MODULES once
+    for the whole tier), each failing the test with its traceback, both killed past the tier's deadline.
+    Not forked from this process: once it has run torch on several threads, OpenMP hangs in a forked
+    child. `beside` runs on a thread of this process meanwhile."""
+    # torch._dynamo: DTensor imports it on first use, ~1 s a rank
+    multiprocessing.set_forkserver_preload(["torch", "torch._dynamo", *RANK_MODULES])  # no-op once it runs
+    ranks = start_processes(fn, args=args, nprocs=2, join=False, start_method="forkserver")  # type: ignore[no-untyped-call]
+    helper = threading.Thread(target=beside, daemon=True) if beside is not None else None
+    if helper is not None:
+        helper.start()
+    deadline = time.monotonic() + DEADLINE_S
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail(f"the ranks still run after {DEADLINE_S}s")
+    if helper is not None:
+        helper.join(DEADLINE_S)

@@ -5,35 +5,22 @@ a new Trainer resumes from it at the saved global step."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-from transformers import GPT2LMHeadModel, Trainer, TrainerCallback, TrainerControl, TrainerState
+from transformers import GPT2LMHeadModel
 
-from scripts import load_script
-from stopline_local.controlplane import REPO, free_port
+from stopline_local.controlplane import free_port
 from stopline_trainer import Config, Run
 from stopline_trainer.checkpoint import FILES_MANIFEST
-from stopline_trainer.huggingface import StoplineCallback
 
-from .support import TOKEN, Endpoint, assert_points_at, wait_until
-from .test_register import run_ranks
+from .ranks import EVAL_STEPS, Steps, example, hf_rank, hf_trainer
+from .support import TOKEN, Endpoint, assert_points_at, run_ranks, wait_until
 
 pytestmark = pytest.mark.trainer
-
-EVAL_STEPS = 5
-
-
-def example() -> ModuleType:
-    return load_script(REPO / "trainer-image" / "examples" / "hf_train.py", "stopline_example_hf_train")
 
 
 def run_config(tmp_path: Path, name: str) -> Config:
@@ -45,26 +32,6 @@ def run_config(tmp_path: Path, name: str) -> Config:
         checkpoint_uri=str(tmp_path / "ckpt"),
         control_token=TOKEN,
         termination_log=tmp_path / name,
-    )
-
-
-class Steps(TrainerCallback):
-    """The global steps the Trainer ran, as on_step_end saw them."""
-
-    def __init__(self) -> None:
-        self.seen: list[int] = []
-
-    def on_step_end(self, args: Any, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        self.seen.append(state.global_step)
-
-
-def trainer(hf: ModuleType, tmp_path: Path, run: Run, max_steps: int, steps: Steps) -> Trainer:
-    return Trainer(
-        model=hf.make_model(),
-        args=hf.training_args(str(tmp_path / "out"), max_steps, EVAL_STEPS),
-        train_dataset=hf.Counting(512, seed=1),
-        eval_dataset=hf.Counting(32, seed=2),
-        callbacks=[StoplineCallback(run), steps],
     )
 
 
@@ -96,7 +63,7 @@ def test_a_stop_ends_training_after_an_evaluation_with_the_trainers_checkpoint_k
             daemon=True,
         )
         stopper.start()
-        first = trainer(hf, tmp_path, run, 2000, steps)
+        first = hf_trainer(hf, tmp_path, run, 2000, steps)
         first.train()
         stopper.join(30)
         stopped_at = first.state.global_step
@@ -130,42 +97,13 @@ def test_a_stop_ends_training_after_an_evaluation_with_the_trainers_checkpoint_k
 
     resumed_steps = Steps()
     with again:
-        second = trainer(hf, tmp_path, again, stopped_at + EVAL_STEPS, resumed_steps)
+        second = hf_trainer(hf, tmp_path, again, stopped_at + EVAL_STEPS, resumed_steps)
         second.train(resume_from_checkpoint=path)
     assert resumed_steps.seen == list(range(stopped_at + 1, stopped_at + EVAL_STEPS + 1))
     # the rounds count on from the checkpoint's: the resumed run's evaluation is round rounds + 1
     assert again.eval_round == rounds + 1
     [[round_number, _]] = again.metrics.epochs.tail("eval_loss", 1)
     assert round_number == rounds + 1
-
-
-def hf_rank(rank: int, tmp: str, master_port: int, ports: list[int]) -> None:
-    """One of two ranks (gloo) training the example's GPT-2 under DDP, each serving its own endpoint as
-    two pods would; it writes where it stopped."""
-    torch.set_num_threads(1)
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK="0",
-        LOCAL_WORLD_SIZE="1",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(master_port),
-        GLOO_SOCKET_IFNAME="lo",
-        HF_HUB_OFFLINE="1",
-    )
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        folder = Path(tmp)
-        config = replace(
-            run_config(folder, f"rank{rank}.log"), metrics_port=ports[rank], rank=rank, world_size=2
-        )
-        steps = Steps()
-        with Run(config, handle_signals=False) as run:
-            trained = trainer(example(), folder, run, 2000, steps)
-            trained.train()
-        (folder / f"rank{rank}.json").write_text(json.dumps({"steps": steps.seen}))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
@@ -177,7 +115,7 @@ def test_a_stop_sent_to_rank_1_stops_both_ranks_of_a_ddp_trainer_at_the_same_ste
         wait_until(lambda: (probe.metrics() or {}).get("stopline_epoch", 0) >= 2, "round 2 on rank 1")
         probe.post_stop({"reason": "only rank 1 was told"})
 
-    run_ranks(hf_rank, str(tmp_path), free_port(), ports, beside=stop_rank_1)
+    run_ranks(hf_rank, str(tmp_path), free_port(), ports, TOKEN, beside=stop_rank_1)
 
     steps = [json.loads((tmp_path / f"rank{rank}.json").read_text())["steps"] for rank in (0, 1)]
     assert steps[0] == steps[1] and steps[0][-1] % EVAL_STEPS == 0 and steps[0][-1] < 2000

@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import os
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
-from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
-from torch.distributed.tensor import DTensor
-from torch.multiprocessing.spawn import start_processes
 
 from stopline.verify import verify_checkpoint
 from stopline_local.controlplane import free_port
@@ -27,13 +18,13 @@ from stopline_local.s3server import S3Server
 from stopline_trainer import Config, CorruptCheckpoint, Run
 from stopline_trainer.checkpoint import FILES_MANIFEST
 
-from .support import DEADLINE_S, TOKEN, assert_points_at
+from .ranks import ROWS, dcp_rank, full_weights
+from .support import TOKEN, assert_points_at, run_ranks
 from .test_verify import SecretsOnly, spec
 
 pytestmark = pytest.mark.trainer
 
 MIB = 1024 * 1024
-ROWS = 64
 
 
 def config(tmp_path: Path, uri: str, name: str = "termination-log", **settings: Any) -> Config:
@@ -49,78 +40,8 @@ def config(tmp_path: Path, uri: str, name: str = "termination-log", **settings: 
     )
 
 
-def full_weights() -> torch.Tensor:
-    return torch.arange(ROWS * 8, dtype=torch.float32).reshape(ROWS, 8) / 7
-
-
-def dcp_rank(rank: int, tmp: str, port: int) -> None:
-    """One rank of two (gloo): shards a tensor, saves it with DCP into this rank's own folder (as on a
-    node's own disk), registers it with every rank, then resumes and loads its shard back with DCP."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
-
-    torch.set_num_threads(1)  # two cores, two ranks
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        mesh = init_device_mesh("cpu", (2,))
-        folder = Path(tmp) / f"rank{rank}" / "dcp-step-12"
-        state = {"w": distribute_tensor(full_weights(), mesh, [Shard(0)]), "step": torch.tensor(12)}
-        dcp_save(state, checkpoint_id=folder)
-        run = Run(
-            config(Path(tmp), str(Path(tmp) / "ckpt"), f"rank{rank}.log", rank=rank), handle_signals=False
-        )
-        with run:
-            run.report(3, 12, val_loss=0.5)
-            manifest = run.register(folder)
-        assert run.last_manifest == manifest
-        again = Run(config(Path(tmp), str(Path(tmp) / "ckpt"), f"again{rank}.log", rank=rank))
-        ckpt = again.resume()
-        assert ckpt is not None and ckpt.path is not None
-        shard: DTensor = distribute_tensor(torch.zeros(ROWS, 8), mesh, [Shard(0)])
-        into = {"w": shard, "step": torch.tensor(0)}
-        dcp_load(into, checkpoint_id=ckpt.path)
-        (Path(tmp) / f"rank{rank}.json").write_text(
-            json.dumps(
-                {
-                    "files": list(ckpt.files),
-                    "shard": shard.to_local().tolist(),
-                    "full": shard.full_tensor().tolist(),
-                    "step": int(into["step"]),
-                    "uri": manifest.uri,
-                }
-            )
-        )
-    finally:
-        dist.destroy_process_group()
-
-
-# The modules whose functions run as ranks: imported once by the fork server, so each rank starts at once.
-RANK_MODULES = [__name__, f"{__package__}.test_huggingface"]
-
-
-def run_ranks(fn: Any, *args: object, beside: Callable[[], object] | None = None) -> None:
-    """Two ranks forked from a fork server (a fresh interpreter that imported torch and RANK_MODULES once
-    for the whole tier), each failing the test with its traceback, both killed past the tier's deadline.
-    Not forked from this process: once it has run torch on several threads, OpenMP hangs in a forked
-    child. `beside` runs on a thread of this process meanwhile."""
-    multiprocessing.set_forkserver_preload(["torch", *RANK_MODULES])  # no-op once the server runs
-    ranks = start_processes(fn, args=args, nprocs=2, join=False, start_method="forkserver")  # type: ignore[no-untyped-call]
-    helper = threading.Thread(target=beside, daemon=True) if beside is not None else None
-    if helper is not None:
-        helper.start()
-    deadline = time.monotonic() + DEADLINE_S
-    while not ranks.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in ranks.processes:
-                process.kill()
-            pytest.fail(f"the ranks still run after {DEADLINE_S}s")
-    if helper is not None:
-        helper.join(DEADLINE_S)
-
-
 def test_a_dcp_checkpoint_of_two_ranks_is_registered_verified_and_loaded_back(tmp_path: Path) -> None:
-    run_ranks(dcp_rank, str(tmp_path), free_port())
+    run_ranks(dcp_rank, str(tmp_path), free_port(), TOKEN)
 
     ckpt = tmp_path / "ckpt"
     manifest = json.loads((ckpt / "last.json").read_bytes())

@@ -129,7 +129,7 @@ def test_a_folder_registered_on_s3_is_uploaded_before_its_manifest_verified_and_
     assert {name: (resumed.path / name).read_bytes() for name in resumed.files} == files
 
 
-def test_a_truncated_shard_fails_verification(tmp_path: Path) -> None:
+def test_a_truncated_changed_or_missing_shard_fails_verification(tmp_path: Path) -> None:
     source = tmp_path / "checkpoint-5"
     save_pretrained_like(source, 4096)
     ckpt = tmp_path / "ckpt"
@@ -141,12 +141,20 @@ def test_a_truncated_shard_fails_verification(tmp_path: Path) -> None:
     assert sorted(good.files) == ["config.json", "model.safetensors", "tokenizer/vocab.json"]
 
     shard = ckpt / manifest.entry / "model.safetensors"
+    original = shard.read_bytes()
     with open(shard, "r+b") as f:
         f.truncate(4000)
     with pytest.raises(
         CorruptCheckpoint, match=r"model\.safetensors: 4000 bytes .* manifest says 4096 bytes"
     ):
         Run(config(tmp_path, str(ckpt), "bad")).resume()
+    shard.write_bytes(b"\0" * 4096)  # the right size, other bytes
+    with pytest.raises(CorruptCheckpoint, match=r"model\.safetensors: 4096 bytes sha256 .* manifest says"):
+        Run(config(tmp_path, str(ckpt), "other")).resume()
+    shard.write_bytes(original)
+    (ckpt / manifest.entry / "tokenizer" / "vocab.json").unlink()
+    with pytest.raises(CorruptCheckpoint, match=r"tokenizer/vocab\.json is missing"):
+        Run(config(tmp_path, str(ckpt), "gone")).resume()
 
 
 def test_one_registered_file_comes_back_as_that_file_and_safetensors_from_the_plain_save(

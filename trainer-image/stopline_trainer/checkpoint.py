@@ -472,8 +472,12 @@ class Checkpointer:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.store.download(f"{manifest.entry}/{relative}", target)
         for relative, size, sha256 in listed:
-            with open(folder / relative, "rb") as f:
-                _verify(f, size, sha256, self.store.uri(f"{manifest.entry}/{relative}"))
+            uri = self.store.uri(f"{manifest.entry}/{relative}")
+            try:
+                with open(folder / relative, "rb") as f:
+                    _verify(f, size, sha256, uri)
+            except FileNotFoundError:
+                raise CorruptCheckpoint(f"{uri} is missing: {manifest.uri} lists it") from None
         names = tuple(relative for relative, _, _ in listed)
         path = folder / names[0] if doc.get("kind") == "file" and len(names) == 1 else folder
         return Checkpoint(manifest, {}, path=path, files=names)

@@ -89,7 +89,8 @@ def test_patience_stops_a_users_job_by_post_stop_and_leaves_the_job_there(
     stopped = finish_target(story, kubelet, namespace, "watch-a")
     found = stopped["status"]
     assert found["phase"] == "Stopped", found
-    assert (found["stopReason"]["type"], found["stopReason"]["criterion"]) == ("Patience", "plateau")
+    reason = found.get("stopReason", {})
+    assert (reason.get("type"), reason.get("criterion")) == ("Patience", "plateau"), found
     assert found["stopPath"] == "StopEndpoint", found
     created = next(c for c in found["conditions"] if c["type"] == "Created")
     assert (created["status"], created["reason"]) == ("True", "TargetFound"), created
@@ -121,7 +122,7 @@ def test_a_trainer_without_the_token_is_stopped_by_the_jobs_own_suspend(
     stopped = finish_target(story, kubelet, namespace, "watch-b")
     found = stopped["status"]
     assert found["phase"] == "Stopped", found
-    assert found["stopReason"]["type"] == "Manual", found
+    assert found.get("stopReason", {}).get("type") == "Manual", found
     assert found["stopPath"] == "Suspend", found
     load_weights(found["checkpoint"], kubelet.claim_folder(namespace, CLAIM) / "runs" / "train-b")
     job = get(story, namespace, "job", "train-b")
@@ -158,7 +159,7 @@ def test_a_sweep_of_six_users_jobs_is_judged_as_one_cohort_and_the_worst_is_stop
     members = {job: f"lr-{job}" for job in runs}
     ended = {job: finish_target(story, kubelet, namespace, member) for job, member in members.items()}
     bad = ended["run-bad"]["status"]
-    assert (bad["phase"], bad["stopReason"]["type"]) == ("Stopped", "Cohort"), bad
+    assert (bad["phase"], bad.get("stopReason", {}).get("type")) == ("Stopped", "Cohort"), bad
     assert bad["stopPath"] == "StopEndpoint" and bad["checkpoint"]["epoch"] < 60, bad
     load_weights(bad["checkpoint"], kubelet.claim_folder(namespace, CLAIM) / "runs" / "run-bad")
     assert [ended[job]["status"]["phase"] for job in runs if job != "run-bad"] == ["Succeeded"] * 5

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from e2e.support import apply_claim
+from operatorharness import operator
 from stopline_local.controlplane import ADMIN_TOKEN, ControlPlane
 from stopline_local.kubelet import LocalKubelet
 from stopline_local.workloads import (
@@ -19,6 +21,14 @@ from stopline_local.workloads import (
     running_trainer,
     running_training_operator,
 )
+
+
+@pytest.fixture
+def story(plane: ControlPlane, namespace: str, kubelet: LocalKubelet) -> Iterator[ControlPlane]:
+    """The operator watching the test's namespace, with the checkpoint claim the examples use."""
+    apply_claim(plane, namespace)
+    with operator(namespace):
+        yield plane
 
 
 @pytest.fixture(scope="session")

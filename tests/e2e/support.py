@@ -19,6 +19,7 @@ DEADLINE_S = 90  # generous for a shared 2-core box; every wait returns as soon 
 
 EXAMPLE = ("python", "trainer-image/examples/train.py")
 LONG_RUN = ("--epochs", "50", "--steps-per-epoch", "10", "--sleep-per-step", "0.05")
+PATIENCE = {"name": "plateau", "patience": {"patience": 1, "minDelta": 0.0002}}
 
 
 def training_job(
@@ -148,3 +149,15 @@ def finish_target(plane: ControlPlane, kubelet: LocalKubelet, namespace: str, na
         details=lambda: f"{status(plane, namespace, name)}\n{kubelet.logs()[-4000:]}",
     )
     return dict(get(plane, namespace, "tj", name))
+
+
+def epoch_reached(
+    plane: ControlPlane, namespace: str, name: str, epoch: int, kubelet: LocalKubelet | None = None
+) -> None:
+    """The operator read `epoch` of the job (status.progress); a timeout shows its status and the logs."""
+    wait_until(
+        lambda: status(plane, namespace, name).get("progress", {}).get("epoch", 0) >= epoch,
+        DEADLINE_S,
+        f"{name}: epoch {epoch} in status.progress",
+        details=lambda: f"{status(plane, namespace, name)}\n{kubelet.logs()[-3000:] if kubelet else ''}",
+    )

@@ -5,26 +5,18 @@ Trainer wrote and stopline kept (status.checkpoint names its file list) loads ba
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from e2e.support import CLAIM, DEADLINE_S, apply_claim, training_job
-from operatorharness import apply, get, operator, status
+from e2e.support import CLAIM, DEADLINE_S, training_job
+from operatorharness import apply, get, status
 from stopline_local.controlplane import ControlPlane, wait_until
 from stopline_local.kubelet import LocalKubelet
 
 pytestmark = pytest.mark.e2e
 
 transformers = pytest.importorskip("transformers")
-
-
-@pytest.fixture
-def story(plane: ControlPlane, namespace: str, kubelet: LocalKubelet) -> Iterator[ControlPlane]:
-    apply_claim(plane, namespace)
-    with operator(namespace):
-        yield plane
 
 
 def test_a_hugging_face_trainer_is_stopped_at_an_evaluation_round_and_its_checkpoint_loads(

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from e2e.support import CLAIM, DEADLINE_S, apply_claim, load_weights, training_job
+from e2e.support import CLAIM, DEADLINE_S, apply_claim, epoch_reached, load_weights, training_job
 from operatorharness import apply, condition, events, get, operator, status
 from stopline_local.controlplane import ControlPlane, wait_until
 from stopline_local.kubelet import LocalKubelet
@@ -80,14 +80,6 @@ def wait_phase(
         DEADLINE_S,
         f"{name} to be {' or '.join(phases)}",
         details=lambda: f"{status(plane, namespace, name)}\n{kueue.log_tail() if kueue else ''}",
-    )
-
-
-def epoch_reached(plane: ControlPlane, namespace: str, name: str, epoch: int) -> None:
-    wait_until(
-        lambda: status(plane, namespace, name).get("progress", {}).get("epoch", 0) >= epoch,
-        DEADLINE_S,
-        f"{name}: epoch {epoch} in status.progress",
     )
 
 

@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from e2e.support import CLAIM, DEADLINE_S, apply_claim, load_weights, terminated_pods, training_job
+from e2e.support import (
+    CLAIM,
+    DEADLINE_S,
+    PATIENCE,
+    epoch_reached,
+    load_weights,
+    terminated_pods,
+    training_job,
+)
 from operatorharness import apply, condition, event_posted, events, get, operator, pods, status
 from stopline_local.controlplane import ControlPlane, wait_until
 from stopline_local.kubelet import LocalKubelet
@@ -56,29 +64,10 @@ def finish(plane: ControlPlane, kubelet: LocalKubelet, namespace: str, name: str
     return dict(get(plane, namespace, "tj", name))
 
 
-def epoch_reached(plane: ControlPlane, namespace: str, name: str, epoch: int) -> None:
-    wait_until(
-        lambda: status(plane, namespace, name).get("progress", {}).get("epoch", 0) >= epoch,
-        DEADLINE_S,
-        f"{name}: epoch {epoch} in status.progress",
-    )
-
-
 def weights_load_back(kubelet: LocalKubelet, namespace: str, stopped: dict[str, Any]) -> None:
     """status.checkpoint names the file on the claim; its bytes match and the model gives its outputs."""
     name = stopped["metadata"]["name"]
     load_weights(stopped["status"]["checkpoint"], kubelet.claim_folder(namespace, CLAIM) / "runs" / name)
-
-
-@pytest.fixture
-def story(plane: ControlPlane, namespace: str, kubelet: LocalKubelet) -> Iterator[ControlPlane]:
-    """The operator watching the test's namespace, with the checkpoint claim the examples use."""
-    apply_claim(plane, namespace)
-    with operator(namespace):
-        yield plane
-
-
-PATIENCE = {"name": "plateau", "patience": {"patience": 1, "minDelta": 0.0002}}
 
 
 def test_patience_stops_a_real_trainer_and_its_weights_load_back(

@@ -10,7 +10,6 @@ so its own suspend (spec.runPolicy.suspend) stops it. No target is ever deleted.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,21 +18,21 @@ from e2e.support import (
     CHECKPOINT_MOUNT,
     CLAIM,
     DEADLINE_S,
-    apply_claim,
+    PATIENCE,
+    epoch_reached,
     finish_target,
     governing,
     load_weights,
     trainer_env,
     wait_for_secret,
 )
-from operatorharness import apply, exists, get, operator, status
+from operatorharness import apply, exists, get
 from stopline_local.controlplane import ControlPlane, wait_until
 from stopline_local.kubelet import LocalKubelet
 from stopline_local.workloads import Manager, cluster_training_runtime, train_job
 
 pytestmark = pytest.mark.e2e
 
-PATIENCE = {"name": "plateau", "patience": {"patience": 1, "minDelta": 0.0002}}
 EXAMPLE = (
     "trainer-image/examples/train.py",
     "--epochs",
@@ -47,13 +46,6 @@ STOPPED_AT = re.compile(r"stopline: rank (\d+) stopping at epoch (\d+) step (\d+
 CLAIM_VOLUME = {"name": "checkpoints", "persistentVolumeClaim": {"claimName": CLAIM}}
 CLAIM_MOUNT = {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT}
 LOOPBACK = [{"name": "GLOO_SOCKET_IFNAME", "value": "lo"}]  # the pod IPs live on loopback
-
-
-@pytest.fixture
-def story(plane: ControlPlane, namespace: str, kubelet: LocalKubelet) -> Iterator[ControlPlane]:
-    apply_claim(plane, namespace)
-    with operator(namespace):
-        yield plane
 
 
 def torchrun_train_job(name: str, governor: str, with_token: bool = True) -> dict[str, Any]:
@@ -137,11 +129,7 @@ def test_a_trainjob_without_the_token_is_stopped_by_its_own_suspend_and_keeps_th
     apply(story, namespace, governing("watch-sft", "TrainJob", "trainer.kubeflow.org/v1alpha1", "sft"))
     wait_for_secret(story, namespace, "watch-sft")
     apply(story, namespace, torchrun_train_job("sft", "watch-sft", with_token=False))
-    wait_until(
-        lambda: status(story, namespace, "watch-sft").get("progress", {}).get("epoch", 0) >= 2,
-        DEADLINE_S,
-        "watch-sft: epoch 2 in status.progress",
-    )
+    epoch_reached(story, namespace, "watch-sft", 2)
     pods = pod_names(story, namespace, "jobset.sigs.k8s.io/jobset-name=sft")
     story.kubectl("annotate", "tj", "watch-sft", "stopline.dev/stop=enough", "-n", namespace)
     stopped = finish_target(story, kubelet, namespace, "watch-sft")["status"]
@@ -193,11 +181,7 @@ def test_a_jobset_is_stopped_by_annotation_through_post_stop(
         "spec": {"replicatedJobs": [{"name": "workers", "replicas": 1, "template": {"spec": job}}]},
     }
     apply(story, namespace, jobset)
-    wait_until(
-        lambda: status(story, namespace, "watch-js").get("progress", {}).get("epoch", 0) >= 2,
-        DEADLINE_S,
-        "watch-js: epoch 2 in status.progress",
-    )
+    epoch_reached(story, namespace, "watch-js", 2)
     story.kubectl("annotate", "tj", "watch-js", "stopline.dev/stop=enough", "-n", namespace)
     stopped = finish_target(story, kubelet, namespace, "watch-js")["status"]
     assert (stopped["phase"], stopped.get("stopPath")) == ("Stopped", "StopEndpoint"), stopped
@@ -236,12 +220,7 @@ def test_a_pytorchjob_whose_trainer_has_no_token_is_stopped_by_run_policy_suspen
             "spec": {"pytorchReplicaSpecs": {"Master": master}},
         },
     )
-    wait_until(
-        lambda: status(story, namespace, "watch-pt").get("progress", {}).get("epoch", 0) >= 2,
-        DEADLINE_S,
-        "watch-pt: epoch 2 in status.progress",
-        details=lambda: f"{status(story, namespace, 'watch-pt')}\n{kubelet.logs()[-3000:]}",
-    )
+    epoch_reached(story, namespace, "watch-pt", 2, kubelet)
     story.kubectl("annotate", "tj", "watch-pt", "stopline.dev/stop=enough", "-n", namespace)
     stopped = finish_target(story, kubelet, namespace, "watch-pt")["status"]
     found = (stopped["phase"], stopped.get("stopReason", {}).get("type"), stopped.get("stopPath"))

@@ -8,7 +8,6 @@ suspend (SIGTERM) where it does not.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,20 +16,19 @@ from e2e.support import (
     CHECKPOINT_MOUNT,
     CLAIM,
     DEADLINE_S,
-    apply_claim,
+    PATIENCE,
+    epoch_reached,
     finish_target,
     governing,
     load_weights,
     trainer_env,
     wait_for_secret,
 )
-from operatorharness import apply, exists, get, operator, status
+from operatorharness import apply, exists, get, status
 from stopline_local.controlplane import ControlPlane, wait_until
 from stopline_local.kubelet import LocalKubelet
 
 pytestmark = pytest.mark.e2e
-
-PATIENCE = {"name": "plateau", "patience": {"patience": 1, "minDelta": 0.0002}}
 
 
 def user_job(
@@ -73,13 +71,6 @@ def sweep_of_jobs(name: str, labels: dict[str, str], criteria: list[dict[str, An
     return sweep
 
 
-@pytest.fixture
-def story(plane: ControlPlane, namespace: str, kubelet: LocalKubelet) -> Iterator[ControlPlane]:
-    apply_claim(plane, namespace)
-    with operator(namespace):
-        yield plane
-
-
 def test_patience_stops_a_users_job_by_post_stop_and_leaves_the_job_there(
     story: ControlPlane, namespace: str, kubelet: LocalKubelet
 ) -> None:
@@ -113,11 +104,7 @@ def test_a_trainer_without_the_token_is_stopped_by_the_jobs_own_suspend(
     apply(story, namespace, governing("watch-b", "Job", "batch/v1", "train-b"))
     wait_for_secret(story, namespace, "watch-b")
     apply(story, namespace, user_job("train-b", "watch-b", with_token=False))
-    wait_until(
-        lambda: status(story, namespace, "watch-b").get("progress", {}).get("epoch", 0) >= 2,
-        DEADLINE_S,
-        "watch-b: epoch 2 in status.progress",
-    )
+    epoch_reached(story, namespace, "watch-b", 2)
     story.kubectl("annotate", "tj", "watch-b", "stopline.dev/stop=enough", "-n", namespace)
     stopped = finish_target(story, kubelet, namespace, "watch-b")
     found = stopped["status"]

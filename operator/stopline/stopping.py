@@ -321,7 +321,7 @@ async def signal(
 
 
 TokenSource = Callable[[Tracked], Any]  # async: the job's stop token, or None
-TargetReader = Callable[[Tracked], Awaitable[None]]  # read a target, its Jobs and pods, and file them
+TargetReader = Callable[[Tracked], Awaitable[object]]  # read a target, its Jobs and pods, and file them
 UrlOf = Callable[[PodView, int], str | None]  # the /stop URL of a pod on a port; None: no usable address
 
 

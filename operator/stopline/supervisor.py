@@ -137,7 +137,7 @@ class Supervisor:
         self.kube, self.registry, self.session, self.clock = kube, registry, session, clock
         self.writer = StatusWriter(kube, clock)
         self.stops = StopDriver(
-            kube, session, self.writer, clock, self._token, stop_url, SCRAPE_TIMEOUT_S, self._read_target
+            kube, session, self.writer, clock, self._token, stop_url, SCRAPE_TIMEOUT_S, self._file_target
         )
         self.last_tick = clock()
         self._wake = asyncio.Event()
@@ -270,11 +270,8 @@ class Supervisor:
                 )
                 self._due[tracked.key] = max(started + interval, self.clock() + TICK_S)
 
-    async def _read_target(self, tracked: Tracked) -> None:
-        """Read the workload spec.targetRef names, its Jobs and pods, and file them for this job."""
-        await self._file_target(tracked)
-
     async def _file_target(self, tracked: Tracked) -> targets.TargetRead | None:
+        """Read the workload spec.targetRef names, its Jobs and pods, and file them for this job."""
         assert tracked.spec is not None
         read = await controller.read_target(self.kube, tracked.key[0], tracked.spec)
         if read is None:

@@ -16,6 +16,7 @@ import pytest
 
 from stopline import replay
 from stopline.cli import main
+from stopline.replay import sweep as replay_sweep
 from stopline_local.demo import first_jobs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -533,7 +534,7 @@ def test_a_replay_stops_before_the_job_that_takes_it_past_its_peer_comparisons(
 ) -> None:
     # N14: each job is compared with every job before it, so a sweep costs the square of its jobs. Ten
     # jobs make 5 * (0 + 1 + ... + 9) = 225 comparisons; the eleventh would add 50 more.
-    monkeypatch.setattr(replay, "PEER_COMPARISONS_MAX", 225, raising=False)
+    monkeypatch.setattr(replay_sweep, "PEER_COMPARISONS_MAX", 225, raising=False)
     ten_jobs = replay_json(capsys, *write(tmp_path, job=NEVER_ENOUGH_PEERS, curves=sweep_rows(10)))
     assert len(ten_jobs["jobs"]) == 10
     job_file, curves_file = write(tmp_path, job=NEVER_ENOUGH_PEERS, curves=sweep_rows(20))
@@ -567,7 +568,7 @@ def test_a_file_sure_to_pass_the_limit_is_refused_before_any_job_runs(tmp_path: 
 def test_criteria_that_read_no_earlier_job_and_curves_they_cannot_read_cost_no_comparison(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(replay, "PEER_COMPARISONS_MAX", 0, raising=False)
+    monkeypatch.setattr(replay_sweep, "PEER_COMPARISONS_MAX", 0, raising=False)
     # Patience and budgets judge each job on its own curve alone.
     assert len(replay_json(capsys, *write(tmp_path, curves=sweep_rows(30)))["jobs"]) == 30
     # The cohort rule watches train_loss, which no job recorded: it has no earlier curve to compare with.

@@ -1,0 +1,67 @@
+"""The table `stopline replay` prints: one row per job, the stop messages, each sweep's summary."""
+
+from __future__ import annotations
+
+from stopline.replay.sweep import SAFE_REGRET, Replay, Sweep
+
+
+def render_table(result: Replay) -> str:
+    """A table a person reads: per sweep one row per job, the stop messages and the sweep's summary;
+    with tasks, the summary over them; then what replay cannot do."""
+    lines: list[str] = []
+    for number, sweep in enumerate(result.sweeps):
+        lines += [""] if number else []
+        lines += [f"== task {sweep.task} ({len(sweep.results)} jobs)"] if result.by_task else []
+        lines += _sweep_table(sweep)
+    worst = result.worst_task()
+    if result.by_task:
+        lines.append("")
+        lines.append(
+            f"{_count(len(result.sweeps), 'task')}: {result.mean_saved():.1%} of epochs saved (mean of tasks)"
+            + (
+                f", worst task's regret {worst[1]:.2%} ({worst[0]}), {result.tasks_over(SAFE_REGRET)} over "
+                f"{SAFE_REGRET:.1%}"
+                if worst
+                else ""
+            )
+        )
+    lines += [f"note: {note}" for note in result.notes]
+    return "\n".join(lines)
+
+
+def _sweep_table(sweep: Sweep) -> list[str]:
+    header = ("job", "stop", "epochs", "reason", "criterion", f"best {sweep.metric}")
+    rows = [
+        (
+            job.job,
+            str(job.epochs_run) if job.decision else "-",
+            f"{job.epochs_run}/{job.epochs_available}",
+            job.decision.type if job.decision else "-",
+            job.decision.criterion if job.decision else "-",
+            f"{job.best.value:.6g} (epoch {job.best.epoch})" if job.best else "-",
+        )
+        for job in sweep.results
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    stops = [f"  {job.job}: {job.decision.message}" for job in sweep.results if job.decision]
+    if stops:
+        lines += ["", "why:", *stops]
+    lines += [
+        "",
+        f"{len(sweep.results)} jobs, {sweep.epochs_run} of {sweep.epochs_available} epochs run, "
+        f"{sweep.fraction_saved:.1%} saved",
+    ]
+    for label, stopping in (("best with stopping", True), ("best without stopping", False)):
+        found = sweep.best_overall(stopping=stopping)
+        if found:
+            lines.append(f"{label}: {sweep.metric} {found[1].value:.6g} ({found[0]}, epoch {found[1].epoch})")
+    verdict = sweep.verdict()
+    return lines + ([verdict] if verdict else [])
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -1,0 +1,376 @@
+"""The sweep model: each job's criteria replayed against the jobs before it, and the figures of a sweep.
+
+The jobs of the CSV form a sequential sweep in order of first appearance: job k's cohort is jobs 1..k-1,
+each with the epochs it actually ran (a job that was not stopped completed, so its last value is final).
+Each epoch is fed to the same engine the operator calls, one call per epoch, with the cumulative
+`seconds` column (if any) as the clock.
+
+The cohort, rungs and forecast criteria compare every epoch of a job with every earlier job of its sweep,
+so a sweep's cost grows with the square of its jobs. Past PEER_COMPARISONS_MAX such comparisons a replay is
+refused: at once when the file is sure to pass it, else before the job that could.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from stopline import api
+from stopline.criteria import CohortCurve, Decision, Observation, evaluate
+from stopline.criteria.state import is_better
+from stopline.replay.curves import SECONDS, TASK, Curve, ReplayError, load_curves, load_job
+
+SAFE_REGRET = 0.005  # a sweep that lost more than 0.5% of its best is counted, as docs/policy.md does
+# One comparison: one epoch of a job fed to one cohort, rungs or forecast criterion, against the curve of
+# one earlier job of its sweep; a sweep of n jobs of e epochs makes up to e * n^2 / 2. The cost is the
+# rules' own: the forecast refits from every finished job at every epoch (the nearest by the largest gap
+# over up to five epochs, docs/policy.md), which no view sorted on one epoch narrows when the jobs tie
+# there. At 1 to 4 microseconds a comparison (2 shared cores), this bounds a replay to about a quarter of
+# an hour; all of bench/policy/curves with a val_acc objective makes 1.2e8 (2 minutes).
+PEER_COMPARISONS_MAX = 250_000_000
+NOT_REPLAYED = (
+    "stale, gpuIdle and promql criteria cannot fire in replay (they watch a live trainer, GPUs, Prometheus)"
+)
+
+
+@dataclass(frozen=True)
+class Best:
+    metric: str
+    value: float
+    epoch: int
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job: str
+    epochs_run: int
+    epochs_available: int
+    decision: Decision | None
+    best: Best | None
+    best_if_no_stopping: Best | None
+
+    def as_json(self) -> dict[str, object]:
+        decision = self.decision
+        return {
+            "job": self.job,
+            "stopped": decision is not None,
+            "stopEpoch": self.epochs_run if decision is not None else None,
+            "epochsRun": self.epochs_run,
+            "epochsAvailable": self.epochs_available,
+            "reason": decision.type if decision else None,
+            "criterion": decision.criterion if decision else None,
+            "message": decision.message if decision else None,
+            "best": _best_json(self.best),
+        }
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The jobs of one task (of the whole file, without a task column), replayed in order."""
+
+    task: str | None
+    metric: str
+    mode: api.Mode
+    results: tuple[JobResult, ...]
+
+    @property
+    def epochs_run(self) -> int:
+        return sum(result.epochs_run for result in self.results)
+
+    @property
+    def epochs_available(self) -> int:
+        return sum(result.epochs_available for result in self.results)
+
+    @property
+    def fraction_saved(self) -> float:
+        return 1 - self.epochs_run / self.epochs_available if self.epochs_available else 0.0
+
+    def best_overall(self, *, stopping: bool) -> tuple[str, Best] | None:
+        candidates = [
+            (result.job, best)
+            for result in self.results
+            if (best := result.best if stopping else result.best_if_no_stopping) is not None
+        ]
+        winner: tuple[str, Best] | None = None
+        for job, best in candidates:
+            if winner is None or is_better(best.value, winner[1].value, self.mode):
+                winner = (job, best)
+        return winner
+
+    def regret(self) -> float | None:
+        """How much worse the best value the sweep kept is than the best it would have had without
+        stopping, relative to the latter (docs/policy.md's regret, on best values): 0 when no stop cost it."""
+        return _regret(self.best_overall(stopping=True), self.best_overall(stopping=False), self.mode)
+
+    def verdict(self) -> str | None:
+        """In words, whether the stops cost the sweep its best model, and which stop did."""
+        kept, unstopped = self.best_overall(stopping=True), self.best_overall(stopping=False)
+        regret = _regret(kept, unstopped, self.mode)
+        if regret is None or kept is None or unstopped is None:
+            return None
+        if regret <= 0:
+            return f"the stops kept the sweep's best ({unstopped[0]}): no stopped job would have beaten it"
+        lost = next(result for result in self.results if result.job == unstopped[0])
+        return (
+            f"the stops lost the sweep's best: {lost.job} was stopped at epoch {lost.epochs_run} and "
+            f"would have reached {unstopped[1].value:.6g}; the best kept, {kept[1].value:.6g}, is "
+            f"{regret:.2%} worse"
+        )
+
+    def as_json(self) -> dict[str, object]:
+        def overall(stopping: bool) -> dict[str, object] | None:
+            found = self.best_overall(stopping=stopping)
+            return {"job": found[0]} | (_best_json(found[1]) or {}) if found else None
+
+        return {
+            "jobs": [result.as_json() for result in self.results],
+            "summary": {
+                "jobs": len(self.results),
+                "epochsRun": self.epochs_run,
+                "epochsAvailable": self.epochs_available,
+                "fractionSaved": round(self.fraction_saved, 6),
+                "bestOverall": overall(True),
+                "bestOverallIfNoStopping": overall(False),
+                "regret": _rounded(self.regret()),
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Replay:
+    """One sweep, or one per task; over tasks, the figures docs/policy.md's front uses."""
+
+    job_file: str
+    metric: str
+    mode: api.Mode
+    sweeps: tuple[Sweep, ...]
+    notes: tuple[str, ...]
+    by_task: bool
+
+    def worst_task(self) -> tuple[str, float] | None:
+        regrets = [
+            (sweep.task or "", regret) for sweep in self.sweeps if (regret := sweep.regret()) is not None
+        ]
+        return max(regrets, key=lambda pair: pair[1]) if regrets else None
+
+    def tasks_over(self, regret: float) -> int:
+        return sum(1 for sweep in self.sweeps if (lost := sweep.regret()) is not None and lost > regret)
+
+    def mean_saved(self) -> float:
+        """Saved per task, averaged: each sweep weighs the same however long its curves."""
+        return sum(sweep.fraction_saved for sweep in self.sweeps) / len(self.sweeps) if self.sweeps else 0.0
+
+    def as_json(self) -> dict[str, object]:
+        if not self.by_task:
+            return self.sweeps[0].as_json()
+        worst = self.worst_task()
+        run = sum(sweep.epochs_run for sweep in self.sweeps)
+        available = sum(sweep.epochs_available for sweep in self.sweeps)
+        return {
+            "tasks": [{"task": sweep.task} | sweep.as_json() for sweep in self.sweeps],
+            "summary": {
+                "tasks": len(self.sweeps),
+                "jobs": sum(len(sweep.results) for sweep in self.sweeps),
+                "epochsRun": run,
+                "epochsAvailable": available,
+                "fractionSaved": round(1 - run / available, 6) if available else 0.0,
+                "fractionSavedMeanOfTasks": round(self.mean_saved(), 6),
+                "regretMax": _rounded(worst[1] if worst else None),
+                "worstTask": worst[0] if worst else None,
+                "tasksOverHalfPercent": self.tasks_over(SAFE_REGRET),
+            },
+        }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def _regret(
+    kept: tuple[str, Best] | None, unstopped: tuple[str, Best] | None, mode: api.Mode
+) -> float | None:
+    if kept is None or unstopped is None:
+        return None
+    gap = kept[1].value - unstopped[1].value
+    gap = gap if mode == "min" else -gap
+    return gap / abs(unstopped[1].value) if unstopped[1].value else gap
+
+
+def _best_json(best: Best | None) -> dict[str, object] | None:
+    return {"metric": best.metric, "value": best.value, "epoch": best.epoch} if best else None
+
+
+def _best(curve: Curve, metric: str, mode: api.Mode, last_epoch: int) -> Best | None:
+    best: Best | None = None
+    for epoch in sorted(curve.rows):
+        value = curve.rows[epoch].get(metric)
+        usable = epoch <= last_epoch and value is not None and math.isfinite(value)
+        if usable and value is not None and (best is None or is_better(value, best.value, mode)):
+            best = Best(metric, value, epoch)
+    return best
+
+
+def replay_job(
+    spec: api.TrainingJobSpec, curve: Curve, cohort: tuple[CohortCurve, ...], available: int
+) -> tuple[int, Decision | None]:
+    """Feed the job's epochs one call at a time; a decision on epoch e's values means the job ran e epochs."""
+    states: Mapping[str, Mapping[str, object]] = {}
+    clock = 0.0
+    for epoch in sorted(e for e in curve.rows if e <= available):
+        clock += curve.seconds.get(epoch, 0.0)
+        observation = Observation(
+            now=clock, samples={epoch: curve.rows[epoch]}, started_at=0.0, gpus=spec.gpus, cohort=cohort
+        )
+        evaluation = evaluate(spec, states, observation)
+        if evaluation.decision is not None:
+            return epoch, evaluation.decision
+        states = evaluation.states
+    return available, None
+
+
+def replay(
+    job_file: Path,
+    curves_file: Path,
+    task: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Replay:
+    """Replay the job's criteria over the file's sweeps (only `task`'s when given); `progress` hears the
+    jobs replayed so far and the total after each job."""
+    spec = load_job(job_file)
+    objective = spec.objective
+    curves, metrics = load_curves(curves_file, objective.metric, spec.watched_metrics)
+    by_task = any(curve.task is not None for curve in curves)
+    if task is not None:
+        if not by_task:
+            raise ReplayError(
+                f"{curves_file}: no column {TASK!r}, so --task {task!r} names nothing; drop --task"
+            )
+        chosen = [curve for curve in curves if curve.task == task]
+        if not chosen:
+            names = list(dict.fromkeys(str(curve.task) for curve in curves))
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise ReplayError(f"{curves_file}: no task {task!r}; the file has {shown}")
+        curves = chosen
+    notes = [NOT_REPLAYED]
+    for criterion in spec.criteria:
+        metric = getattr(criterion, "metric", None)
+        if metric is not None and metric not in metrics:
+            notes.append(
+                f"criterion {criterion.name}: no column {metric!r} in {curves_file.name}, so it never fired"
+            )
+    if not any(curve.seconds for curve in curves) and any(
+        isinstance(c, api.BudgetCriterion) and (c.max_duration or c.max_gpu_hours) for c in spec.criteria
+    ):
+        notes.append(f"no {SECONDS!r} values: maxDuration and maxGPUHours were not replayed")
+    tasks: dict[str | None, list[Curve]] = {}
+    for curve in curves:
+        tasks.setdefault(curve.task, []).append(curve)
+    done = itertools.count(1)
+
+    def replayed() -> None:
+        if progress is not None:
+            progress(next(done), len(curves))
+
+    comparisons = _PeerComparisons(curves_file, spec)
+    comparisons.foresee(tasks.values())
+    sweeps = tuple(_sweep(spec, name, members, replayed, comparisons) for name, members in tasks.items())
+    for sweep in sweeps:
+        if all(result.best_if_no_stopping is None for result in sweep.results):
+            where = f"task {sweep.task}" if sweep.task is not None else curves_file.name
+            notes.append(
+                f"{where}: no {objective.metric} values, so no job there was judged on the objective; "
+                "replay it with a job whose objective is a metric it has"
+            )
+    return Replay(str(job_file), objective.metric, objective.mode, sweeps, tuple(notes), by_task)
+
+
+class _PeerComparisons:
+    """The comparisons with earlier jobs a replay makes (see PEER_COMPARISONS_MAX): foreseen before any job
+    runs, so that a file sure to pass the limit is refused at once, then counted as the jobs run."""
+
+    def __init__(self, curves_file: Path, spec: api.TrainingJobSpec) -> None:
+        peer_kinds = api.CohortCriterion | api.RungsCriterion | api.ForecastCriterion
+        self.curves_file = curves_file
+        self.spec = spec
+        self.readers = sum(1 for criterion in spec.criteria if isinstance(criterion, peer_kinds))
+        self.metrics = {c.metric for c in spec.criteria if isinstance(c, peer_kinds)}
+        self.made = 0
+
+    def foresee(self, sweeps: Iterable[list[Curve]]) -> None:
+        """Refuse the file if it passes the limit even when every job stops at its first epoch, counting only
+        the earlier curves sure to be kept (a finite value at their first epoch)."""
+        least = jobs = 0
+        for curves in sweeps:
+            kept = 0
+            for curve in curves:
+                jobs += 1
+                first = min(curve.rows)
+                if first <= _available(curve, self.spec):
+                    least += self.readers * kept
+                    kept += sum(math.isfinite(curve.rows[first].get(m, math.nan)) for m in self.metrics)
+        if least > PEER_COMPARISONS_MAX:
+            raise self._refusal(f"{jobs} jobs, even if each stopped at its first epoch,")
+
+    def allow(self, comparisons: int, task: str | None, number: int, jobs: int, job: str) -> None:
+        """Refuse job `number` of its sweep if its `comparisons`, all its epochs run, could pass the limit."""
+        if self.made + comparisons > PEER_COMPARISONS_MAX:
+            where = f"task {task!r}: " if task is not None else ""
+            raise self._refusal(f"{where}job {number} of {jobs} ({job!r})")
+
+    def _refusal(self, what: str) -> ReplayError:
+        return ReplayError(
+            f"{self.curves_file}: {what} would take the replay past {PEER_COMPARISONS_MAX:,} comparisons "
+            "of an epoch with an earlier job's curve (the cohort, rungs and forecast criteria compare each "
+            "epoch with every earlier job, so the cost grows with the square of the jobs); replay fewer jobs "
+            "at a time (split the file by job)"
+        )
+
+
+def _available(curve: Curve, spec: api.TrainingJobSpec) -> int:
+    """The epochs the job would have run: its curve's, up to maxEpochs."""
+    return int(min(max(curve.rows), spec.max_epochs or math.inf))
+
+
+def _fed(curve: Curve, last: int) -> int:
+    """How many epochs replay_job feeds the criteria when the job runs to `last`."""
+    return sum(1 for epoch in curve.rows if epoch <= last)
+
+
+def _sweep(
+    spec: api.TrainingJobSpec,
+    task: str | None,
+    curves: list[Curve],
+    replayed: Callable[[], None],
+    comparisons: _PeerComparisons,
+) -> Sweep:
+    """One sweep: each job judged against the ones before it, with the epochs they ran."""
+    objective = spec.objective
+    results: list[JobResult] = []
+    cohort: tuple[CohortCurve, ...] = ()
+    for number, curve in enumerate(curves, start=1):
+        available = _available(curve, spec)
+        per_epoch = comparisons.readers * len(cohort)
+        comparisons.allow(per_epoch * _fed(curve, available), task, number, len(curves), curve.job)
+        run, decision = replay_job(spec, curve, cohort, available)
+        comparisons.made += per_epoch * _fed(curve, run)
+        results.append(
+            JobResult(
+                curve.job,
+                run,
+                available,
+                decision,
+                _best(curve, objective.metric, objective.mode, run),
+                _best(curve, objective.metric, objective.mode, available),
+            )
+        )
+        for metric in comparisons.metrics:
+            values = {e: row[metric] for e, row in curve.rows.items() if e <= run and metric in row}
+            stopped = decision is not None
+            peer = CohortCurve(curve.job, metric, values, stopped=stopped, completed=not stopped)
+            if peer.last is not None:  # every criterion skips a curve with no finite value: left out
+                cohort += (peer,)
+        replayed()
+    return Sweep(task, objective.metric, objective.mode, tuple(results))

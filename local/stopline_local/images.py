@@ -68,6 +68,7 @@ class Build:
     work: Path
     config: oci.ImageConfig = field(default_factory=oci.ImageConfig)
     base: str = ""
+    context: Path = REPO  # what COPY copies from (a release copies the sources with its version stamped)
 
     @property
     def merged(self) -> Path:
@@ -153,7 +154,7 @@ def _copy(build: Build, rest: str) -> None:
     inside = build.merged / target.relative_to("/")
     into_folder = dest.endswith("/") or len(sources) > 1
     for source in sources:
-        path = REPO / source
+        path = build.context / source
         if path.is_dir():
             shutil.copytree(
                 path, inside, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -252,13 +253,13 @@ def _opaque(folder: Path) -> bool:
         return False
 
 
-def build_image(dockerfile: Path, tag: str, args: dict[str, str], out: Path) -> Path:
-    """Build `dockerfile` (context: the repository) into the OCI archive `out`, named `tag`."""
+def build_image(dockerfile: Path, tag: str, args: dict[str, str], out: Path, context: Path = REPO) -> Path:
+    """Build `dockerfile` (context: the repository, unless given) into the OCI archive `out`, named `tag`."""
     work = out.with_name(out.name + ".build")
     subprocess.run(["umount", "--recursive", str(work / "merged")], capture_output=True)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    build = Build(dockerfile, tag, dict(args), work)
+    build = Build(dockerfile, tag, dict(args), work, context=context)
     try:
         for keyword, rest in instructions(dockerfile.read_text()):
             print(f"images: {dockerfile.relative_to(REPO)}: {keyword} {rest[:100]}", flush=True)

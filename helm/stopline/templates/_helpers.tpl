@@ -30,7 +30,11 @@ app.kubernetes.io/part-of: stopline
 {{- end -}}
 
 {{- define "stopline.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
 {{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- end -}}
 {{- end -}}
 
 {{/* The operator pods' topologySpreadConstraints (replicaCount > 1): the values' list, each without a

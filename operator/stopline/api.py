@@ -1,230 +1,34 @@
 """Typed, defaulted views of a TrainingJob spec, validated like the CRD (crds/trainingjob.yaml) validates it.
 
 The operator and `stopline replay` read specs only through `parse_spec`; every error names the field path
-and says what to write instead. Pure: no kopf, no Kubernetes client.
+and says what to write instead. Each criterion parses its own object of spec.criteria[] (its Kind in
+stopline.criteria.kinds); this module reads the rest. Pure: no kopf, no Kubernetes client.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
-Mode = Literal["min", "max"]
-MODES: tuple[Mode, ...] = ("min", "max")
-CRITERION_KINDS = (
-    "patience",
-    "threshold",
-    "divergence",
-    "plateau",
-    "budget",
-    "cohort",
-    "rungs",
-    "forecast",
-    "gpuIdle",
-    "promql",
-)
-_METRIC = re.compile(r"^[A-Za-z_][A-Za-z0-9_:./-]*$")
+from stopline.criteria.kinds import BY_KEY, BY_SPEC, KINDS, Criterion
+from stopline.criteria.plateau import PlateauCriterion
+from stopline.fields import MAX_EPOCHS as MAX_EPOCHS
+from stopline.fields import METRIC, MODES, Duration, Fields, show
+from stopline.fields import Mode as Mode
+from stopline.fields import Objective as Objective
+from stopline.fields import SpecError as SpecError
+from stopline.fields import parse_duration as parse_duration
+from stopline.fields import rfc3339 as rfc3339
+
+CRITERION_KINDS = tuple(BY_KEY)
+_PROMETHEUS_KINDS = "/".join(kind.key for kind in KINDS if kind.reads_prometheus)
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _URL = re.compile(r"^https?://")
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
 GPU_RESOURCE = "nvidia.com/gpu"
-# Bounds the CRD sets too: finite, generous; epochs also bound `stopline replay`'s curves.
-MAX_EPOCHS = 1_000_000
 MAX_PLATEAU_WINDOWS = 10_000  # summed over the criteria: status keeps every value of each window
-_Choice = TypeVar("_Choice", bound=str)
-
-
-class SpecError(ValueError):
-    """An invalid spec; the message starts with the field path, e.g. `spec.criteria[1].patience.patience`."""
-
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path = path
-        self.problem = problem
-
-
-@dataclass(frozen=True)
-class Duration:
-    """A CRD duration such as 1h30m: the text the user wrote (for messages) and its length in seconds."""
-
-    text: str
-    seconds: float
-
-
-def rfc3339(seconds: float) -> str:
-    """A time as the status writes it: RFC 3339 in UTC, to the second."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def parse_duration(text: str) -> Duration:
-    """Parse `^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$`; ValueError when the text does not match."""
-    if not _DURATION.fullmatch(text):
-        raise ValueError(text)
-    seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(text))
-    return Duration(text, seconds)
-
-
-@dataclass(frozen=True)
-class Objective:
-    metric: str
-    mode: Mode = "min"
-
-
-@dataclass(frozen=True)
-class PatienceCriterion:
-    """Keras/Lightning EarlyStopping: stop after `patience` evaluations without an improvement > min_delta."""
-
-    name: str
-    metric: str
-    mode: Mode
-    patience: int = 3
-    min_delta: float = 0.0
-    min_delta_mode: Literal["absolute", "relative"] = "absolute"
-    warmup_epochs: int = 0
-    smoothing: float | None = None
-
-
-@dataclass(frozen=True)
-class ThresholdCriterion:
-    """Lightning stopping_threshold: stop once the metric is strictly better than `value`."""
-
-    name: str
-    metric: str
-    mode: Mode
-    value: float
-    warmup_epochs: int = 0
-    smoothing: float | None = None
-
-
-@dataclass(frozen=True)
-class DivergenceCriterion:
-    """Lightning divergence_threshold and check_finite: strictly worse than `value`, or NaN/Inf."""
-
-    name: str
-    metric: str
-    mode: Mode
-    value: float | None = None
-    non_finite: bool = True
-    warmup_epochs: int = 0
-
-
-@dataclass(frozen=True)
-class PlateauCriterion:
-    """Converged: the relative change over the last `window` evaluations is below max_relative_change."""
-
-    name: str
-    metric: str
-    mode: Mode
-    max_relative_change: float
-    window: int = 5
-    warmup_epochs: int = 0
-    smoothing: float | None = None
-
-
-@dataclass(frozen=True)
-class BudgetCriterion:
-    """Stop when any limit is reached: wall-clock since the trainer started, GPU-hours, epochs."""
-
-    name: str
-    max_duration: Duration | None = None
-    max_gpu_hours: float | None = None
-    max_epochs: int | None = None
-
-
-@dataclass(frozen=True)
-class CohortCriterion:
-    """Median stopping rule (Vizier/SageMaker) over the other jobs of the study."""
-
-    name: str
-    metric: str
-    mode: Mode
-    study: str | None = None
-    percentile: float = 50.0
-    min_jobs: int = 5
-    warmup_epochs: int = 0
-    compare: Literal["best", "current"] = "best"
-    reference: Literal["runningAverage", "value"] = "runningAverage"
-    include_stopped: bool = True
-
-
-@dataclass(frozen=True)
-class RungsCriterion:
-    """Asynchronous successive halving in stop mode (Ray Tune's ASHAScheduler, Optuna's
-    SuccessiveHalvingPruner): at rung epochs r, r*eta, r*eta^2, ... a job goes on only in the best 1/eta
-    of the study's jobs that reached the rung."""
-
-    name: str
-    metric: str
-    mode: Mode
-    study: str | None = None
-    min_epochs: int = 1
-    reduction_factor: int = 3
-    min_jobs: int = 5
-    compare: Literal["best", "current"] = "best"
-    cut: Literal["quantile", "rank"] = "quantile"
-    include_stopped: bool = True
-
-
-ForecastReference = Literal["best", "percentile", "target"]
-
-
-@dataclass(frozen=True)
-class ForecastCriterion:
-    """Learning-curve forecast: the job's final value predicted from how the study's finished jobs whose
-    curves were like its own went on; stop when P(final beats the reference) < probability."""
-
-    name: str
-    metric: str
-    mode: Mode
-    study: str | None = None
-    probability: float = 0.01
-    reference: ForecastReference = "best"
-    percentile: float = 10.0
-    target: float | None = None
-    similarity: float = 2.0
-    neighbours: int = 20
-    min_jobs: int = 5
-    warmup_epochs: int = 0
-
-
-@dataclass(frozen=True)
-class GPUIdleCriterion:
-    """GPU utilisation below the bound for `for_`, while the step did not advance."""
-
-    name: str
-    utilization_below: float = 5.0
-    for_: Duration = Duration("15m", 900.0)
-
-
-@dataclass(frozen=True)
-class PromQLCriterion:
-    """A PromQL query that kept returning a non-empty result for `for_`."""
-
-    name: str
-    query: str
-    for_: Duration = Duration("0s", 0.0)
-
-
-Criterion = (
-    PatienceCriterion
-    | ThresholdCriterion
-    | DivergenceCriterion
-    | PlateauCriterion
-    | BudgetCriterion
-    | CohortCriterion
-    | RungsCriterion
-    | ForecastCriterion
-    | GPUIdleCriterion
-    | PromQLCriterion
-)
 
 
 @dataclass(frozen=True)
@@ -343,165 +147,9 @@ def _mapping(value: object) -> Mapping[str, object]:
     return value if isinstance(value, Mapping) else {}
 
 
-class _Fields:
-    """Reads one object of the spec: typed getters that check the CRD's rules and name the field path."""
-
-    def __init__(self, raw: object, path: str, allowed: Sequence[str]) -> None:
-        if not isinstance(raw, Mapping):
-            raise SpecError(path, f"must be an object (a YAML mapping), got {_show(raw)}")
-        unknown = sorted(str(key) for key in raw if key not in allowed)
-        if unknown:
-            raise SpecError(
-                f"{path}.{unknown[0]}", f"unknown field; the fields allowed here are {', '.join(allowed)}"
-            )
-        self.raw: Mapping[str, object] = raw
-        self.path = path
-
-    def at(self, key: str) -> str:
-        return f"{self.path}.{key}"
-
-    def has(self, key: str) -> bool:
-        return self.raw.get(key) is not None
-
-    def _required(self, key: str) -> object:
-        if key not in self.raw or self.raw[key] is None:
-            raise SpecError(self.at(key), "is required")
-        return self.raw[key]
-
-    def integer(
-        self, key: str, minimum: int, maximum: int | None = None, *, default: int | None = None
-    ) -> int:
-        """The integer at key within the bounds; `default` when the field is absent (else it is required)."""
-        if default is not None and not self.has(key):
-            return default
-        value = self._required(key)
-        bounds = f">= {minimum}" if maximum is None else f"within {minimum}..{maximum}"
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(self.at(key), f"must be an integer {bounds}, got {_show(value)}")
-        if value < minimum or (maximum is not None and value > maximum):
-            raise SpecError(self.at(key), f"must be an integer {bounds}, got {value}")
-        return value
-
-    def optional_integer(self, key: str, minimum: int, maximum: int | None = None) -> int | None:
-        return self.integer(key, minimum, maximum) if self.has(key) else None
-
-    def number(
-        self,
-        key: str,
-        minimum: float | None = None,
-        maximum: float | None = None,
-        *,
-        exclusive: bool = False,
-        default: float | None = None,
-    ) -> float:
-        if default is not None and not self.has(key):
-            return default
-        value = self._required(key)
-        bound = [f"> {minimum}" if exclusive else f">= {minimum}"] if minimum is not None else []
-        bound += [f"<= {maximum}"] if maximum is not None else []
-        wanted = "must be a number" + (" " + " and ".join(bound) if bound else "")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise SpecError(self.at(key), f"{wanted}, got {_show(value)}")
-        too_low = minimum is not None and (value <= minimum if exclusive else value < minimum)
-        if too_low or (maximum is not None and value > maximum):
-            raise SpecError(self.at(key), f"{wanted}, got {value}")
-        return float(value)
-
-    def optional_number(
-        self, key: str, minimum: float | None = None, maximum: float | None = None, *, exclusive: bool = False
-    ) -> float | None:
-        return self.number(key, minimum, maximum, exclusive=exclusive) if self.has(key) else None
-
-    def string(
-        self,
-        key: str,
-        pattern: re.Pattern[str] | None = None,
-        max_length: int = 1 << 20,
-        *,
-        default: str | None = None,
-    ) -> str:
-        if default is not None and not self.has(key):
-            return default
-        value = self._required(key)
-        if not isinstance(value, str) or not value:
-            raise SpecError(self.at(key), f"must be a non-empty string, got {_show(value)}")
-        if len(value) > max_length:
-            raise SpecError(self.at(key), f"must be at most {max_length} characters, got {len(value)}")
-        if pattern is not None and not pattern.search(value):
-            raise SpecError(self.at(key), f"must match {pattern.pattern}, got {value!r}")
-        return value
-
-    def optional_string(
-        self, key: str, pattern: re.Pattern[str] | None = None, max_length: int = 1 << 20
-    ) -> str | None:
-        return self.string(key, pattern, max_length) if self.has(key) else None
-
-    def choice(self, key: str, choices: Sequence[_Choice], default: _Choice) -> _Choice:
-        if not self.has(key):
-            return default
-        value = self.raw[key]
-        for choice in choices:
-            if value == choice:
-                return choice
-        raise SpecError(self.at(key), f"must be one of {', '.join(choices)}, got {_show(value)}")
-
-    def boolean(self, key: str, default: bool) -> bool:
-        if not self.has(key):
-            return default
-        value = self.raw[key]
-        if not isinstance(value, bool):
-            raise SpecError(self.at(key), f"must be true or false, got {_show(value)}")
-        return value
-
-    def duration(
-        self,
-        key: str,
-        default: str,
-        *,
-        positive: bool = True,
-        at_least: str | None = None,
-        at_most: str | None = None,
-    ) -> Duration:
-        text = self.raw.get(key, default)
-        example = "a positive duration such as 15s, 10m or 6h" if positive else "a duration such as 0s or 5m"
-        if not isinstance(text, str):
-            raise SpecError(self.at(key), f"must be {example} (a string), got {_show(text)}")
-        try:
-            duration = parse_duration(text)
-        except ValueError:
-            raise SpecError(self.at(key), f"must be {example}, got {text!r}") from None
-        if positive and duration.seconds <= 0:
-            raise SpecError(self.at(key), f"must be {example}, got {text!r}")
-        if at_least is not None and duration.seconds < parse_duration(at_least).seconds:
-            raise SpecError(self.at(key), f"must be a duration of at least {at_least}, got {text!r}")
-        if at_most is not None and duration.seconds > parse_duration(at_most).seconds:
-            raise SpecError(self.at(key), f"must be a duration of at most {at_most}, got {text!r}")
-        return duration
-
-    def optional_duration(self, key: str) -> Duration | None:
-        return self.duration(key, "") if self.has(key) else None
-
-    def child(self, key: str, allowed: Sequence[str], *, required: bool = False) -> _Fields | None:
-        if not self.has(key):
-            if required:
-                raise SpecError(self.at(key), "is required")
-            return None
-        return _Fields(self.raw[key], self.at(key), allowed)
-
-
-def _show(value: object) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
-
-
 def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
     """Validate and default a TrainingJob's spec (the dict under `spec:`); raises SpecError."""
-    fields = _Fields(
+    fields = Fields(
         raw,
         path,
         (
@@ -529,11 +177,11 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
     objective = _objective(fields)
     metrics = _metrics(fields.child("metrics", ("port", "path", "interval", "staleAfter", "prometheus")))
     criteria = _criteria(fields, objective)
-    needs_prometheus = [c.name for c in criteria if isinstance(c, GPUIdleCriterion | PromQLCriterion)]
+    needs_prometheus = [c.name for c in criteria if BY_SPEC[type(c)].reads_prometheus]
     if needs_prometheus and metrics.prometheus_url is None:
         raise SpecError(
             f"{path}.metrics.prometheus.url",
-            f"is required: criteria {', '.join(needs_prometheus)} (gpuIdle/promql) read Prometheus; "
+            f"is required: criteria {', '.join(needs_prometheus)} ({_PROMETHEUS_KINDS}) read Prometheus; "
             "set spec.metrics.prometheus.url",
         )
     return TrainingJobSpec(
@@ -568,7 +216,7 @@ _KIND = re.compile(r"^[A-Z][A-Za-z0-9]{0,62}$")
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")  # an object's name (DNS-1123 subdomain)
 
 
-def _target(spec: _Fields) -> TargetRef | None:
+def _target(spec: Fields) -> TargetRef | None:
     """spec.targetRef: an existing workload of this namespace, by apiVersion, kind and name."""
     ref = spec.child("targetRef", ("apiVersion", "kind", "name"))
     if ref is None:
@@ -585,7 +233,7 @@ _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 MAX_MATCH_LABELS = 16
 
 
-def _selector(spec: _Fields) -> TargetSelector | None:
+def _selector(spec: Fields) -> TargetSelector | None:
     """spec.targetSelector: a kind and the labels its workloads of a sweep carry (at least one)."""
     fields = spec.child("targetSelector", ("apiVersion", "kind", "matchLabels"))
     if fields is None:
@@ -595,14 +243,14 @@ def _selector(spec: _Fields) -> TargetSelector | None:
         raise SpecError(
             fields.at("matchLabels"),
             f"must map 1 to {MAX_MATCH_LABELS} label keys to values (the labels every workload of the sweep "
-            "carries), got " + _show(labels),
+            "carries), got " + show(labels),
         )
     pairs = []
     for key, value in labels.items():
         if not isinstance(key, str) or len(key) > 317 or not _LABEL_KEY.match(key):
             raise SpecError(fields.at("matchLabels"), f"{key!r} is not a label key")
         if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
-            raise SpecError(fields.at(f"matchLabels.{key}"), f"must be a label value, got {_show(value)}")
+            raise SpecError(fields.at(f"matchLabels.{key}"), f"must be a label value, got {show(value)}")
         pairs.append((key, value))
     return TargetSelector(
         api_version=fields.string("apiVersion", _API_VERSION, 253),
@@ -611,7 +259,7 @@ def _selector(spec: _Fields) -> TargetSelector | None:
     )
 
 
-def _template(spec: _Fields) -> Mapping[str, object]:
+def _template(spec: Fields) -> Mapping[str, object]:
     if not spec.has("template"):
         raise SpecError(
             spec.at("template"),
@@ -636,13 +284,13 @@ def _template(spec: _Fields) -> Mapping[str, object]:
     return template.raw
 
 
-def _objective(spec: _Fields) -> Objective:
+def _objective(spec: Fields) -> Objective:
     objective = spec.child("objective", ("metric", "mode"), required=True)
     assert objective is not None
-    return Objective(objective.string("metric", _METRIC, 128), objective.choice("mode", MODES, "min"))
+    return Objective(objective.string("metric", METRIC, 128), objective.choice("mode", MODES, "min"))
 
 
-def _metrics(fields: _Fields | None) -> Metrics:
+def _metrics(fields: Fields | None) -> Metrics:
     if fields is None:
         return Metrics()
     prometheus = fields.child("prometheus", ("url",))
@@ -655,7 +303,7 @@ def _metrics(fields: _Fields | None) -> Metrics:
     )
 
 
-def _prometheus_url(prometheus: _Fields) -> str:
+def _prometheus_url(prometheus: Fields) -> str:
     """The operator GETs <url>/api/v1/query from inside the cluster, for whoever wrote the spec: only a
     plain server address is taken, so the spec cannot choose the request's path, query or credentials."""
     text = prometheus.string("url", _URL, 2048)
@@ -685,18 +333,18 @@ def _server_address_problem(text: str) -> str | None:
     return None
 
 
-def _criteria(spec: _Fields, objective: Objective) -> tuple[Criterion, ...]:
+def _criteria(spec: Fields, objective: Objective) -> tuple[Criterion, ...]:
     raw = spec.raw.get("criteria")
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise SpecError(spec.at("criteria"), f"must be a list of criteria, got {_show(raw)}")
+        raise SpecError(spec.at("criteria"), f"must be a list of criteria, got {show(raw)}")
     if len(raw) > 32:
         raise SpecError(spec.at("criteria"), f"must have at most 32 criteria, got {len(raw)}")
     criteria: list[Criterion] = []
     for index, item in enumerate(raw):
         criterion = _criterion(
-            _Fields(item, f"{spec.at('criteria')}[{index}]", ("name", *CRITERION_KINDS)), objective
+            Fields(item, f"{spec.at('criteria')}[{index}]", ("name", *CRITERION_KINDS)), objective
         )
         for earlier_index, earlier in enumerate(criteria):
             if earlier.name == criterion.name:
@@ -716,201 +364,20 @@ def _criteria(spec: _Fields, objective: Objective) -> tuple[Criterion, ...]:
     return tuple(criteria)
 
 
-def _criterion(item: _Fields, objective: Objective) -> Criterion:
+def _criterion(item: Fields, objective: Objective) -> Criterion:
     name = item.string("name", _NAME, 63)
-    kinds = [kind for kind in CRITERION_KINDS if kind in item.raw]
-    if len(kinds) != 1:
-        found = " and ".join(kinds) if kinds else "none"
+    keys = [key for key in CRITERION_KINDS if key in item.raw]
+    if len(keys) != 1:
+        found = " and ".join(keys) if keys else "none"
         kinds_text = ", ".join(CRITERION_KINDS[:-1]) + f" or {CRITERION_KINDS[-1]}"
         raise SpecError(item.path, f"must set exactly one kind of {kinds_text}; found {found}")
-    kind = kinds[0]
-    body = item.raw[kind] if item.raw[kind] is not None else {}
-    path = item.at(kind)
-    if kind == "patience":
-        fields = _Fields(
-            body,
-            path,
-            ("metric", "mode", "patience", "minDelta", "minDeltaMode", "warmupEpochs", "smoothing"),
-        )
-        metric, mode = _metric_mode(fields, objective)
-        return PatienceCriterion(
-            name,
-            metric,
-            mode,
-            patience=fields.integer("patience", 1, 100000, default=3),
-            min_delta=fields.number("minDelta", 0, 1_000_000_000_000, default=0.0),
-            min_delta_mode=fields.choice("minDeltaMode", ("absolute", "relative"), "absolute"),
-            warmup_epochs=_warmup(fields),
-            smoothing=_smoothing(fields),
-        )
-    if kind == "threshold":
-        fields = _Fields(body, path, ("metric", "mode", "value", "warmupEpochs", "smoothing"))
-        metric, mode = _metric_mode(fields, objective)
-        return ThresholdCriterion(
-            name,
-            metric,
-            mode,
-            fields.number("value"),
-            warmup_epochs=_warmup(fields),
-            smoothing=_smoothing(fields),
-        )
-    if kind == "divergence":
-        fields = _Fields(body, path, ("metric", "mode", "value", "nonFinite", "warmupEpochs"))
-        metric, mode = _metric_mode(fields, objective)
-        value = fields.optional_number("value")
-        non_finite = fields.boolean("nonFinite", True)
-        if value is None and not non_finite:
-            raise SpecError(
-                path, "set value, or keep nonFinite true; otherwise this criterion can never fire"
-            )
-        return DivergenceCriterion(name, metric, mode, value, non_finite, _warmup(fields))
-    if kind == "plateau":
-        fields = _Fields(
-            body, path, ("metric", "mode", "window", "maxRelativeChange", "warmupEpochs", "smoothing")
-        )
-        metric, mode = _metric_mode(fields, objective)
-        return PlateauCriterion(
-            name,
-            metric,
-            mode,
-            max_relative_change=fields.number("maxRelativeChange", 0, exclusive=True),
-            window=fields.integer("window", 2, 10000, default=5),
-            warmup_epochs=_warmup(fields),
-            smoothing=_smoothing(fields),
-        )
-    if kind == "budget":
-        fields = _Fields(body, path, ("maxDuration", "maxGPUHours", "maxEpochs"))
-        if not any(fields.has(key) for key in ("maxDuration", "maxGPUHours", "maxEpochs")):
-            raise SpecError(path, "set at least one of maxDuration, maxGPUHours, maxEpochs")
-        return BudgetCriterion(
-            name,
-            max_duration=fields.optional_duration("maxDuration"),
-            max_gpu_hours=fields.optional_number("maxGPUHours", 0, 100_000_000, exclusive=True),
-            max_epochs=fields.optional_integer("maxEpochs", 1, MAX_EPOCHS),
-        )
-    if kind == "cohort":
-        allowed = (
-            "metric",
-            "mode",
-            "study",
-            "percentile",
-            "minJobs",
-            "warmupEpochs",
-            "compare",
-            "reference",
-            "includeStopped",
-        )
-        fields = _Fields(body, path, allowed)
-        metric, mode = _metric_mode(fields, objective)
-        return CohortCriterion(
-            name,
-            metric,
-            mode,
-            study=fields.optional_string("study", max_length=63),
-            percentile=fields.number("percentile", 0, 100, default=50.0),
-            min_jobs=fields.integer("minJobs", 1, 10000, default=5),
-            warmup_epochs=_warmup(fields),
-            compare=fields.choice("compare", ("best", "current"), "best"),
-            reference=fields.choice("reference", ("runningAverage", "value"), "runningAverage"),
-            include_stopped=fields.boolean("includeStopped", True),
-        )
-    if kind == "rungs":
-        return _rungs(name, _Fields(body, path, RUNGS_FIELDS), objective)
-    if kind == "forecast":
-        return _forecast(name, _Fields(body, path, FORECAST_FIELDS), objective)
-    if kind == "gpuIdle":
-        fields = _Fields(body, path, ("utilizationBelow", "for"))
-        below = fields.number("utilizationBelow", 0, 100, default=5.0)
-        return GPUIdleCriterion(name, below, fields.duration("for", "15m"))
-    fields = _Fields(body, path, ("query", "for"))
-    return PromQLCriterion(
-        name, fields.string("query", max_length=4096), fields.duration("for", "0s", positive=False)
-    )
+    kind = BY_KEY[keys[0]]
+    body = item.raw[kind.key] if item.raw[kind.key] is not None else {}
+    criterion: Criterion = kind.parse(name, Fields(body, item.at(kind.key), kind.fields), objective)
+    return criterion
 
 
-RUNGS_FIELDS = (
-    "metric",
-    "mode",
-    "study",
-    "minEpochs",
-    "reductionFactor",
-    "minJobs",
-    "compare",
-    "cut",
-    "includeStopped",
-)
-FORECAST_FIELDS = (
-    "metric",
-    "mode",
-    "study",
-    "probability",
-    "reference",
-    "percentile",
-    "target",
-    "similarity",
-    "neighbours",
-    "minJobs",
-    "warmupEpochs",
-)
-MAX_NEIGHBOURS = 1000
-
-
-def _rungs(name: str, fields: _Fields, objective: Objective) -> RungsCriterion:
-    metric, mode = _metric_mode(fields, objective)
-    return RungsCriterion(
-        name,
-        metric,
-        mode,
-        study=fields.optional_string("study", max_length=63),
-        min_epochs=fields.integer("minEpochs", 1, MAX_EPOCHS, default=1),
-        reduction_factor=fields.integer("reductionFactor", 2, 100, default=3),
-        min_jobs=fields.integer("minJobs", 1, 10000, default=5),
-        compare=fields.choice("compare", ("best", "current"), "best"),
-        cut=fields.choice("cut", ("quantile", "rank"), "quantile"),
-        include_stopped=fields.boolean("includeStopped", True),
-    )
-
-
-def _forecast(name: str, fields: _Fields, objective: Objective) -> ForecastCriterion:
-    metric, mode = _metric_mode(fields, objective)
-    references: tuple[ForecastReference, ...] = ("best", "percentile", "target")
-    reference = fields.choice("reference", references, "best")
-    target = fields.optional_number("target")
-    if reference == "target" and target is None:
-        raise SpecError(fields.at("target"), "is required with reference target: the value to beat")
-    return ForecastCriterion(
-        name,
-        metric,
-        mode,
-        study=fields.optional_string("study", max_length=63),
-        probability=fields.number("probability", 0, 0.5, exclusive=True, default=0.01),
-        reference=reference,
-        percentile=fields.number("percentile", 0, 100, default=10.0),
-        target=target,
-        similarity=fields.number("similarity", 0, 100, exclusive=True, default=2.0),
-        neighbours=fields.integer("neighbours", 1, MAX_NEIGHBOURS, default=20),
-        min_jobs=fields.integer("minJobs", 1, 10000, default=5),
-        warmup_epochs=_warmup(fields),
-    )
-
-
-def _metric_mode(fields: _Fields, objective: Objective) -> tuple[str, Mode]:
-    """Every criterion's metric and mode default to spec.objective."""
-    metric = fields.string("metric", _METRIC, 128, default=objective.metric)
-    return metric, fields.choice("mode", MODES, objective.mode)
-
-
-def _warmup(fields: _Fields) -> int:
-    return fields.integer("warmupEpochs", 0, MAX_EPOCHS, default=0)
-
-
-def _smoothing(fields: _Fields) -> float | None:
-    """EMA weight of the newest value in (0, 1]; 1 is the same as no smoothing."""
-    weight = fields.optional_number("smoothing", 0, 1, exclusive=True)
-    return None if weight == 1.0 else weight
-
-
-def _checkpoint(spec: _Fields) -> Checkpoint:
+def _checkpoint(spec: Fields) -> Checkpoint:
     fields = spec.child("checkpoint", ("pvc", "objectStore", "keepBest", "resume"), required=True)
     assert fields is not None
     if fields.has("pvc") == fields.has("objectStore"):
@@ -920,7 +387,7 @@ def _checkpoint(spec: _Fields) -> Checkpoint:
     if pvc is not None:
         path = pvc.raw.get("path", "")
         if not isinstance(path, str) or len(path) > 1024 or path.startswith("/") or ".." in path.split("/"):
-            raise SpecError(pvc.at("path"), f"must be a relative path without '..', got {_show(path)}")
+            raise SpecError(pvc.at("path"), f"must be a relative path without '..', got {show(path)}")
         target = PVCTarget(pvc.string("claimName", max_length=253), path)
     else:
         store = fields.child("objectStore", ("uri", "endpoint", "region", "credentialsSecret"))
@@ -934,7 +401,7 @@ def _checkpoint(spec: _Fields) -> Checkpoint:
     return Checkpoint(target, fields.boolean("keepBest", False), fields.boolean("resume", True))
 
 
-def _stop_policy(fields: _Fields | None) -> StopPolicy:
+def _stop_policy(fields: Fields | None) -> StopPolicy:
     if fields is None:
         return StopPolicy()
     return StopPolicy(
@@ -944,7 +411,7 @@ def _stop_policy(fields: _Fields | None) -> StopPolicy:
     )
 
 
-def _failure_policy(fields: _Fields | None) -> FailurePolicy:
+def _failure_policy(fields: Fields | None) -> FailurePolicy:
     if fields is None:
         return FailurePolicy()
     return FailurePolicy(max_restarts=fields.integer("maxRestarts", 0, MAX_RESTARTS, default=0))

@@ -32,12 +32,9 @@ from typing import Any
 import aiohttp
 
 from stopline import controller, kueue, monitoring, targets
-from stopline.api import (
-    GPUIdleCriterion,
-    PromQLCriterion,
-    TrainingJobSpec,
-)
+from stopline.api import TrainingJobSpec
 from stopline.criteria.decision import Decision
+from stopline.criteria.live import GPUIdleCriterion, PromQLCriterion
 from stopline.criteria.observation import Samples
 from stopline.kube import Kube
 from stopline.lifecycle import Condition, StatusChange, seconds

@@ -11,10 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stopline.api import CohortCriterion, ForecastCriterion, RungsCriterion, TrainingJobSpec
+from stopline.api import TrainingJobSpec
+from stopline.criteria.cohort import CohortCriterion
 from stopline.criteria.decision import Decision
 from stopline.criteria.engine import evaluate
+from stopline.criteria.forecast import ForecastCriterion
 from stopline.criteria.observation import CohortCurve, Observation, Request, Samples
+from stopline.criteria.rungs import RungsCriterion
 from stopline.lifecycle import Condition, run_seconds, seconds
 from stopline.metrics.exposition import TrainerReport
 from stopline.pointer import exported_checkpoint, newer

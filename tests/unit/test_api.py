@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 from stopline import api
+from stopline.criteria.cohort import CohortCriterion
+from stopline.criteria.patience import PatienceCriterion
 
 REPO = Path(__file__).resolve().parents[2]
 BASE: dict[str, Any] = {
@@ -28,9 +30,9 @@ def test_defaults_follow_the_crd() -> None:
     assert spec.objective == api.Objective("val_loss", "min")
     assert spec.metrics.stale_after.seconds == 900 and spec.metrics.interval.seconds == 15
     assert spec.stop_policy == api.StopPolicy()
-    assert spec.criteria[0] == api.PatienceCriterion("p", "val_loss", "min", 3, 0.0, "absolute", 0, None)
+    assert spec.criteria[0] == PatienceCriterion("p", "val_loss", "min", 3, 0.0, "absolute", 0, None)
     cohort = spec.criteria[1]
-    assert isinstance(cohort, api.CohortCriterion)
+    assert isinstance(cohort, CohortCriterion)
     assert (cohort.percentile, cohort.min_jobs, cohort.compare, cohort.reference, cohort.include_stopped) == (
         50.0, 5, "best", "runningAverage", True,
     )  # fmt: skip

@@ -6,6 +6,8 @@ import pytest
 
 from stopline import api
 from stopline.criteria import CohortCurve, Observation, evaluate
+from stopline.criteria.forecast import ForecastCriterion
+from stopline.criteria.rungs import RungsCriterion
 from unit.specs import run_curve, spec
 
 
@@ -158,8 +160,8 @@ def test_forecast_is_the_same_when_called_again_without_a_new_epoch() -> None:
 def test_the_new_kinds_parse_with_the_crds_defaults() -> None:
     job = spec({"name": "r", "rungs": None}, {"name": "f", "forecast": {}})
     assert job.criteria == (
-        api.RungsCriterion("r", "val_loss", "min", None, 1, 3, 5, "best", "quantile", True),
-        api.ForecastCriterion("f", "val_loss", "min", None, 0.01, "best", 10.0, None, 2.0, 20, 5, 0),
+        RungsCriterion("r", "val_loss", "min", None, 1, 3, 5, "best", "quantile", True),
+        ForecastCriterion("f", "val_loss", "min", None, 0.01, "best", 10.0, None, 2.0, 20, 5, 0),
     )
 
 

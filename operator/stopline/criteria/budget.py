@@ -6,10 +6,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from stopline.api import BudgetCriterion
 from stopline.criteria.decision import Decision, Outcome
+from stopline.criteria.kind import Kind
 from stopline.criteria.observation import Observation
 from stopline.criteria.state import State, fmt
+from stopline.fields import MAX_EPOCHS, Duration, Fields, Objective, SpecError
+
+
+@dataclass(frozen=True)
+class BudgetCriterion:
+    """Stop when any limit is reached: wall-clock since the trainer started, GPU-hours, epochs."""
+
+    name: str
+    max_duration: Duration | None = None
+    max_gpu_hours: float | None = None
+    max_epochs: int | None = None
 
 
 @dataclass
@@ -53,3 +64,21 @@ def evaluate(
         state.stop = decision.as_status() if decision is not None else None
     summary = f"used {_hours(elapsed)}, {fmt(gpu_hours)} GPU-hours, {state.epoch} epochs"
     return Outcome(state.dump(), state.decision, summary)
+
+
+BUDGET_FIELDS = ("maxDuration", "maxGPUHours", "maxEpochs")
+
+
+def parse(name: str, fields: Fields, objective: Objective) -> BudgetCriterion:
+    """A budget has no metric: the objective is not read."""
+    if not any(fields.has(key) for key in BUDGET_FIELDS):
+        raise SpecError(fields.path, "set at least one of maxDuration, maxGPUHours, maxEpochs")
+    return BudgetCriterion(
+        name,
+        max_duration=fields.optional_duration("maxDuration"),
+        max_gpu_hours=fields.optional_number("maxGPUHours", 0, 100_000_000, exclusive=True),
+        max_epochs=fields.optional_integer("maxEpochs", 1, MAX_EPOCHS),
+    )
+
+
+KIND = Kind("budget", BudgetCriterion, BUDGET_FIELDS, parse, evaluate)

@@ -19,13 +19,30 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from stopline.api import CohortCriterion
 from stopline.criteria.decision import Decision, Outcome
+from stopline.criteria.kind import Kind
 from stopline.criteria.observation import CohortCurve, Observation
 from stopline.criteria.percentile import percentile
 from stopline.criteria.state import PeerWaitState, fmt, is_better, status_line
+from stopline.fields import Fields, Mode, Objective, metric_mode, warmup_epochs
+
+
+@dataclass(frozen=True)
+class CohortCriterion:
+    """Median stopping rule (Vizier/SageMaker) over the other jobs of the study."""
+
+    name: str
+    metric: str
+    mode: Mode
+    study: str | None = None
+    percentile: float = 50.0
+    min_jobs: int = 5
+    warmup_epochs: int = 0
+    compare: Literal["best", "current"] = "best"
+    reference: Literal["runningAverage", "value"] = "runningAverage"
+    include_stopped: bool = True
 
 
 @dataclass
@@ -112,3 +129,35 @@ def evaluate(
     return Outcome(
         state.dump(), state.decision, status_line(observation.samples, state, criterion.metric, summary)
     )
+
+
+COHORT_FIELDS = (
+    "metric",
+    "mode",
+    "study",
+    "percentile",
+    "minJobs",
+    "warmupEpochs",
+    "compare",
+    "reference",
+    "includeStopped",
+)
+
+
+def parse(name: str, fields: Fields, objective: Objective) -> CohortCriterion:
+    metric, mode = metric_mode(fields, objective)
+    return CohortCriterion(
+        name,
+        metric,
+        mode,
+        study=fields.optional_string("study", max_length=63),
+        percentile=fields.number("percentile", 0, 100, default=50.0),
+        min_jobs=fields.integer("minJobs", 1, 10000, default=5),
+        warmup_epochs=warmup_epochs(fields),
+        compare=fields.choice("compare", ("best", "current"), "best"),
+        reference=fields.choice("reference", ("runningAverage", "value"), "runningAverage"),
+        include_stopped=fields.boolean("includeStopped", True),
+    )
+
+
+KIND = Kind("cohort", CohortCriterion, COHORT_FIELDS, parse, evaluate)

@@ -7,10 +7,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from stopline.api import DivergenceCriterion
 from stopline.criteria.decision import Decision, Outcome
+from stopline.criteria.kind import Kind
 from stopline.criteria.observation import Observation
 from stopline.criteria.state import EpochState, fmt, is_better, pending, status_line
+from stopline.fields import Fields, Mode, Objective, SpecError, metric_mode, warmup_epochs
+
+
+@dataclass(frozen=True)
+class DivergenceCriterion:
+    """Lightning divergence_threshold and check_finite: strictly worse than `value`, or NaN/Inf."""
+
+    name: str
+    metric: str
+    mode: Mode
+    value: float | None = None
+    non_finite: bool = True
+    warmup_epochs: int = 0
 
 
 @dataclass
@@ -60,3 +73,23 @@ def evaluate(
     return Outcome(
         state.dump(), state.decision, status_line(observation.samples, state, criterion.metric, summary)
     )
+
+
+def parse(name: str, fields: Fields, objective: Objective) -> DivergenceCriterion:
+    metric, mode = metric_mode(fields, objective)
+    value = fields.optional_number("value")
+    non_finite = fields.boolean("nonFinite", True)
+    if value is None and not non_finite:
+        raise SpecError(
+            fields.path, "set value, or keep nonFinite true; otherwise this criterion can never fire"
+        )
+    return DivergenceCriterion(name, metric, mode, value, non_finite, warmup_epochs(fields))
+
+
+KIND = Kind(
+    "divergence",
+    DivergenceCriterion,
+    ("metric", "mode", "value", "nonFinite", "warmupEpochs"),
+    parse,
+    evaluate,
+)

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from stopline import api
-from stopline.criteria import (
-    budget,
-    cohort,
-    divergence,
-    forecast,
-    live,
-    patience,
-    plateau,
-    rungs,
-    threshold,
-)
+from stopline.criteria import live
 from stopline.criteria.decision import Decision, JSONState, Outcome
+from stopline.criteria.kinds import BY_SPEC, Criterion
 from stopline.criteria.observation import Observation
+from stopline.fields import Duration
+
+
+class _Metrics(Protocol):
+    @property
+    def stale_after(self) -> Duration: ...
+
+
+class Spec(Protocol):
+    """What the engine reads of a spec (stopline.api.TrainingJobSpec, which imports the registry)."""
+
+    @property
+    def criteria(self) -> Sequence[Criterion]: ...
+
+    @property
+    def metrics(self) -> _Metrics: ...
 
 
 @dataclass(frozen=True)
@@ -44,27 +51,11 @@ class Evaluation:
         return {criterion.name: criterion.state for criterion in self.criteria}
 
 
-_EVALUATORS: Mapping[type, Callable[..., Outcome]] = {
-    api.PatienceCriterion: patience.evaluate,
-    api.ThresholdCriterion: threshold.evaluate,
-    api.DivergenceCriterion: divergence.evaluate,
-    api.PlateauCriterion: plateau.evaluate,
-    api.BudgetCriterion: budget.evaluate,
-    api.CohortCriterion: cohort.evaluate,
-    api.RungsCriterion: rungs.evaluate,
-    api.ForecastCriterion: forecast.evaluate,
-    api.GPUIdleCriterion: live.evaluate_gpu_idle,
-    api.PromQLCriterion: live.evaluate_promql,
-}
+def _run(criterion: Criterion, observation: Observation, raw: JSONState | None) -> Outcome:
+    return BY_SPEC[type(criterion)].evaluate(criterion, observation, raw)
 
 
-def _run(criterion: api.Criterion, observation: Observation, raw: JSONState | None) -> Outcome:
-    return _EVALUATORS[type(criterion)](criterion, observation, raw)
-
-
-def evaluate(
-    spec: api.TrainingJobSpec, states: Mapping[str, JSONState], observation: Observation
-) -> Evaluation:
+def evaluate(spec: Spec, states: Mapping[str, JSONState], observation: Observation) -> Evaluation:
     """Run the criteria of spec (in order, then the implicit staleAfter) on what was observed.
 
     states: status.criteria[].state by name, as the previous call returned them (empty at first).

@@ -22,16 +22,39 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from stopline.api import ForecastCriterion, Mode
 from stopline.criteria.decision import Decision, Outcome
+from stopline.criteria.kind import Kind
 from stopline.criteria.observation import CohortCurve, Observation
 from stopline.criteria.percentile import percentile
 from stopline.criteria.state import EpochState, fmt, is_better, status_line
+from stopline.fields import Fields, Mode, Objective, SpecError, metric_mode, warmup_epochs
 
 INTERVAL = (10.0, 90.0)  # the interval shown: 80% of the neighbours' predictions
 _NORMAL = statistics.NormalDist()
+
+
+ForecastReference = Literal["best", "percentile", "target"]
+
+
+@dataclass(frozen=True)
+class ForecastCriterion:
+    """Learning-curve forecast: the job's final value predicted from how the study's finished jobs whose
+    curves were like its own went on; stop when P(final beats the reference) < probability."""
+
+    name: str
+    metric: str
+    mode: Mode
+    study: str | None = None
+    probability: float = 0.01
+    reference: ForecastReference = "best"
+    percentile: float = 10.0
+    target: float | None = None
+    similarity: float = 2.0
+    neighbours: int = 20
+    min_jobs: int = 5
+    warmup_epochs: int = 0
 
 
 @dataclass
@@ -206,3 +229,45 @@ def _summary(criterion: ForecastCriterion, state: ForecastState, found: tuple[fl
         f"{state.peers} finished jobs like this one by epoch {state.epoch}); chance to beat {fmt(found[0])} "
         f"({found[1]}): {_percent(state.probability)}, bound {_percent(criterion.probability)}"
     )
+
+
+FORECAST_FIELDS = (
+    "metric",
+    "mode",
+    "study",
+    "probability",
+    "reference",
+    "percentile",
+    "target",
+    "similarity",
+    "neighbours",
+    "minJobs",
+    "warmupEpochs",
+)
+MAX_NEIGHBOURS = 1000
+
+
+def parse(name: str, fields: Fields, objective: Objective) -> ForecastCriterion:
+    metric, mode = metric_mode(fields, objective)
+    references: tuple[ForecastReference, ...] = ("best", "percentile", "target")
+    reference = fields.choice("reference", references, "best")
+    target = fields.optional_number("target")
+    if reference == "target" and target is None:
+        raise SpecError(fields.at("target"), "is required with reference target: the value to beat")
+    return ForecastCriterion(
+        name,
+        metric,
+        mode,
+        study=fields.optional_string("study", max_length=63),
+        probability=fields.number("probability", 0, 0.5, exclusive=True, default=0.01),
+        reference=reference,
+        percentile=fields.number("percentile", 0, 100, default=10.0),
+        target=target,
+        similarity=fields.number("similarity", 0, 100, exclusive=True, default=2.0),
+        neighbours=fields.integer("neighbours", 1, MAX_NEIGHBOURS, default=20),
+        min_jobs=fields.integer("minJobs", 1, 10000, default=5),
+        warmup_epochs=warmup_epochs(fields),
+    )
+
+
+KIND = Kind("forecast", ForecastCriterion, FORECAST_FIELDS, parse, evaluate)

@@ -6,12 +6,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from stopline.api import Duration, GPUIdleCriterion, PromQLCriterion, rfc3339
 from stopline.criteria.decision import Decision, Outcome
+from stopline.criteria.kind import Kind
 from stopline.criteria.observation import Observation
 from stopline.criteria.state import State, fmt
+from stopline.fields import Duration, Fields, Objective, rfc3339
 
 STALE = "staleAfter"  # the criterion name of spec.metrics.staleAfter; no user name can have a capital letter
+
+
+@dataclass(frozen=True)
+class GPUIdleCriterion:
+    """GPU utilisation below the bound for `for_`, while the step did not advance."""
+
+    name: str
+    utilization_below: float = 5.0
+    for_: Duration = Duration("15m", 900.0)
+
+
+@dataclass(frozen=True)
+class PromQLCriterion:
+    """A PromQL query that kept returning a non-empty result for `for_`."""
+
+    name: str
+    query: str
+    for_: Duration = Duration("0s", 0.0)
 
 
 def _progress(observation: Observation) -> int | None:
@@ -156,3 +175,27 @@ def evaluate_promql(
         ).as_status()
     summary = f"query returned a result for {_minutes(held)}" if result else "query returned no result"
     return Outcome(state.dump(), state.decision, summary)
+
+
+def parse_gpu_idle(name: str, fields: Fields, objective: Objective) -> GPUIdleCriterion:
+    below = fields.number("utilizationBelow", 0, 100, default=5.0)
+    return GPUIdleCriterion(name, below, fields.duration("for", "15m"))
+
+
+def parse_promql(name: str, fields: Fields, objective: Objective) -> PromQLCriterion:
+    return PromQLCriterion(
+        name, fields.string("query", max_length=4096), fields.duration("for", "0s", positive=False)
+    )
+
+
+GPU_IDLE = Kind(
+    "gpuIdle",
+    GPUIdleCriterion,
+    ("utilizationBelow", "for"),
+    parse_gpu_idle,
+    evaluate_gpu_idle,
+    reads_prometheus=True,
+)
+PROMQL = Kind(
+    "promql", PromQLCriterion, ("query", "for"), parse_promql, evaluate_promql, reads_prometheus=True
+)

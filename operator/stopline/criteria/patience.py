@@ -4,12 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from stopline.api import PatienceCriterion
 from stopline.criteria.decision import Decision, Outcome
+from stopline.criteria.kind import Kind
 from stopline.criteria.observation import Observation
 from stopline.criteria.state import EpochState, fmt, is_better, status_line
+from stopline.fields import Fields, Mode, Objective, metric_mode, smoothing, warmup_epochs
+
+
+@dataclass(frozen=True)
+class PatienceCriterion:
+    """Keras/Lightning EarlyStopping: stop after `patience` evaluations without an improvement > min_delta."""
+
+    name: str
+    metric: str
+    mode: Mode
+    patience: int = 3
+    min_delta: float = 0.0
+    min_delta_mode: Literal["absolute", "relative"] = "absolute"
+    warmup_epochs: int = 0
+    smoothing: float | None = None
 
 
 @dataclass
@@ -65,3 +80,23 @@ def evaluate(
     return Outcome(
         state.dump(), state.decision, status_line(observation.samples, state, criterion.metric, summary)
     )
+
+
+PATIENCE_FIELDS = ("metric", "mode", "patience", "minDelta", "minDeltaMode", "warmupEpochs", "smoothing")
+
+
+def parse(name: str, fields: Fields, objective: Objective) -> PatienceCriterion:
+    metric, mode = metric_mode(fields, objective)
+    return PatienceCriterion(
+        name,
+        metric,
+        mode,
+        patience=fields.integer("patience", 1, 100000, default=3),
+        min_delta=fields.number("minDelta", 0, 1_000_000_000_000, default=0.0),
+        min_delta_mode=fields.choice("minDeltaMode", ("absolute", "relative"), "absolute"),
+        warmup_epochs=warmup_epochs(fields),
+        smoothing=smoothing(fields),
+    )
+
+
+KIND = Kind("patience", PatienceCriterion, PATIENCE_FIELDS, parse, evaluate)

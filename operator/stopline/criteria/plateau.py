@@ -7,10 +7,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from stopline.api import PlateauCriterion
 from stopline.criteria.decision import Decision, Outcome
+from stopline.criteria.kind import Kind
 from stopline.criteria.observation import Observation
 from stopline.criteria.state import EpochState, fmt, status_line
+from stopline.fields import Fields, Mode, Objective, metric_mode, smoothing, warmup_epochs
+
+
+@dataclass(frozen=True)
+class PlateauCriterion:
+    """Converged: the relative change over the last `window` evaluations is below max_relative_change."""
+
+    name: str
+    metric: str
+    mode: Mode
+    max_relative_change: float
+    window: int = 5
+    warmup_epochs: int = 0
+    smoothing: float | None = None
 
 
 @dataclass
@@ -56,3 +70,25 @@ def evaluate(
     return Outcome(
         state.dump(), state.decision, status_line(observation.samples, state, criterion.metric, summary)
     )
+
+
+def parse(name: str, fields: Fields, objective: Objective) -> PlateauCriterion:
+    metric, mode = metric_mode(fields, objective)
+    return PlateauCriterion(
+        name,
+        metric,
+        mode,
+        max_relative_change=fields.number("maxRelativeChange", 0, exclusive=True),
+        window=fields.integer("window", 2, 10000, default=5),
+        warmup_epochs=warmup_epochs(fields),
+        smoothing=smoothing(fields),
+    )
+
+
+KIND = Kind(
+    "plateau",
+    PlateauCriterion,
+    ("metric", "mode", "window", "maxRelativeChange", "warmupEpochs", "smoothing"),
+    parse,
+    evaluate,
+)

@@ -16,13 +16,32 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from stopline.api import RungsCriterion
 from stopline.criteria.decision import Decision, Outcome
+from stopline.criteria.kind import Kind
 from stopline.criteria.observation import CohortCurve, Observation
 from stopline.criteria.percentile import percentile
 from stopline.criteria.state import PeerWaitState, fmt, is_better, status_line
+from stopline.fields import MAX_EPOCHS, Fields, Mode, Objective, metric_mode
+
+
+@dataclass(frozen=True)
+class RungsCriterion:
+    """Asynchronous successive halving in stop mode (Ray Tune's ASHAScheduler, Optuna's
+    SuccessiveHalvingPruner): at rung epochs r, r*eta, r*eta^2, ... a job goes on only in the best 1/eta
+    of the study's jobs that reached the rung."""
+
+    name: str
+    metric: str
+    mode: Mode
+    study: str | None = None
+    min_epochs: int = 1
+    reduction_factor: int = 3
+    min_jobs: int = 5
+    compare: Literal["best", "current"] = "best"
+    cut: Literal["quantile", "rank"] = "quantile"
+    include_stopped: bool = True
 
 
 @dataclass
@@ -122,3 +141,35 @@ def evaluate(
     return Outcome(
         state.dump(), state.decision, status_line(observation.samples, state, criterion.metric, summary)
     )
+
+
+RUNGS_FIELDS = (
+    "metric",
+    "mode",
+    "study",
+    "minEpochs",
+    "reductionFactor",
+    "minJobs",
+    "compare",
+    "cut",
+    "includeStopped",
+)
+
+
+def parse(name: str, fields: Fields, objective: Objective) -> RungsCriterion:
+    metric, mode = metric_mode(fields, objective)
+    return RungsCriterion(
+        name,
+        metric,
+        mode,
+        study=fields.optional_string("study", max_length=63),
+        min_epochs=fields.integer("minEpochs", 1, MAX_EPOCHS, default=1),
+        reduction_factor=fields.integer("reductionFactor", 2, 100, default=3),
+        min_jobs=fields.integer("minJobs", 1, 10000, default=5),
+        compare=fields.choice("compare", ("best", "current"), "best"),
+        cut=fields.choice("cut", ("quantile", "rank"), "quantile"),
+        include_stopped=fields.boolean("includeStopped", True),
+    )
+
+
+KIND = Kind("rungs", RungsCriterion, RUNGS_FIELDS, parse, evaluate)

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
-from stopline.api import Mode
 from stopline.criteria.decision import Decision
 from stopline.criteria.observation import Samples
+from stopline.fields import Mode
 
 
 def is_better(value: float, reference: float, mode: Mode) -> bool:

@@ -6,10 +6,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from stopline.api import ThresholdCriterion
 from stopline.criteria.decision import Decision, Outcome
+from stopline.criteria.kind import Kind
 from stopline.criteria.observation import Observation
 from stopline.criteria.state import EpochState, fmt, is_better, status_line
+from stopline.fields import Fields, Mode, Objective, metric_mode, smoothing, warmup_epochs
+
+
+@dataclass(frozen=True)
+class ThresholdCriterion:
+    """Lightning stopping_threshold: stop once the metric is strictly better than `value`."""
+
+    name: str
+    metric: str
+    mode: Mode
+    value: float
+    warmup_epochs: int = 0
+    smoothing: float | None = None
 
 
 @dataclass
@@ -40,3 +53,24 @@ def evaluate(
     return Outcome(
         state.dump(), state.decision, status_line(observation.samples, state, criterion.metric, summary)
     )
+
+
+def parse(name: str, fields: Fields, objective: Objective) -> ThresholdCriterion:
+    metric, mode = metric_mode(fields, objective)
+    return ThresholdCriterion(
+        name,
+        metric,
+        mode,
+        fields.number("value"),
+        warmup_epochs=warmup_epochs(fields),
+        smoothing=smoothing(fields),
+    )
+
+
+KIND = Kind(
+    "threshold",
+    ThresholdCriterion,
+    ("metric", "mode", "value", "warmupEpochs", "smoothing"),
+    parse,
+    evaluate,
+)

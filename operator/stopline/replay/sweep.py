@@ -20,6 +20,10 @@ from pathlib import Path
 
 from stopline import api
 from stopline.criteria import CohortCurve, Decision, Observation, evaluate
+from stopline.criteria.budget import BudgetCriterion
+from stopline.criteria.cohort import CohortCriterion
+from stopline.criteria.forecast import ForecastCriterion
+from stopline.criteria.rungs import RungsCriterion
 from stopline.criteria.state import is_better
 from stopline.replay.curves import SECONDS, TASK, Curve, ReplayError, load_curves, load_job
 
@@ -262,7 +266,7 @@ def replay(
                 f"criterion {criterion.name}: no column {metric!r} in {curves_file.name}, so it never fired"
             )
     if not any(curve.seconds for curve in curves) and any(
-        isinstance(c, api.BudgetCriterion) and (c.max_duration or c.max_gpu_hours) for c in spec.criteria
+        isinstance(c, BudgetCriterion) and (c.max_duration or c.max_gpu_hours) for c in spec.criteria
     ):
         notes.append(f"no {SECONDS!r} values: maxDuration and maxGPUHours were not replayed")
     tasks: dict[str | None, list[Curve]] = {}
@@ -292,7 +296,7 @@ class _PeerComparisons:
     runs, so that a file sure to pass the limit is refused at once, then counted as the jobs run."""
 
     def __init__(self, curves_file: Path, spec: api.TrainingJobSpec) -> None:
-        peer_kinds = api.CohortCriterion | api.RungsCriterion | api.ForecastCriterion
+        peer_kinds = CohortCriterion | RungsCriterion | ForecastCriterion
         self.curves_file = curves_file
         self.spec = spec
         self.readers = sum(1 for criterion in spec.criteria if isinstance(criterion, peer_kinds))

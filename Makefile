@@ -18,10 +18,14 @@ KUBECTL ?= kubectl
 RELEASE ?= stopline
 DEPLOY_NAMESPACE ?= stopline-system
 export OPERATOR_IMAGE TRAINER_IMAGE KIND_CLUSTER HELM KUBECTL RELEASE DEPLOY_NAMESPACE
+# make release VERSION=x.y.z: the one place a release's version comes from; REGISTRY is where it is pushed
+VERSION ?=
+REGISTRY ?= ghcr.io/stopline-dev
+RELEASE_IMAGES ?= operator,trainer
 # run one marked tier of tests/; a tier that has no test files yet says so instead of failing
 tier = if compgen -G 'tests/$(1)/test_*.py' >/dev/null; then $(PYTEST) -m $(1) tests/$(1); else echo "$(1): no tests yet"; fi
 
-.PHONY: help venv testenv testenv-node images-base cluster cluster-down test-node test-node-if-warm test test-unit test-trainer test-cluster test-faults e2e lint helm-lint demo up bench-operator bench-checkpoint images kind-up kind-down kind-e2e deploy undeploy
+.PHONY: help venv testenv testenv-registry release release-push testenv-node images-base cluster cluster-down test-node test-node-if-warm test test-unit test-trainer test-cluster test-faults e2e lint helm-lint demo up bench-operator bench-checkpoint images kind-up kind-down kind-e2e deploy undeploy
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -36,6 +40,9 @@ venv: $(PY) ## create .venv: stopline (dev, s3), stopline-trainer (torch, lightn
 
 testenv: ## build kube-apiserver, kube-controller-manager, kubectl, etcd, helm, versitygw, prometheus into $(STOPLINE_TESTENV); Kueue, JobSet, Kubeflow Trainer and Training Operator into ~/.cache/stopline/<name>/<version> (cached)
 	bash local/stopline_local/testenv/build.sh
+
+testenv-registry: ## build the OCI distribution registry (v3) the cluster tier's release test pushes to (cached)
+	bash local/stopline_local/testenv/build.sh registry
 
 testenv-node: testenv ## build kubelet, kube-scheduler, CNI plugins, CoreDNS, pause; unpack containerd and runc (cached)
 	bash local/stopline_local/testenv/build-node.sh
@@ -66,7 +73,7 @@ test-unit: $(PY) ## pure tests, no processes
 test-trainer: $(PY) testenv ## real trainer processes with real torch, checkpoints to files and a real S3 server
 	$(call tier,trainer)
 
-test-cluster: $(PY) testenv ## tests against a real kube-apiserver + etcd + kube-controller-manager on 127.0.0.1
+test-cluster: $(PY) testenv testenv-registry ## tests against a real kube-apiserver + etcd + kube-controller-manager on 127.0.0.1
 	$(call tier,cluster)
 
 test-faults: $(PY) testenv ## faults and hostile input on the real apiserver: Prometheus down, hostile answers, impostors, lost watches
@@ -96,6 +103,16 @@ bench-operator: $(PY) testenv ## the operator at N jobs (BENCH_JOBS), scrape and
 
 bench-checkpoint: $(PY) testenv ## POST /stop to weights durable vs dd / a plain S3 upload, ~3 MB and ~1 GB: bench/checkpoint/out
 	$(PY) bench/checkpoint/run.py
+
+# Root: the images are built as `make images` builds them without Docker. RELEASE_IMAGES=operator leaves
+# the trainer image (a torch base, gigabytes) out, and says so.
+release: $(PY) ## VERSION=x.y.z [REGISTRY=host/path]: dist/ with wheels, images + digests, chart, install.yaml, locks, SHA256SUMS
+	@if [ -z "$(VERSION)" ]; then echo "make release VERSION=x.y.z [REGISTRY=$(REGISTRY)] [RELEASE_IMAGES=operator]" >&2; exit 2; fi
+	bash local/stopline_local/testenv/build.sh helm
+	$(PY) -m stopline_local.release build $(VERSION) --registry $(REGISTRY) --images $(RELEASE_IMAGES)
+
+release-push: $(PY) ## push dist/ (images, chart) to the registry it was built for; PLAIN_HTTP=1 for a local one
+	$(PY) -m stopline_local.release push $(if $(PLAIN_HTTP),--plain-http)
 
 # With a Docker engine: docker build. Without one: the same Dockerfiles built here on bases made by
 # images-base, and loaded into the node of `make cluster`.

@@ -13,7 +13,7 @@
 #   training-operator (Kubeflow v1: PyTorchJob)        from github.com/kubeflow/training-operator, one patch
 #   registry (the OCI distribution registry)           from github.com/distribution/distribution/v3 via the Go
 #                                                      module proxy; only on `build.sh registry` (the release
-#                                                      tests push to it; nothing else needs it)
+#                                                      test pushes to it; nothing else needs it)
 #
 # Output: $STOPLINE_TESTENV (default ~/.cache/stopline/testenv/<k8s>-etcd<etcd>)/bin. Each workload controller in
 # its own cache keyed by its version, bin/<name>, crd/*.yaml, webhook.yaml (the release's webhook configurations,
@@ -280,8 +280,15 @@ build_registry() { # the `registry` command as released (every storage driver), 
 }
 
 main() { # a function, called in the last lines and followed by exit: editing this file mid-build is safe
-  if [[ "${1:-}" == registry ]]; then # `build.sh registry`: that one binary only (make testenv-registry)
-    step "registry v$REGISTRY_VERSION" "$REGISTRY/bin/registry" build_registry
+  if (($#)); then # `build.sh helm registry`: those steps only (make release: helm; make testenv-registry)
+    local name
+    for name in "$@"; do
+      case $name in
+        helm) mkdir -p "$BIN" && step helm "$BIN/helm" build_helm ;;
+        registry) step "registry v$REGISTRY_VERSION" "$REGISTRY/bin/registry" build_registry ;;
+        *) echo "testenv: no step named $name here (helm, registry)" >&2 && return 2 ;;
+      esac
+    done
     return
   fi
   mkdir -p "$BIN"

@@ -262,7 +262,8 @@ def build_image(dockerfile: Path, tag: str, args: dict[str, str], out: Path, con
     build = Build(dockerfile, tag, dict(args), work, context=context)
     try:
         for keyword, rest in instructions(dockerfile.read_text()):
-            print(f"images: {dockerfile.relative_to(REPO)}: {keyword} {rest[:100]}", flush=True)
+            shown = dockerfile.relative_to(REPO) if dockerfile.is_relative_to(REPO) else dockerfile
+            print(f"images: {shown}: {keyword} {rest[:100]}", flush=True)
             _step(build, keyword, rest)
     finally:
         subprocess.run(["umount", "--recursive", str(build.merged)], capture_output=True)

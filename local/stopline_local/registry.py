@@ -132,7 +132,10 @@ class Reference:
 
 def _member(tar: tarfile.TarFile, digest: str) -> IO[bytes]:
     algorithm, _, hexdigest = digest.partition(":")
-    stream = tar.extractfile(f"blobs/{algorithm}/{hexdigest}")
+    try:
+        stream = tar.extractfile(f"blobs/{algorithm}/{hexdigest}")
+    except KeyError:
+        stream = None
     if stream is None:
         raise PushError(f"{tar.name!r} has no blob {digest}")
     return stream

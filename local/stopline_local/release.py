@@ -447,15 +447,22 @@ def main(argv: list[str] | None = None) -> int:
     build_parser.add_argument(
         "--images", default="operator,trainer", help="operator,trainer (default) or operator (no torch base)"
     )
+    build_parser.add_argument(
+        "--dist", type=Path, default=DIST, help="where the artifacts go (replaced whole)"
+    )
+    build_parser.add_argument(
+        "--build", type=Path, default=BUILD, help="the stamped sources and image builds"
+    )
     push_parser = commands.add_parser("push", help="push dist/'s images and chart where release.json says")
     push_parser.add_argument("--plain-http", action="store_true", help="HTTP, not HTTPS (a local registry)")
+    push_parser.add_argument("--dist", type=Path, default=DIST, help="the release to push")
     options = parser.parse_args(argv)
     try:
         if options.command == "build":
             names = [name.strip() for name in options.images.split(",") if name.strip()]
-            release(options.version, options.registry, names)
+            release(options.version, options.registry, names, options.dist.resolve(), options.build.resolve())
         else:
-            push(plain_http=options.plain_http)
+            push(options.dist, plain_http=options.plain_http)
     except (ReleaseError, registry.PushError) as error:
         print(f"release: {error}", file=sys.stderr)
         return 1

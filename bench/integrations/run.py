@@ -248,6 +248,7 @@ def worker(args: argparse.Namespace) -> int:
 class Row:
     framework: str
     per_step_s: dict[str, float]  # mode -> the slowest rank's time per step, median of the rounds
+    rounds: dict[str, list[float]]  # mode -> the slowest rank's time per step in each round
     collectives: list[tuple[str, int]]  # a fit with the callback on rank 0: (name, steps ended before it)
     between: int  # collectives of stopline's after one step and before the last, all fits and ranks
 
@@ -290,13 +291,12 @@ def measure(args: argparse.Namespace, frameworks: list[str]) -> list[Row]:
             for f in fits:
                 key = (f["mode"], f["round"])
                 slowest[key] = max(slowest.get(key, 0.0), f["per_step_s"])
-            per_step = {
-                mode: statistics.median(s for (m, _), s in slowest.items() if m == mode) for mode in MODES
-            }
+            rounds = {mode: [slowest[mode, r] for r in range(args.rounds)] for mode in MODES}
+            per_step = {mode: statistics.median(rounds[mode]) for mode in MODES}
             ours = [f for f in fits if f["mode"] == "stopline"]
             first = next(f for f in ours if f["rank"] == 0 and f["round"] == 0)
             between = sum(1 for f in ours for _, k in f["collectives"] if 0 < k < args.steps)
-            rows.append(Row(framework, per_step, [(n, k) for n, k in first["collectives"]], between))
+            rows.append(Row(framework, per_step, rounds, [(n, k) for n, k in first["collectives"]], between))
     return rows
 
 
@@ -318,14 +318,16 @@ def table(rows: list[Row], step_ms: float, steps: int) -> str:
     return "\n".join(lines)
 
 
-def collectives(rows: list[Row], steps: int) -> str:
-    """Where stopline's collectives ran in a fit with the callback, per framework."""
+def notes(rows: list[Row], steps: int) -> str:
+    """Each round's figures, and where stopline's collectives ran in a fit with the callback."""
 
     def listed(calls: list[str]) -> str:
         return ", ".join(f"{name} x{n}" for name, n in Counter(calls).items()) or "none"
 
     lines = []
     for r in rows:
+        spread = "; ".join(f"{mode} " + ", ".join(f"{s * 1e3:.3f}" for s in r.rounds[mode]) for mode in MODES)
+        lines.append(f"{r.framework}: ms/step round by round (the noise the median sits in): {spread}")
         before = listed([n for n, k in r.collectives if k == 0])
         after = listed([n for n, k in r.collectives if k >= steps])
         lines.append(
@@ -350,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     rows = measure(args, frameworks)
     result = table(rows, args.step_ms, args.steps)
-    seen = collectives(rows, args.steps)
+    seen = notes(rows, args.steps)
     print(result)
     print(seen)
     load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"

@@ -19,6 +19,11 @@ from stopline import __version__, replay
 def _replay(args: argparse.Namespace) -> int:
     progress = _progress if sys.stderr.isatty() else None
     result = replay.replay(args.job, args.curves, task=args.task, progress=progress)
+    if args.html is not None:
+        title = f"stopline replay: {args.job.name} on {args.curves.name}" + (
+            f", task {args.task}" if args.task is not None else ""
+        )
+        replay.write_html(args.html, replay.render_html(result, title))
     print(json.dumps(result.as_json(), indent=2) if args.json else replay.render_table(result))
     return 0
 
@@ -103,6 +108,13 @@ def parser() -> argparse.ArgumentParser:
     )
     replay_command.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a table"
+    )
+    replay_command.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE.html",
+        help="also write one self-contained page (inline SVG and CSS, nothing fetched): every job's curve, "
+        "where and by which criterion it was stopped, the best job, the epochs saved and the regret",
     )
     replay_command.set_defaults(run=_replay)
     operator_command = commands.add_parser(

@@ -5,10 +5,11 @@ column, each task is a sweep of its own (a config is unique within its task only
 up on its own, then over all tasks as docs/policy.md does. `epoch_seconds` is read as `seconds`.
 
 One room each: `curves` reads the hostile input (the curves CSV, the job manifest), `sweep` replays the
-jobs and sums a sweep up, `render` writes the table.
+jobs and sums a sweep up, `render` writes the table and `page` the HTML page (`--html`).
 """
 
 from stopline.replay.curves import Curve, ReplayError, load_curves, load_job
+from stopline.replay.page import render_html, write_html
 from stopline.replay.render import render_table
 from stopline.replay.sweep import (
     PEER_COMPARISONS_MAX,
@@ -30,7 +31,9 @@ __all__ = [
     "Sweep",
     "load_curves",
     "load_job",
+    "render_html",
     "render_table",
     "replay",
     "replay_job",
+    "write_html",
 ]

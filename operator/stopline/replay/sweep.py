@@ -55,6 +55,7 @@ class JobResult:
     decision: Decision | None
     best: Best | None
     best_if_no_stopping: Best | None
+    values: tuple[tuple[int, float], ...] = ()  # the objective by epoch, up to epochs_available (the page)
 
     def as_json(self) -> dict[str, object]:
         decision = self.decision
@@ -368,6 +369,11 @@ def _sweep(
                 decision,
                 _best(curve, objective.metric, objective.mode, run),
                 _best(curve, objective.metric, objective.mode, available),
+                tuple(
+                    (epoch, curve.rows[epoch][objective.metric])
+                    for epoch in sorted(curve.rows)
+                    if epoch <= available and objective.metric in curve.rows[epoch]
+                ),
             )
         )
         for metric in comparisons.metrics:

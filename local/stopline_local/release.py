@@ -185,9 +185,11 @@ def installed_distributions(archive: Path) -> dict[str, str]:
                 for member in tar:
                     path = posixpath.normpath(member.name.lstrip("/"))
                     folder, name = posixpath.split(path)
-                    if name == ".wh..wh..opq":
+                    if name == ".wh..wh..opq":  # what the lower layers had in `folder` is hidden
                         found = {
-                            key: value for key, value in found.items() if not key.startswith(f"{folder}/")
+                            key: value
+                            for key, value in found.items()
+                            if key != folder and not key.startswith(f"{folder}/")
                         }
                     elif name.startswith(".wh."):
                         gone = posixpath.join(folder, name[4:])

@@ -16,6 +16,7 @@ import pytest
 
 from stopline import replay
 from stopline.cli import main
+from stopline.replay import page as page_module
 
 REPO = Path(__file__).resolve().parents[2]
 RECOMMENDED = REPO / "examples" / "recommended-policy.yaml"
@@ -231,3 +232,14 @@ def test_headless_chromium_renders_one_curve_per_job_of_real_sweeps_and_the_figu
         "tasks-over-half-percent": summary["tasksOverHalfPercent"],
     }
     assert page.figures["overall"]["stopped"] > 0  # the page shows stops, not only finished curves
+
+
+def test_a_long_curve_is_thinned_on_the_page_but_keeps_its_ends(tmp_path: Path) -> None:
+    job, curves, _ = small_sweep(tmp_path)
+    curves.write_text("job,epoch,val_loss\n" + "".join(f"long,{e},{1 / e}\n" for e in range(1, 1001)))
+    page = Page(replay.render_html(replay.replay(job, curves), "sweep"))
+    (curve,) = page.sections["sweep-0"]["curves"]
+    points = curve["points"].split()
+    assert len(points) <= page_module.MAX_POINTS + 1
+    assert points[0].split(",")[0] == f"{page_module.LEFT:.1f}"  # epoch 1, at the plot's left edge
+    assert points[-1].split(",")[0] == f"{page_module.WIDTH - page_module.RIGHT:.1f}"  # epoch 1000

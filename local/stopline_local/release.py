@@ -66,7 +66,7 @@ IMAGE_PLANS = {
 # The images' Python is Debian 12's CPython 3.11 on glibc 2.36: the lock names the files pip picks there.
 IMAGE_PYTHON = ("--platform", "manylinux_2_36_x86_64", "--python-version", "3.11", "--implementation", "cp")
 TRAINER_LEFT_OUT = (
-    "release: the trainer image is left out (--images operator): its base holds torch and its CUDA wheels, "
+    "the trainer image is left out (--images operator): its base holds torch and its CUDA wheels, "
     "gigabytes to download and to layer; a release to publish builds both (the default)"
 )
 
@@ -121,9 +121,10 @@ def head_commit() -> str:
 
 def export_sources(commit: str, into: Path) -> None:
     """HEAD's SOURCES into `into`, as committed; says which of them have uncommitted changes left out."""
-    dirty = run(["git", "-C", REPO, "status", "--porcelain", "--", *SOURCES]).strip()
+    dirty = run(["git", "-C", REPO, "status", "--porcelain", "--", *SOURCES]).splitlines()
     if dirty:
-        log(f"releasing {commit[:12]} as committed; left out, uncommitted:\n{dirty}")
+        left_out = ", ".join(line[3:] for line in dirty)
+        log(f"releasing {commit[:12]} as committed; left out, uncommitted: {left_out}")
     archive = subprocess.run(
         ["git", "-C", str(REPO), "archive", "--format=tar", commit, "--", *SOURCES],
         capture_output=True,

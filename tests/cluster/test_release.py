@@ -264,3 +264,34 @@ def test_a_push_names_each_image_by_the_digest_dist_gives_it(released: Released,
             target.addfile(member, io.BytesIO(data))
     with pytest.raises(registry.PushError, match="do not hash"):
         registry.push_layout(tampered, f"{released.registry.host}/tampered:1")
+
+
+PINNED = f"sha256:{'b' * 64}"
+
+
+@pytest.mark.parametrize(
+    ("values", "image"),
+    [
+        pytest.param([], "ghcr.io/stopline-dev/operator:0.1.0", id="tag"),
+        pytest.param(
+            ["--set", f"image.digest={PINNED}"], f"ghcr.io/stopline-dev/operator@{PINNED}", id="digest"
+        ),
+    ],
+)
+def test_the_chart_pulls_by_digest_when_one_is_set(values: list[str], image: str) -> None:
+    only = ["--show-only", "templates/deployment.yaml", "--set", "image.tag=0.1.0"]
+    (deployment,) = yaml.safe_load_all(
+        helm("template", "stopline", REPO / "helm" / "stopline", *only, *values)
+    )
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == image
+
+
+@pytest.mark.parametrize("digest", ["sha256:abc", "latest", f"sha512:{'b' * 128}", f"sha256:{'B' * 64}"])
+def test_the_values_schema_refuses_a_digest_that_is_not_sha256_hex(digest: str) -> None:
+    result = subprocess.run(
+        [str(built_binary("helm")), "template", "stopline", str(REPO / "helm" / "stopline"), "--set",
+         f"image.digest={digest}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and "image.digest" in result.stderr

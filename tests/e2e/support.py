@@ -14,6 +14,7 @@ from trainer.support import assert_reproduces_outputs, verify_blob
 
 CLAIM = "checkpoints"
 METRICS_PORT = 8000
+TERMINAL = ("Stopped", "Succeeded", "Failed", "Cancelled")
 DEADLINE_S = 90  # generous for a shared 2-core box; every wait returns as soon as its check passes
 
 
@@ -97,10 +98,20 @@ def terminated_pods(plane: ControlPlane, namespace: str, name: str, count: int) 
     return found
 
 
+def finish(plane: ControlPlane, kubelet: LocalKubelet, namespace: str, name: str) -> dict[str, Any]:
+    """Wait for a terminal phase; the TrainingJob as it ended (the trainer logs are shown on a timeout)."""
+    wait_until(
+        lambda: status(plane, namespace, name).get("phase") in TERMINAL,
+        DEADLINE_S,
+        f"{name} to end",
+        details=lambda: f"{status(plane, namespace, name)}\n{kubelet.logs()[-4000:]}",
+    )
+    return dict(get(plane, namespace, "tj", name))
+
+
 # TrainingJobs that govern a workload (spec.targetRef): what the user adds to the workload's pod template
 
 CHECKPOINT_MOUNT = "/checkpoints"
-TERMINAL = ("Stopped", "Succeeded", "Failed", "Cancelled")
 
 
 def trainer_env(governor: str, folder: str, with_token: bool = True) -> list[dict[str, Any]]:
@@ -139,16 +150,6 @@ def wait_for_secret(plane: ControlPlane, namespace: str, governor: str) -> None:
     """The operator made the token Secret the workload's pods read (create the TrainingJob first)."""
     secret = f"{governor}-stopline-control"
     wait_until(lambda: exists(plane, namespace, "secret", secret), DEADLINE_S, f"Secret {secret}")
-
-
-def finish_target(plane: ControlPlane, kubelet: LocalKubelet, namespace: str, name: str) -> dict[str, Any]:
-    wait_until(
-        lambda: status(plane, namespace, name).get("phase") in TERMINAL,
-        DEADLINE_S,
-        f"{name} to end",
-        details=lambda: f"{status(plane, namespace, name)}\n{kubelet.logs()[-4000:]}",
-    )
-    return dict(get(plane, namespace, "tj", name))
 
 
 def epoch_reached(

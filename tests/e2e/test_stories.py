@@ -21,11 +21,12 @@ from e2e.support import (
     DEADLINE_S,
     PATIENCE,
     epoch_reached,
+    finish,
     load_weights,
     terminated_pods,
     training_job,
 )
-from operatorharness import apply, condition, event_posted, events, get, operator, pods, status
+from operatorharness import apply, condition, event_posted, events, operator, pods
 from stopline_local.controlplane import ControlPlane, wait_until
 from stopline_local.kubelet import LocalKubelet
 from stopline_local.prometheus import Prometheus, running_prometheus
@@ -34,7 +35,6 @@ from trainer.support import assert_reproduces_outputs, verify_blob
 
 pytestmark = pytest.mark.e2e
 
-TERMINAL = ("Stopped", "Succeeded", "Failed", "Cancelled")
 EPOCH_S = ("--steps-per-epoch", "10", "--sleep-per-step", "0.05")  # ~0.5 s an epoch on a shared core
 
 
@@ -51,17 +51,6 @@ def example(
     job["spec"].update(maxEpochs=epochs, criteria=list(criteria), **spec)
     job["spec"]["metrics"]["interval"] = "1s"
     return job
-
-
-def finish(plane: ControlPlane, kubelet: LocalKubelet, namespace: str, name: str) -> dict[str, Any]:
-    """Wait for a terminal phase; the TrainingJob as it ended (the trainer logs are shown on a timeout)."""
-    wait_until(
-        lambda: status(plane, namespace, name).get("phase") in TERMINAL,
-        DEADLINE_S,
-        f"{name} to end",
-        details=lambda: f"{status(plane, namespace, name)}\n{kubelet.logs()[-4000:]}",
-    )
-    return dict(get(plane, namespace, "tj", name))
 
 
 def weights_load_back(kubelet: LocalKubelet, namespace: str, stopped: dict[str, Any]) -> None:

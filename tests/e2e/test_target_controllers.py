@@ -20,7 +20,7 @@ from e2e.support import (
     DEADLINE_S,
     PATIENCE,
     epoch_reached,
-    finish_target,
+    finish,
     governing,
     load_weights,
     trainer_env,
@@ -96,7 +96,7 @@ def test_a_trainjob_of_two_torchrun_pods_is_stopped_by_patience_every_rank_at_on
     )
     wait_for_secret(story, namespace, "watch-fit")
     apply(story, namespace, torchrun_train_job("fit", "watch-fit"))
-    stopped = finish_target(story, kubelet, namespace, "watch-fit")["status"]
+    stopped = finish(story, kubelet, namespace, "watch-fit")["status"]
     assert (stopped["phase"], stopped.get("stopReason", {}).get("type"), stopped.get("stopPath")) == (
         "Stopped",
         "Patience",
@@ -132,7 +132,7 @@ def test_a_trainjob_without_the_token_is_stopped_by_its_own_suspend_and_keeps_th
     epoch_reached(story, namespace, "watch-sft", 2)
     pods = pod_names(story, namespace, "jobset.sigs.k8s.io/jobset-name=sft")
     story.kubectl("annotate", "tj", "watch-sft", "stopline.dev/stop=enough", "-n", namespace)
-    stopped = finish_target(story, kubelet, namespace, "watch-sft")["status"]
+    stopped = finish(story, kubelet, namespace, "watch-sft")["status"]
     assert (stopped["phase"], stopped.get("stopReason", {}).get("type"), stopped.get("stopPath")) == (
         "Stopped",
         "Manual",
@@ -183,7 +183,7 @@ def test_a_jobset_is_stopped_by_annotation_through_post_stop(
     apply(story, namespace, jobset)
     epoch_reached(story, namespace, "watch-js", 2)
     story.kubectl("annotate", "tj", "watch-js", "stopline.dev/stop=enough", "-n", namespace)
-    stopped = finish_target(story, kubelet, namespace, "watch-js")["status"]
+    stopped = finish(story, kubelet, namespace, "watch-js")["status"]
     assert (stopped["phase"], stopped.get("stopPath")) == ("Stopped", "StopEndpoint"), stopped
     steps = stop_steps(kubelet, namespace, pod_names(story, namespace, "jobset.sigs.k8s.io/jobset-name=js"))
     assert sorted(steps) == [0, 1] and len(set(steps.values())) == 1, steps
@@ -222,7 +222,7 @@ def test_a_pytorchjob_whose_trainer_has_no_token_is_stopped_by_run_policy_suspen
     )
     epoch_reached(story, namespace, "watch-pt", 2, kubelet)
     story.kubectl("annotate", "tj", "watch-pt", "stopline.dev/stop=enough", "-n", namespace)
-    stopped = finish_target(story, kubelet, namespace, "watch-pt")["status"]
+    stopped = finish(story, kubelet, namespace, "watch-pt")["status"]
     found = (stopped["phase"], stopped.get("stopReason", {}).get("type"), stopped.get("stopPath"))
     assert found == ("Stopped", "Manual", "Suspend"), stopped
     load_weights(stopped["checkpoint"], kubelet.claim_folder(namespace, CLAIM) / "runs" / "pt")

@@ -18,7 +18,7 @@ from e2e.support import (
     DEADLINE_S,
     PATIENCE,
     epoch_reached,
-    finish_target,
+    finish,
     governing,
     load_weights,
     trainer_env,
@@ -77,7 +77,7 @@ def test_patience_stops_a_users_job_by_post_stop_and_leaves_the_job_there(
     apply(story, namespace, governing("watch-a", "Job", "batch/v1", "train-a", criteria=[PATIENCE]))
     wait_for_secret(story, namespace, "watch-a")
     apply(story, namespace, user_job("train-a", "watch-a"))
-    stopped = finish_target(story, kubelet, namespace, "watch-a")
+    stopped = finish(story, kubelet, namespace, "watch-a")
     found = stopped["status"]
     assert found["phase"] == "Stopped", found
     reason = found.get("stopReason", {})
@@ -106,7 +106,7 @@ def test_a_trainer_without_the_token_is_stopped_by_the_jobs_own_suspend(
     apply(story, namespace, user_job("train-b", "watch-b", with_token=False))
     epoch_reached(story, namespace, "watch-b", 2)
     story.kubectl("annotate", "tj", "watch-b", "stopline.dev/stop=enough", "-n", namespace)
-    stopped = finish_target(story, kubelet, namespace, "watch-b")
+    stopped = finish(story, kubelet, namespace, "watch-b")
     found = stopped["status"]
     assert found["phase"] == "Stopped", found
     assert found.get("stopReason", {}).get("type") == "Manual", found
@@ -144,7 +144,7 @@ def test_a_sweep_of_six_users_jobs_is_judged_as_one_cohort_and_the_worst_is_stop
         args = ("--lr", lr, "--sleep-per-step", "0.2")
         apply(story, namespace, user_job(job, "lr", epochs, args=args, labels={"sweep": "lr"}))
     members = {job: f"lr-{job}" for job in runs}
-    ended = {job: finish_target(story, kubelet, namespace, member) for job, member in members.items()}
+    ended = {job: finish(story, kubelet, namespace, member) for job, member in members.items()}
     bad = ended["run-bad"]["status"]
     assert (bad["phase"], bad.get("stopReason", {}).get("type")) == ("Stopped", "Cohort"), bad
     assert bad["stopPath"] == "StopEndpoint" and bad["checkpoint"]["epoch"] < 60, bad

@@ -12,12 +12,18 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.nn.parallel import DistributedDataParallel
 
 import stopline_trainer
@@ -54,6 +60,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=1,
         help="agree on a stop every N steps (Run's check_every): one all-reduce per N steps, not per step",
+    )
+    p.add_argument(
+        "--checkpoint",
+        choices=["save", "dcp"],
+        default="save",
+        help="save: run.save() of one state dict from rank 0; dcp: every rank writes torch.distributed."
+        "checkpoint shards into a local folder, which run.register() keeps",
     )
     p.add_argument("--keep-best", action="store_true", help="also keep the best checkpoint by the objective")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore existing checkpoints")
@@ -96,9 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         config, accept_http_stop=args.fault != "ignore-stop", check_every=args.check_every
     )
     epoch, step = 0, 0
+    keep = DcpCheckpoint(run, config) if args.checkpoint == "dcp" else None
     try:
         ckpt = run.resume() if args.resume else None
-        if ckpt is not None:
+        if ckpt is not None and keep is not None:
+            keep.load(ckpt.path, model, optimizer)
+            step = ckpt.manifest.step
+        elif ckpt is not None:
             model.load_state_dict(ckpt.state["model"])
             optimizer.load_state_dict(ckpt.state["optimizer"])
             step = ckpt.manifest.step
@@ -146,15 +163,59 @@ def main(argv: list[str] | None = None) -> int:
                 "epoch %d step %d val_loss %.5f (%.2fs)", epoch, step, val_loss, time.monotonic() - started
             )
             if args.save_every and epoch % args.save_every == 0:
-                run.save(state(model, optimizer))
+                save(run, keep, model, optimizer, step)
                 saved_step = step
         if step != saved_step:
-            run.save(state(model, optimizer))
+            save(run, keep, model, optimizer, step)
         return 0
     finally:
         run.close()
         if multi:
             torch.distributed.destroy_process_group()
+
+
+def save(
+    run: stopline_trainer.Run,
+    keep: DcpCheckpoint | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+) -> None:
+    if keep is not None:
+        keep.save(model, optimizer, step)
+    else:
+        run.save(state(model, optimizer))
+
+
+class DcpCheckpoint:
+    """A checkpoint torch.distributed.checkpoint writes (the way FSDP runs keep theirs): every rank saves
+    its shards into a folder on its own disk and registers it; stopline copies each rank's files under the
+    checkpoint URI, lists them with their sizes and sha256, and names the folder once all are in."""
+
+    def __init__(self, run: stopline_trainer.Run, config: stopline_trainer.Config) -> None:
+        self.run = run
+        # the same path on every rank (register's contract); each rank's own disk, or one shared folder
+        self.scratch = Path(tempfile.gettempdir()) / f"stopline-dcp-{config.namespace}-{config.job}"
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+        folder = self.scratch / f"step-{step}"
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        with torch.no_grad():
+            probe = model(probe_input().to(next(model.parameters()).device)).cpu()
+        dcp_save(
+            {"model": model_state, "optimizer": optimizer_state, "probe_output": probe}, checkpoint_id=folder
+        )
+        self.run.register(folder, step=step)  # every rank; returns once the folder is committed
+        shutil.rmtree(folder, ignore_errors=True)  # the kept copy is under the checkpoint URI
+
+    def load(self, path: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if path is None:
+            raise RuntimeError(
+                "the kept checkpoint was written by run.save(), not by DCP: start with --checkpoint save"
+            )
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        dcp_load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=path)  # in place
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
 
 
 def state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, object]:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -66,10 +67,11 @@ class Released:
 def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     with running_registry(tmp_path_factory.mktemp("registry")) as started:
         yield started
+    shutil.rmtree(started.storage)  # an image of ~300 MB: not kept with pytest's last three runs
 
 
 @pytest.fixture(scope="module")
-def released(local_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Released:
+def released(local_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Released]:
     if os.geteuid() != 0:
         pytest.skip(
             "the release builds the operator image as `make images` does: an overlay mount and chroot, root"
@@ -96,7 +98,9 @@ def released(local_registry: Registry, tmp_path_factory: pytest.TempPathFactory)
         text = (REPO / path).read_text()
         assert VERSION not in text and local_registry.host not in text, f"the release wrote {path}"
     summary = json.loads((dist / "release.json").read_text())
-    return Released(dist, summary, local_registry, seconds)
+    yield Released(dist, summary, local_registry, seconds)
+    shutil.rmtree(dist)
+    shutil.rmtree(build)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -81,6 +82,8 @@ def pushed(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pus
         )
         summary = json.loads((dist / "release.json").read_text())
         yield Pushed(dist, registry.host, summary["images"]["operator"]["digest"])
+    for folder in (dist, build, registry.storage):  # ~300 MB each: the node tier watches its disk
+        shutil.rmtree(folder)
 
 
 @pytest.fixture(scope="module")

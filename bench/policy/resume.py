@@ -96,11 +96,13 @@ class Sim:
     resumes: int = 0
     resumed_epochs: int = 0
 
-    def record(self, index: int, ran: int, phase: rule.Phase) -> None:
+    def record(
+        self, index: int, ran: int, phase: rule.Phase, chance: float | None = None, resumable: bool = True
+    ) -> None:
         self.ran[index], self.phase[index] = ran, phase
         curve = self.curves[index]
         kept = {e: v for e, v in enumerate(curve[:ran], start=1) if math.isfinite(v)}
-        self.members[index] = rule.SweepJob(str(index), phase, kept)
+        self.members[index] = rule.SweepJob(str(index), phase, kept, resumable=resumable, stop_chance=chance)
         stopped = phase == "stopped"
         peer = CohortCurve(str(index), self.task.metric, kept, stopped=stopped, completed=not stopped)
         if peer.last is not None:
@@ -113,30 +115,38 @@ class Sim:
         fed = Curve(str(index), rows={e: {self.task.metric: v} for e, v in enumerate(curve, start=1)})
         cohort = tuple(self.cohort[i] for i in sorted(self.cohort))
         ran, decision = replay_job(self.spec, fed, cohort, len(curve))
-        self.record(index, ran, "stopped" if decision is not None else "finished")
+        # a forecast's stop had a chance below its bound behind it (the bound stands in for the chance)
+        chance = None
+        if decision is not None and decision.type == "Forecast":
+            chance = next(
+                getattr(c, "probability", None) for c in self.spec.criteria if c.name == decision.criterion
+            )
+        diverged = decision is not None and decision.criterion == DIVERGED["name"]  # never resumed
+        self.record(index, ran, "stopped" if decision is not None else "finished", chance, not diverged)
 
     def go_on(self, index: int, settings: rule.ResumeSettings) -> None:
         """A resumed job from its stop epoch: to its end, or judged again at every epoch."""
         curve, start = self.curves[index], self.ran[index]
         self.resumes += 1
-        stop_at = len(curve)
+        stop_at, chance, diverged = len(curve), None, False
         if self.setting.resumed == "judged":
             members = [job for i, job in self.members.items() if i != index]
             finished = rule.finished_by_group(members).get((None, None), ())
             beat = rule.to_beat(members, settings)
+            # the whole curve once: the rule reads a job's best so far at `epoch` and before only
+            job = rule.SweepJob(str(index), "running", dict(enumerate(curve, start=1)))
             for epoch in range(start + 1, len(curve)):
                 if not math.isfinite(curve[epoch - 1]):  # diverged: the divergence criterion stops it
-                    stop_at = epoch
+                    stop_at, diverged = epoch, True
                     break
                 if beat is None:
                     continue
-                job = rule.SweepJob(str(index), "running", dict(enumerate(curve[:epoch], start=1)))
                 verdict = rule.judge(job, finished, (), beat, settings, epoch)
                 if verdict is not None and verdict.probability is not None and not verdict.resume:
-                    stop_at = epoch
+                    stop_at, chance = epoch, verdict.probability
                     break
         self.resumed_epochs += stop_at - start
-        self.record(index, stop_at, "finished" if stop_at == len(curve) else "stopped")
+        self.record(index, stop_at, "finished" if stop_at == len(curve) else "stopped", chance, not diverged)
 
     def resume_round(self, settings: rule.ResumeSettings, now: float) -> None:
         """Ask the rule until it resumes nothing; each round's resumed jobs run before the next ask."""
@@ -199,13 +209,32 @@ def grid(name: str) -> list[Setting]:
             out.append(Setting(stop_name, stop, rule.ResumeSettings("min", probability=0.01, max_resumes=4)))
             out.append(Setting(stop_name, stop, rule.ResumeSettings("min", probability=0.01, unseen="keep")))
         return out
-    bounds = (0.01, 0.03, 0.1) if name == "main" else (0.03, 0.1)
-    for stop_name, stop in STOPS.items():
-        for bound in bounds:
-            for unseen in ("resume", "keep"):
-                settings = rule.ResumeSettings("min", probability=bound, unseen=unseen)
-                out.append(Setting(stop_name, stop, settings))
+    if name == "probe":  # every stop beside bounds 0.03 and 0.1, unseen jobs resumed or kept
+        for stop_name, stop in STOPS.items():
+            for bound in (0.03, 0.1):
+                for unseen in ("resume", "keep"):
+                    settings = rule.ResumeSettings("min", probability=bound, unseen=unseen)
+                    out.append(Setting(stop_name, stop, settings))
+        return out
+    # main: what the probe on four hard tasks left standing (resume.md's note), on every task
+    for stop_name, bound, unseen in MAIN:
+        settings = rule.ResumeSettings("min", probability=bound, unseen=unseen)
+        out.append(Setting(stop_name, STOPS[stop_name], settings))
     return out
+
+
+MAIN: tuple[tuple[str, float, rule.Unseen], ...] = (
+    ("forecast 0.01 (recommended)", 0.1, "keep"),
+    ("forecast 0.03", 0.03, "keep"),
+    ("forecast 0.03", 0.1, "keep"),
+    ("forecast 0.1", 0.03, "keep"),
+    ("forecast 0.1", 0.03, "resume"),
+    ("forecast 0.1", 0.1, "keep"),
+    ("forecast 0.3", 0.03, "keep"),
+    ("forecast 0.3", 0.03, "resume"),
+    ("forecast 0.3", 0.1, "keep"),
+    ("rungs rank 5/1/2 best", 0.03, "resume"),
+)
 
 
 def with_mode(setting: Setting, mode: api.Mode) -> Setting:

@@ -72,6 +72,16 @@ def test_a_job_like_no_finished_one_is_resumed_unless_unseen_jobs_are_kept() -> 
     assert kept.resume == () and kept.judged[0].probability is None and not kept.judged[0].resume
 
 
+def test_unseen_evidence_keeps_a_forecast_stop_and_takes_back_a_stop_with_no_chance_behind_it() -> None:
+    by_forecast = stopped("by-forecast", 5.0, at=3, stop_chance=0.004)
+    by_rungs = stopped("by-rungs", 5.0, at=3)
+    result = plan([*LEADERS, by_forecast, by_rungs], ResumeSettings("min", unseen="evidence"), now=0.0)
+    assert [j.job for j in result.resume] == ["by-rungs"]
+    kept = next(j for j in result.judged if j.job == "by-forecast")
+    assert not kept.resume and kept.probability is None
+    assert kept.message.startswith("stays stopped on the chance it was stopped on (0.4%); nothing new says")
+
+
 def test_neighbours_share_a_budget_so_a_longer_run_is_not_judged_by_shorter_ones() -> None:
     short = stopped("short", 2.0, at=4, budget=10)
     longer = stopped("longer", 2.0, at=4, budget=100)

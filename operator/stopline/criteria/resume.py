@@ -10,8 +10,10 @@ stopped job's value at its stop: the weights each one keeps).
 
 - P at or above `probability`: the evidence now says it may win; it is a candidate.
 - Fewer than minJobs finished jobs of its budget were like it by its stop epoch (P unknown): nothing says
-  how it ends, so it is a candidate too (unseen="resume", the forecast's honesty: a job like no finished
-  one runs on) unless the caller chose unseen="keep".
+  how it ends. unseen="resume": a candidate (the forecast's honesty: a job like no finished one runs on).
+  unseen="evidence": a candidate only when its stop had no chance behind it (a rungs or cohort stop); a
+  stop a forecast decided (`stop_chance`, its chance then) keeps that verdict until new evidence judges
+  it. unseen="keep": it stays stopped.
 - Below the bound: it stays stopped, with the numbers that say why.
 
 Neighbours share a budget: a job is judged only by finished jobs with the same maxEpochs and schedule label
@@ -38,7 +40,7 @@ from stopline.criteria.state import fmt, is_better
 from stopline.fields import Mode
 
 Phase = Literal["running", "stopped", "finished"]
-Unseen = Literal["resume", "keep"]
+Unseen = Literal["resume", "evidence", "keep"]
 OBJECTIVE = "objective"  # the metric name the rule gives the curves it builds (one objective per sweep)
 
 
@@ -52,6 +54,8 @@ class SweepJob:
     budget / schedule: its maxEpochs and schedule label, where known; neighbours share both.
     resumed: running again after a resume (it holds one of the K slots).
     resumable: a stop that may be taken back (a sweep criterion's); False for a person's stop or a failure.
+    stop_chance: the chance to beat the best that its last stop was decided on (a forecast's, or this rule's
+    when a resumed job fell below the bound again); None when no chance stood behind the stop.
     """
 
     name: str
@@ -61,6 +65,7 @@ class SweepJob:
     schedule: str | None = None
     resumed: bool = False
     resumable: bool = True
+    stop_chance: float | None = None
     curve: CohortCurve = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -127,7 +132,7 @@ class Judgement:
     high: float | None
     peers: int
     standing: float  # share of its budget's jobs at `epoch` it was ahead of (0..1)
-    resume: bool  # a candidate (above the bound, or unseen with unseen="resume")
+    resume: bool  # a candidate (at or above the bound, or unseen and resumed as `unseen` says)
     message: str
 
     def as_status(self) -> dict[str, object]:
@@ -199,8 +204,16 @@ def judge(
     result = forecast(settings.criterion, finished, at, mine, beat[0])
     bound = percent(settings.probability)
     if result is None:
-        resume = settings.unseen == "resume"
-        verdict = "resume: nothing says" if resume else "kept stopped (unseen: keep), though nothing says"
+        stop_chance = job.stop_chance if settings.unseen == "evidence" else None
+        resume = settings.unseen == "resume" or (settings.unseen == "evidence" and job.stop_chance is None)
+        if resume:
+            verdict = "resume: nothing says"
+        elif stop_chance is not None:
+            verdict = (
+                f"stays stopped on the chance it was stopped on ({percent(stop_chance)}); nothing new says"
+            )
+        else:
+            verdict = "stays stopped (unseen: keep), though nothing says"
         message = (
             f"{verdict} it cannot beat {fmt(beat[0])} ({beat[1]}): fewer than {settings.min_jobs} finished "
             f"jobs of its budget were like it by epoch {at}"

@@ -34,7 +34,9 @@ from stopline_local.controlplane import REPO, TESTENV
 from stopline_local.node import Node
 from stopline_local.registry import running_registry
 
-pytestmark = pytest.mark.node
+# the first test's setup runs the release (a minute or more) and maybe the trainer image's build, then the
+# operator's pull and a story with deadlines of their own: more than the tier's default 600 s
+pytestmark = [pytest.mark.node, pytest.mark.timeout(1500)]
 
 VERSION = "9.8.7"
 DEADLINE_S = 300  # an operator pod pulling ~300 MB from loopback and starting on two shared cores
@@ -73,7 +75,7 @@ def pushed(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pus
             [sys.executable, "-m", "stopline_local.release", "build", VERSION, f"--registry={registry.host}",
              "--images=operator", f"--dist={dist}", f"--build={build}"],
             check=True,
-            timeout=900,
+            timeout=600,
         )  # fmt: skip
         subprocess.run(
             [sys.executable, "-m", "stopline_local.release", "push", "--plain-http", f"--dist={dist}"],

@@ -10,7 +10,10 @@ interleaved. A timing callback notes time.perf_counter() at each training step's
 step is (t[last] - t[warmup]) / (last - warmup), --warmup steps skipped, so the start and what runs
 after the last step (the callbacks' agreement at the epoch's end, the checkpoint Lightning's callback
 keeps at fit end) fall outside it. A mode's time per step is the slowest rank's, the median over the
-rounds; overhead: with the callback less bare, per step and as a share of the step.
+rounds; overhead: with the callback less bare, per step and as a share of the step. On a shared box that
+difference is mostly noise (each round's figures are printed beside the median), so the fit with the
+callback also times the callback's own hooks (perf_counter around each call, inside the same window): the
+cost itself, which the steps' jitter does not blur (a loaded CPU still slows it).
 
 stopline's collectives (its distributed.any_rank, all_gather and from_rank_0) are counted by the step
 after which they ran: by default the callbacks agree at epoch ends only, so none should run between two
@@ -61,11 +64,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class Clock:
-    """A fit's step ends (perf_counter) and stopline's collectives, each with the steps ended before it."""
+    """A fit's step ends (perf_counter), stopline's collectives and the time in its callback's hooks, each
+    with the steps ended before it."""
 
     def __init__(self) -> None:
         self.ends: list[float] = []
         self.collectives: list[tuple[str, int]] = []
+        self.hooks: list[tuple[float, int]] = []  # (seconds in a hook of stopline's callback, steps ended)
+
+    def timed(self, callback: Any) -> Any:
+        """Time each hook the callback defines (the frameworks call them through getattr)."""
+        for name, function in vars(type(callback)).items():
+            if name.startswith("on_") and callable(function):
+                hook = getattr(callback, name)
+
+                def timed_hook(*args: Any, _hook: Any = hook, **kwargs: Any) -> Any:
+                    started = time.perf_counter()
+                    try:
+                        return _hook(*args, **kwargs)
+                    finally:
+                        self.hooks.append((time.perf_counter() - started, len(self.ends)))
+
+                setattr(callback, name, timed_hook)
+        return callback
+
+    def hooks_per_step_s(self, warmup: int) -> float:
+        """The hooks' time inside the window: a call after step n - 1 ended is in step n's interval."""
+        last = len(self.ends) - 1
+        return sum(s for s, n in self.hooks if warmup < n <= last) / (last - warmup)
 
     def step_ended(self) -> None:
         self.ends.append(time.perf_counter())
@@ -138,7 +164,7 @@ def lightning_fit(args: argparse.Namespace, clock: Clock, run: Any) -> None:
     if run is not None:
         from stopline_trainer.lightning import StoplineCallback
 
-        callbacks.insert(0, StoplineCallback(run))
+        callbacks.insert(0, clock.timed(StoplineCallback(run)))
     n = args.steps * args.ranks * BATCH
     data = TensorDataset(torch.randn(n, FEATURES), torch.randn(n, 1))
     trainer = pl.Trainer(
@@ -190,7 +216,7 @@ def hf_fit(args: argparse.Namespace, clock: Clock, run: Any, output_dir: Path) -
     if run is not None:
         from stopline_trainer.huggingface import StoplineCallback
 
-        callbacks.insert(0, StoplineCallback(run))
+        callbacks.insert(0, clock.timed(StoplineCallback(run)))
     training_args = TrainingArguments(
         output_dir=str(output_dir),
         max_steps=args.steps,
@@ -237,7 +263,12 @@ def worker(args: argparse.Namespace) -> int:
             row = {"framework": args.worker, "mode": mode, "round": round_, "rank": rank}
             lines.append(
                 json.dumps(
-                    {**row, "per_step_s": clock.per_step_s(args.warmup), "collectives": clock.collectives}
+                    {
+                        **row,
+                        "per_step_s": clock.per_step_s(args.warmup),
+                        "hooks_s": clock.hooks_per_step_s(args.warmup),
+                        "collectives": clock.collectives,
+                    }
                 )
             )
     (args.scratch / f"{args.worker}-rank-{rank}.jsonl").write_text("\n".join(lines) + "\n")
@@ -249,6 +280,7 @@ class Row:
     framework: str
     per_step_s: dict[str, float]  # mode -> the slowest rank's time per step, median of the rounds
     rounds: dict[str, list[float]]  # mode -> the slowest rank's time per step in each round
+    hooks_s: float  # time in stopline's hooks per step, the slowest rank's, median of the rounds
     collectives: list[tuple[str, int]]  # a fit with the callback on rank 0: (name, steps ended before it)
     between: int  # collectives of stopline's after one step and before the last, all fits and ranks
 
@@ -296,12 +328,22 @@ def measure(args: argparse.Namespace, frameworks: list[str]) -> list[Row]:
             ours = [f for f in fits if f["mode"] == "stopline"]
             first = next(f for f in ours if f["rank"] == 0 and f["round"] == 0)
             between = sum(1 for f in ours for _, k in f["collectives"] if 0 < k < args.steps)
-            rows.append(Row(framework, per_step, rounds, [(n, k) for n, k in first["collectives"]], between))
+            hooks: dict[int, float] = {}  # round -> the slowest rank's time in stopline's hooks a step
+            for f in fits:
+                if f["mode"] == "stopline":
+                    hooks[f["round"]] = max(hooks.get(f["round"], 0.0), f["hooks_s"])
+            hooks_s = statistics.median(hooks.values())
+            rows.append(
+                Row(framework, per_step, rounds, hooks_s, [(n, k) for n, k in first["collectives"]], between)
+            )
     return rows
 
 
 def table(rows: list[Row], step_ms: float, steps: int) -> str:
-    header = "| framework | step | steps | bare ms/step | with stopline ms/step | overhead µs/step | share |"
+    header = (
+        "| framework | step | steps | bare ms/step | with stopline ms/step | overhead µs/step | share "
+        "| in stopline's hooks µs/step |"
+    )
     lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
     for r in rows:
         base = r.per_step_s["bare"]
@@ -313,6 +355,7 @@ def table(rows: list[Row], step_ms: float, steps: int) -> str:
             f"{r.per_step_s['stopline'] * 1e3:.3f}",
             f"{r.overhead_us:.1f}",
             f"{r.overhead_us / (base * 1e6):.2%}",
+            f"{r.hooks_s * 1e6:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -106,7 +106,18 @@ def released(local_registry: Registry, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="module")
 def pushed(released: Released) -> Released:
-    release.push(released.dist, plain_http=True)
+    """`make release-push PLAIN_HTTP=1`: the images through the registry API, the chart by `helm push`."""
+    command = [
+        sys.executable,
+        "-m",
+        "stopline_local.release",
+        "push",
+        "--plain-http",
+        f"--dist={released.dist}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert f"pushed oci://{released.registry.host}/charts/stopline:{VERSION}" in result.stdout
     return released
 
 

@@ -41,7 +41,7 @@ KUEUE="${STOPLINE_KUEUE:-$HOME/.cache/stopline/kueue/v${KUEUE_VERSION}}"
 JOBSET="${STOPLINE_JOBSET:-$HOME/.cache/stopline/jobset/v${JOBSET_VERSION}}"
 TRAINER="${STOPLINE_TRAINER:-$HOME/.cache/stopline/trainer/v${TRAINER_VERSION}}"
 TRAINING_OPERATOR="${STOPLINE_TRAINING_OPERATOR:-$HOME/.cache/stopline/training-operator/v${TRAINING_OPERATOR_VERSION}}"
-REGISTRY="${STOPLINE_REGISTRY:-$HOME/.cache/stopline/registry/v${REGISTRY_VERSION}}"
+REGISTRY_HOME="${STOPLINE_REGISTRY:-$HOME/.cache/stopline/registry/v${REGISTRY_VERSION}}"
 WORK="$TESTENV/build"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
@@ -272,11 +272,11 @@ GO
 build_registry() { # the `registry` command as released (every storage driver), with the release's go.sum
   local src
   src=$(go mod download -json "github.com/distribution/distribution/v3@v$REGISTRY_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
-  mkdir -p "$REGISTRY/bin"
+  mkdir -p "$REGISTRY_HOME/bin"
   (cd "$src" && GOFLAGS=-mod=readonly go build -trimpath \
     -ldflags "-s -w -X github.com/distribution/distribution/v3/version.version=v$REGISTRY_VERSION" \
-    -o "$REGISTRY/bin/registry.tmp" ./cmd/registry)
-  mv "$REGISTRY/bin/registry.tmp" "$REGISTRY/bin/registry"
+    -o "$REGISTRY_HOME/bin/registry.tmp" ./cmd/registry)
+  mv "$REGISTRY_HOME/bin/registry.tmp" "$REGISTRY_HOME/bin/registry"
 }
 
 main() { # a function, called in the last lines and followed by exit: editing this file mid-build is safe
@@ -285,7 +285,7 @@ main() { # a function, called in the last lines and followed by exit: editing th
     for name in "$@"; do
       case $name in
         helm) mkdir -p "$BIN" && step helm "$BIN/helm" build_helm ;;
-        registry) step "registry v$REGISTRY_VERSION" "$REGISTRY/bin/registry" build_registry ;;
+        registry) step "registry v$REGISTRY_VERSION" "$REGISTRY_HOME/bin/registry" build_registry ;;
         *) echo "testenv: no step named $name here (helm, registry)" >&2 && return 2 ;;
       esac
     done

@@ -8,13 +8,17 @@ while queued; a stop while preempted; the operator restarted while a job is pree
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from e2e.support import CLAIM, DEADLINE_S, apply_claim, epoch_reached, load_weights, training_job
 from operatorharness import apply, condition, events, get, operator, status
@@ -322,3 +326,59 @@ def test_a_readmitted_trainer_that_crashes_during_the_stop_fails_the_job_though_
     assert (failed["status"]["phase"], finished["reason"]) == ("Failed", "TrainerFailed"), finished
     assert "exited with code 1" in finished["message"]
     assert failed["status"]["checkpoint"]["step"] >= at_preemption["step"]  # the last weights are still named
+
+
+LIGHTNING = ("python", "trainer-image/examples/lightning_train.py")
+LIGHTNING_BATCHES = 8
+
+
+def registered_ckpt(pointer: dict[str, Any]) -> dict[str, Any]:
+    """The Lightning .ckpt a status.checkpoint names (its one registered file), verified and loaded."""
+    listing = Path(pointer["uri"])
+    [entry] = json.loads(listing.read_bytes())["files"]
+    blob = (listing.parent / entry["path"]).read_bytes()
+    assert (len(blob), hashlib.sha256(blob).hexdigest()) == (entry["bytes"], entry["sha256"])
+    state: dict[str, Any] = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+    return state
+
+
+def adam_steps(ckpt: dict[str, Any]) -> set[int]:
+    """Adam's step count for each parameter in a .ckpt: the optimizer steps its state has seen."""
+    return {int(param["step"]) for param in ckpt["optimizer_states"][0]["state"].values()}
+
+
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*is deprecated")
+def test_a_preempted_lightning_fit_resumes_at_its_epoch_with_its_optimizer_state(
+    queue_story: ControlPlane, namespace: str, kubelet: LocalKubelet, kueue: Kueue
+) -> None:
+    """The Lightning callback keeps the whole trainer state when Kueue's preemption SIGTERMs the pod; the
+    re-admitted pod's fit(ckpt_path=run.resume_path()) continues from it, not from epoch 0."""
+    plane = queue_story
+    epochs = 12
+    job = queued("fit", epochs=epochs)
+    trainer = job["spec"]["template"]["spec"]["containers"][0]
+    trainer["command"] = list(LIGHTNING)
+    trainer["args"] = ["--max-epochs", str(epochs), "--batches-per-epoch", str(LIGHTNING_BATCHES)]
+    trainer["args"] += ["--sleep-per-batch", "0.1"]  # ~1 s an epoch
+    apply(plane, namespace, job)
+    epoch_reached(plane, namespace, "fit", 3)
+    apply(plane, namespace, queued("high", epochs=2, priority=HIGH))
+    wait_phase(plane, namespace, "fit", "Preempted", kueue=kueue)
+    wait_until(lambda: "checkpoint" in status(plane, namespace, "fit"), DEADLINE_S, "fit: the SIGTERM's save")
+    at_preemption = registered_ckpt(status(plane, namespace, "fit")["checkpoint"])
+    done = at_preemption["epoch"]  # epochs completed (the callback agrees on a stop at an epoch's end)
+    assert 2 <= done < epochs and at_preemption["global_step"] == done * LIGHTNING_BATCHES
+    assert adam_steps(at_preemption) == {at_preemption["global_step"]}
+    wait_phase(plane, namespace, "high", "Succeeded", kueue=kueue)
+    wait_phase(plane, namespace, "fit", "Succeeded", kueue=kueue)
+
+    finished = get(plane, namespace, "tj", "fit")["status"]
+    final = registered_ckpt(finished["checkpoint"])
+    # continued at its epoch: the two admissions ran `epochs` epochs of batches between them, not more
+    assert (final["epoch"], final["global_step"]) == (epochs, epochs * LIGHTNING_BATCHES), finished
+    # with its optimizer state: Adam counted every step of both admissions (a fresh optimizer after the
+    # resume would count only the second admission's)
+    assert adam_steps(final) == {final["global_step"]}
+    assert finished["progress"]["epoch"] == epochs and len(finished["curve"]) == epochs
+    logs = "".join(log.read_text() for log in (kubelet.root / "logs").glob(f"{namespace}_fit-*.log"))
+    assert logs.count("Restored all states from the checkpoint") == 1, logs[-4000:]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from typing import Any
 
 import lightning.pytorch as lightning
@@ -24,9 +25,10 @@ from stopline_trainer.lightning import StoplineCallback
 
 
 class Regression(lightning.LightningModule):
-    def __init__(self, lr: float = 1e-2) -> None:
+    def __init__(self, lr: float = 1e-2, sleep_per_batch: float = 0.0) -> None:
         super().__init__()
         self.lr = lr
+        self.sleep_per_batch = sleep_per_batch  # stands in for a longer step (a bigger model, a GPU)
         self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,6 +39,8 @@ class Regression(lightning.LightningModule):
         x, y = batch
         loss = nn.functional.mse_loss(self(x), y)
         self.log("train_loss", loss)
+        if self.sleep_per_batch:
+            time.sleep(self.sleep_per_batch)
         return loss
 
     def validation_step(self, batch: Any, _: int) -> None:
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max-epochs", type=int, default=50)
     p.add_argument("--batches-per-epoch", type=int, default=8)
+    p.add_argument("--sleep-per-batch", type=float, default=0.0, help="seconds to sleep per batch (slows it)")
     p.add_argument("--every-n-batches", type=int, default=0, help="also agree on a stop every N batches")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -70,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             enable_progress_bar=False,
             callbacks=[StoplineCallback(run, every_n_batches=args.every_n_batches)],
         )
-        trainer.fit(Regression(), data, data, ckpt_path=run.resume_path())  # None on a fresh start
+        trainer.fit(
+            Regression(sleep_per_batch=args.sleep_per_batch), data, data, ckpt_path=run.resume_path()
+        )  # None on a fresh start
     finally:
         run.close()
     return 0

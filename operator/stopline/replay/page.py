@@ -1,9 +1,12 @@
-"""`stopline replay --html`: one self-contained page of a replay, every job's curve and each sweep's figures.
+"""`stopline replay --html` and `stopline study --html`: one self-contained page of a sweep, every job's curve
+and each sweep's figures.
 
-Inline SVG and CSS only: no script, font, image or link, and a Content-Security-Policy that forbids any
-fetch, so the page reads the same offline and in a mail attachment. Every name from the input (a task, a
-job, a criterion) is escaped: curves files are hostile input. The figures are --json's, each in an element
-with a stable id and data- attributes holding the JSON value, so a test (or a script) reads them back.
+A replay (`page_of_replay`) and a live study (stopline.replay.live) fill the same model, a PageView of
+SweepViews of JobViews, which `render_page` draws. Inline SVG and CSS only: no script, font, image or link,
+and a Content-Security-Policy that forbids any fetch, so the page reads the same offline and in a mail
+attachment. Every name from the input (a task, a job, a criterion) is escaped: curves files and a
+TrainingJob's status are hostile input. The figures are --json's, each in an element with a stable id and
+data- attributes holding the JSON value, so a test (or a script) reads them back.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1.5em auto;max-width:800px;color:
 h1{font-size:1.3em}h2{font-size:1.1em;margin-top:2em}
 dl.figures{display:grid;grid-template-columns:max-content auto;gap:.1em 1em}dt{color:#555}dd{margin:0}
 svg{background:#fafafa;border:1px solid #ddd}
-.curve{fill:none;stroke-width:1.2}.run{stroke:#4a78b5}.stopped .run{stroke:#999}
+.curve{fill:none;stroke-width:1.2}.run{stroke:#4a78b5}.stopped .run{stroke:#999}.running .run{stroke:#7048e8}
 .unrun{stroke:#bbb;stroke-dasharray:3 3}.best .run{stroke:#d9480f;stroke-width:2.5}
 .stop{fill:#c92a2a}.resumed{fill:#2b8a3e}.best-point{fill:#d9480f}
 .axis{stroke:#888}.tick{font-size:11px;fill:#555}
@@ -53,38 +56,93 @@ class Figure:
 
 
 @dataclass(frozen=True)
-class JobView:
-    """One job as the page draws it: its replay, and the epoch a resume rule brought it back at (a job
-    stopped then resumed shows both marks; a replay without a resume rule has none)."""
+class Stop:
+    """Where a job was stopped (the epoch its mark sits at) and by what: the criterion's name, its words."""
 
-    result: JobResult
+    epoch: int
+    criterion: str
+    message: str
+
+
+@dataclass(frozen=True)
+class JobView:
+    """One job as the page draws it. `values` is the objective by epoch; those past `epochs_run` are the
+    epochs a stop saved (a replay knows them, drawn dashed). A resumed job shows both marks; `phase` and
+    `weights_epoch` (status.checkpoint's) are a live TrainingJob's, each a column when any job has one."""
+
+    job: str
+    values: tuple[tuple[int, float], ...]
+    epochs_run: int
+    epochs_available: int
+    best: Best | None
+    stop: Stop | None = None
     resumed_at: int | None = None
+    running: bool = False
+    phase: str | None = None
+    weights_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class SweepView:
+    """One sweep's section: its heading, figures (in data- attributes), verdict, chart and table."""
+
+    heading: str
+    task: str | None
+    metric: str
+    mode: Mode
+    figures: tuple[Figure, ...]
+    verdict: str | None
+    jobs: tuple[JobView, ...]
+    best_job: str | None
+
+
+@dataclass(frozen=True)
+class PageView:
+    """The page: a title, a line saying what was judged, the figures over all sweeps (none for one), the
+    sweeps and the notes."""
+
+    title: str
+    subject: str
+    overall: tuple[Figure, ...]
+    sweeps: tuple[SweepView, ...]
+    notes: tuple[str, ...]
 
 
 def render_html(
     result: Replay, title: str, resumed: Mapping[tuple[str | None, str], int] | None = None
 ) -> str:
-    """The page; `resumed` gives the epoch each (task, job) was resumed at, where one was."""
-    resumed = resumed or {}
-    sections = [
-        _sweep_section(
-            number,
-            sweep,
-            [JobView(job, resumed.get((sweep.task, job.job))) for job in sweep.results],
-            result.by_task,
-        )
-        for number, sweep in enumerate(result.sweeps)
-    ]
-    notes = "".join(f"<li>{_text(note)}</li>" for note in result.notes)
+    """A replay's page; `resumed` gives the epoch each (task, job) was resumed at, where one was."""
+    return render_page(page_of_replay(result, title, resumed or {}))
+
+
+def page_of_replay(result: Replay, title: str, resumed: Mapping[tuple[str | None, str], int]) -> PageView:
+    sweeps = tuple(
+        _sweep_view(sweep, [_job_view(job, resumed.get((sweep.task, job.job))) for job in sweep.results],
+                    result.by_task)
+        for sweep in result.sweeps
+    )  # fmt: skip
+    return PageView(
+        title,
+        f"objective: {result.metric} ({result.mode}), job: {result.job_file}",
+        _overall(result) if result.by_task else (),
+        sweeps,
+        result.notes,
+    )
+
+
+def render_page(view: PageView) -> str:
+    """The page of a PageView: every text from the input escaped, nothing fetched."""
+    sections = "".join(_sweep_section(number, sweep) for number, sweep in enumerate(view.sweeps))
+    running = any(job.running for sweep in view.sweeps for job in sweep.jobs)
+    notes = "".join(f"<li>{_text(note)}</li>" for note in view.notes)
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-        f"<title>{_text(title)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>{_text(title)}</h1><p>objective: {_text(result.metric)} ({result.mode}), "
-        f"job: {_text(result.job_file)}</p>"
-        + (_overall(result) if result.by_task else "")
-        + _LEGEND
-        + "".join(sections)
+        f"<title>{_text(view.title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{_text(view.title)}</h1><p>{_text(view.subject)}</p>"
+        + ("<h2>all tasks</h2>" + _figures("overall", view.overall) if view.overall else "")
+        + _legend(running)
+        + sections
         + (f"<h2>notes</h2><ul>{notes}</ul>" if notes else "")
         + "</body></html>\n"
     )
@@ -98,21 +156,24 @@ def write_html(path: Path, page: str) -> None:
         raise ReplayError(f"{path}: cannot write the page ({error.strerror}); check the path") from None
 
 
-_LEGEND = (
-    '<p class="legend"><span><i class="swatch" style="background:#4a78b5"></i>ran to its end</span>'
-    '<span><i class="swatch" style="background:#999"></i>ran until stopped</span>'
-    '<span><i class="swatch" style="background:#bbb"></i>the epochs a stop saved</span>'
-    '<span><i class="swatch" style="background:#d9480f"></i>the best job kept</span>'
-    '<span style="color:#c92a2a">&#9679; stopped</span><span style="color:#2b8a3e">&#9650; resumed</span></p>'
-)
+def _legend(running: bool) -> str:
+    return (
+        '<p class="legend"><span><i class="swatch" style="background:#4a78b5"></i>ran to its end</span>'
+        '<span><i class="swatch" style="background:#999"></i>ran until stopped</span>'
+        '<span><i class="swatch" style="background:#bbb"></i>the epochs a stop saved</span>'
+        '<span><i class="swatch" style="background:#d9480f"></i>the best job kept</span>'
+        + ('<span><i class="swatch" style="background:#7048e8"></i>running now</span>' if running else "")
+        + '<span style="color:#c92a2a">&#9679; stopped</span>'
+        + '<span style="color:#2b8a3e">&#9650; resumed</span></p>'
+    )
 
 
-def _overall(result: Replay) -> str:
+def _overall(result: Replay) -> tuple[Figure, ...]:
     """Over all tasks, the summary --json prints (as docs/policy.md's front counts it)."""
     summary = result.as_json()["summary"]
     assert isinstance(summary, dict)
     stopped = sum(1 for sweep in result.sweeps for job in sweep.results if job.decision is not None)
-    figures = [
+    return (
         Figure("tasks", "tasks", summary["tasks"]),
         Figure("jobs", "jobs", summary["jobs"]),
         Figure("stopped", "stopped jobs", stopped),
@@ -126,14 +187,46 @@ def _overall(result: Replay) -> str:
         Figure(
             "tasks-over-half-percent", f"tasks over {SAFE_REGRET:.1%} regret", summary["tasksOverHalfPercent"]
         ),
-    ]
-    return "<h2>all tasks</h2>" + _figures("overall", figures)
+    )
 
 
 def _saved(summary: Mapping[str, object]) -> int:
     run, available = summary["epochsRun"], summary["epochsAvailable"]
     assert isinstance(run, int) and isinstance(available, int)
     return available - run
+
+
+def _job_view(result: JobResult, resumed_at: int | None) -> JobView:
+    decision = result.decision
+    stop = Stop(result.epochs_run, decision.criterion, decision.message) if decision else None
+    return JobView(
+        result.job, result.values, result.epochs_run, result.epochs_available, result.best, stop, resumed_at
+    )
+
+
+def _sweep_view(sweep: Sweep, jobs: Sequence[JobView], by_task: bool) -> SweepView:
+    summary = sweep.as_json()["summary"]
+    assert isinstance(summary, dict)
+    stopped = sum(1 for job in sweep.results if job.decision is not None)
+    kept = sweep.best_overall(stopping=True)
+    unstopped = sweep.best_overall(stopping=False)
+    figures = (
+        Figure("jobs", "jobs", summary["jobs"]),
+        Figure("stopped", "stopped jobs", stopped),
+        Figure("epochs-run", "epochs run", summary["epochsRun"]),
+        Figure("epochs-available", "epochs without stopping", summary["epochsAvailable"]),
+        Figure("epochs-saved", "epochs saved", _saved(summary)),
+        Figure("fraction-saved", "saved", summary["fractionSaved"]),
+        Figure("regret", "regret", summary["regret"]),
+        Figure("best-job", "best job kept", kept[0] if kept else None, best_text(kept)),
+        Figure("best-job-without-stopping", "best without stopping", unstopped[0] if unstopped else None,
+               best_text(unstopped)),
+    )  # fmt: skip
+    heading = f"task {sweep.task} ({len(sweep.results)} jobs)" if by_task else f"{len(sweep.results)} jobs"
+    return SweepView(
+        heading, sweep.task, sweep.metric, sweep.mode, figures, sweep.verdict(), tuple(jobs),
+        kept[0] if kept else None,
+    )  # fmt: skip
 
 
 def _figures(element_id: str, figures: Sequence[Figure]) -> str:
@@ -154,46 +247,29 @@ def _shown(figure: Figure) -> str:
     return str(figure.value)
 
 
-def _sweep_section(number: int, sweep: Sweep, jobs: Sequence[JobView], by_task: bool) -> str:
-    summary = sweep.as_json()["summary"]
-    assert isinstance(summary, dict)
-    stopped = sum(1 for job in sweep.results if job.decision is not None)
-    kept = sweep.best_overall(stopping=True)
-    unstopped = sweep.best_overall(stopping=False)
-    figures = [
-        Figure("jobs", "jobs", summary["jobs"]),
-        Figure("stopped", "stopped jobs", stopped),
-        Figure("epochs-run", "epochs run", summary["epochsRun"]),
-        Figure("epochs-available", "epochs without stopping", summary["epochsAvailable"]),
-        Figure("epochs-saved", "epochs saved", _saved(summary)),
-        Figure("fraction-saved", "saved", summary["fractionSaved"]),
-        Figure("regret", "regret", summary["regret"]),
-        Figure("best-job", "best job kept", kept[0] if kept else None, _best_text(kept)),
-        Figure("best-job-without-stopping", "best without stopping", unstopped[0] if unstopped else None,
-               _best_text(unstopped)),
-    ]  # fmt: skip
-    heading = f"task {sweep.task} ({len(sweep.results)} jobs)" if by_task else f"{len(sweep.results)} jobs"
-    verdict = sweep.verdict()
+def _sweep_section(number: int, sweep: SweepView) -> str:
     task = f' data-task="{_text(sweep.task)}"' if sweep.task is not None else ""
     return (
-        f'<section class="sweep" id="sweep-{number}"{task}><h2>{_text(heading)}</h2>'
-        + _figures(f"sweep-{number}-figures", figures)
-        + (f"<p>{_text(verdict)}</p>" if verdict else "")
-        + _chart(sweep, jobs, kept[0] if kept else None)
-        + _table(sweep, jobs)
+        f'<section class="sweep" id="sweep-{number}"{task}><h2>{_text(sweep.heading)}</h2>'
+        + _figures(f"sweep-{number}-figures", sweep.figures)
+        + (f"<p>{_text(sweep.verdict)}</p>" if sweep.verdict else "")
+        + _chart(sweep)
+        + _table(sweep)
         + "</section>"
     )
 
 
-def _best_text(found: tuple[str, Best] | None) -> str:
+def best_text(found: tuple[str, Best] | None) -> str:
+    """The best job and its value, as a figure's text."""
     return f"{found[0]}: {found[1].value:.6g} (epoch {found[1].epoch})" if found else "-"
 
 
-def _chart(sweep: Sweep, jobs: Sequence[JobView], best_job: str | None) -> str:
+def _chart(sweep: SweepView) -> str:
     """One SVG: each job's curve (the epochs it ran solid, those its stop saved dashed), a dot where it was
     stopped, a triangle where it was resumed, the best job's curve on top."""
-    values = [value for job in jobs for _, value in job.result.values if math.isfinite(value)]
-    last_epoch = max((job.result.epochs_available for job in jobs), default=1)
+    jobs = sweep.jobs
+    values = [value for job in jobs for _, value in job.values if math.isfinite(value)]
+    last_epoch = max((job.epochs_available for job in jobs), default=1)
     low, high = _range(values, sweep.mode)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
@@ -204,8 +280,8 @@ def _chart(sweep: Sweep, jobs: Sequence[JobView], best_job: str | None) -> str:
         clamped = min(max(value, low), high)
         return TOP + plot_h * (1 - (clamped - low) / (high - low))
 
-    ordered = sorted(jobs, key=lambda job: job.result.job == best_job)  # the best drawn last, on top
-    curves = "".join(_job_marks(job, job.result.job == best_job, x, y) for job in ordered)
+    ordered = sorted(jobs, key=lambda job: job.job == sweep.best_job)  # the best drawn last, on top
+    curves = "".join(_job_marks(job, job.job == sweep.best_job, x, y) for job in ordered)
     axes = (
         f'<line class="axis" x1="{LEFT}" y1="{TOP + plot_h}" x2="{LEFT + plot_w}" y2="{TOP + plot_h}"/>'
         f'<line class="axis" x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + plot_h}"/>'
@@ -241,26 +317,29 @@ def _range(values: Sequence[float], mode: Mode) -> tuple[float, float]:
 
 
 def _job_marks(job: JobView, best: bool, x: Scale, y: Scale) -> str:
-    result = job.result
-    stopped = result.decision is not None
-    points = [(epoch, value) for epoch, value in result.values if math.isfinite(value)]
-    keep = {result.epochs_run, *(epoch for epoch in (job.resumed_at,) if epoch is not None)}
-    run = _thin([p for p in points if p[0] <= result.epochs_run], keep)
-    unrun = _thin([p for p in points if p[0] >= result.epochs_run], keep) if stopped else []
-    classes = "job" + (" stopped" if stopped else "") + (" best" if best else "")
-    name = _text(result.job)
-    why = f", stopped at epoch {result.epochs_run} by {result.decision.criterion}" if result.decision else ""
+    stop = job.stop
+    points = [(epoch, value) for epoch, value in job.values if math.isfinite(value)]
+    keep = {job.epochs_run, *(epoch for epoch in (job.resumed_at, stop and stop.epoch) if epoch)}
+    run = _thin([p for p in points if p[0] <= job.epochs_run], keep)
+    unrun = _thin([p for p in points if p[0] >= job.epochs_run], keep) if stop else []
+    classes = (
+        "job" + (" stopped" if stop else "") + (" running" if job.running else "") + (" best" if best else "")
+    )
+    name = _text(job.job)
+    why = (
+        f", stopped at epoch {stop.epoch} by {stop.criterion}" if stop else ", running" if job.running else ""
+    )
     marks = f"<title>{name}{_text(why)}</title>"
     if len(unrun) > 1:
         marks += f'<polyline class="unrun curve-rest" points="{_points(unrun, x, y)}" fill="none"/>'
     marks += f'<polyline class="curve run" data-job="{name}" points="{_points(run, x, y)}"/>'
     # a mark at an epoch with no finite value (a diverged job) sits on the chart's top edge
     value_at = dict(points)
-    if result.decision is not None:
-        cx, cy = x(result.epochs_run), y(value_at.get(result.epochs_run, math.inf))
+    if stop is not None:
+        cx, cy = x(stop.epoch), y(value_at.get(stop.epoch, math.inf))
         marks += (
             f'<circle class="stop" r="3.5" cx="{cx:.1f}" cy="{cy:.1f}" data-job="{name}" '
-            f'data-epoch="{result.epochs_run}" data-criterion="{_text(result.decision.criterion)}"/>'
+            f'data-epoch="{stop.epoch}" data-criterion="{_text(stop.criterion)}"/>'
         )
     if job.resumed_at is not None:
         cx, cy = x(job.resumed_at), y(value_at.get(job.resumed_at, math.inf))
@@ -268,10 +347,10 @@ def _job_marks(job: JobView, best: bool, x: Scale, y: Scale) -> str:
             f'<path class="resumed" d="M{cx:.1f},{cy - 5:.1f}L{cx + 4.5:.1f},{cy + 3:.1f}L{cx - 4.5:.1f},'
             f'{cy + 3:.1f}Z" data-job="{name}" data-epoch="{job.resumed_at}"/>'
         )
-    if best and result.best is not None:
+    if best and job.best is not None:
         marks += (
-            f'<circle class="best-point" r="4.5" cx="{x(result.best.epoch):.1f}" '
-            f'cy="{y(result.best.value):.1f}" data-job="{name}" data-epoch="{result.best.epoch}"/>'
+            f'<circle class="best-point" r="4.5" cx="{x(job.best.epoch):.1f}" '
+            f'cy="{y(job.best.value):.1f}" data-job="{name}" data-epoch="{job.best.epoch}"/>'
         )
     return f'<g class="{classes}">{marks}</g>'
 
@@ -289,32 +368,42 @@ def _points(points: Sequence[tuple[int, float]], x: Scale, y: Scale) -> str:
     return " ".join(f"{x(epoch):.1f},{y(value):.1f}" for epoch, value in points)
 
 
-def _table(sweep: Sweep, jobs: Sequence[JobView]) -> str:
+def _table(sweep: SweepView) -> str:
+    """One row per job; a live study's also say each job's phase and the epoch of the weights it kept."""
+    live = any(job.phase is not None for job in sweep.jobs)
     header = (
-        "<tr><th>job</th><th>stopped at</th><th>resumed at</th><th>epochs</th><th>criterion</th>"
-        f"<th>best {_text(sweep.metric)}</th></tr>"
+        "<tr><th>job</th>"
+        + ("<th>phase</th>" if live else "")
+        + "<th>stopped at</th><th>resumed at</th><th>epochs</th><th>criterion</th>"
+        + ("<th>weights at</th>" if live else "")
+        + f"<th>best {_text(sweep.metric)}</th></tr>"
     )
     rows = "".join(
-        f'<tr data-job="{_text(job.result.job)}"><td>{_text(job.result.job)}</td>'
-        f'<td class="n">{job.result.epochs_run if job.result.decision else "-"}</td>'
-        f'<td class="n">{job.resumed_at if job.resumed_at is not None else "-"}</td>'
-        f'<td class="n">{job.result.epochs_run}/{job.result.epochs_available}</td>'
-        f"<td>{_criterion(job.result)}</td>"
-        f"<td>{_best(job.result)}</td></tr>"
-        for job in jobs
+        f'<tr data-job="{_text(job.job)}"><td>{_text(job.job)}</td>'
+        + (f"<td>{_text(job.phase or '-')}</td>" if live else "")
+        + f'<td class="n">{job.stop.epoch if job.stop else "-"}</td>'
+        f'<td class="n">{_number(job.resumed_at)}</td>'
+        f'<td class="n">{job.epochs_run}/{job.epochs_available}</td>'
+        f"<td>{_criterion(job.stop)}</td>"
+        + (f'<td class="n">{_number(job.weights_epoch)}</td>' if live else "")
+        + f"<td>{_best(job.best)}</td></tr>"
+        for job in sweep.jobs
     )
     return f'<table class="jobs">{header}{rows}</table>'
 
 
-def _criterion(result: JobResult) -> str:
-    decision = result.decision
-    if decision is None:
+def _number(epoch: int | None) -> str:
+    return "-" if epoch is None else str(epoch)
+
+
+def _criterion(stop: Stop | None) -> str:
+    if stop is None:
         return "-"
-    return f'<span title="{_text(decision.message)}">{_text(decision.criterion)}</span>'
+    return f'<span title="{_text(stop.message)}">{_text(stop.criterion)}</span>'
 
 
-def _best(result: JobResult) -> str:
-    return f"{result.best.value:.6g} (epoch {result.best.epoch})" if result.best else "-"
+def _best(best: Best | None) -> str:
+    return f"{best.value:.6g} (epoch {best.epoch})" if best else "-"
 
 
 def _text(text: str) -> str:

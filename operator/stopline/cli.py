@@ -1,4 +1,4 @@
-"""The `stopline` command; subcommands live in their own modules (replay, and the operator's handlers)."""
+"""The `stopline` command; subcommands live in their own modules (replay, study, the operator's handlers)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stopline import __version__, replay
+from stopline import GROUP, PLURAL, VERSION, __version__, replay
+from stopline.replay import live
+from stopline.vocabulary import STUDY_LABEL
+
+LIST_TIMEOUT_S = 30.0  # `stopline study`: connecting and listing the study's TrainingJobs, all of it
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -26,6 +30,43 @@ def _replay(args: argparse.Namespace) -> int:
         replay.write_html(args.html, replay.render_html(result, title))
     print(json.dumps(result.as_json(), indent=2) if args.json else replay.render_table(result))
     return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    """A live study's TrainingJobs, read from the apiserver now: replay's table, --json and --html page."""
+    selector = args.selector or f"{STUDY_LABEL}={args.study}"
+    items = asyncio.run(_training_jobs(args.namespace, selector))
+    if not items:
+        raise replay.ReplayError(
+            f"no TrainingJobs match {selector} in namespace {args.namespace}; check the name, -n and "
+            "that the CRD is installed (kubectl get tj -n NAMESPACE --show-labels)"
+        )
+    study = live.read_study(items, args.study or selector, args.namespace)
+    if args.html is not None:
+        page = study.page(f"stopline study: {study.name} in {args.namespace}")
+        replay.write_html(args.html, replay.render_page(page))
+    print(json.dumps(study.as_json(), indent=2) if args.json else study.table())
+    return 0
+
+
+async def _training_jobs(namespace: str, selector: str) -> list[dict[str, Any]]:
+    """The TrainingJobs of the namespace that match the selector, listed once with the kubeconfig (or the
+    pod's service account) as the operator connects; any failure, or LIST_TIMEOUT_S passed, is one line."""
+    import aiohttp  # the client libraries only for this command: `stopline replay` starts without them
+    from kubernetes_asyncio.config import ConfigException
+
+    from stopline.kube import ApiError, Kube
+
+    try:
+        async with asyncio.timeout(LIST_TIMEOUT_S):
+            client = await Kube.connect()
+            try:
+                return await client.list_objects(f"{GROUP}/{VERSION}", PLURAL, namespace, selector)
+            finally:
+                await client.close()
+    except (ApiError, aiohttp.ClientError, ConfigException, OSError, TimeoutError) as error:
+        why = str(error) or f"no answer within {LIST_TIMEOUT_S:.0f} s"
+        raise replay.ReplayError(f"cannot list the TrainingJobs {selector} in {namespace}: {why}") from None
 
 
 def _progress(done: int, total: int) -> None:
@@ -117,6 +158,32 @@ def parser() -> argparse.ArgumentParser:
         "where and by which criterion it was stopped, the best job, the epochs saved and the regret",
     )
     replay_command.set_defaults(run=_replay)
+    study_command = commands.add_parser(
+        "study",
+        help="a live study's TrainingJobs from the apiserver: how each ended, stopped, or runs",
+        description="Read a study's TrainingJobs from the apiserver now (kubeconfig, or the pod's service "
+        "account) and show what each did from its status: its curve, phase, stop epoch and criterion, the "
+        "epoch of its weights; as replay's table, --json or --html page.",
+    )
+    chosen = study_command.add_mutually_exclusive_group(required=True)
+    chosen.add_argument(
+        "study", nargs="?", metavar="STUDY", help=f"the TrainingJobs labelled {STUDY_LABEL}=STUDY"
+    )
+    chosen.add_argument(
+        "-l", "--selector", metavar="SELECTOR", help="instead, the TrainingJobs this label selector matches"
+    )
+    study_command.add_argument(
+        "-n", "--namespace", default="default", metavar="NS", help="their namespace (default: %(default)s)"
+    )
+    study_command.add_argument("--json", action="store_true", help="print replay's JSON object instead")
+    study_command.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE.html",
+        help="also write replay's self-contained page: every job's curve, where and by which criterion it "
+        "was stopped, the running ones, the best job and the epochs saved",
+    )
+    study_command.set_defaults(run=_study)
     operator_command = commands.add_parser(
         "operator",
         help="run the operator: watch TrainingJobs, run their trainers, record their phase",

@@ -8,12 +8,12 @@ import json
 import os
 import shutil
 import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pages import Page
 from stopline import replay
 from stopline.cli import main
 from stopline.replay import page as page_module
@@ -49,36 +49,6 @@ a,3,0.7
 "{HOSTILE.replace('"', '""')}",3,0.9
 "{HOSTILE.replace('"', '""')}",4,0.5
 """
-
-
-class Page(HTMLParser):
-    """The elements a test reads: each sweep's figures, curves, stop and resume marks, by section."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.figures: dict[str, dict[str, Any]] = {}
-        self.sections: dict[str, dict[str, list[dict[str, str]]]] = {}
-        self.section: str | None = None
-        self.tags: set[str] = set()
-        self.feed(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        found = {name: value or "" for name, value in attrs}
-        self.tags.add(tag)
-        if tag == "section":
-            self.section = found["id"]
-            self.sections[self.section] = {"curves": [], "stops": [], "resumed": []}
-        if tag == "dl" and "figures" in found.get("class", ""):
-            self.figures[found["id"]] = {
-                name.removeprefix("data-"): json.loads(value)
-                for name, value in found.items()
-                if name.startswith("data-")
-            }
-        classes = found.get("class", "").split()
-        if self.section is not None:
-            for kind, wanted in (("curves", "run"), ("stops", "stop"), ("resumed", "resumed")):
-                if wanted in classes:
-                    self.sections[self.section][kind].append(found)
 
 
 def figures_of(summary: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, Any]:

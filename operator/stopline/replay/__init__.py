@@ -5,11 +5,12 @@ column, each task is a sweep of its own (a config is unique within its task only
 up on its own, then over all tasks as docs/policy.md does. `epoch_seconds` is read as `seconds`.
 
 One room each: `curves` reads the hostile input (the curves CSV, the job manifest), `sweep` replays the
-jobs and sums a sweep up, `render` writes the table and `page` the HTML page (`--html`).
+jobs and sums a sweep up, `render` writes the table and `page` the HTML page (`--html`); `live` reads a
+live study from its TrainingJobs' status (`stopline study`) into the same table, JSON and page.
 """
 
 from stopline.replay.curves import Curve, ReplayError, load_curves, load_job
-from stopline.replay.page import render_html, write_html
+from stopline.replay.page import render_html, render_page, write_html
 from stopline.replay.render import render_table
 from stopline.replay.sweep import (
     PEER_COMPARISONS_MAX,
@@ -32,6 +33,7 @@ __all__ = [
     "load_curves",
     "load_job",
     "render_html",
+    "render_page",
     "render_table",
     "replay",
     "replay_job",

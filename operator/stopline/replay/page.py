@@ -336,7 +336,7 @@ def _job_marks(job: JobView, best: bool, x: Scale, y: Scale) -> str:
     # a mark at an epoch with no finite value (a diverged job) sits on the chart's top edge
     value_at = dict(points)
     if stop is not None:
-        cx, cy = x(stop.epoch), y(value_at.get(stop.epoch, math.inf))
+        cx, cy = x(max(stop.epoch, 1)), y(value_at.get(stop.epoch, math.inf))  # 0: before its first epoch
         marks += (
             f'<circle class="stop" r="3.5" cx="{cx:.1f}" cy="{cy:.1f}" data-job="{name}" '
             f'data-epoch="{stop.epoch}" data-criterion="{_text(stop.criterion)}"/>'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from stopline.replay.sweep import SAFE_REGRET, Replay, Sweep
 
 
@@ -42,11 +44,7 @@ def _sweep_table(sweep: Sweep) -> list[str]:
         )
         for job in sweep.results
     ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    ]
+    lines = aligned([header, *rows])
     stops = [f"  {job.job}: {job.decision.message}" for job in sweep.results if job.decision]
     if stops:
         lines += ["", "why:", *stops]
@@ -61,6 +59,14 @@ def _sweep_table(sweep: Sweep) -> list[str]:
             lines.append(f"{label}: {sweep.metric} {found[1].value:.6g} ({found[0]}, epoch {found[1].epoch})")
     verdict = sweep.verdict()
     return lines + ([verdict] if verdict else [])
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as lines, each column as wide as its widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
 
 
 def _count(number: int, noun: str) -> str:

@@ -197,3 +197,13 @@ def test_the_studys_objective_is_the_one_most_jobs_share() -> None:
         ["b", "c"],
         ["a"],
     )
+
+
+def test_extreme_values_are_drawn_inside_the_chart() -> None:
+    """Any finite value is remote input: a span of +-1e308 or a flat curve at 1e308 overflows no scale."""
+    for values in ([1e308, -1e308, 1e308, -1.7e308], [1e308, 1e308], [1.79e308, 1.79e308]):
+        study = live.read_study([training_job("x", {"phase": "Succeeded", "curve": values})], "s", "ns")
+        (curve,) = Page(replay.render_page(study.page("s"))).sections["sweep-0"]["curves"]
+        coordinates = [float(c) for point in curve["points"].split() for c in point.split(",")]
+        assert len(coordinates) == 2 * len(values), curve["points"]
+        assert all(0 <= c <= 760 for c in coordinates), curve["points"]

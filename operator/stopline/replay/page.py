@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,7 +279,7 @@ def _chart(sweep: SweepView) -> str:
 
     def y(value: float) -> float:
         clamped = min(max(value, low), high)
-        return TOP + plot_h * (1 - (clamped - low) / (high - low))
+        return TOP + plot_h * (1 - (clamped / 2 - low / 2) / (high / 2 - low / 2))
 
     ordered = sorted(jobs, key=lambda job: job.job == sweep.best_job)  # the best drawn last, on top
     curves = "".join(_job_marks(job, job.job == sweep.best_job, x, y) for job in ordered)
@@ -310,10 +311,9 @@ def _range(values: Sequence[float], mode: Mode) -> tuple[float, float]:
         low, high = ordered[0], ordered[math.ceil(0.9 * (len(ordered) - 1))]
     else:
         low, high = ordered[int(0.1 * (len(ordered) - 1))], ordered[-1]
-    if high == low:
-        return low - 1, high + 1
-    pad = (high - low) * 0.03
-    return low - pad, high + pad
+    # in halves: the span of a curve at +-1e308 (any finite value is remote input) does not overflow
+    pad = max(1.0, abs(low) / 2**20) if high == low else (high / 2 - low / 2) * 0.06
+    return max(low - pad, -sys.float_info.max), min(high + pad, sys.float_info.max)
 
 
 def _job_marks(job: JobView, best: bool, x: Scale, y: Scale) -> str:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 
 class Page(HTMLParser):
@@ -37,3 +43,38 @@ class Page(HTMLParser):
             for kind, wanted in kinds:
                 if wanted in classes:
                     self.sections[self.section][kind].append(found)
+
+
+def chromium() -> str:
+    """Debian's chromium; CI installs it (.ci/run), so there a missing browser fails instead of skipping."""
+    found = shutil.which("chromium")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("no chromium on PATH: .ci/run installs Debian's chromium for this test")
+        pytest.skip("no chromium on PATH: apt-get install chromium (Debian's) to render the page")
+    return found
+
+
+def dom_in_chromium(page: Path, profile: Path) -> str:
+    """The page's DOM as Debian's headless Chromium renders it from the file, with networking off."""
+    return subprocess.run(
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
+            "--disable-gpu",
+            f"--user-data-dir={profile}",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--host-resolver-rules=MAP * ~NOTFOUND",  # networking off: no name resolves,
+            "--proxy-server=127.0.0.1:9",  # and any connection goes to a closed port
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout

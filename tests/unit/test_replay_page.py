@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pages import Page
+from pages import Page, dom_in_chromium
 from stopline import replay
 from stopline.cli import main
 from stopline.replay import page as page_module
@@ -131,20 +128,9 @@ def test_a_page_that_cannot_be_written_is_a_one_line_error(
     )
 
 
-def chromium() -> str:
-    """Debian's chromium; CI installs it (.ci/run), so there a missing browser fails instead of skipping."""
-    found = shutil.which("chromium")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("no chromium on PATH: .ci/run installs Debian's chromium for this test")
-        pytest.skip("no chromium on PATH: apt-get install chromium (Debian's) to render the page")
-    return found
-
-
 def test_headless_chromium_renders_one_curve_per_job_of_real_sweeps_and_the_figures_of_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    browser = chromium()
     curves = tmp_path / "curves.csv"
     with gzip.open(BENCH_CURVES, "rt", encoding="utf-8") as source, curves.open("w") as sink:
         for number, line in enumerate(source):
@@ -152,27 +138,7 @@ def test_headless_chromium_renders_one_curve_per_job_of_real_sweeps_and_the_figu
                 sink.write(line)
     page_file = tmp_path / "sweeps.html"
     result = replay_both(capsys, RECOMMENDED, curves, page_file)
-    dom = subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
-            "--disable-gpu",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--host-resolver-rules=MAP * ~NOTFOUND",  # networking off: no name resolves,
-            "--proxy-server=127.0.0.1:9",  # and any connection goes to a closed port
-            "--dump-dom",
-            page_file.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    dom = dom_in_chromium(page_file, tmp_path / "profile")
     page = Page(dom)
     assert len(page.sections) == len(TASKS) == len(result["tasks"])
     for number, task in enumerate(result["tasks"]):

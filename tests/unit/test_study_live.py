@@ -140,6 +140,7 @@ def test_a_hostile_status_leaves_out_only_its_job_saying_why_and_text_is_escaped
         training_job("reason-text", {"stopReason": "Manual"}),
         training_job("other-objective", {"curve": [0.5]}, metric="val_acc"),
         training_job("no-objective", {"curve": [0.5]}) | {"spec": None},
+        training_job("sweep", {"phase": "Running", "members": 3}) | {"spec": {"targetSelector": {}}},
         "not an object",
         {"metadata": {"name": 7}},
         training_job("nan", {"phase": "Running", "curve": [1.0, math.nan, math.inf, None, 0.5]}),
@@ -163,6 +164,7 @@ def test_a_hostile_status_leaves_out_only_its_job_saying_why_and_text_is_escaped
         {"job": "reason-text", "why": "status.stopReason is a string, not an object"},
         {"job": "status-text", "why": "status is a string, not an object"},
         {"job": "strings", "why": "status.curve[1] is a string, not a number or null"},
+        {"job": "sweep", "why": "a sweep (spec.targetSelector): its member TrainingJobs are the jobs"},
     ]
     jobs = {job["job"]: job for job in result["jobs"]}  # type: ignore[attr-defined]
     assert list(jobs) == ["nan", "odd-fields"]
@@ -179,9 +181,9 @@ def test_a_hostile_status_leaves_out_only_its_job_saying_why_and_text_is_escaped
     text = replay.render_page(study.page(f"study {HOSTILE}"))
     assert "<script" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&amp;" in text
     page = Page(text)
-    assert page.figures["sweep-0-figures"]["skipped"] == 9
+    assert page.figures["sweep-0-figures"]["skipped"] == 10
     assert sorted(curve["data-job"] for curve in page.sections["sweep-0"]["curves"]) == ["nan", "odd-fields"]
-    assert sum("left out" in note for note in study.notes()) == 9
+    assert sum("left out" in note for note in study.notes()) == 10
     assert "strings: left out, status.curve[1] is a string" in study.table()
 
 

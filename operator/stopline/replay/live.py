@@ -5,7 +5,8 @@ epoch and the criterion that stopped it), status.checkpoint's epoch (the weights
 spec.maxEpochs (what a stop saved). Every field is remote input: each is read by a total parser, text is
 bounded, and a job whose status cannot be read (a curve of strings or too long, a stopReason that is not
 an object, an objective that is not the study's) is left out with its name and the reason, never an
-exception. Pure: the caller lists the TrainingJobs (stopline.cli).
+exception; so is a sweep's own TrainingJob (spec.targetSelector), which runs no trainer: its members do.
+Pure: the caller lists the TrainingJobs (stopline.cli).
 
 Unlike a replay, a live study does not know what a stopped job would have reached, so its regret is null
 and its epochs saved are only the stopped jobs' (a running job's remaining epochs are still to run).
@@ -224,7 +225,7 @@ def read_study(items: Sequence[object], name: str, namespace: str) -> Study:
         job_name = _name(item)
         try:
             read.append(_job(item, job_name))
-        except _Unreadable as error:
+        except _LeftOut as error:
             skipped.append(Skipped(job_name, str(error)))
     read.sort(key=lambda pair: pair[0].name)
     objectives = Counter(objective for _, objective in read)
@@ -240,8 +241,8 @@ def read_study(items: Sequence[object], name: str, namespace: str) -> Study:
     return Study(name, namespace, metric, mode, tuple(jobs), tuple(sorted(skipped, key=lambda s: s.job)))
 
 
-class _Unreadable(ValueError):
-    """A TrainingJob whose spec or status no parser can read: it is skipped, saying this."""
+class _LeftOut(ValueError):
+    """A TrainingJob left out, saying why: its spec or status no parser can read, or it is a sweep."""
 
 
 def _name(item: object) -> str:
@@ -252,19 +253,21 @@ def _name(item: object) -> str:
 
 def _job(item: object, name: str) -> tuple[LiveJob, tuple[str, Mode]]:
     if not isinstance(item, Mapping) or name == NO_NAME:
-        raise _Unreadable("not a TrainingJob with a metadata.name")
+        raise _LeftOut("not a TrainingJob with a metadata.name")
     spec, status = _object(item.get("spec")), item.get("status", {})
+    if "targetSelector" in spec:
+        raise _LeftOut("a sweep (spec.targetSelector): its member TrainingJobs are the jobs")
     objective = _object(spec.get("objective"))
     metric = objective.get("metric")
     if not isinstance(metric, str) or not metric:
-        raise _Unreadable("spec.objective.metric is not a metric's name")
+        raise _LeftOut("spec.objective.metric is not a metric's name")
     mode: Mode = "max" if objective.get("mode") == "max" else "min"
     if not isinstance(status, Mapping):
-        raise _Unreadable(f"status is {_kind(status)}, not an object")
+        raise _LeftOut(f"status is {_kind(status)}, not an object")
     curve, values = _curve(status.get("curve"))
     reason = status.get("stopReason")
     if reason is not None and not isinstance(reason, Mapping):
-        raise _Unreadable(f"status.stopReason is {_kind(reason)}, not an object")
+        raise _LeftOut(f"status.stopReason is {_kind(reason)}, not an object")
     weights = _epoch(_object(status.get("checkpoint")).get("epoch"))
     reported = _epoch(_object(status.get("progress")).get("epoch"))
     decided = _epoch(reason.get("epoch")) if reason is not None else None
@@ -304,17 +307,15 @@ def _curve(raw: object) -> tuple[int, tuple[tuple[int, float], ...]]:
     if raw is None:
         return 0, ()
     if not isinstance(raw, list):
-        raise _Unreadable(f"status.curve is {_kind(raw)}, not a list")
+        raise _LeftOut(f"status.curve is {_kind(raw)}, not a list")
     if len(raw) > MAX_CURVE:
-        raise _Unreadable(
-            f"status.curve has {len(raw)} values, more than the {MAX_CURVE} a TrainingJob keeps"
-        )
+        raise _LeftOut(f"status.curve has {len(raw)} values, more than the {MAX_CURVE} a TrainingJob keeps")
     values = []
     for index, value in enumerate(raw):
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Unreadable(f"status.curve[{index}] is {_kind(value)}, not a number or null")
+            raise _LeftOut(f"status.curve[{index}] is {_kind(value)}, not a number or null")
         if math.isfinite(value):
             values.append((index + 1, float(value)))
     return len(raw), tuple(values)

@@ -194,12 +194,20 @@ STOPS: dict[str, tuple[dict[str, object], ...]] = {
     "forecast 0.1": forecast(0.1),
     "forecast 0.3": forecast(0.3),
     "rungs rank 5/1/2 best": rungs_rank(5),
+    "rungs rank 5/1/2 best + forecast 0.1": (rungs_rank(5)[0], *forecast(0.1)),
 }
 
 
 def grid(name: str) -> list[Setting]:
     """The settings of a run: every stop alone, then beside the resume rule (the mode is set per task)."""
-    out = [Setting(stop_name, stop) for stop_name, stop in STOPS.items()]
+    if name in ("final", "final-all"):  # the settings main chose, their neighbours, and the recommended
+        out = [Setting(stop_name, STOPS[stop_name]) for stop_name in ("forecast 0.01 (recommended)",)]
+        chosen = FINAL if name == "final" else FINAL[:2]
+        for stop_name, bound, unseen in chosen:
+            settings = rule.ResumeSettings("min", probability=bound, unseen=unseen)
+            out.append(Setting(stop_name, STOPS[stop_name], settings))
+        return out
+    out = [Setting(stop_name, stop) for stop_name, stop in STOPS.items() if "+" not in stop_name]
     if name == "variants":  # when and how to resume, K, unseen jobs: beside three stops, bound 0.01
         for stop_name in ("forecast 0.1", "forecast 0.3", "rungs rank 5/1/2 best"):
             stop, settings = STOPS[stop_name], rule.ResumeSettings("min", probability=0.01)
@@ -223,6 +231,13 @@ def grid(name: str) -> list[Setting]:
     return out
 
 
+FINAL: tuple[tuple[str, float, rule.Unseen], ...] = (
+    ("forecast 0.3", 0.03, "keep"),
+    ("forecast 0.3", 0.03, "evidence"),
+    ("forecast 0.3", 0.05, "keep"),
+    ("forecast 0.1", 0.05, "keep"),
+    ("rungs rank 5/1/2 best + forecast 0.1", 0.03, "evidence"),
+)
 MAIN: tuple[tuple[str, float, rule.Unseen], ...] = (
     ("forecast 0.01 (recommended)", 0.1, "keep"),
     ("forecast 0.03", 0.03, "keep"),
@@ -359,7 +374,7 @@ def main() -> None:
     parser.add_argument("--curves", type=Path, default=REPO / "bench" / "policy" / "curves" / "curves.csv.gz")
     parser.add_argument("--max-configs", type=int, default=0, help="a seeded sample of N configs per task")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--grid", choices=("main", "probe", "variants"), default="main")
+    parser.add_argument("--grid", choices=("main", "probe", "variants", "final", "final-all"), default="main")
     parser.add_argument("--only", default="", help="only the settings whose label has this text")
     parser.add_argument("--tasks", default="", help="only the tasks whose name has one of these (a,b,...)")
     parser.add_argument("--out", type=Path, default=OUT / "resume.md")

@@ -381,6 +381,7 @@ def release(
         raise ReleaseError(f"--images: the operator and maybe the trainer; not {sorted(image_names)}")
     if "trainer" not in image_names:
         log(TRAINER_LEFT_OUT)
+    built_binary("helm")  # the chart is packaged last: without helm, say so before minutes of builds
     commit = head_commit()
     src = build / "src"
     export_sources(commit, src)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stopline_local import oci, registry, release
+from stopline_local import controlplane, oci, registry, release
 from stopline_local.controlplane import MissingTestenv
 
 
@@ -139,3 +139,12 @@ def test_a_missing_registry_binary_names_the_make_target(
     monkeypatch.setattr(registry, "REGISTRY_HOME", tmp_path)
     with pytest.raises(MissingTestenv, match=r"bin/registry is missing: run `make testenv-registry`"):
         registry.registry_binary()
+
+
+def test_a_release_without_helm_names_make_testenv_before_building_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(controlplane, "TESTENV", tmp_path / "testenv")
+    with pytest.raises(MissingTestenv, match=r"bin/helm is missing: run `make testenv`"):
+        release.release("1.2.3", dist=tmp_path / "dist", build=tmp_path / "build")
+    assert not (tmp_path / "build").exists() and not (tmp_path / "dist").exists()

@@ -25,7 +25,7 @@ RELEASE_IMAGES ?= operator,trainer
 # run one marked tier of tests/; a tier that has no test files yet says so instead of failing
 tier = if compgen -G 'tests/$(1)/test_*.py' >/dev/null; then $(PYTEST) -m $(1) tests/$(1); else echo "$(1): no tests yet"; fi
 
-.PHONY: help venv testenv testenv-registry release release-push testenv-node images-base cluster cluster-down test-node test-node-if-warm test test-unit test-trainer test-cluster test-faults e2e lint helm-lint demo up bench-operator bench-checkpoint images kind-up kind-down kind-e2e deploy undeploy
+.PHONY: help venv testenv testenv-demo testenv-registry release release-push testenv-node images-base cluster cluster-down test-node test-node-if-warm test test-unit test-trainer test-cluster test-faults e2e lint helm-lint demo up bench-operator bench-checkpoint images kind-up kind-down kind-e2e deploy undeploy
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -91,10 +91,15 @@ lint: $(PY) helm-lint ## ruff, mypy (strict on operator/, trainer-image/ and loc
 helm-lint: testenv ## helm lint --strict on the chart
 	$(STOPLINE_TESTENV)/bin/helm lint --strict helm/stopline
 
-demo: $(PY) testenv ## the whole story here: control plane, operator, local kubelet, examples/local/demo-sweep.yaml stopped early
+# what the demo and `make up` start: the control plane (etcd, kube-apiserver, kube-controller-manager) and
+# kubectl; the controllers, S3 server and Prometheus only some tiers need are built when those tiers run
+testenv-demo: ## build only what `make demo` and `make up` start (cached; a subset of `make testenv`)
+	bash local/stopline_local/testenv/build.sh etcd kube-apiserver kube-controller-manager kubectl
+
+demo: $(PY) testenv-demo ## the whole story here: control plane, operator, local kubelet, examples/local/demo-sweep.yaml stopped early
 	$(PY) -m stopline_local.demo
 
-up: $(PY) testenv ## a local cluster (control plane, operator, local kubelet) to drive with kubectl, until Ctrl-C
+up: $(PY) testenv-demo ## a local cluster (control plane, operator, local kubelet) to drive with kubectl, until Ctrl-C
 	$(PY) -m stopline_local.up
 
 BENCH_JOBS ?= 100,1000,2000

@@ -279,31 +279,35 @@ build_registry() { # the `registry` command as released (every storage driver), 
   mv "$REGISTRY_HOME/bin/registry.tmp" "$REGISTRY_HOME/bin/registry"
 }
 
+build_named() { # build_named NAME: one step of the testenv, by the name its log line gives
+  case $1 in
+    helm) mkdir -p "$BIN" && step helm "$BIN/helm" build_helm ;;
+    etcd) mkdir -p "$BIN" && step etcd "$BIN/etcd" build_etcd ;;
+    kube-apiserver) mkdir -p "$BIN" && step kube-apiserver "$BIN/kube-apiserver" build_apiserver ;;
+    kube-controller-manager) mkdir -p "$BIN" && step kube-controller-manager "$BIN/kube-controller-manager" build_controller_manager ;;
+    kubectl) mkdir -p "$BIN" && step kubectl "$BIN/kubectl" build_kubectl ;;
+    versitygw) mkdir -p "$BIN" && step versitygw "$BIN/versitygw" build_versitygw ;;
+    prometheus) mkdir -p "$BIN" && step prometheus "$BIN/promtool" build_prometheus ;;
+    kueue) step "kueue v$KUEUE_VERSION" "$KUEUE/bin/kueue" build_kueue ;;
+    jobset) step "jobset v$JOBSET_VERSION" "$JOBSET/bin/jobset" build_jobset ;;
+    trainer) step "trainer v$TRAINER_VERSION" "$TRAINER/bin/trainer" build_trainer ;;
+    training-operator) step "training-operator v$TRAINING_OPERATOR_VERSION" "$TRAINING_OPERATOR/bin/training-operator" build_training_operator ;;
+    registry) step "registry v$REGISTRY_VERSION" "$REGISTRY_HOME/bin/registry" build_registry ;;
+    *) echo "testenv: no step named $1 here (${ALL_STEPS[*]} registry)" >&2 && return 2 ;;
+  esac
+}
+
+# the whole testenv, in this order (kubectl before the controllers: their webhooks are rendered with it)
+ALL_STEPS=(helm etcd kube-apiserver kube-controller-manager kubectl versitygw prometheus kueue jobset trainer training-operator)
+
 main() { # a function, called in the last lines and followed by exit: editing this file mid-build is safe
-  if (($#)); then # `build.sh helm registry`: those steps only (make release: helm; make testenv-registry)
-    local name
-    for name in "$@"; do
-      case $name in
-        helm) mkdir -p "$BIN" && step helm "$BIN/helm" build_helm ;;
-        registry) step "registry v$REGISTRY_VERSION" "$REGISTRY_HOME/bin/registry" build_registry ;;
-        *) echo "testenv: no step named $name here (helm, registry)" >&2 && return 2 ;;
-      esac
-    done
+  local name
+  if (($#)); then # `build.sh etcd kube-apiserver ...`: those steps only (make demo, release, testenv-registry)
+    for name in "$@"; do build_named "$name" || return; done
     return
   fi
-  mkdir -p "$BIN"
   echo "testenv: Kubernetes v$K8S_VERSION, etcd v$ETCD_VERSION -> $TESTENV"
-  step helm "$BIN/helm" build_helm
-  step etcd "$BIN/etcd" build_etcd
-  step kube-apiserver "$BIN/kube-apiserver" build_apiserver
-  step kube-controller-manager "$BIN/kube-controller-manager" build_controller_manager
-  step kubectl "$BIN/kubectl" build_kubectl
-  step versitygw "$BIN/versitygw" build_versitygw
-  step prometheus "$BIN/promtool" build_prometheus
-  step "kueue v$KUEUE_VERSION" "$KUEUE/bin/kueue" build_kueue
-  step "jobset v$JOBSET_VERSION" "$JOBSET/bin/jobset" build_jobset
-  step "trainer v$TRAINER_VERSION" "$TRAINER/bin/trainer" build_trainer
-  step "training-operator v$TRAINING_OPERATOR_VERSION" "$TRAINING_OPERATOR/bin/training-operator" build_training_operator
+  for name in "${ALL_STEPS[@]}"; do build_named "$name"; done
   echo "testenv: ready in $((SECONDS - started))s, $(du -sh "$BIN" | cut -f1) of binaries in $BIN"
 }
 

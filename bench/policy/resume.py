@@ -202,7 +202,7 @@ def grid(name: str) -> list[Setting]:
     """The settings of a run: every stop alone, then beside the resume rule (the mode is set per task)."""
     if name in ("final", "final-all"):  # the settings main chose, their neighbours, and the recommended
         out = [Setting(stop_name, STOPS[stop_name]) for stop_name in ("forecast 0.01 (recommended)",)]
-        chosen = FINAL if name == "final" else FINAL[:2]
+        chosen = FINAL if name == "final" else FINAL[:1]
         for stop_name, bound, unseen in chosen:
             settings = rule.ResumeSettings("min", probability=bound, unseen=unseen)
             out.append(Setting(stop_name, STOPS[stop_name], settings))
@@ -378,6 +378,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="only the settings whose label has this text")
     parser.add_argument("--tasks", default="", help="only the tasks whose name has one of these (a,b,...)")
     parser.add_argument("--out", type=Path, default=OUT / "resume.md")
+    parser.add_argument("--progress", action="store_true", help="a line per task and setting as it ends")
     args = parser.parse_args()
     started = time.monotonic()
     tasks, skipped = load(args.curves, args.max_configs or None)
@@ -401,6 +402,12 @@ def main() -> None:
                 print(f"  not scored: {SETTINGS[s].label} on {TASKS[t].name}: {result}", flush=True)
             else:
                 table[s][TASKS[t].name] = result
+                if args.progress:
+                    print(
+                        f"  {TASKS[t].name}: {SETTINGS[s].label}: saved {result.saved:.1%}, regret "
+                        f"{result.regret:.2f}%, {result.resumes} resumes, {spent:.0f} s",
+                        flush=True,
+                    )
     names = [task.name for task in tasks]
     lines = [
         f"# Stop + resume on {len(tasks)} sweeps ({total} curves{sample})",

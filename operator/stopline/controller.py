@@ -8,10 +8,10 @@ status writer) only when the decision differs from what is stored.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
-from stopline import kueue, lifecycle, sweep, targets
+from stopline import kueue, lifecycle, monitoring, sweep, targets
 from stopline.api import PVCTarget, SpecError, TargetRef, TrainingJobSpec, parse_spec
 from stopline.kube import Kube, Manifest
 from stopline.metrics.http import excerpt
@@ -30,10 +30,13 @@ from stopline.vocabulary import (
     FINISHED,
     HELD_PHASES,
     JOB_LABEL,
+    MANUAL,
     PENDING,
     PREEMPTED,
     QUEUE_LABELS,
     RESTARTING,
+    RESUME_REFUSED,
+    RESUMED,
     RUNNING_CONDITION,
     STOPPED,
     STOPPING,
@@ -193,6 +196,8 @@ async def sync_status(
         job = await kube.read_job(namespace, name)
         if job is not None and not owns(training_job, job):
             job = None
+    if job is not None and governed is None and lifecycle.previous_run(training_job, job):
+        await _delete_previous_run(kube, job)  # a resume or restart this process did not finish
     target = ending = queue_says = None
     if not isinstance(parsed, SpecError) and job is not None:
         target = await _checkpoint_target(kube, training_job, parsed)
@@ -265,6 +270,76 @@ async def _restart(kube: Kube, written: Written, job: Manifest) -> None:
     await kube.post_event(written.training_job, RESTARTING, message, warning=True)
     metadata = job["metadata"]
     await kube.delete_job(metadata["namespace"], metadata["name"], str(metadata.get("uid")), foreground=True)
+
+
+async def _delete_previous_run(kube: Kube, job: Manifest) -> None:
+    """The run before's Job, its pods first (foreground), unless it is already going; its DELETED event
+    makes the next one (`remake_if_restarting`)."""
+    metadata = job["metadata"]
+    if not metadata.get("deletionTimestamp"):
+        await kube.delete_job(
+            metadata["namespace"], metadata["name"], str(metadata.get("uid")), foreground=True
+        )
+
+
+async def resume_if_asked(
+    writer: StatusWriter,
+    namespace: str,
+    name: str,
+    answered: MutableMapping[str, str],
+    observe: Callable[[Mapping[str, Any]], object] = lambda _: None,
+) -> Written | None:
+    """A person's stopline.dev/resume: decided by `lifecycle.resume` on the TrainingJob as read now, carried
+    out here. Refused: a Warning Event that says why and the fix, once per request (`answered`: by uid, the
+    request this process answered last), and nothing else. Accepted: the status goes back to Pending (one
+    compare-and-set write from Stopped: however many events or operators see the request, it is carried
+    out once), then the stopped run's Job is deleted, its pods first (uid precondition), and made again
+    from spec.template, so the trainers resume from the checkpoint, as after a failed rank's restart.
+    `observe`: given the body written, before any Job is made (the registry's view must not be Stopped
+    when the new Job's first event comes)."""
+    kube = writer.kube
+    training_job = await kube.read_training_job(namespace, name)
+    request = lifecycle.resume_request(training_job) if training_job is not None else None
+    if training_job is None or request is None:
+        return None
+    uid = str(training_job["metadata"].get("uid"))
+    if answered.get(uid) == lifecycle.request_id(request):
+        return None
+    parsed = parse(training_job)
+    governs = None
+    if isinstance(parsed, TrainingJobSpec) and parsed.target is not None:
+        governs = "spec.targetRef"
+    elif isinstance(parsed, TrainingJobSpec) and parsed.selector is not None:
+        governs = "spec.targetSelector"
+    now = writer.now()
+    verdict = lifecycle.resume(training_job, governs, now)
+    if isinstance(verdict, lifecycle.ResumeRefusal):
+        answered[uid] = lifecycle.request_id(request)
+        await kube.post_event(training_job, RESUME_REFUSED, verdict.message, warning=True)
+        return None
+    if verdict is None or isinstance(parsed, SpecError):
+        return None
+
+    def compose(current: Mapping[str, Any]) -> lifecycle.StatusChange | None:
+        if current["metadata"].get("uid") != uid:
+            return None
+        again = lifecycle.resume(current, governs, now)  # on the body the write goes against
+        return again.change if isinstance(again, lifecycle.Resumption) else None
+
+    saved = (training_job.get("status") or {}).get("gpuSecondsSaved")
+    written = await writer.write(namespace, name, compose, seen=training_job)
+    answered[uid] = lifecycle.request_id(request)
+    if written is None:
+        return None
+    observe(written.after)
+    monitoring.count_resume(MANUAL, namespace, saved)
+    await kube.post_event(written.after, RESUMED, verdict.message)
+    job = await kube.read_job(namespace, name)
+    if job is not None and owns(written.after, job):
+        await _delete_previous_run(kube, job)  # its DELETED event makes the next Job
+    elif job is None:
+        await ensure_children(kube, owner_of(written.after), parsed)  # gone already (a queue's release)
+    return written
 
 
 async def remake_if_restarting(kube: Kube, namespace: str, name: str) -> None:

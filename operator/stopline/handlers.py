@@ -2,7 +2,8 @@
 
 - create/resume of a TrainingJob: create or adopt its children, then sync the status. Resume runs for
   every TrainingJob when the operator starts, so a restart finishes whatever a crash left half done.
-- update of a TrainingJob: sync the status (observedGeneration follows the spec).
+- update of a TrainingJob: sync the status (observedGeneration follows the spec), and carry out a
+  stopline.dev/resume annotation (controller.resume_if_asked; at startup too).
 - any event of a Job labelled stopline.dev/job: file it in the registry and sync the status of the
   TrainingJob of its name (controller.sync_status believes it only if that TrainingJob controls it).
 - every event of a TrainingJob or of a trainer pod: update the in-memory registry that the supervisor
@@ -129,12 +130,23 @@ async def run_training_job(
                 rejected = f"spec.template: the apiserver refused the trainer's Job: {error}"
     writer = memo.supervisor.writer
     await controller.announce(kube, await controller.sync_status(writer, namespace or "", name, rejected))
+    await _resume_if_asked(memo, namespace or "", name)
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL)
 async def follow_generation(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     written = await controller.sync_status(memo.supervisor.writer, namespace or "", name)
     await controller.announce(memo.kube, written)
+    await _resume_if_asked(memo, namespace or "", name)
+
+
+async def _resume_if_asked(memo: kopf.Memo, namespace: str, name: str) -> None:
+    """A stopline.dev/resume annotation (set or changed: an update; any at startup: a resume handler)."""
+    answered = memo.setdefault("resume_answers", {})
+    registry: Registry = memo.registry
+    await controller.resume_if_asked(
+        memo.supervisor.writer, namespace, name, answered, registry.observe_training_job
+    )
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT})

@@ -5,7 +5,9 @@ observedGeneration, conditions); the status writer patches it only when it diffe
 so an unchanged Job costs no write. Phases move forward, but for a queue: a Job created suspended for a
 queue (Kueue) is Queued until the queue unsuspends it (then Pending, Running), and a Job the queue suspends
 again after it was admitted is Preempted until it is admitted again; a Running job whose pods go away for
-another reason (a kubelet restart) stays Running, and a finished job never changes again.
+another reason (a kubelet restart) stays Running, and a finished job never changes again, with one
+exception: a Stopped job that kept its weights may be resumed (`resume`, the stopline.dev/resume
+annotation); it goes back to Pending and its Job is made again, the trainers resuming from the checkpoint.
 
 Condition types (metav1.Condition style, one per type; the names are stopline.vocabulary's):
 
@@ -27,6 +29,7 @@ that stop ends, not a success, so this module leaves the phase alone.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +38,8 @@ from typing import Any
 from stopline.vocabulary import (
     ADMITTED,
     ALL_RANKS_READY,
+    CANCEL_ANNOTATION,
+    CANCELLED,
     CHECKPOINT_SAVED,
     CHILDREN_CREATED,
     CREATED,
@@ -44,13 +49,17 @@ from stopline.vocabulary import (
     INVALID_SPEC,
     JOB_COMPLETE,
     JOB_FAILED,
+    MANUAL,
     PENDING,
     PREEMPTED,
     QUEUE_LABEL,
     QUEUED,
     RESTARTING,
+    RESUME_ANNOTATION,
+    RESUMED,
     RUNNING,
     RUNNING_CONDITION,
+    STOP_ANNOTATION,
     STOP_REQUESTED,
     STOPPED,
     STOPPING,
@@ -165,8 +174,8 @@ def desired_status(
         wanted.append(Condition(CREATED, False, INVALID_SPEC, invalid_spec))
     elif job is not None and phase not in TERMINAL_PHASES and phase != STOPPING:
         finished = job_finished(job)
-        if finished is not None and restarting(training_job):
-            return StatusChange(fields=fields)  # the failed run's Job, going: the next one decides
+        if previous_run(training_job, job):
+            return StatusChange(fields=fields)  # the failed or resumed run's Job, going: the next one decides
         wanted.append(
             governed or Condition(CREATED, True, CHILDREN_CREATED, f"Job {job['metadata']['name']} created")
         )
@@ -236,10 +245,26 @@ def restarts(status: Mapping[str, Any]) -> int:
 
 
 def restarting(training_job: Mapping[str, Any]) -> bool:
-    """A rank failed and the job's Job is being made again: its Running condition says Restarting."""
+    """The job's Job is being made again: a rank failed (its Running condition says Restarting), or the
+    Stopped job was resumed (Resumed); either way the trainers resume from the last checkpoint."""
     status = training_job.get("status") or {}
     running = find_condition(status.get("conditions"), RUNNING_CONDITION) or {}
-    return status.get("phase") == PENDING and running.get("reason") == RESTARTING
+    return status.get("phase") == PENDING and running.get("reason") in (RESTARTING, RESUMED)
+
+
+def previous_run(training_job: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
+    """While the job is made again (`restarting`), whether `job` is the run before's, which is going: it
+    finished, it is being deleted, or it was made before the last resume. Its end decides nothing."""
+    if not restarting(training_job):
+        return False
+    metadata = job.get("metadata") or {}
+    if job_finished(job) is not None or metadata.get("deletionTimestamp"):
+        return True
+    resumes = (training_job.get("status") or {}).get("resumes")
+    last = resumes[-1] if isinstance(resumes, list) and resumes else None
+    resumed_at = seconds(last.get("at")) if isinstance(last, Mapping) else None
+    created = seconds(metadata.get("creationTimestamp"))
+    return resumed_at is not None and created is not None and created < resumed_at
 
 
 def _ran(current: Mapping[str, Any], phase: str, now: float) -> float:
@@ -365,3 +390,185 @@ def merge_conditions(
             ),
         }
     return list(merged.values())
+
+
+# A person's resume (the stopline.dev/resume annotation): one request per annotation value
+
+MAX_RESUME_WORDS = 256  # the annotation's value as status.resumes[].message: bounded, printable
+MAX_RESUMES = 100  # status.resumes keeps the latest (the CRD's maxItems)
+REQUEST_ID_CHARS = 16
+
+
+def request_id(value: str) -> str:
+    """Which annotation value a request was: a digest, so status holds none of a long value's text."""
+    return hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:REQUEST_ID_CHARS]
+
+
+def printable(text: str, limit: int) -> str:
+    """At most `limit` characters of `text` as printable ASCII (whitespace a space, anything else `?`; a cut
+    shows as `...`): a person's words, safe for status, an Event and a log line."""
+    cut = len(text) > limit
+    head = text[: limit - 3 if cut else limit]
+    clean = "".join(c if " " <= c <= "~" else " " if c.isspace() else "?" for c in head)
+    return clean + "..." if cut else clean
+
+
+def _last_resume(status: Mapping[str, Any]) -> Mapping[str, Any]:
+    resumes = status.get("resumes")
+    last = resumes[-1] if isinstance(resumes, list) and resumes else None
+    return last if isinstance(last, Mapping) else {}
+
+
+def resume_count(status: Mapping[str, Any]) -> int:
+    """How many times the job was resumed: status.resumeCount (status.resumes keeps only the latest)."""
+    count = status.get("resumeCount")
+    if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+        return count
+    resumes = status.get("resumes")
+    return len(resumes) if isinstance(resumes, list) else 0
+
+
+def _annotation(training_job: Mapping[str, Any], key: str) -> str | None:
+    value = ((training_job.get("metadata") or {}).get("annotations") or {}).get(key)
+    return value if isinstance(value, str) else None
+
+
+def stop_request(training_job: Mapping[str, Any]) -> str | None:
+    """The stopline.dev/stop annotation's value while it asks for a stop: a value the last resume found set
+    was answered by that resume (a new value is a new request)."""
+    value = _annotation(training_job, STOP_ANNOTATION)
+    if value is None:
+        return None
+    answered = _last_resume(training_job.get("status") or {}).get("stopRequest")
+    return None if answered == request_id(value) else value
+
+
+def resume_request(training_job: Mapping[str, Any]) -> str | None:
+    """The stopline.dev/resume annotation's value, unless the last resume already carried it out."""
+    value = _annotation(training_job, RESUME_ANNOTATION)
+    if value is None:
+        return None
+    answered = _last_resume(training_job.get("status") or {}).get("request")
+    return None if answered == request_id(value) else value
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """A resume to carry out: the status change (back to Pending, the stop moved into status.resumes) and
+    the words of its Event."""
+
+    change: StatusChange
+    message: str
+
+
+@dataclass(frozen=True)
+class ResumeRefusal:
+    """A resume that cannot be carried out: why, and the fix (a Warning Event); nothing changes."""
+
+    message: str
+
+
+_NOT_STOPPED = {
+    SUCCEEDED: "it ran to the end: there is nothing left to resume (apply a new TrainingJob to train more)",
+    FAILED: "it failed, so its last weights may be what failed (see its Finished condition); apply a new "
+    "TrainingJob to start again from them",
+    CANCELLED: "a cancel keeps no weights: there is nothing to resume from",
+    STOPPING: "it is still stopping: annotate again once it is Stopped",
+}
+
+
+def resume(
+    training_job: Mapping[str, Any], governs: str | None, now: str
+) -> Resumption | ResumeRefusal | None:
+    """What a pending stopline.dev/resume asks of `training_job`, decided on the body as it is (None: no
+    request pending). `governs`: the spec field when the job governs a workload it did not make
+    (spec.targetRef, spec.targetSelector), which stopline does not resume. `now`: the resume's time.
+
+    Accepted only for a Stopped job with status.checkpoint that runs its own Job (spec.template) and has no
+    cancel annotation: the phase goes back to Pending with the conditions saying Resumed; stopReason,
+    gpuSecondsSaved (a resumed job's epochs count as run) and stopPath go, the stop moving into a new
+    status.resumes entry (fromEpoch: the checkpoint's; the annotation's words, bounded; which requests
+    it answered, as digests); each criterion's fired decision is dropped, so the criteria judge the epochs
+    to come as they stand now.
+    """
+    value = resume_request(training_job)
+    if value is None:
+        return None
+    name = (training_job.get("metadata") or {}).get("name", "NAME")
+    status: Mapping[str, Any] = training_job.get("status") or {}
+    phase = status.get("phase") or PENDING
+    checkpoint = status.get("checkpoint")
+    remove = f"remove the annotation (kubectl annotate tj {name} {RESUME_ANNOTATION}-)"
+    if governs is not None:
+        return ResumeRefusal(
+            f"{governs}: stopline resumes only a TrainingJob that runs its own Job (spec.template) for now; "
+            f"resume the workload itself, then {remove}"
+        )
+    if phase != STOPPED:
+        why = _NOT_STOPPED.get(phase, "it is not stopped: it runs, or waits to")
+        return ResumeRefusal(f"TrainingJob is {phase}, not Stopped: {why}; {remove}")
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("epoch"), int):
+        reason = (status.get("stopReason") or {}).get("type") or "its stop"
+        return ResumeRefusal(
+            f"status.checkpoint is empty: the stop ({reason}) kept no weights to resume from; apply a new "
+            f"TrainingJob to start again, and {remove}"
+        )
+    if _annotation(training_job, CANCEL_ANNOTATION) is not None:
+        return ResumeRefusal(
+            f"the {CANCEL_ANNOTATION} annotation is set and would cancel the resumed job at once: remove it "
+            f"(kubectl annotate tj {name} {CANCEL_ANNOTATION}-), then annotate {RESUME_ANNOTATION} again"
+        )
+    return _resumption(training_job, value, checkpoint, now)
+
+
+def _resumption(
+    training_job: Mapping[str, Any], value: str, checkpoint: Mapping[str, Any], now: str
+) -> Resumption:
+    status: Mapping[str, Any] = training_job.get("status") or {}
+    stop = status.get("stopReason")
+    stop = stop if isinstance(stop, Mapping) else {}
+    words = printable(value, MAX_RESUME_WORDS) or "resumed with kubectl annotate"
+    entry: dict[str, Any] = {
+        "fromEpoch": checkpoint["epoch"],
+        "at": now,
+        "reason": MANUAL,
+        "message": words,
+        "stoppedBy": {key: str(stop[key]) for key in ("type", "criterion") if isinstance(stop.get(key), str)},
+        "request": request_id(value),
+    }
+    if isinstance(stop.get("epoch"), int):
+        entry["stoppedBy"]["epoch"] = stop["epoch"]
+    stop_value = _annotation(training_job, STOP_ANNOTATION)
+    if stop_value is not None:
+        entry["stopRequest"] = request_id(stop_value)  # answered: it does not stop the resumed job again
+    resumes = [r for r in status.get("resumes") or [] if isinstance(r, Mapping)]
+    fields: dict[str, Any] = {
+        "resumes": [*resumes, entry][-MAX_RESUMES:],
+        "resumeCount": resume_count(status) + 1,
+        "stopReason": None,
+        "gpuSecondsSaved": None,
+        "stopPath": None,
+    }
+    criteria = status.get("criteria")
+    if isinstance(criteria, list):
+        fields["criteria"] = [_unfired(entry) for entry in criteria if isinstance(entry, Mapping)]
+    stopped_by = " ".join(f"{entry['stoppedBy'].get(k, '')}" for k in ("type", "criterion")).strip()
+    message = (
+        f"resumed from epoch {checkpoint['epoch']} ({checkpoint_place(checkpoint)}), stopped before by "
+        f"{stopped_by or 'a stop'}: {words}"
+    )
+    conditions = (
+        Condition(STOP_REQUESTED, False, RESUMED, message),
+        Condition(FINISHED, False, RESUMED, message),
+        Condition(RUNNING_CONDITION, False, RESUMED, f"{message}; its Job is made again"),
+    )
+    return Resumption(StatusChange(fields=fields, conditions=conditions, phase=PENDING), message)
+
+
+def _unfired(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A status.criteria entry without the decision its criterion fired (state.stop): resumed, the job is
+    judged on from here, by the criteria as they stand now."""
+    state = entry.get("state")
+    if not isinstance(state, Mapping) or state.get("stop") is None:
+        return dict(entry)
+    return {**entry, "state": {key: value for key, value in state.items() if key != "stop"}}

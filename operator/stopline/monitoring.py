@@ -53,7 +53,19 @@ STATUS_WRITES = Counter("stopline_status_writes", "Patches of TrainingJob status
 _GPU_SECONDS_SAVED = Counter(
     "stopline_gpu_seconds_saved",
     "Estimated GPU-seconds not spent, by namespace: epochs left to maxEpochs at stop time, counted by this "
-    "process (0 after a restart: stopline_training_jobs_gpu_seconds_saved is the total from status)",
+    "process (0 after a restart: stopline_training_jobs_gpu_seconds_saved is the total from status); a "
+    "resume takes its stop's back in stopline_gpu_seconds_resumed",
+    ["namespace"],
+)
+_RESUMES = Counter(
+    "stopline_resumes",
+    "Stopped jobs resumed from their checkpoints, by namespace and why",
+    ["reason", "namespace"],
+)
+_GPU_SECONDS_RESUMED = Counter(
+    "stopline_gpu_seconds_resumed",
+    "Estimated GPU-seconds that stops had saved and resumes took back (a resumed job's epochs count as run), "
+    "by namespace: stopline_gpu_seconds_saved minus this is what the stops still save",
     ["namespace"],
 )
 JOBS_GPU_SECONDS_SAVED = Gauge(
@@ -92,6 +104,14 @@ def count_stop(reason: str, namespace: str, gpu_seconds_saved: float | None = No
     _STOPS.labels(reason=reason, namespace=namespace).inc()
     if gpu_seconds_saved:
         _GPU_SECONDS_SAVED.labels(namespace=namespace).inc(gpu_seconds_saved)
+
+
+def count_resume(reason: str, namespace: str, gpu_seconds_saved: object = None) -> None:
+    """A stopped job resumed in `namespace`: what its stop saved (status.gpuSecondsSaved) is taken back."""
+    _RESUMES.labels(reason=reason, namespace=namespace).inc()
+    taken_back = _seconds(gpu_seconds_saved)
+    if taken_back:
+        _GPU_SECONDS_RESUMED.labels(namespace=namespace).inc(taken_back)
 
 
 def count_conclusion(namespace: str, reason: str) -> None:

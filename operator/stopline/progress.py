@@ -18,6 +18,7 @@ from stopline.criteria.decision import JSONState
 from stopline.criteria.engine import Evaluation
 from stopline.criteria.observation import Samples
 from stopline.criteria.state import is_better
+from stopline.lifecycle import resume_count
 from stopline.metrics.exposition import TrainerReport
 
 MAX_CURVE = 10_000  # status.curve's maxItems in the CRD
@@ -39,6 +40,8 @@ class JobMemory:
     queue_read_at: float | None = None  # when the queue's words on a held job were last read
     checkpoint: Mapping[str, Any] | None = None  # status.checkpoint as last written
     answered_pod: str | None = None  # uid of the rank-0 pod whose /metrics last answered
+    resumes: int = 0  # status.resumeCount when seeded: a resume since means seeding again
+    restart_clocks: bool = False  # the next visit observes as if paused (Stale, GPUIdle and PromQL restart)
 
     def wrote(self, fields: Mapping[str, Any]) -> None:
         """The status now shows these fields: remember the epoch and checkpoint it shows."""
@@ -53,6 +56,7 @@ class JobMemory:
         written = int((status.get("progress") or {}).get("epoch") or 0)
         shown = status.get("checkpoint")
         return cls(
+            resumes=resume_count(status),
             checkpoint=shown if isinstance(shown, Mapping) else None,
             states={entry["name"]: dict(entry.get("state") or {}) for entry in criteria if "name" in entry},
             curve=list(status.get("curve") or []),

@@ -27,13 +27,12 @@ from typing import Any
 
 from stopline.api import SpecError, TargetRef, TrainingJobSpec, parse_spec
 from stopline.criteria.observation import CohortCurve
-from stopline.lifecycle import queue_holds, seconds
+from stopline.lifecycle import queue_holds, seconds, stop_request
 from stopline.pointer import checkpoint_status
 from stopline.vocabulary import (
     CANCEL_ANNOTATION,
     COMPLETION_INDEX_LABEL,
     JOB_LABEL,
-    STOP_ANNOTATION,
     STUDY_LABEL,
     SUCCEEDED,
     TERMINAL_PHASES,
@@ -252,8 +251,8 @@ class Tracked:
 
     @property
     def asked_to_stop(self) -> bool:
-        """A person set stopline.dev/stop or stopline.dev/cancel."""
-        return STOP_ANNOTATION in self.annotations or CANCEL_ANNOTATION in self.annotations
+        """A person set stopline.dev/cancel, or a stopline.dev/stop no resume has answered yet."""
+        return stop_request(self.training_job) is not None or CANCEL_ANNOTATION in self.annotations
 
     @property
     def study(self) -> str | None:

@@ -37,7 +37,7 @@ from stopline.criteria.decision import Decision
 from stopline.criteria.live import GPUIdleCriterion, PromQLCriterion
 from stopline.criteria.observation import Samples
 from stopline.kube import Kube
-from stopline.lifecycle import Condition, StatusChange, seconds
+from stopline.lifecycle import Condition, StatusChange, resume_count, seconds
 from stopline.metrics import prometheus
 from stopline.metrics.epochs import EpochsError, missed_epochs
 from stopline.metrics.exposition import TrainerReport
@@ -293,8 +293,10 @@ class Supervisor:
         spec = tracked.spec
         assert spec is not None
         memory = self._memory.get(tracked.uid)
-        if memory is None:
-            memory = self._memory[tracked.uid] = JobMemory.seed(tracked.status)
+        resumed = memory is not None and memory.resumes != resume_count(tracked.status)
+        if memory is None or resumed:  # resumed since: its criteria (their fired decisions gone), curve and
+            memory = self._memory[tracked.uid] = JobMemory.seed(tracked.status)  # epochs as the status says
+            memory.restart_clocks = resumed
         if tracked.phase == RUNNING:
             await self._token(tracked)
         if tracked.phase in HELD_PHASES:

@@ -8,7 +8,7 @@ own in-process memory (criteria state, failed reads, the epochs fed), which live
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stopline.api import TrainingJobSpec
@@ -18,7 +18,7 @@ from stopline.criteria.engine import evaluate
 from stopline.criteria.forecast import ForecastCriterion
 from stopline.criteria.observation import CohortCurve, Observation, Request, Samples
 from stopline.criteria.rungs import RungsCriterion
-from stopline.lifecycle import Condition, run_seconds, seconds
+from stopline.lifecycle import Condition, run_seconds, seconds, stop_request
 from stopline.metrics.exposition import TrainerReport
 from stopline.pointer import exported_checkpoint, newer
 from stopline.progress import JobMemory, progress_status
@@ -89,6 +89,8 @@ def plan(
     if report is not None:  # the epoch in progress is not complete: its values may still come
         memory.fed_epoch = max(min(memory.fed_epoch, report.epoch - 1), 0)
     observation = observe(tracked, spec, inputs, cohort)
+    if memory.restart_clocks:  # the first visit since a resume: the clocks start afresh, as after a queue
+        observation, memory.restart_clocks = replace(observation, paused=True), False
     evaluation = evaluate(spec, memory.states, observation)
     memory.states = dict(evaluation.states)
     fields: dict[str, Any] = {}
@@ -120,7 +122,7 @@ def observe(
     """What the engine sees of a job: from the watched body, the visit's inputs and its study's curves."""
     report, now = inputs.report, inputs.now
     annotations = tracked.annotations
-    stop = annotations.get(STOP_ANNOTATION)
+    stop = stop_request(tracked.training_job)  # a value a resume answered does not stop the job again
     cancel = annotations.get(CANCEL_ANNOTATION)
     return Observation(
         now=now,

@@ -46,6 +46,7 @@ GRACE_PERIOD_EXPIRED = "GracePeriodExpired"
 TRAINER_FAILED = "TrainerFailed"
 TARGET_FOUND, TARGET_NOT_FOUND = "TargetFound", "TargetNotFound"  # Created, for a spec.targetRef
 RESTARTING = "Restarting"  # a rank failed: the job restarts from its last checkpoint (spec.failurePolicy)
+RESUMED = "Resumed"  # a Stopped job started again from its checkpoint (stopline.dev/resume); also its Event
 
 # status.stopPath: how a stop reached the trainers
 STOP_PATH_ENDPOINT = "StopEndpoint"  # POST /stop with the job's token: every rank stopped at one step
@@ -55,6 +56,7 @@ STOP_PATH_KILLED = "Killed"  # its pods were deleted without grace (a cancel, or
 # Event reasons that are not a phase or a condition reason
 WOULD_STOP = "WouldStop"
 STOP_NOT_ACKNOWLEDGED = "StopNotAcknowledged"
+RESUME_REFUSED = "ResumeRefused"  # a stopline.dev/resume that cannot be carried out, with why and the fix
 
 # metadata.labels: the ones stopline sets on children and reads on TrainingJobs, and the Job controller's
 JOB_LABEL = "stopline.dev/job"  # on the Job, its pods and the Service: the TrainingJob's name
@@ -72,6 +74,7 @@ TRAINER_CONTAINER = "trainer"
 # metadata.annotations a person sets (the operator never writes them)
 STOP_ANNOTATION = "stopline.dev/stop"  # graceful stop, weights kept; the value is the reason
 CANCEL_ANNOTATION = "stopline.dev/cancel"  # stop now, nothing saved
+RESUME_ANNOTATION = "stopline.dev/resume"  # a Stopped job runs on from its checkpoint; the value is why
 
 # stop reason types a person asked for: dryRun does not apply to them
 MANUAL = "Manual"

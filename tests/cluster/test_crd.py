@@ -367,7 +367,7 @@ def test_kubectl_get_tj_prints_the_columns_from_status(crd_installed: ControlPla
         "-p", json.dumps({"status": status}),
     )  # fmt: skip
     lines = crd_installed.kubectl("get", "tj", "-n", namespace).stdout.splitlines()
-    assert lines[0].split() == ["NAME", "PHASE", "EPOCH", "OBJECTIVE", "BEST", "REASON", "AGE"]
+    assert lines[0].split() == ["NAME", "PHASE", "EPOCH", "OBJECTIVE", "BEST", "REASON", "RESUMED", "AGE"]
     assert lines[1].split()[:6] == ["resnet", "Stopped", "31", "val_loss", "0.228", "Patience"]
 
 

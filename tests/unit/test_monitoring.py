@@ -122,6 +122,7 @@ def exported_names() -> set[str]:
 def test_the_dashboard_and_the_alerts_read_only_metrics_the_operator_exports() -> None:
     team = namespace()  # labelled series exist once counted
     monitoring.count_stop("Patience", team, 1.0)
+    monitoring.count_resume("Manual", team, 1.0)
     monitoring.count_conclusion(team, "NoCheckpoint")
     monitoring.count_phases([Job(team, status={"gpuSecondsSaved": 1})])
     exported = exported_names()
@@ -131,4 +132,5 @@ def test_the_dashboard_and_the_alerts_read_only_metrics_the_operator_exports() -
     read = set(re.findall(r"\bstopline_[a-z_]+", " ".join(exprs) + rules))
     assert read - exported == set()
     assert {"stopline_leader", "stopline_build_info", "stopline_training_jobs_gpu_seconds_saved"} <= read
+    assert "stopline_gpu_seconds_resumed_total" in read  # the in-range savings panel takes resumes back
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])

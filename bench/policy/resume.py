@@ -198,8 +198,15 @@ STOPS: dict[str, tuple[dict[str, object], ...]] = {
 }
 
 
-def grid(name: str) -> list[Setting]:
+def grid(name: str, custom: str = "", bounds: str = "", unseen: rule.Unseen = "keep") -> list[Setting]:
     """The settings of a run: every stop alone, then beside the resume rule (the mode is set per task)."""
+    if name == "custom":  # one stop of STOPS alone and beside the rule at each bound
+        out = [Setting(stop, STOPS[stop])]
+        for bound in (float(b) for b in bounds.split(",") if b):
+            out.append(
+                Setting(stop, STOPS[stop], rule.ResumeSettings("min", probability=bound, unseen=unseen))
+            )
+        return out
     if name in ("final", "final-all"):  # the settings main chose, their neighbours, and the recommended
         out = [Setting(stop_name, STOPS[stop_name]) for stop_name in ("forecast 0.01 (recommended)",)]
         chosen = FINAL if name == "final" else FINAL[:1]
@@ -374,17 +381,22 @@ def main() -> None:
     parser.add_argument("--curves", type=Path, default=REPO / "bench" / "policy" / "curves" / "curves.csv.gz")
     parser.add_argument("--max-configs", type=int, default=0, help="a seeded sample of N configs per task")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--grid", choices=("main", "probe", "variants", "final", "final-all"), default="main")
+    parser.add_argument(
+        "--grid", choices=("main", "probe", "variants", "final", "final-all", "custom"), default="main"
+    )
     parser.add_argument("--only", default="", help="only the settings whose label has this text")
     parser.add_argument("--tasks", default="", help="only the tasks whose name has one of these (a,b,...)")
     parser.add_argument("--out", type=Path, default=OUT / "resume.md")
+    parser.add_argument("--stop", default="forecast 0.3", choices=list(STOPS), help="with --grid custom")
+    parser.add_argument("--bounds", default="0.03", help="with --grid custom: resume bounds, a,b,...")
+    parser.add_argument("--unseen", default="keep", choices=("resume", "evidence", "keep"))
     parser.add_argument("--progress", action="store_true", help="a line per task and setting as it ends")
     args = parser.parse_args()
     started = time.monotonic()
     tasks, skipped = load(args.curves, args.max_configs or None)
     tasks = [task for task in tasks if any(part in task.name for part in args.tasks.split(","))]
     TASKS[:] = tasks
-    SETTINGS[:] = [s for s in grid(args.grid) if args.only in s.label]
+    SETTINGS[:] = [s for s in grid(args.grid, args.stop, args.bounds, args.unseen) if args.only in s.label]
     total = sum(len(task.jobs) for task in tasks)
     sample = f", at most {args.max_configs} configs per task (seeded)" if args.max_configs else ""
     print(f"{args.curves}: {len(tasks)} tasks, {total} curves{sample}; {len(SETTINGS)} settings", flush=True)

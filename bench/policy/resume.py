@@ -201,11 +201,10 @@ STOPS: dict[str, tuple[dict[str, object], ...]] = {
 def grid(name: str, custom: str = "", bounds: str = "", unseen: rule.Unseen = "keep") -> list[Setting]:
     """The settings of a run: every stop alone, then beside the resume rule (the mode is set per task)."""
     if name == "custom":  # one stop of STOPS alone and beside the rule at each bound
-        out = [Setting(stop, STOPS[stop])]
+        out = [Setting(custom, STOPS[custom])]
         for bound in (float(b) for b in bounds.split(",") if b):
-            out.append(
-                Setting(stop, STOPS[stop], rule.ResumeSettings("min", probability=bound, unseen=unseen))
-            )
+            settings = rule.ResumeSettings("min", probability=bound, unseen=unseen)
+            out.append(Setting(custom, STOPS[custom], settings))
         return out
     if name in ("final", "final-all"):  # the settings main chose, their neighbours, and the recommended
         out = [Setting(stop_name, STOPS[stop_name]) for stop_name in ("forecast 0.01 (recommended)",)]

@@ -15,7 +15,6 @@ again after it, so one operator acts at a time.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import pytest
 import yaml
 
 from node.conftest import RELEASE_NAMESPACE
-from node.test_stories import CLAIM, epoch_reached, finish, job, weights_load_back
+from node.test_stories import claim_on_host, epoch_reached, finish, job, weights_load_back
 from stopline_local import release
 from stopline_local.controlplane import REPO, TESTENV
 from stopline_local.node import Node
@@ -107,37 +106,8 @@ def alone(node: Node, operator_image: str) -> Iterator[None]:
 @pytest.fixture
 def claim(node: Node, trainer_image: str, namespace: str) -> Iterator[Path]:
     """The claim `checkpoints` in the test's namespace, bound to a hostPath folder; yields that folder."""
-    folder = node.root / "volumes" / namespace
-    folder.mkdir(parents=True)
-    os.chmod(folder, 0o777)  # the trainer runs as uid 10001
-    volume = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"checkpoints-{namespace}"},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": "",
-            "hostPath": {"path": str(folder), "type": "Directory"},
-            "claimRef": {"namespace": namespace, "name": CLAIM},
-        },
-    }
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": CLAIM, "namespace": namespace},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": "",
-            "volumeName": f"checkpoints-{namespace}",
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    node.kubectl(
-        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [volume, pvc]})
-    )
-    yield folder
-    node.kubectl("delete", "pv", f"checkpoints-{namespace}", "--wait=false", check=False)
+    with claim_on_host(node, namespace) as folder:
+        yield folder
 
 
 def running_operator_pulled_by_digest(node: Node, pushed: Pushed) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,10 @@ DEADLINE_S = 300  # trainers import torch in a container on two shared cores
 EPOCH_S = ("--steps-per-epoch", "10", "--sleep-per-step", "0.05")
 
 
-@pytest.fixture
-def story(node: Node, installed: str, trainer_image: str, namespace: str) -> Iterator[Path]:
-    """The operator installed by helm, the claim `checkpoints` in the test's namespace bound to a hostPath
-    folder; yields that folder."""
+@contextmanager
+def claim_on_host(node: Node, namespace: str) -> Iterator[Path]:
+    """The claim `checkpoints` in `namespace`, bound to a hostPath folder on the node; yields that folder
+    and deletes the volume after."""
     folder = node.root / "volumes" / namespace
     folder.mkdir(parents=True)
     os.chmod(folder, 0o777)  # the trainer runs as uid 10001
@@ -63,6 +64,14 @@ def story(node: Node, installed: str, trainer_image: str, namespace: str) -> Ite
     )
     yield folder
     node.kubectl("delete", "pv", f"checkpoints-{namespace}", "--wait=false", check=False)
+
+
+@pytest.fixture
+def story(node: Node, installed: str, trainer_image: str, namespace: str) -> Iterator[Path]:
+    """The operator installed by helm, the claim `checkpoints` in the test's namespace bound to a hostPath
+    folder; yields that folder."""
+    with claim_on_host(node, namespace) as folder:
+        yield folder
 
 
 def job(

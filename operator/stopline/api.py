@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from stopline.criteria.kinds import BY_KEY, BY_SPEC, KINDS, Criterion
+from stopline.criteria.forecast import MAX_NEIGHBOURS, ForecastCriterion
 from stopline.criteria.plateau import PlateauCriterion
+from stopline.criteria.resume import DEFAULT_PROBABILITY as DEFAULT_RESUME_PROBABILITY
+from stopline.criteria.resume import ResumeSettings, Unseen
 from stopline.fields import MAX_EPOCHS as MAX_EPOCHS
 from stopline.fields import METRIC, MODES, Duration, Fields, show
 from stopline.fields import Mode as Mode
@@ -121,6 +124,7 @@ class TrainingJobSpec:
     criteria: tuple[Criterion, ...] = ()
     stop_policy: StopPolicy = StopPolicy()
     failure_policy: FailurePolicy = FailurePolicy()
+    resume_policy: ResumeSettings | None = None  # spec.resumePolicy: the study may resume its sweep stops
 
     @property
     def gpus(self) -> int:
@@ -164,13 +168,14 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
             "checkpoint",
             "stopPolicy",
             "failurePolicy",
+            "resumePolicy",
         ),
     )
     target, selector = _target(fields), _selector(fields)
     if target is not None and selector is not None:
         raise SpecError(fields.at("targetSelector"), "cannot be set with spec.targetRef: set one of them")
     if target is not None or selector is not None:
-        for owned in ("template", "replicas", "failurePolicy"):
+        for owned in _TARGET_OWNS:
             if fields.has(owned) and fields.raw.get(owned) not in _DEFAULTS.get(owned, ()):
                 raise SpecError(fields.at(owned), _TARGET_OWNS[owned])
     replicas = fields.integer("replicas", 1, 1024, default=1)
@@ -196,6 +201,7 @@ def parse_spec(raw: object, path: str = "spec") -> TrainingJobSpec:
         criteria=criteria,
         stop_policy=_stop_policy(fields.child("stopPolicy", ("gracePeriod", "ackTimeout", "dryRun"))),
         failure_policy=_failure_policy(fields.child("failurePolicy", ("maxRestarts",))),
+        resume_policy=_resume_policy(fields.child("resumePolicy", RESUME_FIELDS), objective, criteria),
     )
 
 
@@ -206,6 +212,8 @@ _TARGET_OWNS = {
     "pods it runs",
     "failurePolicy": "cannot be set with spec.targetRef or spec.targetSelector: a target's own failure "
     "policy restarts it",
+    "resumePolicy": "cannot be set with spec.targetRef or spec.targetSelector yet: stopline resumes only a "
+    "TrainingJob that runs its own Job (spec.template); resume the workloads with the tool that made them",
 }
 _DEFAULTS: dict[str, tuple[object, ...]] = {  # what the apiserver fills in for every TrainingJob
     "replicas": (1,),
@@ -415,3 +423,35 @@ def _failure_policy(fields: Fields | None) -> FailurePolicy:
     if fields is None:
         return FailurePolicy()
     return FailurePolicy(max_restarts=fields.integer("maxRestarts", 0, MAX_RESTARTS, default=0))
+
+
+RESUME_FIELDS = ("probability", "maxConcurrent", "unseen", "minJobs", "similarity", "neighbours")
+UNSEEN: tuple[Unseen, ...] = ("evidence", "resume", "keep")
+
+
+def _resume_policy(
+    fields: Fields | None, objective: Objective, criteria: tuple[Criterion, ...]
+) -> ResumeSettings | None:
+    """spec.resumePolicy: the bound and K of the study's resume rule (stopline.criteria.resume). Its bound
+    may not be below a forecast criterion's: a job resumed at a chance its forecast stops at would be
+    stopped again at its next epoch."""
+    if fields is None:
+        return None
+    probability = fields.number("probability", 0, 0.5, exclusive=True, default=DEFAULT_RESUME_PROBABILITY)
+    for criterion in criteria:
+        if isinstance(criterion, ForecastCriterion) and probability < criterion.probability:
+            raise SpecError(
+                fields.at("probability"),
+                f"must be at least criterion {criterion.name}'s forecast probability "
+                f"({criterion.probability:g}), else a resumed job is stopped again at its next epoch; got "
+                f"{probability:g}: raise it, or lower the forecast's",
+            )
+    return ResumeSettings(
+        mode=objective.mode,
+        probability=probability,
+        max_resumes=fields.integer("maxConcurrent", 1, 1024, default=1),
+        similarity=fields.number("similarity", 0, 100, exclusive=True, default=2.0),
+        neighbours=fields.integer("neighbours", 1, MAX_NEIGHBOURS, default=20),
+        min_jobs=fields.integer("minJobs", 1, 10000, default=5),
+        unseen=fields.choice("unseen", UNSEEN, "evidence"),
+    )

@@ -38,6 +38,14 @@ def test_defaults_follow_the_crd() -> None:
     )  # fmt: skip
 
 
+def test_a_resume_policy_defaults_to_the_measured_bound_and_one_at_a_time() -> None:
+    assert api.parse_spec(with_()).resume_policy is None  # unset: a stop is final unless a person resumes
+    policy = api.parse_spec(with_(resumePolicy={})).resume_policy
+    assert policy is not None
+    assert (policy.probability, policy.max_resumes, policy.unseen, policy.min_jobs) == (0.02, 1, "evidence", 5)
+    assert policy.mode == "min"  # the objective's
+
+
 def test_criteria_inherit_the_objective_unless_they_override_it() -> None:
     spec = api.parse_spec(
         with_(objective={"metric": "acc", "mode": "max"}, criteria=[
@@ -126,6 +134,17 @@ def test_examples_parse(path: Path) -> None:
         ({"checkpoint": {"objectStore": {"uri": "gs://b/x"}}}, "spec.checkpoint.objectStore.uri: must match"),
         ({"replicas": True}, "spec.replicas: must be an integer within 1..1024, got True"),
         ({"template": {"spec": {"containers": []}}}, "spec.template.spec.containers: must list at least one"),
+        (
+            {"criteria": [{"name": "f", "forecast": {"probability": 0.05}}], "resumePolicy": {}},
+            "spec.resumePolicy.probability: must be at least criterion f's forecast probability (0.05)",
+        ),
+        ({"resumePolicy": {"unseen": "always"}}, "spec.resumePolicy.unseen: must be one of evidence, resume"),
+        ({"resumePolicy": {"maxConcurrent": 0}}, "spec.resumePolicy.maxConcurrent: must be an integer"),
+        (
+            {"template": None, "targetRef": {"apiVersion": "batch/v1", "kind": "Job", "name": "j"},
+             "resumePolicy": {}},
+            "spec.resumePolicy: cannot be set with spec.targetRef or spec.targetSelector yet",
+        ),  # fmt: skip
     ],
 )
 def test_errors_name_the_field_and_the_fix(changes: dict[str, Any], error: str) -> None:

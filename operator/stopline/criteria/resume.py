@@ -41,6 +41,7 @@ from stopline.fields import Mode
 
 Phase = Literal["running", "stopped", "finished"]
 Unseen = Literal["resume", "evidence", "keep"]
+DEFAULT_PROBABILITY = 0.02  # docs/policy.md: the bound at which the recommended forecast lost nothing
 OBJECTIVE = "objective"  # the metric name the rule gives the curves it builds (one objective per sweep)
 
 
@@ -93,7 +94,7 @@ class ResumeSettings:
     """The rule's knobs: the forecast's (similarity, neighbours, minJobs), the bound and K."""
 
     mode: Mode
-    probability: float = 0.01
+    probability: float = DEFAULT_PROBABILITY
     max_resumes: int = 1
     similarity: float = 2.0
     neighbours: int = 20

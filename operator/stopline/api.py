@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from stopline.criteria.kinds import BY_KEY, BY_SPEC, KINDS, Criterion
 from stopline.criteria.forecast import MAX_NEIGHBOURS, ForecastCriterion
+from stopline.criteria.kinds import BY_KEY, BY_SPEC, KINDS, Criterion
 from stopline.criteria.plateau import PlateauCriterion
 from stopline.criteria.resume import DEFAULT_PROBABILITY as DEFAULT_RESUME_PROBABILITY
 from stopline.criteria.resume import ResumeSettings, Unseen

@@ -42,7 +42,8 @@ def test_a_resume_policy_defaults_to_the_measured_bound_and_one_at_a_time() -> N
     assert api.parse_spec(with_()).resume_policy is None  # unset: a stop is final unless a person resumes
     policy = api.parse_spec(with_(resumePolicy={})).resume_policy
     assert policy is not None
-    assert (policy.probability, policy.max_resumes, policy.unseen, policy.min_jobs) == (0.02, 1, "evidence", 5)
+    knobs = (policy.probability, policy.max_resumes, policy.unseen, policy.min_jobs)
+    assert knobs == (0.02, 1, "evidence", 5)
     assert policy.mode == "min"  # the objective's
 
 
@@ -141,10 +142,9 @@ def test_examples_parse(path: Path) -> None:
         ({"resumePolicy": {"unseen": "always"}}, "spec.resumePolicy.unseen: must be one of evidence, resume"),
         ({"resumePolicy": {"maxConcurrent": 0}}, "spec.resumePolicy.maxConcurrent: must be an integer"),
         (
-            {"template": None, "targetRef": {"apiVersion": "batch/v1", "kind": "Job", "name": "j"},
-             "resumePolicy": {}},
+            {"template": None, "targetRef": {"kind": "Job", "name": "j"}, "resumePolicy": {}},
             "spec.resumePolicy: cannot be set with spec.targetRef or spec.targetSelector yet",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_errors_name_the_field_and_the_fix(changes: dict[str, Any], error: str) -> None:

@@ -142,7 +142,11 @@ def test_examples_parse(path: Path) -> None:
         ({"resumePolicy": {"unseen": "always"}}, "spec.resumePolicy.unseen: must be one of evidence, resume"),
         ({"resumePolicy": {"maxConcurrent": 0}}, "spec.resumePolicy.maxConcurrent: must be an integer"),
         (
-            {"template": None, "targetRef": {"kind": "Job", "name": "j"}, "resumePolicy": {}},
+            {
+                "template": None,
+                "targetRef": {"apiVersion": "batch/v1", "kind": "Job", "name": "j"},
+                "resumePolicy": {},
+            },
             "spec.resumePolicy: cannot be set with spec.targetRef or spec.targetSelector yet",
         ),
     ],

@@ -28,6 +28,7 @@ from stopline import api
 
 SECONDS = "seconds"
 TASK = "task"
+SCHEDULE = "schedule"  # a job's schedule label (stopline.dev/schedule): the resume rule's neighbours share it
 JOB_COLUMNS = ("job", "config")  # the first one the header has names the jobs
 SECONDS_COLUMNS = (SECONDS, "epoch_seconds")
 MiB = 1 << 20
@@ -70,6 +71,7 @@ class Curve:
     task: str | None = None
     rows: dict[int, dict[str, float]] = field(default_factory=dict)
     seconds: dict[int, float] = field(default_factory=dict)
+    schedule: str | None = None
 
 
 def load_job(path: Path) -> api.TrainingJobSpec:
@@ -213,6 +215,7 @@ class _Header:
     task: str | None
     seconds: str | None
     metrics: list[str]
+    schedule: str | None = None
 
 
 def _parse_curves(
@@ -221,7 +224,7 @@ def _parse_curves(
     header_line, cells = next(rows, (1, []))
     if not any(cell.strip() for cell in cells):
         raise ReplayError(f"{path}: empty file; expected a header line job,epoch,<metric>,... and rows")
-    header = _header(path, header_line, [cell.strip() for cell in cells], needed)
+    header = _header(path, header_line, [cell.strip() for cell in cells], needed, used)
     curves: dict[tuple[str | None, str], Curve] = {}
     first_line: dict[tuple[str | None, str, int], int] = {}
     for line, row in rows:
@@ -248,6 +251,14 @@ def _parse_curves(
             for metric in header.metrics
             if metric in used and cells_by[metric] != ""
         }
+        if header.schedule and cells_by[header.schedule] != "":
+            schedule = _name(path, line, header.schedule, cells_by[header.schedule])
+            if curve.schedule is not None and schedule != curve.schedule:
+                raise ReplayError(
+                    f"{path}: line {line}: {header.job} {curve.job!r} has {header.schedule} {schedule!r}, an "
+                    f"earlier row {curve.schedule!r}; give each {header.job} one {header.schedule}"
+                )
+            curve.schedule = schedule
         if header.seconds and cells_by[header.seconds] != "":
             curve.seconds[epoch] = _seconds(path, line, header.seconds, cells_by[header.seconds])
     if not curves:
@@ -255,9 +266,9 @@ def _parse_curves(
     return list(curves.values()), header.metrics
 
 
-def _header(path: Path, line: int, columns: list[str], needed: str) -> _Header:
+def _header(path: Path, line: int, columns: list[str], needed: str, used: Collection[str] = ()) -> _Header:
     """Each column named once (a repeated name would silently merge), and a job column, epoch and
-    `needed` present."""
+    `needed` present. A `schedule` column is the jobs' schedule label unless a criterion reads it."""
     numbers: dict[str, int] = {}
     for number, column in enumerate(columns, start=1):
         if column in numbers:
@@ -277,8 +288,10 @@ def _header(path: Path, line: int, columns: list[str], needed: str) -> _Header:
     assert job is not None
     task = TASK if TASK in numbers else None
     seconds = next((column for column in SECONDS_COLUMNS if column in numbers), None)
-    roles = {job, "epoch", task, seconds}
-    return _Header(columns, job, task, seconds, [column for column in columns if column not in roles])
+    schedule = SCHEDULE if SCHEDULE in numbers and SCHEDULE not in used else None
+    roles = {job, "epoch", task, seconds, schedule}
+    metrics = [column for column in columns if column not in roles]
+    return _Header(columns, job, task, seconds, metrics, schedule)
 
 
 def _name(path: Path, line: int, column: str, name: str) -> str:

@@ -112,14 +112,15 @@ class PageView:
 def render_html(
     result: Replay, title: str, resumed: Mapping[tuple[str | None, str], int] | None = None
 ) -> str:
-    """A replay's page; `resumed` gives the epoch each (task, job) was resumed at, where one was."""
+    """A replay's page; `resumed` gives the epoch each (task, job) was resumed at, where one was (else the
+    last resume the replay simulated)."""
     return render_page(page_of_replay(result, title, resumed or {}))
 
 
 def page_of_replay(result: Replay, title: str, resumed: Mapping[tuple[str | None, str], int]) -> PageView:
     sweeps = tuple(
-        _sweep_view(sweep, [_job_view(job, resumed.get((sweep.task, job.job))) for job in sweep.results],
-                    result.by_task)
+        _sweep_view(sweep, [_job_view(job, resumed.get((sweep.task, job.job), _resumed_at(job)))
+                            for job in sweep.results], result.by_task)
         for sweep in result.sweeps
     )  # fmt: skip
     return PageView(
@@ -188,7 +189,24 @@ def _overall(result: Replay) -> tuple[Figure, ...]:
         Figure(
             "tasks-over-half-percent", f"tasks over {SAFE_REGRET:.1%} regret", summary["tasksOverHalfPercent"]
         ),
+        *_resume_figures(summary),
     )
+
+
+def _resume_figures(summary: Mapping[str, object]) -> tuple[Figure, ...]:
+    """The resumes' figures --json has where a resume rule was simulated (none otherwise)."""
+    if "resumedJobs" not in summary:
+        return ()
+    return (
+        Figure("resumed-jobs", "resumed jobs", summary["resumedJobs"]),
+        Figure("resumes", "resumes", summary["resumes"]),
+        Figure("resumed-epochs", "epochs run after a resume", summary["resumedEpochs"]),
+    )
+
+
+def _resumed_at(result: JobResult) -> int | None:
+    """The epoch the job was last resumed from, where the replay resumed it."""
+    return result.resumes[-1].from_epoch if result.resumes else None
 
 
 def _saved(summary: Mapping[str, object]) -> int:
@@ -222,6 +240,7 @@ def _sweep_view(sweep: Sweep, jobs: Sequence[JobView], by_task: bool) -> SweepVi
         Figure("best-job", "best job kept", kept[0] if kept else None, best_text(kept)),
         Figure("best-job-without-stopping", "best without stopping", unstopped[0] if unstopped else None,
                best_text(unstopped)),
+        *_resume_figures(summary),
     )  # fmt: skip
     heading = f"task {sweep.task} ({len(sweep.results)} jobs)" if by_task else f"{len(sweep.results)} jobs"
     return SweepView(

@@ -26,13 +26,21 @@ def render_table(result: Replay) -> str:
                 if worst
                 else ""
             )
+            + (f", {_resumed(result.resume_json())}" if result.resumes_simulated else "")
         )
     lines += [f"note: {note}" for note in result.notes]
     return "\n".join(lines)
 
 
 def _sweep_table(sweep: Sweep) -> list[str]:
-    header = ("job", "stop", "epochs", "reason", "criterion", f"best {sweep.metric}")
+    """With a resume rule, a `resumed` column (the epochs each job was resumed from), the rule's words for
+    each resume, and the resumes' figures after the sweep's."""
+    resumed = sweep.resumes_simulated
+    header = (
+        ("job", "stop", "epochs", "reason", "criterion")
+        + (("resumed",) if resumed else ())
+        + (f"best {sweep.metric}",)
+    )
     rows = [
         (
             job.job,
@@ -40,18 +48,30 @@ def _sweep_table(sweep: Sweep) -> list[str]:
             f"{job.epochs_run}/{job.epochs_available}",
             job.decision.type if job.decision else "-",
             job.decision.criterion if job.decision else "-",
-            f"{job.best.value:.6g} (epoch {job.best.epoch})" if job.best else "-",
         )
+        + (
+            (",".join(str(r.from_epoch) for r in job.resumes) or "-",)
+            if resumed and job.resumes is not None
+            else ()
+        )
+        + ((f"{job.best.value:.6g} (epoch {job.best.epoch})" if job.best else "-"),)
         for job in sweep.results
     ]
     lines = aligned([header, *rows])
     stops = [f"  {job.job}: {job.decision.message}" for job in sweep.results if job.decision]
+    resumes = [
+        f"  {job.job}: resumed from epoch {resume.from_epoch} to {resume.to_epoch}: {resume.message}"
+        for job in sweep.results
+        for resume in job.resumes or ()
+    ]
     if stops:
         lines += ["", "why:", *stops]
+    if resumes:
+        lines += ["", "resumed:", *resumes]
     lines += [
         "",
         f"{len(sweep.results)} jobs, {sweep.epochs_run} of {sweep.epochs_available} epochs run, "
-        f"{sweep.fraction_saved:.1%} saved",
+        f"{sweep.fraction_saved:.1%} saved" + (f", {_resumed(sweep.resume_json())}" if resumed else ""),
     ]
     for label, stopping in (("best with stopping", True), ("best without stopping", False)):
         found = sweep.best_overall(stopping=stopping)
@@ -59,6 +79,13 @@ def _sweep_table(sweep: Sweep) -> list[str]:
             lines.append(f"{label}: {sweep.metric} {found[1].value:.6g} ({found[0]}, epoch {found[1].epoch})")
     verdict = sweep.verdict()
     return lines + ([verdict] if verdict else [])
+
+
+def _resumed(figures: dict[str, object]) -> str:
+    """The resumes' figures in words: the jobs resumed, the resumes, the epochs they ran (counted as run)."""
+    jobs, resumes, epochs = (figures[key] for key in ("resumedJobs", "resumes", "resumedEpochs"))
+    assert isinstance(jobs, int) and isinstance(resumes, int)
+    return f"{_count(jobs, 'job')} resumed ({_count(resumes, 'resume')}, {epochs} epochs run after a resume)"
 
 
 def aligned(rows: Sequence[Sequence[str]]) -> list[str]:

@@ -3,7 +3,9 @@
 The jobs of the CSV form a sequential sweep in order of first appearance: job k's cohort is jobs 1..k-1,
 each with the epochs it actually ran (a job that was not stopped completed, so its last value is final).
 Each epoch is fed to the same engine the operator calls, one call per epoch, with the cumulative
-`seconds` column (if any) as the clock.
+`seconds` column (if any) as the clock. With spec.resumePolicy the study's resume rule is asked whenever
+a job ends, as the operator asks it, and the jobs it resumes run on (stopline.replay.resumes); a resumed
+job's epochs after its stop count as run, and its best is its best over every epoch it ran.
 
 The cohort, rungs and forecast criteria compare every epoch of a job with every earlier job of its sweep,
 so a sweep's cost grows with the square of its jobs. Past PEER_COMPARISONS_MAX such comparisons a replay is
@@ -14,18 +16,19 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from stopline import api
-from stopline.criteria import CohortCurve, Decision, Observation, evaluate
+from stopline.criteria import CohortCurve, Decision
 from stopline.criteria.budget import BudgetCriterion
 from stopline.criteria.cohort import CohortCriterion
 from stopline.criteria.forecast import ForecastCriterion
 from stopline.criteria.rungs import RungsCriterion
 from stopline.criteria.state import is_better
 from stopline.replay.curves import SECONDS, TASK, Curve, ReplayError, load_curves, load_job
+from stopline.replay.resumes import Resume, SweepRun, run_epochs
 
 SAFE_REGRET = 0.005  # a sweep that lost more than 0.5% of its best is counted, as docs/policy.md does
 # One comparison: one epoch of a job fed to one cohort, rungs or forecast criterion, against the curve of
@@ -56,9 +59,16 @@ class JobResult:
     best: Best | None
     best_if_no_stopping: Best | None
     values: tuple[tuple[int, float], ...] = ()  # the objective by epoch, up to epochs_available (the page)
+    resumes: tuple[Resume, ...] | None = None  # None: no resume rule was simulated; the decision is the last
+
+    @property
+    def resumed_epochs(self) -> int:
+        """The epochs it ran after its first resume."""
+        return self.epochs_run - self.resumes[0].from_epoch if self.resumes else 0
 
     def as_json(self) -> dict[str, object]:
         decision = self.decision
+        resumes = {} if self.resumes is None else {"resumes": [resume.as_json() for resume in self.resumes]}
         return {
             "job": self.job,
             "stopped": decision is not None,
@@ -69,7 +79,7 @@ class JobResult:
             "criterion": decision.criterion if decision else None,
             "message": decision.message if decision else None,
             "best": _best_json(self.best),
-        }
+        } | resumes
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,29 @@ class Sweep:
     metric: str
     mode: api.Mode
     results: tuple[JobResult, ...]
+    resumes_simulated: bool = False  # spec.resumePolicy: the resume rule was asked as a job ended
+
+    @property
+    def resumed_jobs(self) -> int:
+        return sum(1 for result in self.results if result.resumes)
+
+    @property
+    def resume_count(self) -> int:
+        return sum(len(result.resumes or ()) for result in self.results)
+
+    @property
+    def resumed_epochs(self) -> int:
+        return sum(result.resumed_epochs for result in self.results)
+
+    def resume_json(self) -> dict[str, object]:
+        """The resumes' figures, where a resume rule was simulated (else nothing, as before it was)."""
+        if not self.resumes_simulated:
+            return {}
+        return {
+            "resumedJobs": self.resumed_jobs,
+            "resumes": self.resume_count,
+            "resumedEpochs": self.resumed_epochs,
+        }
 
     @property
     def epochs_run(self) -> int:
@@ -140,7 +173,8 @@ class Sweep:
                 "bestOverall": overall(True),
                 "bestOverallIfNoStopping": overall(False),
                 "regret": _rounded(self.regret()),
-            },
+            }
+            | self.resume_json(),
         }
 
 
@@ -154,6 +188,20 @@ class Replay:
     sweeps: tuple[Sweep, ...]
     notes: tuple[str, ...]
     by_task: bool
+
+    @property
+    def resumes_simulated(self) -> bool:
+        return any(sweep.resumes_simulated for sweep in self.sweeps)
+
+    def resume_json(self) -> dict[str, object]:
+        """Over all sweeps, the resumes' figures (nothing where no resume rule was simulated)."""
+        if not self.resumes_simulated:
+            return {}
+        return {
+            "resumedJobs": sum(sweep.resumed_jobs for sweep in self.sweeps),
+            "resumes": sum(sweep.resume_count for sweep in self.sweeps),
+            "resumedEpochs": sum(sweep.resumed_epochs for sweep in self.sweeps),
+        }
 
     def worst_task(self) -> tuple[str, float] | None:
         regrets = [
@@ -186,7 +234,8 @@ class Replay:
                 "regretMax": _rounded(worst[1] if worst else None),
                 "worstTask": worst[0] if worst else None,
                 "tasksOverHalfPercent": self.tasks_over(SAFE_REGRET),
-            },
+            }
+            | self.resume_json(),
         }
 
 
@@ -222,18 +271,8 @@ def replay_job(
     spec: api.TrainingJobSpec, curve: Curve, cohort: tuple[CohortCurve, ...], available: int
 ) -> tuple[int, Decision | None]:
     """Feed the job's epochs one call at a time; a decision on epoch e's values means the job ran e epochs."""
-    states: Mapping[str, Mapping[str, object]] = {}
-    clock = 0.0
-    for epoch in sorted(e for e in curve.rows if e <= available):
-        clock += curve.seconds.get(epoch, 0.0)
-        observation = Observation(
-            now=clock, samples={epoch: curve.rows[epoch]}, started_at=0.0, gpus=spec.gpus, cohort=cohort
-        )
-        evaluation = evaluate(spec, states, observation)
-        if evaluation.decision is not None:
-            return epoch, evaluation.decision
-        states = evaluation.states
-    return available, None
+    leg = run_epochs(spec, curve, cohort, available)
+    return leg.run, leg.decision
 
 
 def replay(
@@ -351,36 +390,39 @@ def _sweep(
     replayed: Callable[[], None],
     comparisons: _PeerComparisons,
 ) -> Sweep:
-    """One sweep: each job judged against the ones before it, with the epochs they ran."""
+    """One sweep: each job judged against the ones before it, with the epochs they ran; with a resume rule,
+    the rule asked after each job ends and at the sweep's end (stopline.replay.resumes)."""
     objective = spec.objective
-    results: list[JobResult] = []
-    cohort: tuple[CohortCurve, ...] = ()
+
+    def charge(epochs: int, cohort: int) -> None:
+        comparisons.made += comparisons.readers * cohort * epochs
+
+    run = SweepRun(spec, comparisons.metrics, spec.resume_policy, charge)
     for number, curve in enumerate(curves, start=1):
         available = _available(curve, spec)
-        per_epoch = comparisons.readers * len(cohort)
+        per_epoch = comparisons.readers * len(run.cohort())
         comparisons.allow(per_epoch * _fed(curve, available), task, number, len(curves), curve.job)
-        run, decision = replay_job(spec, curve, cohort, available)
-        comparisons.made += per_epoch * _fed(curve, run)
+        run.start(curve, available)
+        run.ask()
+        replayed()
+    results = []
+    for member in run.members:
+        curve, available, last = member.curve, member.available, member.run
         results.append(
             JobResult(
                 curve.job,
-                run,
+                last,
                 available,
-                decision,
-                _best(curve, objective.metric, objective.mode, run),
+                member.decision,
+                _best(curve, objective.metric, objective.mode, last),
                 _best(curve, objective.metric, objective.mode, available),
                 tuple(
                     (epoch, curve.rows[epoch][objective.metric])
                     for epoch in sorted(curve.rows)
                     if epoch <= available and objective.metric in curve.rows[epoch]
                 ),
+                None if spec.resume_policy is None else tuple(member.resumes),
             )
         )
-        for metric in comparisons.metrics:
-            values = {e: row[metric] for e, row in curve.rows.items() if e <= run and metric in row}
-            stopped = decision is not None
-            peer = CohortCurve(curve.job, metric, values, stopped=stopped, completed=not stopped)
-            if peer.last is not None:  # every criterion skips a curve with no finite value: left out
-                cohort += (peer,)
-        replayed()
-    return Sweep(task, objective.metric, objective.mode, tuple(results))
+    simulated = spec.resume_policy is not None
+    return Sweep(task, objective.metric, objective.mode, tuple(results), simulated)

@@ -36,6 +36,7 @@ from stopline.vocabulary import (
     QUEUE_LABELS,
     RESTARTING,
     RESUME_REFUSED,
+    RESUME_RULE,
     RESUMED,
     RUNNING_CONDITION,
     STOPPED,
@@ -320,25 +321,71 @@ async def resume_if_asked(
     if verdict is None or isinstance(parsed, SpecError):
         return None
 
+    def decide(current: Mapping[str, Any]) -> lifecycle.Resumption | None:
+        again = lifecycle.resume(current, governs, now)
+        return again if isinstance(again, lifecycle.Resumption) else None
+
+    written = await _carry_out_resume(writer, training_job, parsed, decide, MANUAL, observe)
+    answered[uid] = lifecycle.request_id(request)
+    return written
+
+
+async def resume_by_rule(
+    writer: StatusWriter,
+    training_job: Mapping[str, Any],
+    message: str,
+    probability: float | None,
+    observe: Callable[[Mapping[str, Any]], object] = lambda _: None,
+) -> Written | None:
+    """The study's resume rule chose this Stopped job (stopline.study): resumed as a person's request is,
+    with the rule's numbers in status.resumes and the Resumed Event; None when it was no longer Stopped
+    with a checkpoint when the write went (the compare-and-set resumes a stop once)."""
+    parsed = parse(training_job)
+    if isinstance(parsed, SpecError) or parsed.template is None:
+        return None
+    now = writer.now()
+
+    def decide(current: Mapping[str, Any]) -> lifecycle.Resumption | None:
+        return lifecycle.resume_by_rule(current, now, message, probability)
+
+    return await _carry_out_resume(writer, training_job, parsed, decide, RESUME_RULE, observe)
+
+
+async def _carry_out_resume(
+    writer: StatusWriter,
+    training_job: Mapping[str, Any],
+    spec: TrainingJobSpec,
+    decide: Callable[[Mapping[str, Any]], lifecycle.Resumption | None],
+    reason: str,
+    observe: Callable[[Mapping[str, Any]], object],
+) -> Written | None:
+    """One compare-and-set write from Stopped back to Pending (`decide` on the body the write goes
+    against), then the metrics, the Resumed Event, and the stopped run's Job deleted (its DELETED event
+    makes the next) or, when it is gone already (a queue's release), the next one made here."""
+    kube = writer.kube
+    metadata = training_job["metadata"]
+    namespace, name, uid = metadata["namespace"], metadata["name"], metadata.get("uid")
+    resumption: list[lifecycle.Resumption] = []
+
     def compose(current: Mapping[str, Any]) -> lifecycle.StatusChange | None:
         if current["metadata"].get("uid") != uid:
             return None
-        again = lifecycle.resume(current, governs, now)  # on the body the write goes against
-        return again.change if isinstance(again, lifecycle.Resumption) else None
+        decided = decide(current)
+        resumption[:] = [decided] if decided is not None else []
+        return decided.change if decided is not None else None
 
     saved = (training_job.get("status") or {}).get("gpuSecondsSaved")
     written = await writer.write(namespace, name, compose, seen=training_job)
-    answered[uid] = lifecycle.request_id(request)
-    if written is None:
+    if written is None or not resumption:
         return None
     observe(written.after)
-    monitoring.count_resume(MANUAL, namespace, saved)
-    await kube.post_event(written.after, RESUMED, verdict.message)
+    monitoring.count_resume(reason, namespace, saved)
+    await kube.post_event(written.after, RESUMED, resumption[0].message)
     job = await kube.read_job(namespace, name)
     if job is not None and owns(written.after, job):
         await _delete_previous_run(kube, job)  # its DELETED event makes the next Job
     elif job is None:
-        await ensure_children(kube, owner_of(written.after), parsed)  # gone already (a queue's release)
+        await ensure_children(kube, owner_of(written.after), spec)
     return written
 
 

@@ -8,7 +8,8 @@
   TrainingJob of its name (controller.sync_status believes it only if that TrainingJob controls it).
 - every event of a TrainingJob or of a trainer pod: update the in-memory registry that the supervisor
   (one loop for all jobs: scrape, decide, stop) and the cohort rule read, and wake the supervisor when a
-  stop/cancel annotation appears or a stopping job's pod changes.
+  stop/cancel annotation appears or a stopping job's pod changes; a study member that ended asks the
+  study's resume rule (spec.resumePolicy) whether to resume a stopped member.
 
 kopf keeps its progress and diff base in the TrainingJob's status and adds no finalizer (the children
 carry owner references, so there is nothing to clean up), so the operator never writes the spec or the
@@ -177,6 +178,7 @@ async def track_training_job(
     asked = tracked.asked_to_stop and tracked.phase not in TERMINAL_PHASES
     if tracked.phase == STOPPING or asked:
         memo.supervisor.poke(tracked.key)
+    memo.supervisor.study_changed(tracked)  # an ended member is new evidence for its study's resume rule
 
 
 @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT})

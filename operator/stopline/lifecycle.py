@@ -56,6 +56,7 @@ from stopline.vocabulary import (
     QUEUED,
     RESTARTING,
     RESUME_ANNOTATION,
+    RESUME_RULE,
     RESUMED,
     RUNNING,
     RUNNING_CONDITION,
@@ -518,24 +519,47 @@ def resume(
             f"the {CANCEL_ANNOTATION} annotation is set and would cancel the resumed job at once: remove it "
             f"(kubectl annotate tj {name} {CANCEL_ANNOTATION}-), then annotate {RESUME_ANNOTATION} again"
         )
-    return _resumption(training_job, value, checkpoint, now)
+    words = printable(value, MAX_RESUME_WORDS) or "resumed with kubectl annotate"
+    return _resumption(training_job, checkpoint, now, {"reason": MANUAL, "message": words})
+
+
+def resume_by_rule(
+    training_job: Mapping[str, Any], now: str, message: str, probability: float | None
+) -> Resumption | None:
+    """The study's resume rule (spec.resumePolicy) brings back a Stopped job that kept a checkpoint, as a
+    person's resume does; `message` and `probability` are the rule's numbers. None when the job is no
+    longer Stopped with a checkpoint (resumed meanwhile, deleted and made again) or a cancel is set: the
+    write goes against the body as it is, so the rule resumes a stop at most once."""
+    status: Mapping[str, Any] = training_job.get("status") or {}
+    checkpoint = status.get("checkpoint")
+    if status.get("phase") != STOPPED or _annotation(training_job, CANCEL_ANNOTATION) is not None:
+        return None
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("epoch"), int):
+        return None
+    entry: dict[str, Any] = {"reason": RESUME_RULE, "message": printable(message, MAX_MESSAGE)}
+    if probability is not None:
+        entry["probability"] = probability
+    return _resumption(training_job, checkpoint, now, entry)
 
 
 def _resumption(
-    training_job: Mapping[str, Any], value: str, checkpoint: Mapping[str, Any], now: str
+    training_job: Mapping[str, Any], checkpoint: Mapping[str, Any], now: str, why: Mapping[str, Any]
 ) -> Resumption:
+    """`why`: the entry's reason, message (and the rule's probability). A resume annotation set now is
+    answered by this resume, whoever made it: it does not resume the job again after a later stop."""
     status: Mapping[str, Any] = training_job.get("status") or {}
     stop = status.get("stopReason")
     stop = stop if isinstance(stop, Mapping) else {}
-    words = printable(value, MAX_RESUME_WORDS) or "resumed with kubectl annotate"
+    words = str(why["message"])
     entry: dict[str, Any] = {
         "fromEpoch": checkpoint["epoch"],
         "at": now,
-        "reason": MANUAL,
-        "message": words,
+        **why,
         "stoppedBy": {key: str(stop[key]) for key in ("type", "criterion") if isinstance(stop.get(key), str)},
-        "request": request_id(value),
     }
+    resume_value = _annotation(training_job, RESUME_ANNOTATION)
+    if resume_value is not None:
+        entry["request"] = request_id(resume_value)
     if isinstance(stop.get("epoch"), int):
         entry["stoppedBy"]["epoch"] = stop["epoch"]
     stop_value = _annotation(training_job, STOP_ANNOTATION)

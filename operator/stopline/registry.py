@@ -422,6 +422,10 @@ class Registry:
             _bound_deleted(tracked.filed_pods)
         return tracked.key
 
+    def study_members(self, namespace: str, study: str) -> list[Tracked]:
+        """The TrainingJobs labelled with `study` in `namespace`, as last seen."""
+        return list(self._studies.get((namespace, study), {}).values())
+
     def cohort(self, tracked: Tracked, study: str | None = None) -> tuple[CohortCurve, ...]:
         """The other jobs of the study (`study`, else the job's stopline.dev/study label) in its namespace,
         as curves of their objective (status.curve); a study's members are the jobs labelled with it."""

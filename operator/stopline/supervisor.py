@@ -48,6 +48,7 @@ from stopline.progress import JobMemory, gpu_seconds_saved
 from stopline.registry import Key, PodView, Registry, Tracked, pod_view, saved_checkpoint, trainer_pods
 from stopline.status import StatusWriter
 from stopline.stopping import StopDriver, every_rank_exited
+from stopline.study import Member, decide, evidence, settings
 from stopline.sweep import sweep_of
 from stopline.visit import Inputs, cohort_study, plan
 from stopline.vocabulary import (
@@ -145,6 +146,10 @@ class Supervisor:
         self._memory: dict[str, JobMemory] = {}  # by TrainingJob uid: a job made again starts afresh
         self._tokens: dict[str, str] = {}  # by TrainingJob uid
         self._queue_waits: dict[str, float] = {}  # by TrainingJob uid: seconds until a held job's next read
+        # the study resume rule: the evidence each study was last judged on, its judgement in flight
+        self._evidence: dict[tuple[str, str], tuple[tuple[str, str, int], ...]] = {}
+        self._judging: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._judge_again: set[tuple[str, str]] = set()
 
     def healthy(self) -> bool:
         """The loop ticked recently: a stuck loop fails /healthz, so the kubelet restarts the operator."""
@@ -203,7 +208,13 @@ class Supervisor:
 
     def _forget_gone(self) -> None:
         """Drop what was kept for TrainingJobs no longer watched (deleted, or made again)."""
-        kept = len(self._memory) + len(self._tokens) + len(self._queue_waits) + len(self._due)
+        kept = (
+            len(self._memory)
+            + len(self._tokens)
+            + len(self._queue_waits)
+            + len(self._due)
+            + len(self._evidence)
+        )
         if kept <= 4 * len(self.registry):
             return
         uids = {tracked.uid for tracked in self.registry}
@@ -213,6 +224,9 @@ class Supervisor:
                 del by_uid[uid]
         for key in set(self._due) - keys:
             del self._due[key]
+        studies = {(tracked.key[0], tracked.study) for tracked in self.registry if tracked.study is not None}
+        for study in set(self._evidence) - studies:
+            del self._evidence[study]
         self.stops.forget(uids)
 
     async def _visit_batch(self, url: str, batch: list[Tracked]) -> None:
@@ -533,6 +547,55 @@ class Supervisor:
         self._queue_waits[tracked.uid] = min(max(2 * wait, spec.metrics.interval.seconds), QUEUE_READ_S)
         written = await controller.sync_status(self.writer, *tracked.key)
         await controller.announce(self.kube, written)
+
+    def study_changed(self, tracked: Tracked) -> None:
+        """A member of a study ended (or changed once ended): judge the study if its evidence moved."""
+        if tracked.study is not None and tracked.phase in TERMINAL_PHASES:
+            self._consider((tracked.key[0], tracked.study))
+
+    def _consider(self, study: tuple[str, str]) -> None:
+        """When the study's evidence moved (a member ended or was resumed) and it has a resume policy,
+        judge it once (`_judge_study`), one judgement per study at a time; a change while one runs is
+        considered after it. After an operator restart the first ended member's event judges its study."""
+        running = self._judging.get(study)
+        if running is not None and not running.done():
+            self._judge_again.add(study)
+            return
+        members = [Member(m.training_job, m.spec) for m in self.registry.study_members(*study)]
+        seen = evidence(members)
+        if self._evidence.get(study) == seen or settings(members) is None:
+            return
+        self._evidence[study] = seen
+        task = asyncio.create_task(self._judge_study(study, members), name=f"stopline-resume-{study}")
+        self._judging[study] = task
+
+        def again(_: asyncio.Task[None]) -> None:
+            del self._judging[study]
+            if study in self._judge_again:
+                self._judge_again.discard(study)
+                self._consider(study)
+
+        task.add_done_callback(again)
+
+    async def _judge_study(self, study: tuple[str, str], members: list[Member]) -> None:
+        """Resume what the study's rule chooses now, most promising first (controller.resume_by_rule);
+        the registry sees each resumed body at once, so the next judgement counts its slot."""
+        try:
+            decided = decide(members, self.clock())
+            bodies = {member.name: member.training_job for member in members}
+            for judgement in decided.resume if decided is not None else ():
+                written = await controller.resume_by_rule(
+                    self.writer,
+                    bodies[judgement.job],
+                    judgement.message,
+                    judgement.probability,
+                    self.registry.observe_training_job,
+                )
+                if written is not None:
+                    log.info("study %s/%s: resumed %s: %s", *study, judgement.job, judgement.message)
+        except Exception:  # a failed write (the apiserver away): judged again at the study's next change
+            log.exception("study %s/%s: the resume rule's judgement failed", *study)
+            self._evidence.pop(study, None)
 
     async def keep_checkpoint(self, key: Key, pod: PodView) -> None:
         """A trainer pod of a job whose Job a queue suspended (a preemption) saved on SIGTERM: its checkpoint

@@ -62,6 +62,9 @@ RESUME_REFUSED = "ResumeRefused"  # a stopline.dev/resume that cannot be carried
 JOB_LABEL = "stopline.dev/job"  # on the Job, its pods and the Service: the TrainingJob's name
 STUDY_LABEL = "stopline.dev/study"  # on a TrainingJob: the sweep it belongs to, for the cohort rule
 SWEEP_LABEL = "stopline.dev/sweep"  # on a member TrainingJob: the spec.targetSelector one that made it
+SCHEDULE_LABEL = (
+    "stopline.dev/schedule"  # on a TrainingJob: its schedule, for the resume rule's budget groups
+)
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"  # set by the Job controller: the rank
 # Kueue's labels: set on a TrainingJob, copied to its Job, which is then created suspended for Kueue to admit
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -80,6 +83,10 @@ RESUME_ANNOTATION = "stopline.dev/resume"  # a Stopped job runs on from its chec
 MANUAL = "Manual"
 CANCELLED_REASON = "Cancelled"
 MANUAL_TYPES = frozenset({MANUAL, CANCELLED_REASON})
+# stop reason types of the sweep criteria: a stop the study's resume rule (spec.resumePolicy) may take back
+SWEEP_STOP_TYPES = frozenset({"Cohort", "Rungs", "Forecast"})
+# status.resumes[].reason: who resumed a stopped job (MANUAL: the stopline.dev/resume annotation)
+RESUME_RULE = "ResumeRule"
 
 
 def find_condition(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:

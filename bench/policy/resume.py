@@ -6,11 +6,15 @@ with the jobs that ended before it as its cohort. When the sweep's evidence chan
 --at end only when the sweep ends, after its last new job) the resume rule is asked which stopped jobs to
 bring back: at most K at a time, most promising first; a resumed job goes on from its stop epoch (its
 remaining epochs are run epochs) and, with --resumed judged, is judged again by the rule's own numbers at
-every epoch (stopped again when its chance falls below the bound), else runs to its end; its finish is new
-evidence, and the rule is asked again until it resumes nothing. Regret is judged on the weights each job
-keeps at its end: the value at the last epoch it ran (a stopped-and-never-resumed job keeps its stop-time
-weights), as bench/policy/run.py scores it. The curves carry no maxEpochs or schedule column, so every job
-of a task shares one budget group (the rule never reads task names or curve lengths).
+every epoch (stopped again when its chance falls below the bound), with --resumed end runs to its end; its
+finish is new evidence, and the rule is asked again until it resumes nothing. Those two are research knobs.
+--resumed criteria is the live operator's way, and runs `stopline replay`'s own simulation
+(stopline.replay.resumes.SweepRun): the rule is asked whenever a job ends (finished or stopped; --at is not
+read), and a resumed job runs on under its own stop criteria (their states carried, the fired stop
+dropped), so it may be stopped again by them and resumed again on new evidence. Regret is judged on the
+weights each job keeps at its end: the value at the last epoch it ran (a stopped-and-never-resumed job
+keeps its stop-time weights), as bench/policy/run.py scores it. The curves carry no maxEpochs or schedule
+column, so every job of a task shares one budget group (the rule never reads task names or curve lengths).
 
 Held out: every setting is scored per task; then a setting is chosen on some tasks only (the one that saves
 the most with every chosen-on task within 0.5%) and reported on the others: on half a, judged on half b and
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 import multiprocessing
 import statistics
@@ -51,6 +56,7 @@ from stopline import api
 from stopline.criteria import CohortCurve
 from stopline.criteria import resume as rule
 from stopline.replay import Curve, replay_job
+from stopline.replay.resumes import SweepRun
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,9 @@ class Setting:
     stop: tuple[dict[str, object], ...]
     resume: rule.ResumeSettings | None = None
     at: str = "finish"  # finish: every finish and the sweep's end; end: the sweep's end only
-    resumed: str = "judged"  # judged: a resumed job is judged again each epoch; end: it runs to its end
+    # judged: a resumed job is judged again each epoch by the rule's numbers; end: it runs to its end;
+    # criteria: as live and `stopline replay` do (stopline.replay.resumes): judged by its own criteria
+    resumed: str = "judged"
 
     @property
     def label(self) -> str:
@@ -70,7 +78,12 @@ class Setting:
         r = self.resume
         return (
             f"{self.stop_name}; resume p {r.probability}, K {r.max_resumes}, sim {r.similarity:g}, "
-            f"minJobs {r.min_jobs}, unseen {r.unseen}, at {self.at}, resumed {self.resumed}"
+            f"minJobs {r.min_jobs}, unseen {r.unseen}, "
+            + (
+                "at every end, resumed criteria (live)"
+                if self.resumed == "criteria"
+                else f"at {self.at}, resumed {self.resumed}"
+            )
         )
 
 
@@ -159,6 +172,22 @@ class Sim:
                 self.go_on(int(judgement.job), settings)
 
 
+def simulate_live(setting: Setting, task: Task, spec: api.TrainingJobSpec) -> Result:
+    """The live operator's way, with `stopline replay`'s code: the rule asked after every end, a resumed
+    job judged on by its own criteria."""
+    run = SweepRun(spec, {task.metric}, setting.resume)
+    for index, job in enumerate(task.jobs):
+        curve = values(task, job)
+        run.start(
+            Curve(str(index), rows={e: {task.metric: v} for e, v in enumerate(curve, start=1)}), len(curve)
+        )
+        run.ask()
+    members = run.members
+    return Result(
+        [m.run for m in members], sum(len(m.resumes) for m in members), sum(m.resumed_epochs for m in members)
+    )
+
+
 def simulate(setting: Setting, task: Task) -> Result:
     spec = api.parse_spec(
         {
@@ -168,6 +197,8 @@ def simulate(setting: Setting, task: Task) -> Result:
             "criteria": list(setting.stop),
         }
     )
+    if setting.resumed == "criteria":
+        return simulate_live(setting, task, spec)
     sim = Sim(task, setting, spec, [values(task, job) for job in task.jobs])
     settings = setting.resume
     for index in range(len(task.jobs)):
@@ -390,12 +421,23 @@ def main() -> None:
     parser.add_argument("--bounds", default="0.03", help="with --grid custom: resume bounds, a,b,...")
     parser.add_argument("--unseen", default="keep", choices=("resume", "evidence", "keep"))
     parser.add_argument("--progress", action="store_true", help="a line per task and setting as it ends")
+    parser.add_argument(
+        "--resumed",
+        choices=("judged", "end", "criteria"),
+        default="judged",
+        help="how a resumed job goes on: judged by the rule's numbers, to its end, or by its own criteria "
+        "(criteria: the live operator's way, stopline replay's simulation)",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     tasks, skipped = load(args.curves, args.max_configs or None)
     tasks = [task for task in tasks if any(part in task.name for part in args.tasks.split(","))]
     TASKS[:] = tasks
-    SETTINGS[:] = [s for s in grid(args.grid, args.stop, args.bounds, args.unseen) if args.only in s.label]
+    chosen = [s for s in grid(args.grid, args.stop, args.bounds, args.unseen) if args.only in s.label]
+    keep = args.resumed == "judged"  # the grid's own: its variants set "end" where they mean it
+    SETTINGS[:] = [
+        s if keep or s.resume is None else dataclasses.replace(s, resumed=args.resumed) for s in chosen
+    ]
     total = sum(len(task.jobs) for task in tasks)
     sample = f", at most {args.max_configs} configs per task (seeded)" if args.max_configs else ""
     print(f"{args.curves}: {len(tasks)} tasks, {total} curves{sample}; {len(SETTINGS)} settings", flush=True)

@@ -1,0 +1,178 @@
+"""A stop taken back by the study's resume rule (spec.resumePolicy), live, and the same in `stopline replay`.
+
+A sweep of seven jobs runs one after another through the operator against the real apiserver and Job
+controller, each trainer played on its real endpoint as in tests/cluster/test_policy_live.py. The forecast
+stops the late bloomer at its first epoch (the three finished jobs flatten out); a job like it then
+finishes with a late drop, the rule brings the late bloomer back from its checkpoint, and it ends the
+sweep's best. The curves the operator recorded (status.curve) then go through `stopline replay` with the
+same TrainingJob: the same stops and the same resume.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from operatorharness import (
+    RUNNING_AND_READY,
+    WAIT_S,
+    StandInTrainer,
+    checkpoint_message,
+    control_token,
+    epoch_read,
+    event_posted,
+    manifest,
+    operator,
+    phase_is,
+    pods,
+    running_trainer,
+    set_pod_status,
+    status,
+    terminate,
+)
+from stopline import replay
+from stopline_local.controlplane import ControlPlane, wait_until
+from stopline_trainer.checkpoint import TAIL_EPOCHS
+
+pytestmark = pytest.mark.cluster
+
+STUDY = {"stopline.dev/study": "lr"}
+CRITERIA = [{"name": "forecast", "forecast": {"probability": 0.01, "minJobs": 3}}]
+POLICY = {"probability": 0.02, "minJobs": 3}
+EPOCHS = 8
+# val_loss by epoch, in the order the sweep runs them: three finish and flatten out; the late bloomer is
+# like them at epoch 1 and behind (the forecast stops it there); one like it finishes with a late drop (now
+# the late bloomer may win: resumed); a hopeless one and an ordinary one are stopped and stay stopped.
+SWEEP = {
+    "lr-1e-3": [1.0, 0.8, 0.7, 0.65, 0.62, 0.60, 0.59, 0.585],
+    "lr-3e-4": [1.2, 1.0, 0.9, 0.85, 0.81, 0.78, 0.76, 0.75],
+    "lr-5e-4": [1.1, 0.9, 0.82, 0.78, 0.75, 0.73, 0.725, 0.72],
+    "lr-3e-3": [1.15, 0.95, 0.86, 0.80, 0.55, 0.35, 0.2, 0.15],
+    "lr-2e-3": [1.05, 0.85, 0.78, 0.72, 0.5, 0.35, 0.25, 0.22],
+    "lr-1e-1": [1.35, 1.25, 1.2, 1.17, 1.15, 1.14, 1.135, 1.13],
+    "lr-7e-4": [1.0, 0.82, 0.72, 0.66, 0.62, 0.6, 0.58, 0.57],
+}
+LATE_BLOOMER, LATE_DROP = "lr-3e-3", "lr-2e-3"
+
+
+def spec_of(name: str) -> dict[str, Any]:
+    training_job = manifest(
+        name=name, criteria=CRITERIA, metrics={"interval": "1s"}, maxEpochs=EPOCHS, resumePolicy=POLICY
+    )
+    training_job["metadata"]["labels"] = STUDY
+    return training_job
+
+
+def play(
+    plane: ControlPlane, namespace: str, name: str, trainer: StandInTrainer, pod: str, first: int
+) -> dict[str, Any]:
+    """Report the epochs from `first` one by one, each once the operator has read the previous; end the
+    pod as the trainer would (saved after a stop, or at the end of its curve); the job's final status."""
+    values = SWEEP[name]
+    uri = f"/stopline/checkpoints/{name}/final.pt"
+    for epoch in range(first, len(values) + 1):
+        trainer.report(epoch, epoch * 100, val_loss=values[epoch - 1])
+        wait_until(epoch_read(plane, namespace, epoch, name), WAIT_S, f"{name} epoch {epoch} read")
+        if status(plane, namespace, name).get("phase") == "Stopping":
+            wait_until(lambda: trainer.stop_reason, WAIT_S, f"{name}'s POST /stop")
+            terminate(plane, namespace, pod, checkpoint_message(epoch, epoch * 100, uri))
+            wait_until(phase_is(plane, namespace, name, "Stopped"), WAIT_S, f"{name} Stopped")
+            return dict(status(plane, namespace, name))
+    tail = [[epoch, value] for epoch, value in enumerate(values, start=1)][-TAIL_EPOCHS:]
+    terminate(plane, namespace, pod, checkpoint_message(len(values), len(values) * 100, uri, tail=tail))
+    wait_until(phase_is(plane, namespace, name, "Succeeded"), WAIT_S, f"{name} Succeeded")
+    return dict(status(plane, namespace, name))
+
+
+def play_resumed(
+    plane: ControlPlane, namespace: str, name: str, address: tuple[str, int], stopped_pod: str
+) -> dict[str, Any]:
+    """The resumed run: the Job made again, its pod played by a new stand-in on the job's endpoint."""
+
+    def new_pod() -> str | None:
+        names = [p["metadata"]["name"] for p in pods(plane, namespace, name)]
+        return next((pod for pod in names if pod != stopped_pod), None)
+
+    wait_until(new_pod, WAIT_S, f"{name}'s new Job's pod")
+    pod = new_pod()
+    assert pod is not None
+    trainer = StandInTrainer(address, control_token(plane, namespace, name))
+    try:
+        ip = {"podIP": trainer.ip, "podIPs": [{"ip": trainer.ip}]}
+        set_pod_status(plane, namespace, pod, RUNNING_AND_READY | ip)
+        wait_until(phase_is(plane, namespace, name, "Running"), WAIT_S, f"{name} Running again")
+        resumed_from = int(status(plane, namespace, name)["resumes"][-1]["fromEpoch"])
+        return play(plane, namespace, name, trainer, pod, resumed_from + 1)
+    finally:
+        trainer.close()
+
+
+def test_the_rule_brings_back_the_late_bloomer_it_ends_best_and_replay_decides_the_same(
+    plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    live: dict[str, dict[str, Any]] = {}
+    with operator(namespace):
+        for name in SWEEP:
+            training_job = spec_of(name)
+            with running_trainer(plane, namespace, training_job) as (trainer, pod):
+                live[name] = play(plane, namespace, name, trainer, pod, 1)
+                address = (trainer.ip, int(training_job["spec"]["metrics"]["port"]))
+            if name == LATE_BLOOMER:
+                stopped_pod, bloomer_address = pod, address
+                assert live[name]["stopReason"]["type"] == "Forecast", live[name]
+            if name == LATE_DROP:
+                wait_until(
+                    lambda: status(plane, namespace, LATE_BLOOMER).get("resumeCount") == 1,
+                    WAIT_S,
+                    f"the rule resuming {LATE_BLOOMER} once {LATE_DROP} finished",
+                )
+                wait_until(
+                    event_posted(plane, namespace, LATE_BLOOMER, "Resumed", "Normal"), WAIT_S, "Event Resumed"
+                )
+                live[LATE_BLOOMER] = play_resumed(
+                    plane, namespace, LATE_BLOOMER, bloomer_address, stopped_pod
+                )
+        final = {name: dict(status(plane, namespace, name)) for name in SWEEP}
+
+    bloomer = final[LATE_BLOOMER]
+    assert bloomer["phase"] == "Succeeded" and bloomer["curve"] == SWEEP[LATE_BLOOMER], bloomer
+    (entry,) = bloomer["resumes"]
+    assert (entry["reason"], entry["fromEpoch"], entry["stoppedBy"]["type"]) == ("ResumeRule", 1, "Forecast")
+    assert entry["probability"] >= POLICY["probability"], entry
+    assert entry["message"].startswith("P(beat best)="), entry
+    kept = {name: current["curve"][-1] for name, current in final.items()}
+    assert min(kept, key=kept.__getitem__) == LATE_BLOOMER  # it ends the sweep's best
+    assert {name for name, current in final.items() if current.get("resumeCount")} == {LATE_BLOOMER}
+    header, line = plane.kubectl("get", "tj", LATE_BLOOMER, "-n", namespace).stdout.splitlines()
+    column = header.index("RESUMED")
+    assert line[column : column + len("RESUMED")].strip() == "1", (header, line)
+
+    job_file = tmp_path / "sweep.yaml"
+    job_file.write_text(yaml.safe_dump(spec_of("sweep")))
+    curves_file = tmp_path / "curves.csv"
+    with curves_file.open("w", newline="") as out:
+        rows = csv.writer(out)
+        rows.writerow(["job", "epoch", "val_loss"])
+        for name in SWEEP:
+            rows.writerows([name, epoch, value] for epoch, value in enumerate(final[name]["curve"], start=1))
+    (sweep,) = replay.replay(job_file, curves_file).sweeps
+
+    def live_story(current: dict[str, Any]) -> tuple[object, ...]:
+        reason = current.get("stopReason")
+        stop = (reason["type"], reason["criterion"], reason["epoch"], reason["message"]) if reason else None
+        resumes = [(r["fromEpoch"], r["probability"], r["message"]) for r in current.get("resumes", [])]
+        return stop, resumes
+
+    def replay_story(result: replay.JobResult) -> tuple[object, ...]:
+        decision = result.decision
+        stop = (decision.type, decision.criterion, result.epochs_run, decision.message) if decision else None
+        resumes = [(r.from_epoch, r.probability, r.message) for r in result.resumes or ()]
+        return stop, resumes
+
+    assert {name: live_story(final[name]) for name in SWEEP} == {
+        result.job: replay_story(result) for result in sweep.results
+    }

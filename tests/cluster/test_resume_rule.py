@@ -106,6 +106,15 @@ def play_resumed(
         set_pod_status(plane, namespace, pod, RUNNING_AND_READY | ip)
         wait_until(phase_is(plane, namespace, name, "Running"), WAIT_S, f"{name} Running again")
         resumed_from = int(status(plane, namespace, name)["resumes"][-1]["fromEpoch"])
+        trainer.report(resumed_from + 1, (resumed_from + 1) * 100, val_loss=SWEEP[name][resumed_from])
+        wait_until(
+            epoch_read(plane, namespace, resumed_from + 1, name), WAIT_S, f"{name}'s first epoch again"
+        )
+        # its trainer's window of epochs starts after the checkpoint: no epoch is missing
+        conditions = status(plane, namespace, name)["conditions"]
+        assert not [c for c in conditions if c["type"] == "EpochsMissed" and c["status"] == "True"], (
+            conditions
+        )
         return play(plane, namespace, name, trainer, pod, resumed_from + 1)
     finally:
         trainer.close()

@@ -268,8 +268,9 @@ def previous_run(training_job: Mapping[str, Any], job: Mapping[str, Any]) -> boo
     return resumed_at is not None and created is not None and created < resumed_at
 
 
-def _ran(current: Mapping[str, Any], phase: str, now: float) -> float:
-    """status.runSeconds with the run that just ended (the pods ran since the Running condition)."""
+def ran(current: Mapping[str, Any], phase: str, now: float) -> float:
+    """status.runSeconds with the run that just ended (the pods ran since the Running condition): a
+    preemption's, a failed rank's, or a stop's, so that budgets count it when the job runs again."""
     if phase != RUNNING:
         return run_seconds(current)
     running = find_condition(current.get("conditions"), RUNNING_CONDITION) or {}
@@ -296,7 +297,7 @@ def _restarting(
         f"{finished.message}; {ending.failure}" if ending is not None and ending.failure else finished.message
     )
     message = f"restart {done + 1} of {allowed} from the last checkpoint: {why}"
-    fields |= {"restarts": done + 1, "runSeconds": _ran(current, phase, now)}
+    fields |= {"restarts": done + 1, "runSeconds": ran(current, phase, now)}
     if ending is not None and ending.checkpoint:
         fields["checkpoint"] = dict(ending.checkpoint)
     wanted.append(Condition(RUNNING_CONDITION, False, RESTARTING, message))
@@ -339,7 +340,7 @@ def _held(
     conditions = [Condition(ADMITTED, False, held, queue_says or default)]
     fields: dict[str, Any] = {}
     if phase == RUNNING:
-        fields["runSeconds"] = _ran(current, phase, now)
+        fields["runSeconds"] = ran(current, phase, now)
     if phase in (RUNNING, PENDING) and held == PREEMPTED:
         conditions.append(Condition(RUNNING_CONDITION, False, PREEMPTED, "the queue suspended the Job"))
     return StatusChange(fields=fields, conditions=conditions, phase=held)

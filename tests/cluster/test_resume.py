@@ -84,6 +84,7 @@ def test_a_stopped_job_resumes_from_its_checkpoint_once_per_request_and_stops_ag
         assert resumed["status"]["phase"] in ("Pending", "Running")
         assert "stopReason" not in resumed["status"] and "gpuSecondsSaved" not in resumed["status"]
         assert resumed["status"]["checkpoint"]["epoch"] == 2  # where the trainers resume from
+        assert resumed["status"]["runSeconds"] > 0  # the run the stop ended: budgets go on from it
         for type_ in ("StopRequested", "Finished"):
             found = condition(resumed, type_)
             assert (found["status"], found["reason"]) == ("False", "Resumed"), found

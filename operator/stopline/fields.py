@@ -17,6 +17,7 @@ from typing import Literal, TypeVar
 Mode = Literal["min", "max"]
 MODES: tuple[Mode, ...] = ("min", "max")
 METRIC = re.compile(r"^[A-Za-z_][A-Za-z0-9_:./-]*$")
+LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")  # a label's value, such as a study
 _DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -153,6 +154,22 @@ class Fields:
         self, key: str, pattern: re.Pattern[str] | None = None, max_length: int = 1 << 20
     ) -> str | None:
         return self.string(key, pattern, max_length) if self.has(key) else None
+
+    def strings(self, key: str, pattern: re.Pattern[str], max_items: int, max_length: int) -> tuple[str, ...]:
+        """A list of distinct strings, each matching `pattern`; absent: none."""
+        if not self.has(key):
+            return ()
+        value = self.raw[key]
+        if not isinstance(value, list) or len(value) > max_items:
+            raise SpecError(self.at(key), f"must be a list of at most {max_items} names, got {show(value)}")
+        for index, item in enumerate(value):
+            where = f"{self.at(key)}[{index}]"
+            if not isinstance(item, str) or len(item) > max_length or not pattern.search(item):
+                wanted = f"must be a name of at most {max_length} characters matching {pattern.pattern}"
+                raise SpecError(where, f"{wanted}, got {show(item)}")
+            if item in value[:index]:
+                raise SpecError(where, f"names {item!r} twice: list each once")
+        return tuple(value)
 
     def choice(self, key: str, choices: Sequence[_Choice], default: _Choice) -> _Choice:
         if not self.has(key):

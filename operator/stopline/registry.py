@@ -426,6 +426,14 @@ class Registry:
         """The TrainingJobs labelled with `study` in `namespace`, as last seen."""
         return list(self._studies.get((namespace, study), {}).values())
 
+    def finished(self, namespace: str, studies: Iterable[str]) -> dict[str, tuple[CohortCurve, ...]]:
+        """The jobs of each study in `namespace` that ran to their end, as curves: earlier sweeps."""
+        found = {}
+        for study in studies:
+            peers = (member.as_peer() for member in self._studies.get((namespace, study), {}).values())
+            found[study] = tuple(peer for peer in peers if peer is not None and peer.completed)
+        return found
+
     def cohort(self, tracked: Tracked, study: str | None = None) -> tuple[CohortCurve, ...]:
         """The other jobs of the study (`study`, else the job's stopline.dev/study label) in its namespace,
         as curves of their objective (status.curve); a study's members are the jobs labelled with it."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stopline.api import TrainingJobSpec
+from stopline.criteria.forecast import ForecastCriterion
 from stopline.criteria.resume import Phase, ResumePlan, ResumeSettings, SweepJob, plan
 from stopline.lifecycle import resume_count
 from stopline.vocabulary import (
@@ -57,14 +58,19 @@ class Member:
 
 
 def settings(members: Iterable[Member]) -> ResumeSettings | None:
-    """The study's resume rule: the earliest created member's spec.resumePolicy (ties by name); None when
-    that member has none, so the study's stops stay final."""
-    first = min(
+    """The study's resume rule: the governing member's spec.resumePolicy; None when it has none, so the
+    study's stops stay final."""
+    first = governing(members)
+    return first.spec.resume_policy if first is not None and first.spec is not None else None
+
+
+def governing(members: Iterable[Member]) -> Member | None:
+    """The earliest created member with a valid spec (ties by name): its spec governs the study's rule."""
+    return min(
         (m for m in members if m.spec is not None),
         key=lambda m: (str(m.training_job["metadata"].get("creationTimestamp") or ""), m.name),
         default=None,
     )
-    return first.spec.resume_policy if first is not None and first.spec is not None else None
 
 
 def _stop_chance(status: Mapping[str, Any]) -> float | None:
@@ -136,15 +142,24 @@ def sweep_job(member: Member) -> SweepJob:
     )
 
 
-def decide(members: Sequence[Member], now: float) -> ResumePlan | None:
-    """Which stopped members to resume now; None when the study has no resume policy."""
+def decide(members: Sequence[Member], now: float, history: Iterable[Member] = ()) -> ResumePlan | None:
+    """Which stopped members to resume now; None when the study has no resume policy. A failed or
+    cancelled member kept no weights to count. `history`: the jobs of the earlier studies the governing
+    member's forecast criteria name (`history_studies`): those that finished are evidence only."""
     rule = settings(members)
     if rule is None:
         return None
-    kept = [
-        member for member in members if member.phase not in (FAILED, CANCELLED)
-    ]  # kept no weights to count
-    return plan([sweep_job(member) for member in kept], rule, now)
+    kept = [member for member in members if member.phase not in (FAILED, CANCELLED)]
+    earlier = [sweep_job(member) for member in history if member.phase == SUCCEEDED]
+    return plan([sweep_job(member) for member in kept], rule, now, earlier)
+
+
+def history_studies(members: Iterable[Member]) -> tuple[str, ...]:
+    """The earlier studies the governing member's forecast criteria learn from (their `history`)."""
+    first = governing(members)
+    criteria = first.spec.criteria if first is not None and first.spec is not None else ()
+    named = (study for c in criteria if isinstance(c, ForecastCriterion) for study in c.history)
+    return tuple(dict.fromkeys(named))
 
 
 def evidence(members: Iterable[Member]) -> tuple[tuple[str, str, int], ...]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from stopline import controller, kueue, monitoring, targets
+from stopline import controller, kueue, lifecycle, monitoring, targets
 from stopline.api import TrainingJobSpec
 from stopline.criteria.decision import Decision
 from stopline.criteria.live import GPUIdleCriterion, PromQLCriterion
@@ -49,8 +49,9 @@ from stopline.registry import Key, PodView, Registry, Tracked, pod_view, saved_c
 from stopline.status import StatusWriter
 from stopline.stopping import StopDriver, every_rank_exited
 from stopline.study import Member, decide, evidence, settings
+from stopline.study import history_studies as earlier_studies
 from stopline.sweep import sweep_of
-from stopline.visit import Inputs, cohort_study, plan
+from stopline.visit import Inputs, cohort_study, history_studies, plan
 from stopline.vocabulary import (
     ADMITTED,
     CANCEL_ANNOTATION,
@@ -320,7 +321,9 @@ class Supervisor:
         else:
             self._queue_waits.pop(tracked.uid, None)  # held again later: its queue's words are read at once
         inputs = await self._read_inputs(tracked, spec, memory, fetched)
-        planned = plan(tracked, spec, memory, inputs, self.registry.cohort(tracked, cohort_study(spec)))
+        cohort = self.registry.cohort(tracked, cohort_study(spec))
+        history = self.registry.finished(tracked.key[0], history_studies(spec))
+        planned = plan(tracked, spec, memory, inputs, cohort, history)
         if planned.stop is not None:
             await self._begin_stop(tracked, spec, memory, planned.stop, dict(planned.fields), inputs.now)
             return
@@ -493,10 +496,12 @@ class Supervisor:
         monitoring.DECISION_LATENCY.observe(self.clock() - decided_at)
 
         def begin(body: Mapping[str, Any]) -> StatusChange | None:
-            phase = (body.get("status") or {}).get("phase") or PENDING
+            current = body.get("status") or {}
+            phase = current.get("phase") or PENDING
             if phase not in (PENDING, RUNNING) and phase not in HELD_PHASES:
                 return None
-            return StatusChange(fields=opening, conditions=(requested,), phase=STOPPING)
+            ran = {"runSeconds": lifecycle.ran(current, phase, self.clock())} if phase == RUNNING else {}
+            return StatusChange(fields=opening | ran, conditions=(requested,), phase=STOPPING)
 
         written = await self.writer.write(*tracked.key, begin, seen=tracked.training_job)
         if written is None:
@@ -564,11 +569,18 @@ class Supervisor:
             self._judge_again.add(study)
             return
         members = [Member(m.training_job, m.spec) for m in self.registry.study_members(*study)]
-        seen = evidence(members)
+        earlier = [
+            Member(m.training_job, m.spec)
+            for name in earlier_studies(members)
+            if name != study[1]
+            for m in self.registry.study_members(study[0], name)
+        ]
+        seen = evidence(members) + evidence(earlier)
         if self._evidence.get(study) == seen or settings(members) is None:
             return
         self._evidence[study] = seen
-        task = asyncio.create_task(self._judge_study(study, members), name=f"stopline-resume-{study}")
+        judging = self._judge_study(study, members, earlier)
+        task = asyncio.create_task(judging, name=f"stopline-resume-{study}")
         self._judging[study] = task
 
         def again(_: asyncio.Task[None]) -> None:
@@ -579,11 +591,13 @@ class Supervisor:
 
         task.add_done_callback(again)
 
-    async def _judge_study(self, study: tuple[str, str], members: list[Member]) -> None:
+    async def _judge_study(
+        self, study: tuple[str, str], members: list[Member], earlier: list[Member]
+    ) -> None:
         """Resume what the study's rule chooses now, most promising first (controller.resume_by_rule);
         the registry sees each resumed body at once, so the next judgement counts its slot."""
         try:
-            decided = decide(members, self.clock())
+            decided = decide(members, self.clock(), earlier)
             bodies = {member.name: member.training_job for member in members}
             for judgement in decided.resume if decided is not None else ():
                 written = await controller.resume_by_rule(

@@ -78,8 +78,10 @@ def plan(
     memory: JobMemory,
     inputs: Inputs,
     cohort: tuple[CohortCurve, ...],
+    history: Mapping[str, tuple[CohortCurve, ...]] | None = None,
 ) -> Plan:
-    """The visit's plan from its inputs: feed the new epochs to the criteria, and say what to write."""
+    """The visit's plan from its inputs: feed the new epochs to the criteria, and say what to write.
+    `history`: the jobs of the earlier studies its forecast criteria name (`history_studies`)."""
     report, epochs = inputs.report, inputs.epochs
     if report is not None or tracked.phase != RUNNING:
         memory.failures = 0  # a job no pod runs for (a queue holds it) has no failed reads
@@ -88,7 +90,7 @@ def plan(
     new_epoch = report is not None and memory.record(spec, epochs, report.epoch_seconds)
     if report is not None:  # the epoch in progress is not complete: its values may still come
         memory.fed_epoch = max(min(memory.fed_epoch, report.epoch - 1), 0)
-    observation = observe(tracked, spec, inputs, cohort)
+    observation = observe(tracked, spec, inputs, cohort, history or {})
     if memory.restart_clocks:  # the first visit since a resume: the clocks start afresh, as after a queue
         observation, memory.restart_clocks = replace(observation, paused=True), False
     evaluation = evaluate(spec, memory.states, observation)
@@ -117,7 +119,11 @@ def plan(
 
 
 def observe(
-    tracked: Tracked, spec: TrainingJobSpec, inputs: Inputs, cohort: tuple[CohortCurve, ...]
+    tracked: Tracked,
+    spec: TrainingJobSpec,
+    inputs: Inputs,
+    cohort: tuple[CohortCurve, ...],
+    history: Mapping[str, tuple[CohortCurve, ...]] | None = None,
 ) -> Observation:
     """What the engine sees of a job: from the watched body, the visit's inputs and its study's curves."""
     report, now = inputs.report, inputs.now
@@ -133,6 +139,7 @@ def observe(
         gpu_utilization=inputs.gpu_utilization,
         promql=inputs.promql,
         cohort=cohort,
+        history=history or {},
         answered=report is not None,
         trainer_silent=inputs.silent,
         paused=tracked.phase in HELD_PHASES,
@@ -150,6 +157,12 @@ def _metrics_availability(tracked: Tracked, memory: JobMemory, error: str | None
     if memory.failures == 0 and tracked.phase == RUNNING and current.get("status") != "True":
         return (Condition(METRICS_AVAILABLE, True, SCRAPED, "rank 0's metrics are read every interval"),)
     return ()
+
+
+def history_studies(spec: TrainingJobSpec) -> tuple[str, ...]:
+    """The earlier studies the job's forecast criteria learn from (their `history`), each once."""
+    named = (study for c in spec.criteria if isinstance(c, ForecastCriterion) for study in c.history)
+    return tuple(dict.fromkeys(named))
 
 
 def cohort_study(spec: TrainingJobSpec) -> str | None:

@@ -28,13 +28,18 @@ def run_curve(
     metric: str = "val_loss",
     cohort: tuple[CohortCurve, ...] = (),
     seconds_per_epoch: float = 60.0,
+    history: Mapping[str, tuple[CohortCurve, ...]] | None = None,
 ) -> tuple[Evaluation, list[Evaluation]]:
     """Feed one epoch per call like the operator does; stop at the first decision. Returns last and all."""
     states: Mapping[str, Mapping[str, object]] = {}
     calls: list[Evaluation] = []
     for epoch, value in enumerate(values, start=1):
         observation = Observation(
-            now=epoch * seconds_per_epoch, samples={epoch: {metric: value}}, started_at=0.0, cohort=cohort
+            now=epoch * seconds_per_epoch,
+            samples={epoch: {metric: value}},
+            started_at=0.0,
+            cohort=cohort,
+            history=history or {},
         )
         calls.append(evaluation := evaluate(job, states, observation))
         if evaluation.decision is not None:

@@ -212,3 +212,34 @@ def test_errors_name_the_field(criterion: dict[str, object], error: str) -> None
     with pytest.raises(api.SpecError) as raised:
         spec({"name": "x", **criterion})
     assert str(raised.value).startswith(error)
+
+
+def test_forecast_learns_from_earlier_studies_it_names_but_judges_against_this_study_s_best() -> None:
+    """A small sweep: one job of its own finished; three of an earlier study (history) are like this one
+    and end behind this study's best, so it is stopped before minJobs of its own jobs finished."""
+    own = peers(line(1.0, 0.3))
+    earlier = {"lr-v1": peers(line(1.0, 0.6), line(1.05, 0.62), line(0.95, 0.58), line(2.0, 0.1))}
+    job = spec({"name": "f", "forecast": {"minJobs": 3, "history": ["lr-v1"]}})
+    decision = run_curve(job, line(1.0, 0.6), cohort=own, history=earlier)[0].decision
+    assert decision is not None and decision.type == "Forecast"
+    assert "the best final value of 1 ended jobs" in decision.message  # the reference is this study's
+    without = spec({"name": "f", "forecast": {"minJobs": 3}})
+    assert run_curve(without, line(1.0, 0.6), cohort=own, history=earlier)[0].decision is None
+    unnamed = spec({"name": "f", "forecast": {"minJobs": 3, "history": ["lr-v0"]}})
+    assert run_curve(unnamed, line(1.0, 0.6), cohort=own, history=earlier)[0].decision is None
+    stopped_only = {"lr-v1": peers(line(1.0, 0.6), line(1.05, 0.62), line(0.95, 0.58), completed=False)}
+    assert run_curve(job, line(1.0, 0.6), cohort=own, history=stopped_only)[0].decision is None
+
+
+@pytest.mark.parametrize(
+    ("history", "error"),
+    [
+        ("lr-v1", "spec.criteria[0].forecast.history: must be a list of at most 16 names"),
+        (["lr-v1", "lr-v1"], "spec.criteria[0].forecast.history[1]: names 'lr-v1' twice"),
+        (["-bad"], "spec.criteria[0].forecast.history[0]: must be a name of at most 63 characters"),
+    ],
+)
+def test_forecast_history_names_studies(history: object, error: str) -> None:
+    with pytest.raises(api.SpecError) as raised:
+        spec({"name": "f", "forecast": {"history": history}})
+    assert str(raised.value).startswith(error)

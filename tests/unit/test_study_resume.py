@@ -150,3 +150,20 @@ def test_the_rule_never_resumes_a_job_that_is_no_longer_stopped_or_is_being_canc
     cancel = body("d", "Stopped", [1.15], annotations={"stopline.dev/cancel": "no"})
     assert lifecycle.resume_by_rule(cancel, NOW, "m", 0.1) is None
     assert lifecycle.resume_by_rule(body("d", "Stopped", [1.15], checkpoint=None), NOW, "m", 0.1) is None
+
+
+def test_an_earlier_study_s_finished_jobs_are_evidence_for_a_small_sweep_never_its_best() -> None:
+    """Only one job of this sweep finished; the earlier study (the forecast's history) holds the rest."""
+    history_spec = {"name": "forecast", "forecast": {"probability": 0.01, "minJobs": 3, "history": ["v1"]}}
+    small = [body("a", "Succeeded", FINISHED["a"]), body("d", "Stopped", [1.15])]
+    for member in small:
+        member["spec"]["criteria"] = [history_spec]
+    earlier = [body(name, "Succeeded", FINISHED[name]) for name in ("b", "c")] + [
+        body("e", "Succeeded", LATE_DROP)
+    ]
+    assert study.history_studies(members(*small)) == ("v1",)
+    alone = study.decide(members(*small), 1.0)
+    assert alone is not None and alone.resume == () and alone.judged[0].probability is None  # 1 finished
+    plan = study.decide(members(*small), 1.0, members(*earlier))
+    assert plan is not None and [j.job for j in plan.resume] == ["d"]
+    assert plan.reference == FINISHED["a"][-1]  # the value to beat is this sweep's, not the earlier one's

@@ -29,7 +29,7 @@ from stopline.criteria.kind import Kind
 from stopline.criteria.observation import CohortCurve, Observation
 from stopline.criteria.percentile import percentile
 from stopline.criteria.state import EpochState, fmt, is_better, status_line
-from stopline.fields import Fields, Mode, Objective, SpecError, metric_mode, warmup_epochs
+from stopline.fields import LABEL_VALUE, Fields, Mode, Objective, SpecError, metric_mode, warmup_epochs
 
 INTERVAL = (10.0, 90.0)  # the interval shown: 80% of the neighbours' predictions
 _NORMAL = statistics.NormalDist()
@@ -55,6 +55,9 @@ class ForecastCriterion:
     neighbours: int = 20
     min_jobs: int = 5
     warmup_epochs: int = 0
+    history: tuple[
+        str, ...
+    ] = ()  # earlier studies whose finished jobs are neighbours too, never the reference
 
 
 @dataclass
@@ -159,6 +162,13 @@ def forecast(
     )
 
 
+def evidence(criterion: ForecastCriterion, observation: Observation) -> tuple[CohortCurve, ...]:
+    """The curves a forecast learns from: the study's, then the finished jobs of the earlier studies it
+    names (`history`: a small sweep has few finished jobs of its own)."""
+    earlier = (curve for study in criterion.history for curve in observation.history.get(study, ()))
+    return observation.cohort + tuple(curve for curve in earlier if curve.completed)
+
+
 def chance(predictions: list[float], beat: float, mode: Mode) -> float:
     """P(final beats `beat`) under the predictions smoothed into a mixture of normal distributions, one on
     each prediction, as wide as their standard deviation: the tail reaches past the best prediction, so a
@@ -183,7 +193,7 @@ def evaluate(
         if epoch <= criterion.warmup_epochs or found is None:
             continue
         mine = {int(e): v for e, v in state.powers.items()} | {epoch: state.best}
-        result = forecast(criterion, observation.cohort, epoch, mine, found[0])
+        result = forecast(criterion, evidence(criterion, observation), epoch, mine, found[0])
         state.peers = result.peers if result is not None else 0
         if result is None:
             continue
@@ -243,8 +253,10 @@ FORECAST_FIELDS = (
     "neighbours",
     "minJobs",
     "warmupEpochs",
+    "history",
 )
 MAX_NEIGHBOURS = 1000
+MAX_HISTORY = 16  # earlier studies one forecast may learn from
 
 
 def parse(name: str, fields: Fields, objective: Objective) -> ForecastCriterion:
@@ -267,6 +279,7 @@ def parse(name: str, fields: Fields, objective: Objective) -> ForecastCriterion:
         neighbours=fields.integer("neighbours", 1, MAX_NEIGHBOURS, default=20),
         min_jobs=fields.integer("minJobs", 1, 10000, default=5),
         warmup_epochs=warmup_epochs(fields),
+        history=fields.strings("history", LABEL_VALUE, MAX_HISTORY, 63),
     )
 
 

@@ -78,6 +78,8 @@ class Observation:
     paused: a queue holds the job (Queued or Preempted): no pod runs, so the clocks of Stale, GPUIdle and
     PromQL start afresh when it runs again (budgets see it through started_at).
     stop / cancel: a person's requests, when made.
+    cohort: the other jobs of the job's study; history: the jobs of earlier studies, by study (the forecast
+    criterion's `history` names them).
     """
 
     now: float
@@ -88,6 +90,7 @@ class Observation:
     gpu_utilization: float | None = None
     promql: Mapping[str, bool] = field(default_factory=dict)
     cohort: tuple[CohortCurve, ...] = ()
+    history: Mapping[str, tuple[CohortCurve, ...]] = field(default_factory=dict)
     answered: bool = True
     trainer_silent: bool = False
     paused: bool = False

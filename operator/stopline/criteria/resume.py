@@ -260,15 +260,18 @@ def finished_by_group(
     return groups
 
 
-def plan(jobs: Iterable[SweepJob], settings: ResumeSettings, now: float) -> ResumePlan:
-    """The stopped jobs to resume now, most promising first, at most the free slots of K."""
+def plan(
+    jobs: Iterable[SweepJob], settings: ResumeSettings, now: float, history: Iterable[SweepJob] = ()
+) -> ResumePlan:
+    """The stopped jobs to resume now, most promising first, at most the free slots of K. `history`: jobs
+    of earlier sweeps; those that finished are evidence, as the sweep's own, but never the best to beat."""
     members = list(jobs)
     running_resumed = sum(1 for job in members if job.phase == "running" and job.resumed)
     slots = max(0, settings.max_resumes - running_resumed)
     beat = to_beat(members, settings)
     if beat is None:
         return ResumePlan(now, None, "no job has ended yet: nothing to beat", slots, (), (), ())
-    finished = finished_by_group(members)
+    finished = finished_by_group([*members, *history])
     by_group: dict[tuple[int | None, str | None], list[SweepJob]] = {}
     for job in members:
         by_group.setdefault(job.group, []).append(job)

@@ -1,4 +1,5 @@
-"""A stop taken back by the study's resume rule (spec.resumePolicy), live, and the same in `stopline replay`.
+"""A stop taken back by the study's resume rule (spec.resumePolicy), live, and the same in `stopline replay`;
+and a small sweep that learns from an earlier study (forecast.history).
 
 A sweep of seven jobs runs one after another through the operator against the real apiserver and Job
 controller, each trainer played on its real endpoint as in tests/cluster/test_policy_live.py. The forecast
@@ -11,6 +12,7 @@ same TrainingJob: the same stops and the same resume.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from operatorharness import (
     RUNNING_AND_READY,
     WAIT_S,
     StandInTrainer,
+    apply,
     checkpoint_message,
     control_token,
     epoch_read,
@@ -70,9 +73,21 @@ def spec_of(name: str) -> dict[str, Any]:
 def play(
     plane: ControlPlane, namespace: str, name: str, trainer: StandInTrainer, pod: str, first: int
 ) -> dict[str, Any]:
+    """Report the sweep's epochs from `first`: play_curve."""
+    return play_curve(plane, namespace, name, SWEEP[name], trainer, pod, first)
+
+
+def play_curve(
+    plane: ControlPlane,
+    namespace: str,
+    name: str,
+    values: list[float],
+    trainer: StandInTrainer,
+    pod: str,
+    first: int = 1,
+) -> dict[str, Any]:
     """Report the epochs from `first` one by one, each once the operator has read the previous; end the
     pod as the trainer would (saved after a stop, or at the end of its curve); the job's final status."""
-    values = SWEEP[name]
     uri = f"/stopline/checkpoints/{name}/final.pt"
     for epoch in range(first, len(values) + 1):
         trainer.report(epoch, epoch * 100, val_loss=values[epoch - 1])
@@ -185,3 +200,51 @@ def test_the_rule_brings_back_the_late_bloomer_it_ends_best_and_replay_decides_t
     assert {name: live_story(final[name]) for name in SWEEP} == {
         result.job: replay_story(result) for result in sweep.results
     }
+
+
+EARLIER = {  # an earlier study of the same model: three runs that ended near 0.6
+    "v1-a": [1.0, 0.9, 0.82, 0.75, 0.7, 0.66, 0.63, 0.6],
+    "v1-b": [1.05, 0.93, 0.85, 0.78, 0.72, 0.68, 0.65, 0.62],
+    "v1-c": [0.95, 0.86, 0.79, 0.72, 0.67, 0.63, 0.6, 0.58],
+}
+SMALL = {"v2-fast": [1.0, 0.7, 0.5, 0.4, 0.35, 0.3, 0.28, 0.27], "v2-slow": [1.0, 0.9, 0.82, 0.75, 0.7, 0.66]}
+
+
+def test_a_small_sweep_is_forecast_from_an_earlier_study_before_three_of_its_own_jobs_finished(
+    plane: ControlPlane, namespace: str
+) -> None:
+    """Fixture shortcut: the earlier study's jobs are made Succeeded with their curves by a status patch
+    before the operator starts (as if they had run); the new study's jobs run through the operator."""
+    for name, curve in EARLIER.items():
+        earlier = manifest(name=name, criteria=[], metrics={"interval": "1s"}, maxEpochs=EPOCHS)
+        earlier["metadata"]["labels"] = {"stopline.dev/study": "v1"}
+        apply(plane, namespace, earlier)
+        done = {"status": {"phase": "Succeeded", "curve": curve}}
+        plane.kubectl(
+            "patch",
+            "tj",
+            name,
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps(done),
+        )
+    forecast = {"name": "forecast", "forecast": {"probability": 0.01, "minJobs": 3, "history": ["v1"]}}
+    final = {}
+    with operator(namespace):
+        for name, curve in SMALL.items():
+            training_job = manifest(
+                name=name, criteria=[forecast], metrics={"interval": "1s"}, maxEpochs=EPOCHS
+            )
+            training_job["metadata"]["labels"] = {"stopline.dev/study": "v2"}
+            with running_trainer(plane, namespace, training_job) as (trainer, pod):
+                final[name] = play_curve(plane, namespace, name, curve, trainer, pod)
+    assert final["v2-fast"]["phase"] == "Succeeded"  # nothing to beat yet when it ran: it ran to its end
+    slow = final["v2-slow"]
+    assert slow["phase"] == "Stopped", slow
+    reason = slow["stopReason"]
+    assert reason["type"] == "Forecast" and reason["epoch"] < len(SMALL["v2-slow"]), reason
+    assert "80% of 3 finished jobs" in reason["message"], reason  # the earlier study's three
+    assert "the best final value of 1 ended jobs" in reason["message"], reason  # to beat: this study's

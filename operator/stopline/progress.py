@@ -35,6 +35,7 @@ class JobMemory:
     best: dict[str, Any] | None = None
     written_epoch: int = 0
     fed_epoch: int = 0  # the last complete epoch given to the engine: a read past fed_epoch + 1 missed some
+    complete_epoch: int = 0  # epochs up to here ran before a resume: complete, whatever the trainer reports
     epoch_seconds: float | None = None
     failures: int = 0  # scrapes failed in a row
     queue_read_at: float | None = None  # when the queue's words on a held job were last read
@@ -42,6 +43,17 @@ class JobMemory:
     answered_pod: str | None = None  # uid of the rank-0 pod whose /metrics last answered
     resumes: int = 0  # status.resumeCount when seeded: a resume since means seeding again
     restart_clocks: bool = False  # the next visit observes as if paused (Stale, GPUIdle and PromQL restart)
+
+    def resumed(self) -> None:
+        """Seeded at a resume: the epoch it stopped at was read whole, and the resumed trainers go on after
+        their checkpoint, so their window of epochs starts after it."""
+        self.complete_epoch = self.fed_epoch = max(self.fed_epoch, self.written_epoch)
+        self.restart_clocks = True  # the next visit observes as if paused: Stale, GPUIdle and PromQL restart
+
+    def in_progress(self, epoch: int) -> None:
+        """The trainer reports `epoch` as the one it is in: its values may still come, so it is not fed
+        yet; a resumed trainer that reports an earlier one (or none yet) unfeeds no epoch before its run."""
+        self.fed_epoch = max(min(self.fed_epoch, epoch - 1), self.complete_epoch, 0)
 
     def wrote(self, fields: Mapping[str, Any]) -> None:
         """The status now shows these fields: remember the epoch and checkpoint it shows."""

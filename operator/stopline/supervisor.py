@@ -311,9 +311,8 @@ class Supervisor:
         resumed = memory is not None and memory.resumes != resume_count(tracked.status)
         if memory is None or resumed:  # resumed since: its criteria (their fired decisions gone), curve and
             memory = self._memory[tracked.uid] = JobMemory.seed(tracked.status)  # epochs as the status says
-            memory.restart_clocks = resumed
-            if resumed:  # the epoch it stopped at was read whole; the trainers go on after their checkpoint
-                memory.fed_epoch = max(memory.fed_epoch, memory.written_epoch)
+            if resumed:
+                memory.resumed()
         if tracked.phase == RUNNING:
             await self._token(tracked)
         if tracked.phase in HELD_PHASES:

@@ -88,8 +88,8 @@ def plan(
     else:
         memory.failures += 1
     new_epoch = report is not None and memory.record(spec, epochs, report.epoch_seconds)
-    if report is not None:  # the epoch in progress is not complete: its values may still come
-        memory.fed_epoch = max(min(memory.fed_epoch, report.epoch - 1), 0)
+    if report is not None:
+        memory.in_progress(report.epoch)
     observation = observe(tracked, spec, inputs, cohort, history or {})
     if memory.restart_clocks:  # the first visit since a resume: the clocks start afresh, as after a queue
         observation, memory.restart_clocks = replace(observation, paused=True), False

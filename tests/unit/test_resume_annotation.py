@@ -167,3 +167,18 @@ def test_a_resume_seeds_the_memory_again_with_its_count() -> None:
     assert JobMemory.seed({"resumeCount": 2}).resumes == 2
     assert JobMemory.seed({"resumes": [{}, {}, {}]}).resumes == 3
     assert JobMemory.seed({}).resumes == 0
+
+
+@pytest.mark.parametrize("reported", [0, 1, 5])
+def test_a_resumed_trainer_that_reports_no_epoch_yet_or_its_checkpoint_s_unfeeds_no_earlier_epoch(
+    reported: int,
+) -> None:
+    """Else the first new epoch looks like a jump past those before the stop, and the operator warns
+    EpochsMissed for epochs the stopped run's trainer reported (the resumed one's window starts later)."""
+    memory = JobMemory.seed({"progress": {"epoch": 5}, "resumeCount": 1})
+    assert memory.fed_epoch == 4  # an operator restart: epoch 5 may have been in progress
+    memory.resumed()
+    memory.in_progress(reported)
+    assert memory.fed_epoch == 5 and memory.restart_clocks
+    memory.in_progress(7)  # later, its own epochs in progress do count as not yet fed
+    assert memory.fed_epoch == 5

@@ -14,7 +14,7 @@ import yaml
 
 from stopline import api
 from stopline.cli import main
-from stopline.criteria.resume import ResumeSettings
+from stopline.criteria.resume import ResumeSettings, SweepJob
 from stopline.replay.curves import Curve
 from stopline.replay.resumes import SweepRun, unfired
 
@@ -186,3 +186,26 @@ def test_the_rule_is_asked_with_every_ended_job_and_the_sweeps_clock() -> None:
         1,
     )
     assert late.stop_chance is not None and late.stop_chance < 0.01  # the forecast's chance it stopped on
+
+
+class AlwaysAsks(SweepRun):
+    """The rule asked with plan() at every end, without the shortcut that skips a sure empty answer."""
+
+    def _quiet(self, jobs: list[SweepJob], settings: ResumeSettings) -> bool:
+        return False
+
+
+def test_skipping_a_sure_empty_answer_changes_nothing() -> None:
+    parsed = api.parse_spec(yaml.safe_load(JOB)["spec"])
+    # more jobs: stops after the shortcut's state was set, a stopped job that is best so far, finishes
+    jobs = dict(JOBS)
+    jobs |= {"late2": JOBS["late"], "stalls2": JOBS["stalls"], "fast2": JOBS["fast"], "slow2": JOBS["slow"]}
+    outcomes = []
+    for kind in (SweepRun, AlwaysAsks):
+        run = kind(parsed, {"val_loss"}, parsed.resume_policy)
+        for name, values in jobs.items():
+            run.start(Curve(name, rows={e: {"val_loss": v} for e, v in enumerate(values, 1)}), 8)
+            run.ask()
+        outcomes.append([(m.curve.job, m.run, m.decision, m.resumes) for m in run.members])
+    assert outcomes[0] == outcomes[1]
+    assert any(resumes for *_, resumes in outcomes[0])

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from stopline import api
 from stopline.criteria import CohortCurve, Decision, Observation, evaluate
 from stopline.criteria.decision import JSONState
-from stopline.criteria.resume import ResumeSettings, SweepJob, plan
+from stopline.criteria.resume import ResumeSettings, SweepJob, finished_by_group, judge, plan, to_beat
 from stopline.replay.curves import Curve
 
 RESUMABLE = frozenset({"Cohort", "Rungs", "Forecast"})  # the sweep criteria's stops: their weights may win
@@ -106,6 +106,7 @@ class Member:
     leg: Leg
     resumes: list[Resume] = field(default_factory=list)
     peers: tuple[CohortCurve, ...] = ()  # its curves in the cohort: one per metric a peer criterion reads
+    job: SweepJob | None = None  # as the rule sees it, since it last ended
 
     @property
     def run(self) -> int:
@@ -139,6 +140,10 @@ class SweepRun:
         self.charge = charge
         self.members: list[Member] = []
         self.seconds = 0.0  # every epoch run so far in the sweep
+        # After an ask that resumed nothing: the value to beat and the finished jobs it was judged on, and
+        # the jobs that ended since (see `_quiet`).
+        self.quiet: tuple[float, dict[tuple[int | None, str | None], tuple[str, ...]]] | None = None
+        self.fresh: list[Member] = []
 
     def cohort(self, without: Member | None = None) -> tuple[CohortCurve, ...]:
         """The ended jobs' curves, in file order (all of them, every job ends before the next starts)."""
@@ -167,6 +172,8 @@ class SweepRun:
             if peer.last is not None:  # every criterion skips a curve with no finite value: left out
                 peers.append(peer)
         member.peers = tuple(peers)
+        member.job = None
+        self.fresh.append(member)
 
     def now(self) -> float:
         """The sweep's clock: its seconds so far when the file has them, else the jobs started."""
@@ -174,6 +181,11 @@ class SweepRun:
 
     def sweep_job(self, member: Member) -> SweepJob:
         """The job as the operator shows it to the resume rule."""
+        if member.job is None:
+            member.job = self._sweep_job(member)
+        return member.job
+
+    def _sweep_job(self, member: Member) -> SweepJob:
         decision, metric = member.decision, self.spec.objective.metric
         values = {e: row[metric] for e, row in member.curve.rows.items() if e <= member.run and metric in row}
         chance = None
@@ -195,12 +207,47 @@ class SweepRun:
         if self.settings is None:
             return
         while True:
-            answer = plan([self.sweep_job(m) for m in self.members], self.settings, self.now())
-            if not answer.resume:
+            jobs = [self.sweep_job(m) for m in self.members]
+            if self._quiet(jobs, self.settings):
                 return
+            answer = plan(jobs, self.settings, self.now())
+            if not answer.resume:
+                beat = to_beat(jobs, self.settings)
+                self.quiet = None if beat is None else (beat[0], self._finished(jobs))
+                self.fresh = []
+                return
+            self.quiet = None
             by_name = {member.curve.job: member for member in self.members}
             for judgement in answer.resume:
                 self.resume(by_name[judgement.job], judgement.probability, judgement.message)
+
+    @staticmethod
+    def _finished(jobs: list[SweepJob]) -> dict[tuple[int | None, str | None], tuple[str, ...]]:
+        return {group: tuple(c.job for c in curves) for group, curves in finished_by_group(jobs).items()}
+
+    def _quiet(self, jobs: list[SweepJob], settings: ResumeSettings) -> bool:
+        """True when plan() is sure to resume nothing, without asking it: the last ask resumed nothing, and
+        since then the value to beat and the finished jobs stayed the same (the jobs that ended since were
+        stopped), so every job judged then is judged the same now (whether a job is a candidate depends on
+        nothing else; its standing only orders the candidates), and none of the jobs stopped since is a
+        candidate, judged as plan() judges it. A speed-up only: the answer is plan()'s."""
+        if self.quiet is None:
+            return False
+        beat = to_beat(jobs, settings)
+        if beat is None or beat[0] != self.quiet[0] or self._finished(jobs) != self.quiet[1]:
+            return False
+        finished = finished_by_group(jobs)
+        for member in self.fresh:
+            job = self.sweep_job(member)
+            eligible = job.phase == "stopped" and job.resumable and job.curve.last == job.epoch
+            if not eligible or (job.budget is not None and job.epoch >= job.budget):
+                continue
+            others = (other for other in jobs if other.group == job.group and other is not job)
+            verdict = judge(job, finished.get(job.group, ()), others, beat, settings)
+            if verdict is not None and verdict.resume:
+                return False
+        self.fresh = []  # judged against the same quiet state: not candidates until it changes
+        return True
 
     def resume(self, member: Member, probability: float | None, message: str) -> None:
         """Run a stopped job on from its stop epoch under its own criteria, with the current cohort."""

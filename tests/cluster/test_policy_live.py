@@ -17,19 +17,13 @@ import pytest
 import yaml
 
 from operatorharness import (
-    WAIT_S,
-    checkpoint_message,
-    epoch_read,
     manifest,
     operator,
-    phase_is,
+    play_curve,
     running_trainer,
-    status,
-    terminate,
 )
 from stopline import replay
-from stopline_local.controlplane import ControlPlane, wait_until
-from stopline_trainer.checkpoint import TAIL_EPOCHS
+from stopline_local.controlplane import ControlPlane
 
 pytestmark = pytest.mark.cluster
 
@@ -53,24 +47,11 @@ SWEEP = {
 
 
 def run_job(plane: ControlPlane, namespace: str, name: str, values: list[float]) -> dict[str, Any]:
-    """Report the epochs one by one, each once the operator has read the previous; end the pod as the
-    trainer would (saved after a stop, or at the end of its curve) and return the job's final status."""
+    """Run one job of the sweep through the operator, its trainer played to its stop or its end."""
     training_job = manifest(name=name, criteria=CRITERIA, metrics={"interval": "1s"})
     training_job["metadata"]["labels"] = STUDY
-    uri = f"/stopline/checkpoints/{name}/final.pt"
     with running_trainer(plane, namespace, training_job) as (trainer, pod):
-        for epoch, value in enumerate(values, start=1):
-            trainer.report(epoch, epoch * 100, val_loss=value)
-            wait_until(epoch_read(plane, namespace, epoch, name), WAIT_S, f"{name} epoch {epoch} read")
-            if status(plane, namespace, name).get("phase") == "Stopping":
-                wait_until(lambda: trainer.stop_reason, WAIT_S, f"{name}'s POST /stop")
-                terminate(plane, namespace, pod, checkpoint_message(epoch, epoch * 100, uri))
-                wait_until(phase_is(plane, namespace, name, "Stopped"), WAIT_S, f"{name} Stopped")
-                return dict(status(plane, namespace, name))
-        tail = [[epoch, value] for epoch, value in enumerate(values, start=1)][-TAIL_EPOCHS:]
-        terminate(plane, namespace, pod, checkpoint_message(len(values), len(values) * 100, uri, tail=tail))
-        wait_until(phase_is(plane, namespace, name, "Succeeded"), WAIT_S, f"{name} Succeeded")
-        return dict(status(plane, namespace, name))
+        return play_curve(plane, namespace, name, values, trainer, pod)
 
 
 def test_forecast_and_rungs_stop_live_where_stopline_replay_of_the_recorded_curves_stops(

@@ -24,22 +24,20 @@ from operatorharness import (
     WAIT_S,
     StandInTrainer,
     apply,
-    checkpoint_message,
     control_token,
     epoch_read,
     event_posted,
     manifest,
     operator,
     phase_is,
+    play_curve,
     pods,
     running_trainer,
     set_pod_status,
     status,
-    terminate,
 )
 from stopline import replay
 from stopline_local.controlplane import ControlPlane, wait_until
-from stopline_trainer.checkpoint import TAIL_EPOCHS
 
 pytestmark = pytest.mark.cluster
 
@@ -75,32 +73,6 @@ def play(
 ) -> dict[str, Any]:
     """Report the sweep's epochs from `first`: play_curve."""
     return play_curve(plane, namespace, name, SWEEP[name], trainer, pod, first)
-
-
-def play_curve(
-    plane: ControlPlane,
-    namespace: str,
-    name: str,
-    values: list[float],
-    trainer: StandInTrainer,
-    pod: str,
-    first: int = 1,
-) -> dict[str, Any]:
-    """Report the epochs from `first` one by one, each once the operator has read the previous; end the
-    pod as the trainer would (saved after a stop, or at the end of its curve); the job's final status."""
-    uri = f"/stopline/checkpoints/{name}/final.pt"
-    for epoch in range(first, len(values) + 1):
-        trainer.report(epoch, epoch * 100, val_loss=values[epoch - 1])
-        wait_until(epoch_read(plane, namespace, epoch, name), WAIT_S, f"{name} epoch {epoch} read")
-        if status(plane, namespace, name).get("phase") == "Stopping":
-            wait_until(lambda: trainer.stop_reason, WAIT_S, f"{name}'s POST /stop")
-            terminate(plane, namespace, pod, checkpoint_message(epoch, epoch * 100, uri))
-            wait_until(phase_is(plane, namespace, name, "Stopped"), WAIT_S, f"{name} Stopped")
-            return dict(status(plane, namespace, name))
-    tail = [[epoch, value] for epoch, value in enumerate(values, start=1)][-TAIL_EPOCHS:]
-    terminate(plane, namespace, pod, checkpoint_message(len(values), len(values) * 100, uri, tail=tail))
-    wait_until(phase_is(plane, namespace, name, "Succeeded"), WAIT_S, f"{name} Succeeded")
-    return dict(status(plane, namespace, name))
 
 
 def play_resumed(

@@ -39,7 +39,16 @@ STUDY = [
             "checkpoint": {"epoch": 4, "uri": "/stopline/checkpoints/stopped/ckpt.pt"},
         },
     ),
-    training_job("done", {"phase": "Succeeded", "curve": curve(10), "checkpoint": {"epoch": 10}}),
+    training_job(
+        "done",
+        {
+            "phase": "Succeeded",
+            "curve": curve(10),
+            "checkpoint": {"epoch": 10},
+            "resumeCount": 1,  # the study's resume rule took its stop at epoch 3 back
+            "resumes": [{"fromEpoch": 3, "reason": "ResumeRule", "probability": 0.085, "message": "P"}],
+        },
+    ),
     training_job("running", {"phase": "Running", "curve": [*curve(4, 1.5), None], "progress": {"epoch": 5}}),
     training_job("pending", {"phase": "Pending"}, max_epochs=None),
     training_job("failed", {"phase": "Failed", "curve": curve(2, 3.0)}),
@@ -65,7 +74,9 @@ def test_each_job_is_what_its_status_says_and_the_counts_follow() -> None:
         "running": False,
         "weightsEpoch": 4,
         "maxEpochs": 10,
+        "resumes": [],
     }
+    assert jobs["done"]["resumes"] == [{"fromEpoch": 3, "reason": "ResumeRule", "probability": 0.085}]
     assert jobs["stopped"]["best"] == {"metric": "val_loss", "value": 1.84, "epoch": 4}
     assert (jobs["running"]["running"], jobs["running"]["epochsRun"], jobs["running"]["stopped"]) == (
         True,
@@ -90,6 +101,7 @@ def test_each_job_is_what_its_status_says_and_the_counts_follow() -> None:
         "namespace": "ns",
         "stopped": 1,
         "running": 2,  # Pending counts as running: not ended, not stopped
+        "resumedJobs": 1,
         "epochsSaved": 6,
         "skipped": [],
     }
@@ -104,6 +116,7 @@ def test_the_page_is_replays_with_one_curve_per_job_the_stop_where_decided_and_r
         "jobs": 5,
         "stopped": 1,
         "running": 2,
+        "resumed-jobs": 1,
         "epochs-run": summary["epochsRun"],
         "epochs-available": summary["epochsAvailable"],
         "epochs-saved": 6,
@@ -123,6 +136,7 @@ def test_the_page_is_replays_with_one_curve_per_job_the_stop_where_decided_and_r
         ("stopped", "3", "median")
     ]
     assert len(section["running"]) == 2
+    assert [(mark["data-job"], mark["data-epoch"]) for mark in section["resumed"]] == [("done", "3")]
 
 
 def test_a_hostile_status_leaves_out_only_its_job_saying_why_and_text_is_escaped_and_bounded() -> None:
@@ -143,10 +157,19 @@ def test_a_hostile_status_leaves_out_only_its_job_saying_why_and_text_is_escaped
         training_job("sweep", {"phase": "Running", "members": 3}) | {"spec": {"targetSelector": {}}},
         "not an object",
         {"metadata": {"name": 7}},
-        training_job("nan", {"phase": "Running", "curve": [1.0, math.nan, math.inf, None, 0.5]}),
+        training_job(
+            "nan",
+            {"phase": "Running", "curve": [1.0, math.nan, math.inf, None, 0.5], "resumes": "twice"},
+        ),
         training_job(
             "odd-fields",
-            {"phase": 3, "progress": "5", "checkpoint": [], "stopReason": hostile_stop},
+            {
+                "phase": 3,
+                "progress": "5",
+                "checkpoint": [],
+                "stopReason": hostile_stop,
+                "resumes": [7, {"fromEpoch": "2", "reason": HOSTILE, "probability": True}] * 300,
+            },
             max_epochs=-1,
         ),
     ]
@@ -178,6 +201,8 @@ def test_a_hostile_status_leaves_out_only_its_job_saying_why_and_text_is_escaped
         None,
     )
     assert len(odd["message"]) == live.MAX_MESSAGE and "\x1b" not in odd["message"]
+    assert jobs["nan"]["resumes"] == [] and len(odd["resumes"]) == live.MAX_RESUMES  # bounded, read as absent
+    assert odd["resumes"][-1] == {"fromEpoch": None, "reason": HOSTILE[: live.MAX_WORD], "probability": None}
     text = replay.render_page(study.page(f"study {HOSTILE}"))
     assert "<script" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&amp;" in text
     page = Page(text)

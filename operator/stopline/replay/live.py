@@ -1,12 +1,13 @@
 """`stopline study`: a live study as it stands, from its TrainingJobs' status: replay's table, --json, page.
 
-What each job really did: status.curve (the objective by epoch), status.phase, status.stopReason (the
-epoch and the criterion that stopped it), status.checkpoint's epoch (the weights it kept) and
-spec.maxEpochs (what a stop saved). Every field is remote input: each is read by a total parser, text is
-bounded, and a job whose status cannot be read (a curve of strings or too long, a stopReason that is not
-an object, an objective that is not the study's) is left out with its name and the reason, never an
-exception; so is a sweep's own TrainingJob (spec.targetSelector), which runs no trainer: its members do.
-Pure: the caller lists the TrainingJobs (stopline.cli).
+What each job really did: status.curve (the objective by epoch), status.phase, status.stopReason (the epoch
+and the criterion that stopped it), status.resumes (where a person or the study's resume rule took a stop
+back), status.checkpoint's epoch (the weights it kept) and spec.maxEpochs (what a stop saved). Every field
+is remote input: each is read by a total parser, text is bounded, and a job whose status cannot be read (a
+curve of strings or too long, a stopReason that is not an object, an objective that is not the study's) is
+left out with its name and the reason, never an exception; so is a sweep's own TrainingJob
+(spec.targetSelector), which runs no trainer: its members do. Pure: the caller lists the TrainingJobs
+(stopline.cli).
 
 Unlike a replay, a live study does not know what a stopped job would have reached, so its regret is null
 and its epochs saved are only the stopped jobs' (a running job's remaining epochs are still to run).
@@ -27,6 +28,7 @@ from stopline.replay.sweep import Best
 from stopline.vocabulary import TERMINAL_PHASES
 
 MAX_CURVE = 10_000  # the CRD's maxItems of status.curve: a longer one is not a TrainingJob's
+MAX_RESUMES = 100  # the CRD's maxItems of status.resumes
 MAX_NAME = 253  # a Kubernetes name
 MAX_WORD = 128  # a criterion's name, a phase, a reason type, a metric
 MAX_MESSAGE = 1024  # as an Event's message
@@ -35,6 +37,18 @@ UNKNOWN_REGRET = (
     "regret is null: a live study does not know what a stopped job would have reached (those epochs never "
     "ran); epochs saved count the stopped jobs' epochs left to spec.maxEpochs"
 )
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """One entry of status.resumes: the epoch it resumed from, who resumed it, the rule's chance."""
+
+    from_epoch: int | None
+    reason: str | None
+    probability: float | None
+
+    def as_json(self) -> dict[str, object]:
+        return {"fromEpoch": self.from_epoch, "reason": self.reason, "probability": self.probability}
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class LiveJob:
     stop: Stop | None
     reason: str | None  # status.stopReason.type
     weights_epoch: int | None
+    resumes: tuple[Resumed, ...] = ()
 
     @property
     def epochs_available(self) -> int:
@@ -117,6 +132,7 @@ class Study:
                 "namespace": self.namespace,
                 "stopped": sum(1 for job in self.jobs if job.stop),
                 "running": sum(1 for job in self.jobs if job.running),
+                "resumedJobs": sum(1 for job in self.jobs if job.resumes),
                 "epochsSaved": saved,
                 "skipped": [{"job": skip.job, "why": skip.why} for skip in self.skipped],
             },
@@ -138,6 +154,7 @@ class Study:
             "running": job.running,
             "weightsEpoch": job.weights_epoch,
             "maxEpochs": job.max_epochs,
+            "resumes": [resumed.as_json() for resumed in job.resumes],
         }
 
     def notes(self) -> tuple[str, ...]:
@@ -154,6 +171,7 @@ class Study:
             Figure("jobs", "jobs", summary["jobs"]),
             Figure("stopped", "stopped jobs", summary["stopped"]),
             Figure("running", "running jobs", summary["running"]),
+            Figure("resumed-jobs", "resumed jobs", summary["resumedJobs"]),
             Figure("epochs-run", "epochs run", summary["epochsRun"]),
             Figure("epochs-available", "epochs to maxEpochs", summary["epochsAvailable"]),
             Figure("epochs-saved", "epochs saved", summary["epochsSaved"]),
@@ -169,6 +187,7 @@ class Study:
                 job.epochs_available,
                 job.best(self.metric, self.mode),
                 job.stop,
+                resumed_at=job.resumes[-1].from_epoch if job.resumes else None,
                 running=job.running,
                 phase=job.phase or "-",
                 weights_epoch=job.weights_epoch,
@@ -205,7 +224,8 @@ class Study:
         lines += ["", "why:", *stops] if stops else []
         lines += [
             "",
-            f"{len(self.jobs)} jobs ({summary['stopped']} stopped, {summary['running']} running), "
+            f"{len(self.jobs)} jobs ({summary['stopped']} stopped, {summary['running']} running, "
+            f"{summary['resumedJobs']} resumed), "
             f"{summary['epochsRun']} of {summary['epochsAvailable']} epochs run, "
             f"{summary['epochsSaved']} saved ({summary['fractionSaved']:.1%})",
         ]
@@ -288,6 +308,7 @@ def _job(item: object, name: str) -> tuple[LiveJob, tuple[str, Mode]]:
         stop,
         _text(reason.get("type"), MAX_WORD) if reason is not None else None,
         weights,
+        _resumes(status.get("resumes")),
     )
     return job, (_word(metric, MAX_WORD), mode)
 
@@ -319,6 +340,23 @@ def _curve(raw: object) -> tuple[int, tuple[tuple[int, float], ...]]:
         if math.isfinite(value):
             values.append((index + 1, float(value)))
     return len(raw), tuple(values)
+
+
+def _resumes(raw: object) -> tuple[Resumed, ...]:
+    """status.resumes: at most MAX_RESUMES entries, each read field by field (an entry that is not an
+    object, or a field of the wrong kind, reads as absent)."""
+    if not isinstance(raw, list):
+        return ()
+    found = []
+    for entry in raw[-MAX_RESUMES:]:
+        fields = _object(entry)
+        chance = fields.get("probability")
+        usable = isinstance(chance, int | float) and not isinstance(chance, bool) and 0 <= chance <= 1
+        probability = float(chance) if usable and isinstance(chance, int | float) else None
+        found.append(
+            Resumed(_epoch(fields.get("fromEpoch")), _text(fields.get("reason"), MAX_WORD), probability)
+        )
+    return tuple(found)
 
 
 def _epoch(raw: object) -> int | None:

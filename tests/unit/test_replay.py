@@ -112,10 +112,13 @@ def test_max_epochs_caps_what_a_job_would_have_run(
 
 
 RECOMMENDED = REPO / "examples" / "recommended-policy.yaml"  # learns from a study's finished jobs: below
+RESUMABLE = REPO / "examples" / "resumable-sweep.yaml"  # the same forecast, its stops resumable: below
 
 
 @pytest.mark.parametrize(
-    "example", sorted(set((REPO / "examples").glob("*.yaml")) - {RECOMMENDED}), ids=lambda p: p.name
+    "example",
+    sorted(set((REPO / "examples").glob("*.yaml")) - {RECOMMENDED, RESUMABLE}),
+    ids=lambda p: p.name,
 )
 def test_examples_replay_on_curves(example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Ten jobs: the odd ones are clearly worse and flatten early, so the cohort rule and patience both bite.
@@ -138,8 +141,9 @@ def test_examples_replay_on_curves(example: Path, tmp_path: Path, capsys: pytest
     )
 
 
+@pytest.mark.parametrize("policy", [RECOMMENDED, RESUMABLE], ids=lambda p: p.name)
 def test_the_recommended_policy_stops_jobs_like_finished_losers_and_keeps_the_best(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # 60 jobs of 40 epochs on power-law curves: every third is good (floor 0 to 0.06), the others level
     # off 0.5 higher. The forecast needs finished jobs like a job before it judges it, so the first jobs
@@ -149,7 +153,7 @@ def test_the_recommended_policy_stops_jobs_like_finished_losers_and_keeps_the_be
         floor = 0.001 * job if job % 3 == 0 else 0.5 + 0.001 * job
         rows += [f"j{job},{epoch},{floor + epoch**-0.5:.5f}" for epoch in range(1, 41)]
     (tmp_path / "c.csv").write_text("\n".join(rows))
-    result = replay_json(capsys, RECOMMENDED, tmp_path / "c.csv")
+    result = replay_json(capsys, policy, tmp_path / "c.csv")
     summary = result["summary"]
     assert summary["bestOverall"]["job"] == summary["bestOverallIfNoStopping"]["job"] == "j0"
     assert summary["fractionSaved"] > 0.8
@@ -157,7 +161,7 @@ def test_the_recommended_policy_stops_jobs_like_finished_losers_and_keeps_the_be
     assert all(job["reason"] == "Forecast" for job in stops)
     assert "the chance it beats 0.158" in stops[0]["message"]
     assert summary["regret"] == 0
-    assert main(["replay", "--job", str(RECOMMENDED), "--curves", str(tmp_path / "c.csv")]) == 0
+    assert main(["replay", "--job", str(policy), "--curves", str(tmp_path / "c.csv")]) == 0
     assert (
         "the stops kept the sweep's best (j0): no stopped job would have beaten it" in capsys.readouterr().out
     )

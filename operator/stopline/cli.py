@@ -22,7 +22,9 @@ LIST_TIMEOUT_S = 30.0  # `stopline study`: connecting and listing the study's Tr
 
 def _replay(args: argparse.Namespace) -> int:
     progress = _progress if sys.stderr.isatty() else None
-    result = replay.replay(args.job, args.curves, task=args.task, progress=progress)
+    result = replay.replay(
+        args.job, args.curves, task=args.task, progress=progress, history_file=args.history
+    )
     if args.html is not None:
         title = f"stopline replay: {args.job.name} on {args.curves.name}" + (
             f", task {args.task}" if args.task is not None else ""
@@ -146,6 +148,13 @@ def parser() -> argparse.ArgumentParser:
     )
     replay_command.add_argument(
         "--task", metavar="TASK", help="replay only this task's sweep (a file with a task column)"
+    )
+    replay_command.add_argument(
+        "--history",
+        type=Path,
+        metavar="EARLIER.csv",
+        help="curves of earlier sweeps (as --curves; each job one that ran to its end) for the forecast "
+        "criteria's history: they predict as finished jobs of the sweep do, never the value to beat",
     )
     replay_command.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a table"

@@ -73,14 +73,20 @@ def run_epochs(
     after: int = 0,
     states: Mapping[str, JSONState] | None = None,
     clock: float = 0.0,
+    history: Mapping[str, tuple[CohortCurve, ...]] | None = None,
 ) -> Leg:
     """Feed the job's epochs after `after` up to `available` to the engine, one call an epoch, from `states`;
-    a decision on epoch e's values means the job ran e epochs."""
+    a decision on epoch e's values means the job ran e epochs. `history`: earlier studies' jobs, by study."""
     states = states or {}
     for epoch in sorted(e for e in curve.rows if after < e <= available):
         clock += curve.seconds.get(epoch, 0.0)
         observation = Observation(
-            now=clock, samples={epoch: curve.rows[epoch]}, started_at=0.0, gpus=spec.gpus, cohort=cohort
+            now=clock,
+            samples={epoch: curve.rows[epoch]},
+            started_at=0.0,
+            gpus=spec.gpus,
+            cohort=cohort,
+            history=history or {},
         )
         evaluation = evaluate(spec, states, observation)
         if evaluation.decision is not None:
@@ -125,7 +131,8 @@ class Member:
 class SweepRun:
     """One sweep in progress: start its jobs in order (`start`), and with a resume rule ask it after each
     end (`ask`). `charge(epochs, cohort)` hears each leg's epochs fed and its cohort's size (the replay's
-    bound on peer comparisons)."""
+    bound on peer comparisons). `history`: the jobs of earlier studies, for the forecast criteria that name
+    them, and `earlier` the same as the rule sees them: evidence only, never the sweep's own."""
 
     def __init__(
         self,
@@ -133,7 +140,11 @@ class SweepRun:
         metrics: Collection[str],
         settings: ResumeSettings | None,
         charge: Callable[[int, int], None] | None = None,
+        history: Mapping[str, tuple[CohortCurve, ...]] | None = None,
+        earlier: tuple[SweepJob, ...] = (),
     ) -> None:
+        self.history = history or {}
+        self.earlier = earlier
         self.spec = spec
         self.metrics = tuple(metrics)
         self.settings = settings
@@ -152,7 +163,7 @@ class SweepRun:
     def start(self, curve: Curve, available: int) -> Member:
         """Run a new job through the engine with the ended jobs as its cohort."""
         cohort = self.cohort()
-        leg = run_epochs(self.spec, curve, cohort, available)
+        leg = run_epochs(self.spec, curve, cohort, available, history=self.history)
         member = Member(curve, available, leg)
         self._ended(member, 0, len(cohort))
         self.members.append(member)
@@ -210,7 +221,7 @@ class SweepRun:
             jobs = [self.sweep_job(m) for m in self.members]
             if self._quiet(jobs, self.settings):
                 return
-            answer = plan(jobs, self.settings, self.now())
+            answer = plan(jobs, self.settings, self.now(), self.earlier)
             if not answer.resume:
                 beat = to_beat(jobs, self.settings)
                 self.quiet = None if beat is None else (beat[0], self._finished(jobs))
@@ -236,7 +247,7 @@ class SweepRun:
         beat = to_beat(jobs, settings)
         if beat is None or beat[0] != self.quiet[0] or self._finished(jobs) != self.quiet[1]:
             return False
-        finished = finished_by_group(jobs)
+        finished = finished_by_group([*jobs, *self.earlier])
         for member in self.fresh:
             job = self.sweep_job(member)
             eligible = job.phase == "stopped" and job.resumable and job.curve.last == job.epoch
@@ -255,7 +266,7 @@ class SweepRun:
         cohort = self.cohort(without=member)
         states = unfired(member.leg.states)
         member.leg = run_epochs(
-            self.spec, member.curve, cohort, member.available, after, states, member.leg.clock
+            self.spec, member.curve, cohort, member.available, after, states, member.leg.clock, self.history
         )
         member.resumes.append(Resume(after, probability, message, member.run))
         self._ended(member, after, len(cohort))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from stopline.criteria import CohortCurve, Decision
 from stopline.criteria.budget import BudgetCriterion
 from stopline.criteria.cohort import CohortCriterion
 from stopline.criteria.forecast import ForecastCriterion
+from stopline.criteria.resume import SweepJob
 from stopline.criteria.rungs import RungsCriterion
 from stopline.criteria.state import is_better
 from stopline.replay.curves import SECONDS, TASK, Curve, ReplayError, load_curves, load_job
@@ -280,12 +281,15 @@ def replay(
     curves_file: Path,
     task: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    history_file: Path | None = None,
 ) -> Replay:
     """Replay the job's criteria over the file's sweeps (only `task`'s when given); `progress` hears the
-    jobs replayed so far and the total after each job."""
+    jobs replayed so far and the total after each job. `history_file`: the curves of earlier sweeps, each
+    job one that ran to its end, for the forecast criteria's `history` (whatever studies they name)."""
     spec = load_job(job_file)
     objective = spec.objective
     curves, metrics = load_curves(curves_file, objective.metric, spec.watched_metrics)
+    earlier = _earlier(spec, history_file)
     by_task = any(curve.task is not None for curve in curves)
     if task is not None:
         if not by_task:
@@ -299,6 +303,13 @@ def replay(
             raise ReplayError(f"{curves_file}: no task {task!r}; the file has {shown}")
         curves = chosen
     notes = [NOT_REPLAYED]
+    named = [(c.name, c.history) for c in spec.criteria if isinstance(c, ForecastCriterion) and c.history]
+    if named and history_file is None:
+        notes += [
+            f"criterion {name}: learns from earlier studies ({', '.join(studies)}) this replay has not "
+            "got: pass their curves with --history FILE"
+            for name, studies in named
+        ]
     for criterion in spec.criteria:
         metric = getattr(criterion, "metric", None)
         if metric is not None and metric not in metrics:
@@ -320,7 +331,9 @@ def replay(
 
     comparisons = _PeerComparisons(curves_file, spec)
     comparisons.foresee(tasks.values())
-    sweeps = tuple(_sweep(spec, name, members, replayed, comparisons) for name, members in tasks.items())
+    sweeps = tuple(
+        _sweep(spec, name, members, replayed, comparisons, earlier) for name, members in tasks.items()
+    )
     for sweep in sweeps:
         if all(result.best_if_no_stopping is None for result in sweep.results):
             where = f"task {sweep.task}" if sweep.task is not None else curves_file.name
@@ -383,12 +396,56 @@ def _fed(curve: Curve, last: int) -> int:
     return sum(1 for epoch in curve.rows if epoch <= last)
 
 
+@dataclass(frozen=True)
+class _Earlier:
+    """Earlier sweeps' jobs: for the forecast criteria (by the studies they name) and for the resume rule."""
+
+    history: Mapping[str, tuple[CohortCurve, ...]]
+    jobs: tuple[SweepJob, ...]
+
+
+def _earlier(spec: api.TrainingJobSpec, history_file: Path | None) -> _Earlier:
+    """The --history file's jobs, each read as one that ran to its end, standing for every study the
+    forecast criteria name in `history`; a file no criterion would read is refused."""
+    if history_file is None:
+        return _Earlier({}, ())
+    studies = tuple(
+        dict.fromkeys(s for c in spec.criteria if isinstance(c, ForecastCriterion) for s in c.history)
+    )
+    if not studies:
+        raise ReplayError(
+            f"--history {history_file}: no forecast criterion names earlier studies (forecast.history), so "
+            "nothing would read it; add history: [STUDY] to the forecast, or drop --history"
+        )
+    objective = spec.objective
+    metrics = {c.metric for c in spec.criteria if isinstance(c, ForecastCriterion)}
+    curves, _ = load_curves(history_file, objective.metric, metrics)
+    peers = tuple(
+        peer
+        for curve in curves
+        for metric in sorted(metrics)
+        if (peer := _finished_curve(curve, metric)).last is not None
+    )
+    jobs = tuple(
+        SweepJob(f"history/{curve.job}", "finished", _finished_curve(curve, objective.metric).values,
+                 budget=spec.max_epochs, schedule=curve.schedule)
+        for curve in curves
+    )  # fmt: skip
+    return _Earlier(dict.fromkeys(studies, peers), jobs)
+
+
+def _finished_curve(curve: Curve, metric: str) -> CohortCurve:
+    values = {epoch: row[metric] for epoch, row in curve.rows.items() if metric in row}
+    return CohortCurve(curve.job, metric, values, completed=True)
+
+
 def _sweep(
     spec: api.TrainingJobSpec,
     task: str | None,
     curves: list[Curve],
     replayed: Callable[[], None],
     comparisons: _PeerComparisons,
+    earlier: _Earlier,
 ) -> Sweep:
     """One sweep: each job judged against the ones before it, with the epochs they ran; with a resume rule,
     the rule asked after each job ends and at the sweep's end (stopline.replay.resumes)."""
@@ -397,7 +454,7 @@ def _sweep(
     def charge(epochs: int, cohort: int) -> None:
         comparisons.made += comparisons.readers * cohort * epochs
 
-    run = SweepRun(spec, comparisons.metrics, spec.resume_policy, charge)
+    run = SweepRun(spec, comparisons.metrics, spec.resume_policy, charge, earlier.history, earlier.jobs)
     for number, curve in enumerate(curves, start=1):
         available = _available(curve, spec)
         per_epoch = comparisons.readers * len(run.cohort())

@@ -8,16 +8,19 @@ The cluster tier has no kubelet: tests patch pod status as a kubelet would (Runn
 from __future__ import annotations
 
 import base64
+import csv
 import itertools
 import json
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import yaml
 from kopf.testing import KopfRunner
 
+from stopline import replay
 from stopline_local.controlplane import REPO, ControlPlane, wait_until
 from stopline_local.kubelet import terminated_status
 from stopline_trainer.checkpoint import TAIL_EPOCHS, Manifest
@@ -238,3 +241,19 @@ def play_curve(
     terminate(plane, namespace, pod, checkpoint_message(len(values), len(values) * 100, uri, tail=tail))
     wait_until(phase_is(plane, namespace, name, "Succeeded"), WAIT_S, f"{name} Succeeded")
     return dict(status(plane, namespace, name))
+
+
+def replay_recorded(
+    directory: Path, training_job: dict[str, Any], curves: Mapping[str, list[float]]
+) -> replay.Replay:
+    """`stopline replay` of the curves the operator recorded (status.curve by job, in the sweep's order)
+    with `training_job`'s spec: the offline twin of a live sweep."""
+    job_file = directory / "sweep.yaml"
+    job_file.write_text(yaml.safe_dump(training_job))
+    curves_file = directory / "curves.csv"
+    with curves_file.open("w", newline="") as out:
+        rows = csv.writer(out)
+        rows.writerow(["job", "epoch", "val_loss"])
+        for name, curve in curves.items():
+            rows.writerows([name, epoch, value] for epoch, value in enumerate(curve, start=1))
+    return replay.replay(job_file, curves_file)

@@ -9,17 +9,16 @@ to its end in both.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from operatorharness import (
     manifest,
     operator,
     play_curve,
+    replay_recorded,
     running_trainer,
 )
 from stopline import replay
@@ -63,16 +62,9 @@ def test_forecast_and_rungs_stop_live_where_stopline_replay_of_the_recorded_curv
         curve = live[name]["curve"]
         assert curve == values[: len(curve)], f"{name}: status.curve is not what the trainer reported"
 
-    job_file = tmp_path / "sweep.yaml"
-    job = manifest(name="sweep", criteria=CRITERIA)
-    job_file.write_text(yaml.safe_dump(job))
-    curves_file = tmp_path / "curves.csv"
-    with curves_file.open("w", newline="") as out:
-        rows = csv.writer(out)
-        rows.writerow(["job", "epoch", "val_loss"])
-        for name in SWEEP:
-            rows.writerows([name, epoch, value] for epoch, value in enumerate(live[name]["curve"], start=1))
-    replayed = {result.job: result for result in replay.replay(job_file, curves_file).sweeps[0].results}
+    recorded = {name: live[name]["curve"] for name in SWEEP}
+    (sweep,) = replay_recorded(tmp_path, manifest(name="sweep", criteria=CRITERIA), recorded).sweeps
+    replayed = {result.job: result for result in sweep.results}
 
     def live_decision(current: dict[str, Any]) -> tuple[object, ...] | None:
         if current["phase"] == "Succeeded":

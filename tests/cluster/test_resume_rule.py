@@ -11,13 +11,11 @@ same TrainingJob: the same stops and the same resume.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from operatorharness import (
     RUNNING_AND_READY,
@@ -32,6 +30,7 @@ from operatorharness import (
     phase_is,
     play_curve,
     pods,
+    replay_recorded,
     running_trainer,
     set_pod_status,
     status,
@@ -147,15 +146,9 @@ def test_the_rule_brings_back_the_late_bloomer_it_ends_best_and_replay_decides_t
     column = header.index("RESUMED")
     assert line[column : column + len("RESUMED")].strip() == "1", (header, line)
 
-    job_file = tmp_path / "sweep.yaml"
-    job_file.write_text(yaml.safe_dump(spec_of("sweep")))
-    curves_file = tmp_path / "curves.csv"
-    with curves_file.open("w", newline="") as out:
-        rows = csv.writer(out)
-        rows.writerow(["job", "epoch", "val_loss"])
-        for name in SWEEP:
-            rows.writerows([name, epoch, value] for epoch, value in enumerate(final[name]["curve"], start=1))
-    (sweep,) = replay.replay(job_file, curves_file).sweeps
+    (sweep,) = replay_recorded(
+        tmp_path, spec_of("sweep"), {name: final[name]["curve"] for name in SWEEP}
+    ).sweeps
 
     def live_story(current: dict[str, Any]) -> tuple[object, ...]:
         reason = current.get("stopReason")

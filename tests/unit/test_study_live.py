@@ -137,6 +137,8 @@ def test_the_page_is_replays_with_one_curve_per_job_the_stop_where_decided_and_r
     ]
     assert len(section["running"]) == 2
     assert [(mark["data-job"], mark["data-epoch"]) for mark in section["resumed"]] == [("done", "3")]
+    text = replay.render_page(study.page("study s"))
+    assert text.count('<g class="job failed">') == 1 and "failed or cancelled" in text  # not "ran to its end"
 
 
 def test_a_hostile_status_leaves_out_only_its_job_saying_why_and_text_is_escaped_and_bounded() -> None:

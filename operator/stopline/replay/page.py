@@ -22,6 +22,9 @@ from pathlib import Path
 from stopline.fields import Mode
 from stopline.replay.curves import ReplayError
 from stopline.replay.sweep import SAFE_REGRET, Best, JobResult, Replay, Sweep
+from stopline.vocabulary import CANCELLED, FAILED
+
+FAILED_PHASES = frozenset({FAILED, CANCELLED})  # a live job that ended without running to its end or a stop
 
 MAX_POINTS = 400  # per curve: a longer one is thinned evenly (its first, stop and last epochs kept)
 WIDTH, HEIGHT = 760, 320
@@ -33,6 +36,7 @@ h1{font-size:1.3em}h2{font-size:1.1em;margin-top:2em}
 dl.figures{display:grid;grid-template-columns:max-content auto;gap:.1em 1em}dt{color:#555}dd{margin:0}
 svg{background:#fafafa;border:1px solid #ddd}
 .curve{fill:none;stroke-width:1.2}.run{stroke:#4a78b5}.stopped .run{stroke:#999}.running .run{stroke:#7048e8}
+.failed .run{stroke:#c92a2a;stroke-dasharray:1 2}
 .unrun{stroke:#bbb;stroke-dasharray:3 3}.best .run{stroke:#d9480f;stroke-width:2.5}
 .stop{fill:#c92a2a}.resumed{fill:#2b8a3e}.best-point{fill:#d9480f}
 .axis{stroke:#888}.tick{font-size:11px;fill:#555}
@@ -136,6 +140,7 @@ def render_page(view: PageView) -> str:
     """The page of a PageView: every text from the input escaped, nothing fetched."""
     sections = "".join(_sweep_section(number, sweep) for number, sweep in enumerate(view.sweeps))
     running = any(job.running for sweep in view.sweeps for job in sweep.jobs)
+    failed = any(not job.stop and job.phase in FAILED_PHASES for sweep in view.sweeps for job in sweep.jobs)
     notes = "".join(f"<li>{_text(note)}</li>" for note in view.notes)
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
@@ -143,7 +148,7 @@ def render_page(view: PageView) -> str:
         f"<title>{_text(view.title)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>{_text(view.title)}</h1><p>{_text(view.subject)}</p>"
         + ("<h2>all tasks</h2>" + _figures("overall", view.overall) if view.overall else "")
-        + _legend(running)
+        + _legend(running, failed)
         + sections
         + (f"<h2>notes</h2><ul>{notes}</ul>" if notes else "")
         + "</body></html>\n"
@@ -158,13 +163,18 @@ def write_html(path: Path, page: str) -> None:
         raise ReplayError(f"{path}: cannot write the page ({error.strerror}); check the path") from None
 
 
-def _legend(running: bool) -> str:
+def _legend(running: bool, failed: bool) -> str:
     return (
         '<p class="legend"><span><i class="swatch" style="background:#4a78b5"></i>ran to its end</span>'
         '<span><i class="swatch" style="background:#999"></i>ran until stopped</span>'
         '<span><i class="swatch" style="background:#bbb"></i>the epochs a stop saved</span>'
         '<span><i class="swatch" style="background:#d9480f"></i>the best job kept</span>'
         + ('<span><i class="swatch" style="background:#7048e8"></i>running now</span>' if running else "")
+        + (
+            '<span><i class="swatch" style="background:#c92a2a"></i>failed or cancelled</span>'
+            if failed
+            else ""
+        )
         + '<span style="color:#c92a2a">&#9679; stopped</span>'
         + '<span style="color:#2b8a3e">&#9650; resumed</span></p>'
     )
@@ -341,12 +351,23 @@ def _job_marks(job: JobView, best: bool, x: Scale, y: Scale) -> str:
     keep = {job.epochs_run, *(epoch for epoch in (job.resumed_at, stop and stop.epoch) if epoch)}
     run = _thin([p for p in points if p[0] <= job.epochs_run], keep)
     unrun = _thin([p for p in points if p[0] >= job.epochs_run], keep) if stop else []
+    failed = not stop and job.phase in FAILED_PHASES
     classes = (
-        "job" + (" stopped" if stop else "") + (" running" if job.running else "") + (" best" if best else "")
+        "job"
+        + (" stopped" if stop else "")
+        + (" running" if job.running else "")
+        + (" failed" if failed else "")
+        + (" best" if best else "")
     )
     name = _text(job.job)
     why = (
-        f", stopped at epoch {stop.epoch} by {stop.criterion}" if stop else ", running" if job.running else ""
+        f", stopped at epoch {stop.epoch} by {stop.criterion}"
+        if stop
+        else ", running"
+        if job.running
+        else f", {_text(job.phase or '')}"
+        if failed
+        else ""
     )
     marks = f"<title>{name}{_text(why)}</title>"
     if len(unrun) > 1:

@@ -36,6 +36,7 @@ from stopline.api import TrainingJobSpec
 from stopline.criteria.decision import Decision
 from stopline.criteria.live import GPUIdleCriterion, PromQLCriterion
 from stopline.criteria.observation import Samples
+from stopline.fields import rfc3339
 from stopline.kube import Kube
 from stopline.lifecycle import Condition, StatusChange, resume_count, seconds
 from stopline.metrics import prometheus
@@ -476,7 +477,8 @@ class Supervisor:
     ) -> None:
         """Cancel: the stop machine kills, then writes Cancelled. A stop: one patch to Stopping with the
         reason (compare-and-set: decided once, however many visits decide it), then the signal at once."""
-        reason = decision.as_status() | {"at": self.writer.now()}
+        began = self.clock()  # to the sub-second: a save just before the stop is not one since it
+        reason = decision.as_status() | {"at": rfc3339(began)}
         saved = gpu_seconds_saved(spec, decision.epoch or 0, memory.epoch_seconds)
         opening = fields | {"stopReason": reason}
         if saved is not None:
@@ -507,7 +509,6 @@ class Supervisor:
             return
         tracked.observe(written.after)  # the watch delivers it later; the stop needs it now
         monitoring.count_stop(decision.type, tracked.key[0], saved)
-        began = seconds(reason["at"]) or decided_at
         await self.stops.drive(tracked, began, decision.message, cause)
         message = f"{decision.type} ({decision.criterion}): {decision.message}"
         await self.kube.post_event(written.training_job, STOPPING, message, False)

@@ -628,3 +628,35 @@ def test_a_queued_job_without_kueue_reads_its_queue_a_few_times_per_queue_read_p
         assert reads <= 2 * periods + 3, f"{reads} reads of the Job in {periods * QUEUE_READ_S:g} s"
 
     run(scenario)
+
+
+def test_a_rank_that_crashes_on_the_stop_fails_the_job_though_it_saved_within_the_same_second() -> None:
+    """The e2e Kueue story caught it 1 run in 5: the trainer saved its epoch at 12:00:00.300, the stop began
+    at 12:00:00.700 and rank 0 then exited 1. The stop's start written to the second (12:00:00) made that
+    save look like one made since the stop, so the job ended Stopped/CheckpointSaved, not TrainerFailed."""
+    began = 1_795_000_000.7  # a stop decided 0.7 s into a second
+    saved_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(began))) + ".300Z"
+    pointer = {"uri": "/stopline/checkpoints/crash/ckpt.pt", "epoch": 9, "step": 90, "bytes": 1,
+               "sha256": "0" * 64, "savedAt": saved_at, "worldSize": 1}  # fmt: skip
+
+    async def scenario() -> None:
+        registry = Registry()
+        kube = StandInKube(registry)
+        kube.put("TrainingJob", training_job("crash", phase="Running"))
+        kube.put("Job", batch_job("crash"))
+        crashed = exited_pod("crash", 0)
+        crashed["status"]["containerStatuses"][0]["state"]["terminated"] = {
+            "exitCode": 1,
+            "reason": "Error",
+            "message": json.dumps(pointer),
+        }
+        registry.observe_pod(crashed)
+        async with supervising(kube, registry, clock=lambda: began):
+            annotate(kube, "crash", "stopline.dev/stop", "enough")
+            await until(lambda: phase(kube, "crash") in ("Stopped", "Failed"), "the stop's end")
+        finished = {
+            c["type"]: c for c in kube.objects[("TrainingJob", "ns", "crash")]["status"]["conditions"]
+        }
+        assert (phase(kube, "crash"), finished["Finished"]["reason"]) == ("Failed", "TrainerFailed"), finished
+
+    run(scenario)

@@ -315,7 +315,9 @@ def test_a_readmitted_trainer_that_crashes_during_the_stop_fails_the_job_though_
     """Review N1: the new rank 0 crashes on the stop (exit 1); the earlier admission's saved pointer must
     not turn that into Stopped/CheckpointSaved."""
     plane = queue_story
-    crash = ("--fault", "crash-on-stop", "--fault-epoch", str(CRASH_FROM_EPOCH))
+    # saving only at the end: a save between the stop's start and its signal would be weights saved since
+    # the stop, which count whatever the exit code (torchrun exits 1 after its workers saved)
+    crash = ("--fault", "crash-on-stop", "--fault-epoch", str(CRASH_FROM_EPOCH), "--save-every", "0")
     at_preemption = preempted_and_readmitted(plane, namespace, kueue, *crash)
     assert at_preemption["epoch"] < CRASH_FROM_EPOCH  # it saved on the preemption's SIGTERM
     epoch_reached(plane, namespace, "low", CRASH_FROM_EPOCH)

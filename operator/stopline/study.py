@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stopline.api import TrainingJobSpec
-from stopline.criteria.forecast import ForecastCriterion
+from stopline.criteria.forecast import history_of
 from stopline.criteria.resume import Phase, ResumePlan, ResumeSettings, SweepJob, plan
 from stopline.lifecycle import resume_count
 from stopline.vocabulary import (
@@ -157,9 +157,7 @@ def decide(members: Sequence[Member], now: float, history: Iterable[Member] = ()
 def history_studies(members: Iterable[Member]) -> tuple[str, ...]:
     """The earlier studies the governing member's forecast criteria learn from (their `history`)."""
     first = governing(members)
-    criteria = first.spec.criteria if first is not None and first.spec is not None else ()
-    named = (study for c in criteria if isinstance(c, ForecastCriterion) for study in c.history)
-    return tuple(dict.fromkeys(named))
+    return history_of(first.spec.criteria) if first is not None and first.spec is not None else ()
 
 
 def evidence(members: Iterable[Member]) -> tuple[tuple[str, str, int], ...]:

@@ -34,6 +34,7 @@ import aiohttp
 from stopline import controller, kueue, lifecycle, monitoring, targets
 from stopline.api import TrainingJobSpec
 from stopline.criteria.decision import Decision
+from stopline.criteria.forecast import history_of
 from stopline.criteria.live import GPUIdleCriterion, PromQLCriterion
 from stopline.criteria.observation import Samples
 from stopline.fields import rfc3339
@@ -52,7 +53,7 @@ from stopline.stopping import StopDriver, every_rank_exited
 from stopline.study import Member, decide, evidence, settings
 from stopline.study import history_studies as earlier_studies
 from stopline.sweep import sweep_of
-from stopline.visit import Inputs, cohort_study, history_studies, plan
+from stopline.visit import Inputs, cohort_study, plan
 from stopline.vocabulary import (
     ADMITTED,
     CANCEL_ANNOTATION,
@@ -322,7 +323,7 @@ class Supervisor:
             self._queue_waits.pop(tracked.uid, None)  # held again later: its queue's words are read at once
         inputs = await self._read_inputs(tracked, spec, memory, fetched)
         cohort = self.registry.cohort(tracked, cohort_study(spec))
-        history = self.registry.finished(tracked.key[0], history_studies(spec))
+        history = self.registry.finished(tracked.key[0], history_of(spec.criteria))
         planned = plan(tracked, spec, memory, inputs, cohort, history)
         if planned.stop is not None:
             await self._begin_stop(tracked, spec, memory, planned.stop, dict(planned.fields), inputs.now)

@@ -81,7 +81,7 @@ def plan(
     history: Mapping[str, tuple[CohortCurve, ...]] | None = None,
 ) -> Plan:
     """The visit's plan from its inputs: feed the new epochs to the criteria, and say what to write.
-    `history`: the jobs of the earlier studies its forecast criteria name (`history_studies`)."""
+    `history`: the jobs of the earlier studies its forecast criteria name (`criteria.forecast.history_of`)."""
     report, epochs = inputs.report, inputs.epochs
     if report is not None or tracked.phase != RUNNING:
         memory.failures = 0  # a job no pod runs for (a queue holds it) has no failed reads
@@ -157,12 +157,6 @@ def _metrics_availability(tracked: Tracked, memory: JobMemory, error: str | None
     if memory.failures == 0 and tracked.phase == RUNNING and current.get("status") != "True":
         return (Condition(METRICS_AVAILABLE, True, SCRAPED, "rank 0's metrics are read every interval"),)
     return ()
-
-
-def history_studies(spec: TrainingJobSpec) -> tuple[str, ...]:
-    """The earlier studies the job's forecast criteria learn from (their `history`), each once."""
-    named = (study for c in spec.criteria if isinstance(c, ForecastCriterion) for study in c.history)
-    return tuple(dict.fromkeys(named))
 
 
 def cohort_study(spec: TrainingJobSpec) -> str | None:

@@ -20,7 +20,7 @@ Jobs stopped early teach nothing about how a curve ends, so only finished jobs p
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -160,6 +160,12 @@ def forecast(
         chance(predictions, beat, criterion.mode),
         len(predictions),
     )
+
+
+def history_of(criteria: Iterable[object]) -> tuple[str, ...]:
+    """The earlier studies the forecast criteria among `criteria` learn from (their `history`), each once."""
+    named = (study for c in criteria if isinstance(c, ForecastCriterion) for study in c.history)
+    return tuple(dict.fromkeys(named))
 
 
 def evidence(criterion: ForecastCriterion, observation: Observation) -> tuple[CohortCurve, ...]:

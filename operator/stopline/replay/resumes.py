@@ -31,8 +31,7 @@ from stopline.criteria import CohortCurve, Decision, Observation, evaluate
 from stopline.criteria.decision import JSONState
 from stopline.criteria.resume import ResumeSettings, SweepJob, finished_by_group, judge, plan, to_beat
 from stopline.replay.curves import Curve
-
-RESUMABLE = frozenset({"Cohort", "Rungs", "Forecast"})  # the sweep criteria's stops: their weights may win
+from stopline.vocabulary import SWEEP_STOP_TYPES
 
 
 @dataclass(frozen=True)
@@ -209,7 +208,7 @@ class SweepRun:
             values,
             budget=self.spec.max_epochs,
             schedule=member.curve.schedule,
-            resumable=decision is not None and decision.type in RESUMABLE,
+            resumable=decision is not None and decision.type in SWEEP_STOP_TYPES,
             stop_chance=chance if chance is None or math.isfinite(chance) else None,
         )
 

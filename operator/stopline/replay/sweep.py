@@ -24,7 +24,7 @@ from stopline import api
 from stopline.criteria import CohortCurve, Decision
 from stopline.criteria.budget import BudgetCriterion
 from stopline.criteria.cohort import CohortCriterion
-from stopline.criteria.forecast import ForecastCriterion
+from stopline.criteria.forecast import ForecastCriterion, history_of
 from stopline.criteria.resume import SweepJob
 from stopline.criteria.rungs import RungsCriterion
 from stopline.criteria.state import is_better
@@ -409,9 +409,7 @@ def _earlier(spec: api.TrainingJobSpec, history_file: Path | None) -> _Earlier:
     forecast criteria name in `history`; a file no criterion would read is refused."""
     if history_file is None:
         return _Earlier({}, ())
-    studies = tuple(
-        dict.fromkeys(s for c in spec.criteria if isinstance(c, ForecastCriterion) for s in c.history)
-    )
+    studies = history_of(spec.criteria)
     if not studies:
         raise ReplayError(
             f"--history {history_file}: no forecast criterion names earlier studies (forecast.history), so "

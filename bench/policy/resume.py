@@ -70,6 +70,8 @@ class Setting:
     # judged: a resumed job is judged again each epoch by the rule's numbers; end: it runs to its end;
     # criteria: as live and `stopline replay` do (stopline.replay.resumes): judged by its own criteria
     resumed: str = "judged"
+    # the unseen jobs (like fewer than minJobs finished ones) kept while the sweep runs, resumed at its end
+    defer_unseen: bool = False
 
     @property
     def label(self) -> str:
@@ -84,6 +86,7 @@ class Setting:
                 if self.resumed == "criteria"
                 else f"at {self.at}, resumed {self.resumed}"
             )
+            + (", unseen deferred to the end" if self.defer_unseen else "")
         )
 
 
@@ -201,10 +204,11 @@ def simulate(setting: Setting, task: Task) -> Result:
         return simulate_live(setting, task, spec)
     sim = Sim(task, setting, spec, [values(task, job) for job in task.jobs])
     settings = setting.resume
+    during = dataclasses.replace(settings, unseen="keep") if settings and setting.defer_unseen else settings
     for index in range(len(task.jobs)):
         sim.run_new(index)
-        if settings is not None and setting.at == "finish" and sim.phase[index] == "finished":
-            sim.resume_round(settings, float(index))
+        if during is not None and setting.at == "finish" and sim.phase[index] == "finished":
+            sim.resume_round(during, float(index))
     if settings is not None:
         sim.resume_round(settings, float(len(task.jobs)))
     return Result([sim.ran[i] for i in range(len(task.jobs))], sim.resumes, sim.resumed_epochs)
@@ -229,13 +233,15 @@ STOPS: dict[str, tuple[dict[str, object], ...]] = {
 }
 
 
-def grid(name: str, custom: str = "", bounds: str = "", unseen: rule.Unseen = "keep") -> list[Setting]:
+def grid(
+    name: str, custom: str = "", bounds: str = "", unseen: rule.Unseen = "keep", defer_unseen: bool = False
+) -> list[Setting]:
     """The settings of a run: every stop alone, then beside the resume rule (the mode is set per task)."""
     if name == "custom":  # one stop of STOPS alone and beside the rule at each bound
         out = [Setting(custom, STOPS[custom])]
         for bound in (float(b) for b in bounds.split(",") if b):
             settings = rule.ResumeSettings("min", probability=bound, unseen=unseen)
-            out.append(Setting(custom, STOPS[custom], settings))
+            out.append(Setting(custom, STOPS[custom], settings, defer_unseen=defer_unseen))
         return out
     if name in ("final", "final-all"):  # the settings main chose, their neighbours, and the recommended
         out = [Setting(stop_name, STOPS[stop_name]) for stop_name in ("forecast 0.01 (recommended)",)]
@@ -296,7 +302,7 @@ def with_mode(setting: Setting, mode: api.Mode) -> Setting:
     settings = rule.ResumeSettings(
         mode, r.probability, r.max_resumes, r.similarity, r.neighbours, r.min_jobs, r.unseen
     )
-    return Setting(setting.stop_name, setting.stop, settings, setting.at, setting.resumed)
+    return dataclasses.replace(setting, resume=settings)
 
 
 TASKS: list[Task] = []
@@ -420,6 +426,12 @@ def main() -> None:
     parser.add_argument("--stop", default="forecast 0.3", choices=list(STOPS), help="with --grid custom")
     parser.add_argument("--bounds", default="0.03", help="with --grid custom: resume bounds, a,b,...")
     parser.add_argument("--unseen", default="keep", choices=("resume", "evidence", "keep"))
+    parser.add_argument(
+        "--defer-unseen",
+        action="store_true",
+        help="with --grid custom: keep unseen jobs while the sweep runs and resume them at its end "
+        "(as --unseen says)",
+    )
     parser.add_argument("--progress", action="store_true", help="a line per task and setting as it ends")
     parser.add_argument(
         "--resumed",
@@ -433,7 +445,11 @@ def main() -> None:
     tasks, skipped = load(args.curves, args.max_configs or None)
     tasks = [task for task in tasks if any(part in task.name for part in args.tasks.split(","))]
     TASKS[:] = tasks
-    chosen = [s for s in grid(args.grid, args.stop, args.bounds, args.unseen) if args.only in s.label]
+    chosen = [
+        s
+        for s in grid(args.grid, args.stop, args.bounds, args.unseen, args.defer_unseen)
+        if args.only in s.label
+    ]
     keep = args.resumed == "judged"  # the grid's own: its variants set "end" where they mean it
     SETTINGS[:] = [
         s if keep or s.resume is None else dataclasses.replace(s, resumed=args.resumed) for s in chosen

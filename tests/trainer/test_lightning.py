@@ -213,3 +213,51 @@ def test_a_sigterm_keeps_the_whole_trainer_state_and_a_restarted_fit_continues_f
     assert (after["epoch"], after["step"]) == (saved["epoch"] + 2, second.global_step)
     done = saved["epoch"]
     assert [record["epoch"] for record in after["epochs"]][-3:] == [done, done + 1, done + 2]
+
+
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*is deprecated")
+@pytest.mark.parametrize("every", [4, 0])
+def test_logged_metrics_are_read_at_lightnings_logging_cadence_not_every_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every: int
+) -> None:
+    """Reading a logged scalar copies it from the GPU, a sync per batch: the callback reads them every
+    log_every_n_steps batches (none with 0) and at each validation's end, and reports progress every batch."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 4, generator=g)
+    data = DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=256 // BATCHES_PER_EPOCH)
+    config = Config(metrics_port=free_port(), bind_address="127.0.0.1", checkpoint_uri=str(tmp_path / "ckpt"))
+    reports: list[tuple[int, set[str]]] = []
+    with Run(config) as run:
+        report = run.report
+
+        def recorded(epoch: float, step: int, **metrics: float) -> None:
+            reports.append((step, set(metrics)))
+            report(epoch, step, **metrics)
+
+        monkeypatch.setattr(run, "report", recorded)
+        trainer = lightning.Trainer(
+            max_epochs=2,
+            accelerator="cpu",
+            logger=False,
+            log_every_n_steps=every,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[StoplineCallback(run, full_state=False)],
+        )
+        trainer.fit(Regression(), data, data)
+    batches: dict[int, set[str]] = {}  # the first report at a step is its batch's
+    validations: list[tuple[int, set[str]]] = []  # a second one at the same step, its validation's end
+    for step, names in reports:
+        if step in batches:
+            validations.append((step, names))
+        else:
+            batches[step] = names
+    assert sorted(batches) == list(range(1, 2 * BATCHES_PER_EPOCH + 1))  # progress every batch
+    read = [step for step, names in batches.items() if names]
+    assert read == (list(range(every, 2 * BATCHES_PER_EPOCH + 1, every)) if every else [])
+    # each epoch's metrics at its validation's end, whatever the cadence
+    assert [(step, "val_loss" in names) for step, names in validations] == [
+        (BATCHES_PER_EPOCH, True),
+        (2 * BATCHES_PER_EPOCH, True),
+    ]

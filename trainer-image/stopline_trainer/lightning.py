@@ -85,8 +85,15 @@ class StoplineCallback(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self.run.report(trainer.current_epoch + 1, trainer.global_step, **_scalars(trainer.callback_metrics))
+        """Progress every batch; the logged metrics only every `log_every_n_steps` batches, as Lightning's
+        loggers read them: each read copies every logged scalar from the GPU, a sync that stalls the step.
+        The epoch's metrics are read at its validation's end, whatever the cadence."""
         self._batches += 1
+        # set by Trainer(log_every_n_steps=...), not declared on the class; 0: no step logging
+        every = int(getattr(trainer, "log_every_n_steps", 50))
+        logged = every > 0 and self._batches % every == 0
+        metrics = _scalars(trainer.callback_metrics) if logged else {}
+        self.run.report(trainer.current_epoch + 1, trainer.global_step, **metrics)
         if self.every_n_batches and self._batches % self.every_n_batches == 0:
             self._agree(trainer)
 

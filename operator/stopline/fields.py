@@ -43,9 +43,9 @@ class Duration:
     seconds: float
 
 
-def rfc3339(seconds: float) -> str:
-    """A time as the status writes it: RFC 3339 in UTC, to the second."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+def rfc3339(seconds: float, timespec: str = "seconds") -> str:
+    """A time as the status writes it: RFC 3339 in UTC, to the second (or the `timespec` isoformat takes)."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def parse_duration(text: str) -> Duration:

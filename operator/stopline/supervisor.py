@@ -478,8 +478,10 @@ class Supervisor:
     ) -> None:
         """Cancel: the stop machine kills, then writes Cancelled. A stop: one patch to Stopping with the
         reason (compare-and-set: decided once, however many visits decide it), then the signal at once."""
-        began = self.clock()  # to the sub-second: a save just before the stop is not one since it
-        reason = decision.as_status() | {"at": rfc3339(began)}
+        # to the millisecond, here and in stopReason.at (which the next operator reads after a restart): a
+        # save made just before the stop is not one made since it
+        began = self.clock()
+        reason = decision.as_status() | {"at": rfc3339(began, "milliseconds")}
         saved = gpu_seconds_saved(spec, decision.epoch or 0, memory.epoch_seconds)
         opening = fields | {"stopReason": reason}
         if saved is not None:

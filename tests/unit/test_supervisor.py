@@ -660,3 +660,40 @@ def test_a_rank_that_crashes_on_the_stop_fails_the_job_though_it_saved_within_th
         assert (phase(kube, "crash"), finished["Finished"]["reason"]) == ("Failed", "TrainerFailed"), finished
 
     run(scenario)
+
+
+def test_after_a_restart_a_rank_that_crashes_on_the_stop_fails_the_job_though_it_saved_before_it() -> None:
+    """The operator that began the stop is gone; the next one reads the stop's start from stopReason.at.
+    Written to the second (12:00:00 for a stop at 12:00:00.700) it made a save at 12:00:00.300 look like
+    one made since the stop, and the crash ended Stopped/CheckpointSaved instead of TrainerFailed."""
+    began = 1_795_000_000.7
+    saved_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(began))) + ".300Z"
+    pointer = {"uri": "/stopline/checkpoints/crash/ckpt.pt", "epoch": 9, "step": 90, "bytes": 1,
+               "sha256": "0" * 64, "savedAt": saved_at, "worldSize": 1}  # fmt: skip
+
+    async def scenario() -> None:
+        registry = Registry()
+        kube = StandInKube(registry)
+        running_job(kube, registry, "crash", "ns")
+        async with supervising(kube, registry, clock=lambda: began):
+            annotate(kube, "crash", "stopline.dev/stop", "enough")
+            await until(lambda: phase(kube, "crash") == "Stopping", "the stop's start")
+        # a new operator: a fresh registry fed by the watches; the rank crashed meanwhile
+        registry = Registry()
+        restarted = StandInKube(registry)
+        for (kind, _, _), body in kube.objects.items():
+            restarted.put(kind, copy.deepcopy(body))
+        crashed = exited_pod("crash", 0)
+        crashed["status"]["containerStatuses"][0]["state"]["terminated"] = {
+            "exitCode": 1,
+            "reason": "Error",
+            "message": json.dumps(pointer),
+        }
+        registry.observe_pod(crashed)
+        async with supervising(restarted, registry, clock=lambda: began + 5):
+            await until(lambda: phase(restarted, "crash") in ("Stopped", "Failed"), "the stop's end")
+        status = restarted.objects[("TrainingJob", "ns", "crash")]["status"]
+        finished = {c["type"]: c["reason"] for c in status["conditions"]}
+        assert (status["phase"], finished["Finished"]) == ("Failed", "TrainerFailed"), status
+
+    run(scenario)

@@ -1,7 +1,9 @@
 """What one forecast or rungs refit costs the operator: one engine call with a new epoch, 1,000 peers.
 
 The operator refits a job's criteria only when a new epoch arrives. At 1,000 jobs that each report an epoch
-every `--epoch-seconds`, the cores the refits take are calls per second x seconds per call.
+every `--epoch-seconds`, the cores the refits take are calls per second x seconds per call. Then one
+judgement of the resume rule (stopline.criteria.resume.plan) on a study of that many members, a fifth
+finished and the rest stopped at a random epoch: the operator makes one each time a member ends.
 Run: .venv/bin/python bench/policy/cost.py [--peers 1000] [--epochs 100] [--epoch-seconds 60]
 """
 
@@ -15,6 +17,7 @@ from collections.abc import Mapping
 
 from stopline import api
 from stopline.criteria import CohortCurve, Observation, evaluate
+from stopline.criteria import resume as rule
 
 # The forecast's reference is a target every peer beats, so it never stops the job: a typical job (like
 # many peers, so the neighbours are many) then costs what it costs every epoch. Rungs and cohort scan every
@@ -78,6 +81,26 @@ def main() -> None:
             f"  {name}: median {per_call * 1e3:.2f} ms per call (max {max(spent) * 1e3:.1f} ms); 1,000 jobs "
             f"with an epoch every {args.epoch_seconds:.0f} s: {cores:.3f} core"
         )
+    draw = random.Random(2)
+    members = [
+        rule.SweepJob(peer.job, "finished", peer.values)
+        if draw.random() < 0.2
+        else rule.SweepJob(
+            peer.job,
+            "stopped",
+            {e: v for e, v in peer.values.items() if e <= draw.randint(1, args.epochs - 1)},
+        )
+        for peer in cohort
+    ]
+    spent = []
+    for _ in range(3):
+        clock = time.perf_counter()
+        judged = rule.plan(members, rule.ResumeSettings("min"), 0.0).judged
+        spent.append(time.perf_counter() - clock)
+    print(
+        f"  resume rule: median {statistics.median(spent) * 1e3:.0f} ms per judgement of a study of "
+        f"{len(members)} ({len(judged)} stopped jobs judged)"
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import asyncio
 import copy
 import json
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from stopline import supervisor as supervisor_module
 from stopline.kube import Conflict
 from stopline.metrics.http import client_session
 from stopline.metrics.prometheus import PrometheusError
@@ -695,5 +697,42 @@ def test_after_a_restart_a_rank_that_crashes_on_the_stop_fails_the_job_though_it
         status = restarted.objects[("TrainingJob", "ns", "crash")]["status"]
         finished = {c["type"]: c["reason"] for c in status["conditions"]}
         assert (status["phase"], finished["Finished"]) == ("Failed", "TrainerFailed"), status
+
+    run(scenario)
+
+
+def test_a_slow_resume_judgement_does_not_hold_back_another_jobs_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The resume rule forecasts every stopped member of a study (about 0.5 s at 1,000 members, see
+    bench/policy/cost.py). A stand-in rule that takes until the other job's stop is done, or 5 s, shows the
+    stop concluding meanwhile: judged on the event loop, the stop waited out the whole judgement."""
+    started, released = threading.Event(), threading.Event()
+    waited: list[bool] = []
+
+    def slow_decide(*_: object) -> None:  # stand-in: a judgement the test ends, else it ends after 5 s
+        started.set()
+        waited.append(released.wait(timeout=5))
+
+    monkeypatch.setattr(supervisor_module, "decide", slow_decide)
+
+    async def scenario() -> None:
+        registry = Registry()
+        kube = StandInKube(registry)
+        member = training_job("tried", phase="Stopped", resumePolicy={})
+        member["metadata"]["labels"] = {"stopline.dev/study": "sweep"}
+        kube.put("TrainingJob", member)
+        kube.put("TrainingJob", training_job("queued"))
+        kube.put("Job", batch_job("queued"))
+        async with supervising(kube, registry) as supervisor:
+            tried = registry.get(("ns", "tried"))
+            assert tried is not None
+            supervisor.study_changed(tried)
+            await until(started.is_set, "the judgement to start")
+            annotate(kube, "queued", "stopline.dev/stop", "not needed")
+            await until(lambda: phase(kube, "queued") == "Stopped", "the other job's stop")
+            released.set()
+            await until(lambda: bool(waited), "the judgement's end")
+        assert waited == [True], "the stop waited for the judgement to end"
 
     run(scenario)

@@ -21,7 +21,7 @@ from typing import Any
 
 from stopline.api import TrainingJobSpec
 from stopline.criteria.forecast import history_of
-from stopline.criteria.resume import Phase, ResumePlan, ResumeSettings, SweepJob, plan
+from stopline.criteria.resume import Phase, ResumePlan, ResumeSettings, SweepJob, plan, stop_chance
 from stopline.lifecycle import resume_count
 from stopline.vocabulary import (
     CANCEL_ANNOTATION,
@@ -74,15 +74,13 @@ def governing(members: Iterable[Member]) -> Member | None:
 
 
 def _stop_chance(status: Mapping[str, Any]) -> float | None:
-    """The chance a forecast stop was decided on: the firing criterion's state.probability."""
+    """The chance a forecast stop was decided on: the firing criterion's state in status.criteria."""
     stop = status.get("stopReason")
-    if not isinstance(stop, Mapping) or stop.get("type") != "Forecast":
+    if not isinstance(stop, Mapping):
         return None
     for entry in status.get("criteria") or ():
         if isinstance(entry, Mapping) and entry.get("name") == stop.get("criterion"):
-            state = entry.get("state")
-            chance = state.get("probability") if isinstance(state, Mapping) else None
-            return float(chance) if isinstance(chance, int | float) and not isinstance(chance, bool) else None
+            return stop_chance(stop.get("type"), entry.get("state"))
     return None
 
 

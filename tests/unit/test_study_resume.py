@@ -167,3 +167,16 @@ def test_an_earlier_study_s_finished_jobs_are_evidence_for_a_small_sweep_never_i
     plan = study.decide(members(*small), 1.0, members(*earlier))
     assert plan is not None and [j.job for j in plan.resume] == ["d"]
     assert plan.reference == FINISHED["a"][-1]  # the value to beat is this sweep's, not the earlier one's
+
+
+def test_a_forecast_stops_chance_is_read_from_its_state_only_as_a_finite_number() -> None:
+    """status.criteria is written by the operator but any editor of the status can change it: a chance
+    that is not a finite number is no chance (the rule then judges the job as unseen says)."""
+    chances = {}
+    for label, probability in (("kept", 0.004), ("text", "0.004"), ("bool", True), ("inf", float("inf"))):
+        state = {"probability": probability}
+        stopped = body("d", "Stopped", [1.15], criteria=[{"name": "forecast", "state": state}])
+        chances[label] = study.sweep_job(members(stopped)[0]).stop_chance
+    rungs = body("d", "Stopped", [1.15], stop_type="Rungs")
+    chances["rungs"] = study.sweep_job(members(rungs)[0]).stop_chance
+    assert chances == {"kept": 0.004, "text": None, "bool": None, "inf": None, "rungs": None}

@@ -164,6 +164,15 @@ class ResumePlan:
     judged: tuple[Judgement, ...]
 
 
+def stop_chance(stop_type: object, state: object) -> float | None:
+    """The chance a stop was decided on: a forecast's, the `probability` of the firing criterion's state
+    (status.criteria[].state live, the engine's states in a replay); None for any other stop or value."""
+    chance = state.get("probability") if stop_type == "Forecast" and isinstance(state, Mapping) else None
+    if not isinstance(chance, int | float) or isinstance(chance, bool) or not math.isfinite(chance):
+        return None
+    return float(chance)
+
+
 def percent(probability: float) -> str:
     return "under 0.1%" if probability < 0.0005 else f"{probability:.1%}"
 

@@ -22,14 +22,21 @@ so far when the file has them, else the number of jobs started.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from stopline import api
 from stopline.criteria import CohortCurve, Decision, Observation, evaluate
 from stopline.criteria.decision import JSONState
-from stopline.criteria.resume import ResumeSettings, SweepJob, finished_by_group, judge, plan, to_beat
+from stopline.criteria.resume import (
+    ResumeSettings,
+    SweepJob,
+    finished_by_group,
+    judge,
+    plan,
+    stop_chance,
+    to_beat,
+)
 from stopline.replay.curves import Curve
 from stopline.vocabulary import SWEEP_STOP_TYPES
 
@@ -198,10 +205,8 @@ class SweepRun:
     def _sweep_job(self, member: Member) -> SweepJob:
         decision, metric = member.decision, self.spec.objective.metric
         values = {e: row[metric] for e, row in member.curve.rows.items() if e <= member.run and metric in row}
-        chance = None
-        if decision is not None and decision.type == "Forecast":
-            probability = member.leg.states.get(decision.criterion, {}).get("probability")
-            chance = float(probability) if isinstance(probability, int | float) else None
+        states = member.leg.states
+        chance = None if decision is None else stop_chance(decision.type, states.get(decision.criterion))
         return SweepJob(
             member.curve.job,
             "stopped" if decision is not None else "finished",
@@ -209,7 +214,7 @@ class SweepRun:
             budget=self.spec.max_epochs,
             schedule=member.curve.schedule,
             resumable=decision is not None and decision.type in SWEEP_STOP_TYPES,
-            stop_chance=chance if chance is None or math.isfinite(chance) else None,
+            stop_chance=chance,
         )
 
     def ask(self) -> None:

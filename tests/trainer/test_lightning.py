@@ -71,7 +71,9 @@ def read_registered_ckpt(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return manifest, state
 
 
-def quiet_trainer(callbacks: list[lightning.Callback], max_epochs: int = 10_000) -> lightning.Trainer:
+def quiet_trainer(
+    callbacks: list[lightning.Callback], max_epochs: int = 10_000, **options: Any
+) -> lightning.Trainer:
     return lightning.Trainer(
         max_epochs=max_epochs,
         accelerator="cpu",
@@ -80,6 +82,7 @@ def quiet_trainer(callbacks: list[lightning.Callback], max_epochs: int = 10_000)
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=callbacks,
+        **options,
     )
 
 
@@ -235,16 +238,7 @@ def test_logged_metrics_are_read_at_lightnings_logging_cadence_not_every_batch(
             report(epoch, step, **metrics)
 
         monkeypatch.setattr(run, "report", recorded)
-        trainer = lightning.Trainer(
-            max_epochs=2,
-            accelerator="cpu",
-            logger=False,
-            log_every_n_steps=every,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[StoplineCallback(run, full_state=False)],
-        )
+        trainer = quiet_trainer([StoplineCallback(run, full_state=False)], 2, log_every_n_steps=every)
         trainer.fit(Regression(), data, data)
     batches: dict[int, set[str]] = {}  # the first report at a step is its batch's
     validations: list[tuple[int, set[str]]] = []  # a second one at the same step, its validation's end

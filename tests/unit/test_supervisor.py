@@ -632,27 +632,36 @@ def test_a_queued_job_without_kueue_reads_its_queue_a_few_times_per_queue_read_p
     run(scenario)
 
 
+STOP_BEGAN = 1_795_000_000.7  # a stop decided 0.7 s into a second
+
+
+def crashed_after_saving(job: str, saved: float) -> dict[str, Any]:
+    """Rank 0 of `job` exited 1, its termination message the pointer to weights saved at `saved`."""
+    second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(saved)))
+    saved_at = f"{second}.{round(saved % 1 * 1000):03d}Z"
+    pointer = {"uri": f"/stopline/checkpoints/{job}/ckpt.pt", "epoch": 9, "step": 90, "bytes": 1,
+               "sha256": "0" * 64, "savedAt": saved_at, "worldSize": 1}  # fmt: skip
+    crashed = exited_pod(job, 0)
+    crashed["status"]["containerStatuses"][0]["state"]["terminated"] = {
+        "exitCode": 1,
+        "reason": "Error",
+        "message": json.dumps(pointer),
+    }
+    return crashed
+
+
 def test_a_rank_that_crashes_on_the_stop_fails_the_job_though_it_saved_within_the_same_second() -> None:
     """The e2e Kueue story caught it 1 run in 5: the trainer saved its epoch at 12:00:00.300, the stop began
     at 12:00:00.700 and rank 0 then exited 1. The stop's start written to the second (12:00:00) made that
     save look like one made since the stop, so the job ended Stopped/CheckpointSaved, not TrainerFailed."""
-    began = 1_795_000_000.7  # a stop decided 0.7 s into a second
-    saved_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(began))) + ".300Z"
-    pointer = {"uri": "/stopline/checkpoints/crash/ckpt.pt", "epoch": 9, "step": 90, "bytes": 1,
-               "sha256": "0" * 64, "savedAt": saved_at, "worldSize": 1}  # fmt: skip
+    began = STOP_BEGAN
 
     async def scenario() -> None:
         registry = Registry()
         kube = StandInKube(registry)
         kube.put("TrainingJob", training_job("crash", phase="Running"))
         kube.put("Job", batch_job("crash"))
-        crashed = exited_pod("crash", 0)
-        crashed["status"]["containerStatuses"][0]["state"]["terminated"] = {
-            "exitCode": 1,
-            "reason": "Error",
-            "message": json.dumps(pointer),
-        }
-        registry.observe_pod(crashed)
+        registry.observe_pod(crashed_after_saving("crash", began - 0.4))
         async with supervising(kube, registry, clock=lambda: began):
             annotate(kube, "crash", "stopline.dev/stop", "enough")
             await until(lambda: phase(kube, "crash") in ("Stopped", "Failed"), "the stop's end")
@@ -668,10 +677,7 @@ def test_after_a_restart_a_rank_that_crashes_on_the_stop_fails_the_job_though_it
     """The operator that began the stop is gone; the next one reads the stop's start from stopReason.at.
     Written to the second (12:00:00 for a stop at 12:00:00.700) it made a save at 12:00:00.300 look like
     one made since the stop, and the crash ended Stopped/CheckpointSaved instead of TrainerFailed."""
-    began = 1_795_000_000.7
-    saved_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(began))) + ".300Z"
-    pointer = {"uri": "/stopline/checkpoints/crash/ckpt.pt", "epoch": 9, "step": 90, "bytes": 1,
-               "sha256": "0" * 64, "savedAt": saved_at, "worldSize": 1}  # fmt: skip
+    began = STOP_BEGAN
 
     async def scenario() -> None:
         registry = Registry()
@@ -685,13 +691,7 @@ def test_after_a_restart_a_rank_that_crashes_on_the_stop_fails_the_job_though_it
         restarted = StandInKube(registry)
         for (kind, _, _), body in kube.objects.items():
             restarted.put(kind, copy.deepcopy(body))
-        crashed = exited_pod("crash", 0)
-        crashed["status"]["containerStatuses"][0]["state"]["terminated"] = {
-            "exitCode": 1,
-            "reason": "Error",
-            "message": json.dumps(pointer),
-        }
-        registry.observe_pod(crashed)
+        registry.observe_pod(crashed_after_saving("crash", began - 0.4))
         async with supervising(restarted, registry, clock=lambda: began + 5):
             await until(lambda: phase(restarted, "crash") in ("Stopped", "Failed"), "the stop's end")
         status = restarted.objects[("TrainingJob", "ns", "crash")]["status"]

@@ -20,12 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import DIVERGED, REPO, SAFE_REGRET, Task, TaskScore, load, score, values
-from stopline import api
+from run import DIVERGED, REPO, SAFE_REGRET, Task, TaskScore, load, ours, score
 from stopline.criteria import CohortCurve, Observation
 from stopline.criteria import forecast as forecast_module
 from stopline.criteria.forecast import ForecastCriterion
-from stopline.replay import Curve, replay_job
+from stopline.replay import Curve
 
 ORACLE: list[CohortCurve] = []  # the whole curves of the jobs stopped so far in the task being replayed
 _evidence = forecast_module.evidence
@@ -36,29 +35,16 @@ def with_oracle(criterion: ForecastCriterion, observation: Observation) -> tuple
 
 
 def simulate(task: Task, probability: float, oracle: bool) -> list[int]:
-    spec = api.parse_spec(
-        {
-            "template": {"spec": {"containers": [{"name": "trainer"}]}},
-            "objective": {"metric": task.metric, "mode": task.mode},
-            "checkpoint": {"pvc": {"claimName": "bench"}},
-            "criteria": [{"name": "f", "forecast": {"probability": probability, "similarity": 2}}, DIVERGED],
-        }
-    )
+    criteria = [{"name": "f", "forecast": {"probability": probability, "similarity": 2}}, DIVERGED]
     forecast_module.evidence = with_oracle if oracle else _evidence
     ORACLE.clear()
-    cohort: list[CohortCurve] = []
-    runs = []
-    for job in task.jobs:
-        epochs = zip(sorted(job.rows), values(task, job), strict=True)
-        fed = Curve(job.job, rows={epoch: {task.metric: value} for epoch, value in epochs})
-        ran, decision = replay_job(spec, fed, tuple(cohort), max(job.rows))
-        kept = {e: row[task.metric] for e, row in fed.rows.items() if e <= ran}
-        stopped = decision is not None
-        cohort.append(CohortCurve(job.job, task.metric, kept, stopped=stopped, completed=not stopped))
+
+    def ended(curve: Curve, stopped: bool) -> None:
         if stopped:
-            whole = {e: row[task.metric] for e, row in fed.rows.items()}
-            ORACLE.append(CohortCurve(f"{job.job} (whole)", task.metric, whole, completed=True))
-        runs.append(ran)
+            whole = {e: row[task.metric] for e, row in curve.rows.items()}
+            ORACLE.append(CohortCurve(f"{curve.job} (whole)", task.metric, whole, completed=True))
+
+    runs: list[int] = ours(criteria, task, ended)  # `run` is found on sys.path at run time: Any to mypy
     return runs
 
 

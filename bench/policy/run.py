@@ -104,7 +104,11 @@ def recommended_criteria() -> list[dict[str, object]]:
     return criteria
 
 
-def ours(criteria: list[dict[str, object]], task: Task) -> list[int]:
+def ours(
+    criteria: list[dict[str, object]], task: Task, ended: Callable[[Curve, bool], None] | None = None
+) -> list[int]:
+    """Each job's epochs run under `criteria`, the jobs before it its cohort; `ended(curve, stopped)` is
+    told of each job as it ends (bench/policy/evidence.py adds a stopped one's whole curve to evidence)."""
     spec = api.parse_spec(
         {
             "template": {"spec": {"containers": [{"name": "trainer"}]}},
@@ -122,6 +126,8 @@ def ours(criteria: list[dict[str, object]], task: Task) -> list[int]:
         kept = {e: row[task.metric] for e, row in fed.rows.items() if e <= ran}  # NaN: dropped as live
         stopped = decision is not None
         cohort.append(CohortCurve(job.job, task.metric, kept, stopped=stopped, completed=not stopped))
+        if ended is not None:
+            ended(fed, stopped)
         runs.append(ran)
     return runs
 
